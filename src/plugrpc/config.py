@@ -1,0 +1,151 @@
+"""`Config`: every setting of a router in one object, and the helpers that act on them.
+
+As in uvicorn, the CLI only collects options into a `Config`; `Server` runs it. Defaults are
+shared by `plugrpc run` and `plugrpc call`, so the two meet on the same socket without flags.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import stat
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Literal
+
+from .errors import ConfigError
+from .wire import DEFAULT_MAX_LINE
+
+EXAMPLE_ROOT: Final = Path(__file__).resolve().parents[2] / "examples" / "image"
+"""The bundled example image (examples/image in the source tree), run when `plugrpc run` gets no `--root`."""
+
+LoopName = Literal["auto", "uvloop", "asyncio"]
+log = logging.getLogger("plugrpc.config")
+
+
+def runtime_base() -> Path:
+    """Where plugrpc keeps its private directories: `$XDG_RUNTIME_DIR`, else the temp dir."""
+    return Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+
+
+def default_socket() -> Path:
+    """The front socket both `plugrpc run` and `plugrpc call` use unless told otherwise.
+
+    `$PLUGRPC_SOCKET` wins; otherwise a per-user directory keeps users apart on shared hosts.
+    """
+    if env := os.environ.get("PLUGRPC_SOCKET"):
+        return Path(env)
+    base = runtime_base()
+    name = "plugrpc" if os.environ.get("XDG_RUNTIME_DIR") else f"plugrpc-{os.getuid()}"
+    return base / name / "router.sock"
+
+
+def private_dir(path: Path) -> Path:
+    """Create `path` (mode 0700) or check that an existing one is ours and private."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.stat()
+    if st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) & 0o077:
+        raise ConfigError(f"{path} must be a directory owned by uid {os.getuid()} with mode 0700")
+    return path
+
+
+def bind_socket(path: Path, mode: int = 0o600, backlog: int = 4096) -> socket.socket:
+    """Bind and listen on a unix socket with `mode`, replacing a stale socket file.
+
+    A socket file that still accepts connections belongs to a live router: refuse to steal it.
+    The umask around bind() means the socket never exists with looser permissions.
+    """
+    if len(os.fsencode(path)) >= 108:
+        raise ConfigError(f"socket path is too long for AF_UNIX ({len(os.fsencode(path))} bytes, max 107): {path}")
+    if path.exists() or path.is_symlink():
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise ConfigError(f"{path} exists and is not a socket; refusing to replace it")
+        if _accepts(path):
+            raise ConfigError(f"{path} is in use by a running router; stop it or pass another --socket")
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o777 & ~mode)
+    try:
+        sock.bind(os.fspath(path))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot bind {path}: {exc.strerror}") from exc
+    finally:
+        os.umask(old)
+    os.chmod(path, mode)
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
+
+
+def _accepts(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(os.fspath(path))
+        except OSError:
+            return False
+    return True
+
+
+def loop_factory(name: LoopName = "auto") -> Callable[[], asyncio.AbstractEventLoop]:
+    """The event loop to run on: uvloop by default, the standard loop where it is missing."""
+    if name in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if name == "uvloop":
+                raise ConfigError("uvloop is not installed; use --loop asyncio") from None
+            log.debug("uvloop not available, using asyncio's default loop")
+        else:
+            return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
+@dataclass
+class Config:
+    """Everything a router needs; the CLI and the Python API both build one of these."""
+
+    root: Path = EXAMPLE_ROOT
+    socket: Path = field(default_factory=default_socket)
+    socket_mode: int = 0o600
+    """Permissions of the front socket; 0660 with a shared group lets a group of users call."""
+    allow_uids: frozenset[int] | None = None
+    """When set, only these peer uids (SO_PEERCRED) may use the front socket."""
+    max_line: int = DEFAULT_MAX_LINE
+    max_inflight_per_client: int = 1024
+    """Calls one client connection may have in flight before the router stops reading from it."""
+    shutdown_grace: float = 10.0
+    """Seconds in-flight calls get to finish on SIGTERM/SIGINT before plugins are stopped."""
+    loop: LoopName = "auto"
+    log_level: str = "info"
+    log_json: bool = False
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        self.socket = Path(self.socket)
+        if self.max_line < 1024:
+            raise ConfigError(f"max_line must be at least 1024 bytes, got {self.max_line}")
+        if not 0 <= self.socket_mode <= 0o777:
+            raise ConfigError(f"socket_mode must be a permission mode like 0o600, got {self.socket_mode:o}")
+        if self.max_inflight_per_client < 1:
+            raise ConfigError("max_inflight_per_client must be at least 1")
+
+    def bind_socket(self) -> socket.socket:
+        """Create the socket's private directory (when it is the default one) and bind it."""
+        parent = self.socket.parent
+        if self.socket == default_socket() and not os.environ.get("PLUGRPC_SOCKET"):
+            private_dir(parent)
+        elif not parent.is_dir():
+            raise ConfigError(f"directory of --socket does not exist: {parent}")
+        return bind_socket(self.socket, self.socket_mode)
+
+
+def remove_socket(path: Path) -> None:
+    """Remove a socket file we created, ignoring one that is already gone."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()

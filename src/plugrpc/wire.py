@@ -1,0 +1,169 @@
+"""The wire format: JSON-RPC 2.0, one JSON text per line (DESIGN.md, "Wire format").
+
+Pure helpers shared by every protocol in plugrpc (router front, plugin side, client):
+splitting a byte stream into bounded lines, checking a request's envelope, and encoding
+responses. Nothing here does I/O, so all of it is tested without sockets.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import orjson
+
+from . import codes
+
+DEFAULT_MAX_LINE: Final = 64 * 1024 * 1024
+"""Default maximum line size in bytes: large enough for multi-MiB payloads."""
+
+NL: Final = b"\n"
+_NEWLINE: Final = orjson.OPT_APPEND_NEWLINE
+
+
+class _NoId:
+    """Sentinel for a missing `id` (a notification): `None` is a valid id (`"id": null`)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NOID"
+
+
+NOID: Final[Any] = _NoId()
+
+loads = orjson.loads
+JSONDecodeError = orjson.JSONDecodeError
+
+
+def dumps(obj: Any) -> bytes:
+    """Encode one message as a line (orjson appends the newline without another copy)."""
+    return orjson.dumps(obj, option=_NEWLINE)
+
+
+class LineTooLong(Exception):
+    """A line grew past the maximum; the connection must answer -32004 and close."""
+
+
+class LineSplitter:
+    """Turns a byte stream into complete lines, never buffering more than `max_line` bytes.
+
+    Chunks of a partial line are kept in a list and joined once, when the newline arrives,
+    so a multi-MiB message costs one copy rather than one per chunk.
+    """
+
+    __slots__ = ("max_line", "_parts", "_size")
+
+    def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
+        self.max_line = max_line
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an incomplete line held so far."""
+        return self._size
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Return the complete lines in `data` (without newlines, blank ones dropped).
+
+        Raises `LineTooLong` as soon as a line is known to exceed `max_line`, before it is
+        read whole: an attacker's 500 MiB line costs at most `max_line` bytes of memory.
+        """
+        nl = data.rfind(NL)
+        if nl < 0:
+            self._size += len(data)
+            if self._size > self.max_line:
+                raise LineTooLong(self._size)
+            self._parts.append(data)
+            return []
+        if self._parts:
+            first = data.find(NL)
+            if self._size + first > self.max_line:
+                raise LineTooLong(self._size + first)
+            self._parts.append(data)
+            data = b"".join(self._parts)
+            nl += self._size
+            self._parts = []
+        tail = data[nl + 1 :]
+        self._size = len(tail)
+        if tail:
+            if self._size > self.max_line:
+                raise LineTooLong(self._size)
+            self._parts.append(tail)
+        lines = data[:nl].split(NL)
+        if len(lines) == 1:
+            return lines if lines[0] else []
+        max_line = self.max_line
+        for line in lines:
+            if len(line) > max_line:
+                raise LineTooLong(len(line))
+        return [line for line in lines if line]
+
+
+def request_problem(msg: Any) -> str | None:
+    """Why `msg` is not a valid JSON-RPC 2.0 request object, or None when it is.
+
+    The router and the plugin SDK answer a non-None reason with -32600.
+    """
+    if type(msg) is not dict:
+        return "a request must be a JSON object"
+    if msg.get("jsonrpc") != "2.0":
+        return 'the "jsonrpc" member must be exactly "2.0"'
+    if type(msg.get("method")) is not str:
+        return 'the "method" member must be a string'
+    if "id" in msg and not valid_id(msg["id"]):
+        return 'the "id" member must be a string, a number or null'
+    params = msg.get("params")
+    if params is not None and type(params) is not dict and type(params) is not list:
+        return 'the "params" member must be an object or an array'
+    if "params" in msg and params is None:
+        return 'the "params" member must be an object or an array'
+    return None
+
+
+def valid_id(value: Any) -> bool:
+    """True for the id types JSON-RPC 2.0 allows: string, number (not bool) or null."""
+    t = type(value)
+    return t is str or t is int or t is float or value is None
+
+
+def reply_id(msg: Any) -> Any:
+    """The id to answer an invalid request with: its own when valid, else null."""
+    if type(msg) is dict:
+        value = msg.get("id")
+        if valid_id(value):
+            return value
+    return None
+
+
+def error_obj(code: int, message: str | None = None, data: Any = None) -> dict[str, Any]:
+    """A JSON-RPC `error` member; `message` defaults to the standard text for `code`."""
+    err: dict[str, Any] = {"code": code, "message": message or codes.MESSAGES.get(code, "Error")}
+    if data is not None:
+        err["data"] = data
+    return err
+
+
+def error_response(id: Any, code: int, message: str | None = None, data: Any = None) -> dict[str, Any]:
+    """A whole JSON-RPC error response object."""
+    return {"jsonrpc": "2.0", "error": error_obj(code, message, data), "id": id}
+
+
+def error_line(id: Any, code: int, message: str | None = None, data: Any = None) -> bytes:
+    """An error response, encoded as a line."""
+    return dumps(error_response(id, code, message, data))
+
+
+def result_response(id: Any, result: Any) -> dict[str, Any]:
+    """A whole JSON-RPC success response object."""
+    return {"jsonrpc": "2.0", "result": result, "id": id}
+
+
+def parse_error_line(exc: Exception) -> bytes:
+    """The -32700 response for a line that is not JSON, saying why."""
+    return error_line(None, codes.PARSE_ERROR, data=str(exc))
+
+
+def too_large_line(max_line: int) -> bytes:
+    """The -32004 response sent before closing a connection whose line was too long."""
+    return error_line(None, codes.MESSAGE_TOO_LARGE, data=f"a line exceeded the maximum of {max_line} bytes")
