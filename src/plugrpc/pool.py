@@ -1,0 +1,426 @@
+"""The router's connections to one plugin: pipelining, id remapping, retries and timeouts.
+
+A `PluginPool` owns up to `pool_size` `Upstream` connections to the plugin's socket. Every call
+written to a connection gets a fresh integer id from that connection, so responses can never be
+mixed up between clients; the client's own id is restored on the way back. State lives in two
+places only, as in httpcore: `waiting` (calls not yet written, which may go to any connection)
+and each connection's `pending` (calls written, which only that connection can answer). Calls
+move between them in `_assign()`, which does no I/O.
+
+A call is retried on another connection only while it is waiting. Once written, a plugin's
+death fails it at once with -32001 (DESIGN.md, "Router"): it may have run, and must not run twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections import deque
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+from . import codes
+from .manifest import PluginSpec
+from .outbox import LineWriter, Outbox
+from .stats import CallStats
+from .supervisor import PluginState, Supervisor
+from .wire import NOID, JSONDecodeError, LineSplitter, LineTooLong, dumps, error_response, loads
+
+log = logging.getLogger("plugrpc.pool")
+
+ABANDONED_RETENTION: Final = 60.0
+"""Seconds a given-up call's id is remembered, so a late response is dropped, not taken as garbage."""
+CONNECT_RETRY: Final = 0.05
+"""Seconds before retrying a connect the kernel refused (backlog full, socket being replaced)."""
+NOPARAMS: Final[Any] = NOID
+
+
+class Sink(Protocol):
+    """Where a call's response goes: a client connection, a batch, or an internal future."""
+
+    def deliver(self, call: Call, msg: dict[str, Any]) -> None: ...
+
+
+class Target(Protocol):
+    """Anything calls can be routed to: a plugin pool, an exec plugin, the built-ins."""
+
+    exported: frozenset[str]
+
+    def submit(self, call: Call) -> None: ...
+
+    def notify(self, method: str, params: Any) -> None: ...
+
+    def cancel(self, call: Call) -> None: ...
+
+
+class Call:
+    """One request in flight through the router. `sink` is None once the call has finished."""
+
+    __slots__ = ("sink", "id", "method", "params", "started", "target", "uid", "conn")
+
+    def __init__(self, sink: Sink, id: Any, method: str, params: Any, started: float) -> None:
+        self.sink: Sink | None = sink
+        self.id = id
+        self.method = method
+        self.params = params
+        self.started = started
+        self.target: Target | None = None
+        self.uid = 0
+        self.conn: Any = None
+
+    def __repr__(self) -> str:
+        return f"<Call {self.method!r} id={self.id!r} uid={self.uid}{' done' if self.sink is None else ''}>"
+
+
+class Upstream(LineWriter, asyncio.Protocol):
+    """One pipelined connection to a plugin. Owns the ids of the calls written to it."""
+
+    __slots__ = ("pool", "outbox", "transport", "pending", "abandoned", "splitter", "next_uid", "_out", "lost")
+
+    def __init__(self, pool: PluginPool) -> None:
+        self.pool = pool
+        self.outbox = pool.outbox
+        self.transport: asyncio.WriteTransport | None = None
+        # Calls written and not answered, by the id we gave them; insertion order is send order,
+        # which the timeout sweep relies on.
+        self.pending: dict[int, Call] = {}
+        # Ids we gave up on (timeout, client gone), by when: their late responses are dropped.
+        self.abandoned: dict[int, float] = {}
+        self.splitter = LineSplitter(pool.max_line)
+        self.next_uid = 1
+        self._out: list[bytes] = []
+        self.lost = False
+
+    def __repr__(self) -> str:
+        state = "lost" if self.lost else "ready" if self.transport else "connecting"
+        return f"<Upstream {self.pool.name} {state} pending={len(self.pending)}>"
+
+    # --- asyncio callbacks ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            lines = self.splitter.feed(data)
+        except LineTooLong:
+            self.reset("sent a line longer than the maximum message size")
+            return
+        pending = self.pending
+        finish = self.pool.finish
+        for line in lines:
+            try:
+                msg = loads(line)
+            except JSONDecodeError:
+                self.reset("sent a line that is not JSON")
+                return
+            uid = msg.get("id") if type(msg) is dict else None
+            call = pending.pop(uid, None) if type(uid) is int else None
+            if call is None:
+                if type(uid) is int and self.abandoned.pop(uid, None) is not None:
+                    continue
+                self.reset(f"sent something that answers no call it was given: {line[:200]!r}")
+                return
+            if "result" not in msg and "error" not in msg:
+                pending[uid] = call
+                self.reset("sent a response with neither result nor error")
+                return
+            finish(call, msg)
+        self.outbox.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.pool.lost(self, "the plugin closed its connection with calls in flight")
+
+    def pause_writing(self) -> None:
+        # The plugin is not reading: calls keep queueing in the transport, bounded by max_pending.
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("plugin is not keeping up; buffering", extra={"plugin": self.pool.name})
+
+    # --- the hot path --------------------------------------------------------------------
+
+    def send(self, call: Call) -> None:
+        """Give `call` an id of this connection and queue its request line."""
+        uid = self.next_uid
+        self.next_uid = uid + 1
+        call.uid = uid
+        call.conn = self
+        self.pending[uid] = call
+        params = call.params
+        if params is NOPARAMS:
+            self.queue(dumps({"jsonrpc": "2.0", "method": call.method, "id": uid}))
+        else:
+            self.queue(dumps({"jsonrpc": "2.0", "method": call.method, "params": params, "id": uid}))
+
+    def notify(self, method: str, params: Any) -> None:
+        if params is NOPARAMS:
+            self.queue(dumps({"jsonrpc": "2.0", "method": method}))
+        else:
+            self.queue(dumps({"jsonrpc": "2.0", "method": method, "params": params}))
+
+    def abandon(self, uid: int, now: float) -> None:
+        """Forget a written call: remember its id for late responses and ask the plugin to stop it."""
+        self.abandoned[uid] = now
+        self.notify("rpc.cancel", {"id": uid})
+
+    def reset(self, reason: str) -> None:
+        """Drop a connection whose plugin broke the protocol; its calls fail in `lost`."""
+        log.warning("plugin %s; resetting its connection", reason, extra={"plugin": self.pool.name})
+        if self.transport is not None:
+            self.transport.abort()
+        if not self.lost:
+            self.lost = True
+            self.pool.lost(self, f"the plugin {reason}")
+
+
+class PluginPool:
+    """Calls to one `mode = "rpc"` plugin, over its connections (see the module docstring)."""
+
+    def __init__(self, spec: PluginSpec, socket_path: Path, supervisor: Supervisor, outbox: Outbox,
+                 max_line: int) -> None:
+        # configuration
+        self.spec = spec
+        self.name = spec.name
+        self.exported = spec.exported
+        self.socket_path = socket_path
+        self.supervisor = supervisor
+        self.outbox = outbox
+        self.max_line = max_line
+        self._capacity = spec.max_inflight or sys.maxsize
+        self._track_idle = spec.idle_stop > 0
+        # state
+        self.conns: list[Upstream] = []
+        self.waiting: deque[Call] = deque()
+        self.inflight = 0
+        """Calls written to a connection and not yet answered."""
+        self.stats = CallStats()
+        self._fast: Upstream | None = None
+        """The connection to use without `_assign()`: set while the pool has one ready connection."""
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.closed = False
+        self._loop = asyncio.get_running_loop()
+
+    def __repr__(self) -> str:
+        ready = sum(1 for c in self.conns if c.transport is not None)
+        return (f"<PluginPool {self.name} [{ready} ready, {len(self.conns) - ready} connecting,"
+                f" {self.inflight} in flight, {len(self.waiting)} waiting]>")
+
+    # --- Target --------------------------------------------------------------------------
+
+    def submit(self, call: Call) -> None:
+        """Route a call: straight to the ready connection when there is room, else via `_assign()`."""
+        call.target = self
+        sup = self.supervisor
+        if sup.state is not PluginState.RUNNING:
+            if not sup.available:
+                self.fail(call, codes.PLUGIN_UNAVAILABLE, f"plugin {self.name} is {sup.state.value}")
+                return
+            sup.ensure_running()
+        if self._track_idle:
+            sup.touch()
+        if self.inflight + len(self.waiting) >= self.spec.max_pending:
+            self.fail(call, codes.OVERLOADED, f"plugin {self.name} has {self.spec.max_pending} calls pending")
+            return
+        conn = self._fast
+        if conn is not None and not self.waiting and len(conn.pending) < self._capacity:
+            self.inflight += 1
+            conn.send(call)
+            return
+        self.waiting.append(call)
+        self._run_assign()
+
+    def notify(self, method: str, params: Any) -> None:
+        """Forward a notification on any ready connection; with none, it is dropped (no one to tell)."""
+        if self.supervisor.available:
+            self.supervisor.ensure_running()
+        conn = self._fast or next((c for c in self.conns if c.transport is not None), None)
+        if conn is not None:
+            conn.notify(method, params)
+
+    def cancel(self, call: Call) -> None:
+        """The caller is gone: stop waiting for `call`, and tell the plugin if it already has it."""
+        call.sink = None
+        conn = call.conn
+        if conn is not None and conn.pending.pop(call.uid, None) is not None:
+            self.inflight -= 1
+            conn.abandon(call.uid, self._loop.time())
+            self._run_assign()
+
+    # --- completion ----------------------------------------------------------------------
+
+    def finish(self, call: Call, msg: dict[str, Any]) -> None:
+        """Deliver a response for a written call and free its slot."""
+        self.inflight -= 1
+        sink = call.sink
+        if sink is not None:
+            call.sink = None
+            self.stats.record(self._loop.time() - call.started, "error" in msg)
+            sink.deliver(call, msg)
+        if self.waiting:
+            self._run_assign()
+
+    def fail(self, call: Call, code: int, reason: str) -> None:
+        """Answer `call` with one of the router's own errors (-32001..-32004)."""
+        sink = call.sink
+        if sink is None:
+            return
+        call.sink = None
+        self.stats.record(self._loop.time() - call.started, True)
+        if code == codes.CALL_TIMEOUT:
+            self.stats.timeouts += 1
+        sink.deliver(call, error_response(call.id, code, data={"plugin": self.name, "reason": reason}))
+
+    def lost(self, conn: Upstream, reason: str) -> None:
+        """A connection closed: fail what it was given, keep what was waiting for another one."""
+        if conn in self.conns:
+            self.conns.remove(conn)
+        if self._fast is conn:
+            self._fast = None
+        calls = list(conn.pending.values())
+        conn.pending.clear()
+        self.inflight -= len(calls)
+        if calls:
+            log.warning("%d call(s) failed: %s", len(calls), reason, extra={"plugin": self.name})
+        for call in calls:
+            self.fail(call, codes.PLUGIN_UNAVAILABLE, reason)
+        if self.waiting and not self.closed:
+            self._run_assign()
+        self.outbox.flush()
+
+    # --- assignment (no I/O) and its effects ---------------------------------------------
+
+    def _assign(self) -> tuple[list[tuple[Upstream, Call]], int]:
+        """Match waiting calls to ready connections with room; say how many connections to open.
+
+        Pure bookkeeping: the caller writes the matched calls and opens the connections.
+        """
+        ready = [c for c in self.conns if c.transport is not None and not c.lost]
+        load = {c: len(c.pending) for c in ready}
+        sends: list[tuple[Upstream, Call]] = []
+        waiting = self.waiting
+        while waiting:
+            call = waiting[0]
+            if call.sink is None:  # cancelled or timed out while waiting
+                waiting.popleft()
+                continue
+            room = [c for c in ready if load[c] < self._capacity]
+            if not room:
+                break
+            best = min(room, key=load.__getitem__)
+            waiting.popleft()
+            load[best] += 1
+            sends.append((best, call))
+        opens = self.spec.pool_size - len(self.conns) if (waiting or not self.conns) else 0
+        return sends, max(opens, 0)
+
+    def _run_assign(self) -> None:
+        if self.closed:
+            return
+        sends, opens = self._assign()
+        for conn, call in sends:
+            self.inflight += 1
+            conn.send(call)
+        for _ in range(opens):
+            self._open()
+
+    def _open(self) -> None:
+        conn = Upstream(self)
+        self.conns.append(conn)
+        task = self._loop.create_task(self._connect(conn))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect(self, conn: Upstream) -> None:
+        try:
+            await self._loop.create_unix_connection(lambda: conn, str(self.socket_path))
+        except OSError as exc:
+            self.conns.remove(conn)
+            self._connect_failed(exc)
+            return
+        if self.closed:
+            conn.transport.close()  # type: ignore[union-attr]
+            return
+        self._fast = conn if self.spec.pool_size == 1 else None
+        self._run_assign()
+        self.outbox.flush()
+
+    def _connect_failed(self, exc: OSError) -> None:
+        """The plugin's socket refused us: retry shortly while the plugin may come back, else fail."""
+        if self.closed:
+            return
+        if self.supervisor.available and self.socket_path.exists():
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("connect failed (%s), retrying", exc, extra={"plugin": self.name})
+            self._loop.call_later(CONNECT_RETRY, self._run_assign)
+            return
+        self.fail_waiting(f"cannot connect to the plugin's socket: {exc.strerror or exc}")
+
+    # --- supervision and housekeeping ----------------------------------------------------
+
+    def fail_waiting(self, reason: str) -> None:
+        """Fail every call not yet written (the plugin cannot take them)."""
+        while self.waiting:
+            self.fail(self.waiting.popleft(), codes.PLUGIN_UNAVAILABLE, reason)
+        self.outbox.flush()
+
+    def drop_connections(self, reason: str) -> None:
+        """Close every connection, failing the calls written to them (used when a plugin is given up on)."""
+        for conn in list(self.conns):
+            if conn.transport is not None:
+                conn.transport.abort()
+            if not conn.lost:
+                conn.lost = True
+                self.lost(conn, reason)
+        self.fail_waiting(reason)
+
+    def sweep(self, now: float) -> None:
+        """Fail calls past their timeout (-32002) and forget old abandoned ids.
+
+        Every call to a plugin has the same timeout, so `pending` (in send order) and `waiting`
+        (in arrival order) are sorted by deadline: each scan stops at the first call still in time.
+        """
+        limit = now - self.spec.timeout
+        reason = f"no response within {self.spec.timeout:g} s"
+        for conn in self.conns:
+            expired = []
+            for uid, call in conn.pending.items():
+                if call.started > limit:
+                    break
+                expired.append(uid)
+            for uid in expired:
+                call = conn.pending.pop(uid)
+                self.inflight -= 1
+                conn.abandon(uid, now)
+                self.fail(call, codes.CALL_TIMEOUT, reason)
+            abandoned = conn.abandoned
+            old = []
+            for uid, t in abandoned.items():  # insertion order is time order
+                if t >= now - ABANDONED_RETENTION:
+                    break
+                old.append(uid)
+            for uid in old:
+                del abandoned[uid]
+        waiting = self.waiting
+        while waiting and (waiting[0].sink is None or waiting[0].started <= limit):
+            self.fail(waiting.popleft(), codes.CALL_TIMEOUT, reason)
+        if self.waiting and not self.conns:
+            self._run_assign()
+
+    def status(self) -> dict[str, Any]:
+        """Figures for `router.plugins`."""
+        return {
+            "inflight": self.inflight,
+            "waiting": len(self.waiting),
+            "connections": sum(1 for c in self.conns if c.transport is not None),
+            **self.stats.snapshot(),
+        }
+
+    async def aclose(self) -> None:
+        """Close connections and fail what is left; used at shutdown after calls drained."""
+        self.closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.drop_connections("the router is shutting down")

@@ -1,0 +1,200 @@
+"""The router's front socket: one `FrontProtocol` per client connection.
+
+The hot path reads top to bottom: `data_received` splits lines, each line is parsed and
+handed to the router, and the responses queued meanwhile leave in one write when the callback
+ends. Backpressure both ways: a client that stops reading stops being read from, and so does a
+client with more than `max_inflight_per_client` calls in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+from typing import TYPE_CHECKING, Any
+
+from . import codes
+from .outbox import LineWriter
+from .pool import Call
+from .wire import JSONDecodeError, LineSplitter, LineTooLong, dumps, error_response, loads, parse_error_line, too_large_line
+
+if TYPE_CHECKING:
+    from .router import Router
+
+log = logging.getLogger("plugrpc.protocol")
+_PEERCRED = struct.Struct("3i")
+
+
+class FrontProtocol(LineWriter, asyncio.Protocol):
+    """A client connection to the router."""
+
+    __slots__ = ("router", "outbox", "handle", "limit", "transport", "splitter", "_out", "calls",
+                 "_reading_paused", "_write_paused", "_inflight_paused")
+
+    def __init__(self, router: Router) -> None:
+        # shared by every connection
+        self.router = router
+        self.outbox = router.outbox
+        self.handle = router.handle
+        self.limit = router.config.max_inflight_per_client
+        # this connection
+        self.transport: asyncio.WriteTransport | None = None
+        self.splitter = LineSplitter(router.config.max_line)
+        self._out: list[bytes] = []
+        self.calls: set[Call] = set()
+        """Calls of this client still in flight: cancelled if it disconnects."""
+        self._write_paused = False
+        self._inflight_paused = False
+        self._reading_paused = False
+
+    # --- connection ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        allowed = self.router.config.allow_uids
+        if allowed is not None and _peer_uid(transport) not in allowed:
+            log.warning("refused a client whose uid is not in allow_uids")
+            transport.close()
+            return
+        self.router.clients.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.router.clients.discard(self)
+        if self.calls:
+            cancel = self.router.cancel
+            for call in self.calls:
+                cancel(call)
+            self.calls.clear()
+            self.outbox.flush()
+
+    # --- requests ------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            lines = self.splitter.feed(data)
+        except LineTooLong:
+            self._too_large()
+            return
+        handle = self.handle
+        for line in lines:
+            try:
+                msg = loads(line)
+            except JSONDecodeError as exc:
+                self.queue(parse_error_line(exc))
+                continue
+            if type(msg) is list:
+                self._batch(msg)
+            else:
+                handle(msg, self)
+        if len(self.calls) >= self.limit and not self._inflight_paused:
+            self._inflight_paused = True
+            self._update_reading()
+        self.outbox.flush()
+
+    def _batch(self, msgs: list[Any]) -> None:
+        if not msgs:
+            self.reply(error_response(None, codes.INVALID_REQUEST, data="an empty batch is not a request"))
+            return
+        batch = Batch(self)
+        for msg in msgs:
+            self.handle(msg, batch)
+        batch.seal()
+
+    def _too_large(self) -> None:
+        """A line over the limit: answer -32004 and close this connection only, without reading the rest."""
+        log.warning("closing a client connection: line over %d bytes", self.splitter.max_line)
+        transport = self.transport
+        if transport is not None:
+            self.flush()
+            transport.write(too_large_line(self.splitter.max_line))
+            transport.close()
+
+    # --- Sink ----------------------------------------------------------------------------
+
+    def track(self, call: Call) -> None:
+        self.calls.add(call)
+
+    def deliver(self, call: Call, msg: dict[str, Any]) -> None:
+        """A response for one of our calls: restore the client's id and queue it."""
+        self.calls.discard(call)
+        msg["id"] = call.id
+        self.queue(dumps(msg))
+        if self._inflight_paused and len(self.calls) <= self.limit // 2:
+            self._inflight_paused = False
+            self._update_reading()
+
+    def reply(self, msg: dict[str, Any]) -> None:
+        """A response the router made itself (errors, built-ins)."""
+        self.queue(dumps(msg))
+
+    # --- backpressure --------------------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        pause = self._write_paused or self._inflight_paused
+        if pause != self._reading_paused:
+            self._reading_paused = pause
+            if pause:
+                transport.pause_reading()  # type: ignore[attr-defined]
+            else:
+                transport.resume_reading()  # type: ignore[attr-defined]
+
+
+class Batch:
+    """Collects the responses of one batch request and sends them as one array (JSON-RPC 2.0 §6)."""
+
+    __slots__ = ("front", "responses", "remaining", "sealed")
+
+    def __init__(self, front: FrontProtocol) -> None:
+        self.front = front
+        self.responses: list[dict[str, Any]] = []
+        self.remaining = 0
+        self.sealed = False
+
+    def track(self, call: Call) -> None:
+        self.remaining += 1
+        self.front.calls.add(call)
+
+    def deliver(self, call: Call, msg: dict[str, Any]) -> None:
+        self.front.calls.discard(call)
+        msg["id"] = call.id
+        self.responses.append(msg)
+        self.remaining -= 1
+        self._maybe_send()
+
+    def reply(self, msg: dict[str, Any]) -> None:
+        self.responses.append(msg)
+
+    def seal(self) -> None:
+        """Every element has been routed; send once the last response is in."""
+        self.sealed = True
+        self._maybe_send()
+
+    def _maybe_send(self) -> None:
+        # A batch of notifications only gets no response at all.
+        if self.sealed and not self.remaining and self.responses:
+            self.front.queue(dumps(self.responses))
+            self.responses = []
+
+
+def _peer_uid(transport: asyncio.BaseTransport) -> int | None:
+    """The uid of the process at the other end of a unix socket (SO_PEERCRED), if the OS says."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or not hasattr(socket, "SO_PEERCRED"):
+        return None
+    try:
+        _pid, uid, _gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+    except OSError:
+        return None
+    return int(uid)

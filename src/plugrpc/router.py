@@ -1,0 +1,358 @@
+"""The router: `plugin.method` calls from every client, routed to plugins by name.
+
+A method is split at its first dot into plugin and method. Only exported methods are
+reachable; `router.*` and `rpc.discover` are the router's own (plugins can never take those
+names: the manifest refuses them). Each plugin is a `Target`: a `PluginPool` for persistent
+plugins, an `ExecTarget` for core0 `mode = "exec"` binaries, and `Builtins` for the router.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from . import codes
+from .config import Config
+from .errors import RpcError
+from .execmode import ExecPlugin
+from .manifest import Manifest, PluginSpec
+from .outbox import Outbox
+from .pool import NOPARAMS, Call, PluginPool, Target
+from .stats import CallStats
+from .supervisor import PluginState, RuntimeDir, Supervisor
+from .wire import error_response, reply_id, request_problem, result_response
+
+if TYPE_CHECKING:
+    from .protocol import FrontProtocol
+
+log = logging.getLogger("plugrpc.router")
+
+SWEEP_INTERVAL: Final = 0.05
+"""Seconds between timeout sweeps; a call times out at most this late."""
+DISCOVER_TIMEOUT: Final = 5.0
+GIVEN_UP: Final = frozenset({PluginState.CRASHLOOP, PluginState.FAILED})
+
+
+class Router:
+    """Routes calls to plugin targets; owns the plugins' supervisors, pools and the timeout sweep."""
+
+    def __init__(self, config: Config, manifest: Manifest, runtime_dir: RuntimeDir) -> None:
+        self.config = config
+        self.manifest = manifest
+        self.runtime_dir = runtime_dir
+        self.outbox = Outbox()
+        self.targets: dict[str, Target] = {}
+        self.supervisors: dict[str, Supervisor] = {}
+        self.clients: set[FrontProtocol] = set()
+        self.started = time.monotonic()
+        self._loop = asyncio.get_running_loop()
+        self._time: Callable[[], float] = self._loop.time
+        self._sweeper: asyncio.TimerHandle | None = None
+        builtins = Builtins(self)
+        self.targets["router"] = builtins
+        self.targets["rpc"] = builtins.rpc
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind every plugin's socket and start the plugins that are not lazy."""
+        for spec in self.manifest.plugins.values():
+            self.targets[spec.name] = self._target(spec)
+        await asyncio.gather(*(sup.start() for sup in self.supervisors.values()))
+        self._sweeper = self._loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def _target(self, spec: PluginSpec) -> Target:
+        if spec.mode == "exec":
+            return ExecTarget(ExecPlugin(spec, self.manifest.root), self.outbox)
+        sup = Supervisor(spec, self.manifest.root, self.runtime_dir.socket_for(spec.name), on_state=self._on_state)
+        self.supervisors[spec.name] = sup
+        return PluginPool(spec, sup.socket_path, sup, self.outbox, self.config.max_line)
+
+    def inflight(self) -> int:
+        """Client calls not yet answered, over every connection."""
+        return sum(len(client.calls) for client in self.clients)
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait up to `timeout` for in-flight calls to finish; True if they all did."""
+        deadline = self._time() + timeout
+        while self.inflight() and self._time() < deadline:
+            await asyncio.sleep(0.02)
+        return not self.inflight()
+
+    async def aclose(self) -> None:
+        """Stop the sweep, close every connection to plugins, stop every plugin."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for target in self.plugin_targets().values():
+            await target.aclose()  # type: ignore[attr-defined]
+        await asyncio.gather(*(sup.stop() for sup in self.supervisors.values()))
+
+    def plugin_targets(self) -> dict[str, Target]:
+        return {name: t for name, t in self.targets.items() if name in self.manifest.plugins}
+
+    # --- the hot path ----------------------------------------------------------------------
+
+    def handle(self, msg: Any, sink: Any) -> None:
+        """Route one request object from a client (`sink` is its connection or batch)."""
+        problem = request_problem(msg)
+        if problem is not None:
+            sink.reply(error_response(reply_id(msg), codes.INVALID_REQUEST, data=problem))
+            return
+        method = msg["method"]
+        plugin, _, name = method.partition(".")
+        target = self.targets.get(plugin)
+        if target is None or name not in target.exported:
+            if "id" in msg:
+                sink.reply(error_response(msg["id"], codes.METHOD_NOT_FOUND, data=self._not_found(plugin, name)))
+            return
+        params = msg.get("params", NOPARAMS)
+        if "id" not in msg:
+            target.notify(name, params)
+            return
+        call = Call(sink, msg["id"], name, params, self._time())
+        sink.track(call)
+        target.submit(call)
+
+    def cancel(self, call: Call) -> None:
+        """The client of `call` went away."""
+        if call.sink is not None and call.target is not None:
+            call.target.cancel(call)
+
+    def _not_found(self, plugin: str, name: str) -> dict[str, Any]:
+        if plugin in self.manifest.plugins:
+            exports = self.manifest.plugins[plugin].exports
+            return {"plugin": plugin, "reason": f"{plugin} does not export {name!r}; it exports {', '.join(exports)}"}
+        if not name:
+            return {"reason": "methods are named plugin.method"}
+        return {"plugin": plugin, "reason": f"no plugin named {plugin!r}"}
+
+    def _sweep(self) -> None:
+        now = self._time()
+        for target in self.targets.values():
+            if isinstance(target, PluginPool):
+                target.sweep(now)
+        self.outbox.flush()
+        self._sweeper = self._loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def _on_state(self, sup: Supervisor) -> None:
+        extra = {"plugin": sup.spec.name, "pid": sup.pid}
+        log.info("plugin is %s", sup.state.value, extra=extra)
+        if sup.state in GIVEN_UP:
+            pool = self.targets.get(sup.spec.name)
+            if isinstance(pool, PluginPool):
+                # Calls parked in the socket backlog would wait for their timeout: fail them now.
+                pool.drop_connections(f"plugin {sup.spec.name} is {sup.state.value}")
+
+    # --- internal calls --------------------------------------------------------------------
+
+    async def call_plugin(self, name: str, method: str, params: Any = NOPARAMS, timeout: float = 5.0) -> Any:
+        """Call any method of a plugin from inside the router (not limited to its exports)."""
+        fut: asyncio.Future[dict[str, Any]] = self._loop.create_future()
+        call = Call(FutureSink(fut), 0, method, params, self._time())
+        self.targets[name].submit(call)
+        self.outbox.flush()
+        try:
+            msg = await asyncio.wait_for(fut, timeout)
+        finally:
+            if call.sink is not None:
+                self.cancel(call)
+        if "error" in msg:
+            raise RpcError(msg["error"].get("code", codes.INTERNAL_ERROR), msg["error"].get("message", ""),
+                           msg["error"].get("data"))
+        return msg.get("result")
+
+    # --- views -----------------------------------------------------------------------------
+
+    def plugin_status(self, name: str) -> dict[str, Any]:
+        spec = self.manifest.plugins[name]
+        target = self.targets[name]
+        sup = self.supervisors.get(name)
+        status: dict[str, Any] = sup.status() if sup else {"name": name, "mode": "exec", "state": "ready",
+                                                           "pid": None, "restarts": 0}
+        status["exports"] = list(spec.exports)
+        status.update(target.status())  # type: ignore[attr-defined]
+        return status
+
+
+class FutureSink:
+    """Receives the response of a call the router makes itself."""
+
+    __slots__ = ("fut",)
+
+    def __init__(self, fut: asyncio.Future[dict[str, Any]]) -> None:
+        self.fut = fut
+
+    def track(self, call: Call) -> None:
+        pass
+
+    def deliver(self, call: Call, msg: dict[str, Any]) -> None:
+        if not self.fut.done():
+            self.fut.set_result(msg)
+
+    def reply(self, msg: dict[str, Any]) -> None:
+        if not self.fut.done():
+            self.fut.set_result(msg)
+
+
+class ExecTarget:
+    """Routes calls to a core0-style plugin run once per call (`mode = "exec"`)."""
+
+    def __init__(self, plugin: ExecPlugin, outbox: Outbox) -> None:
+        self.plugin = plugin
+        self.exported = plugin.spec.exported
+        self.outbox = outbox
+        self.stats = CallStats()
+        self._loop = asyncio.get_running_loop()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def submit(self, call: Call) -> None:
+        call.target = self
+        params = None if call.params is NOPARAMS else call.params
+        task = self._loop.create_task(self.plugin.call(call.method, params))
+        call.conn = task
+        task.add_done_callback(lambda t: self._done(call, t))
+
+    def notify(self, method: str, params: Any) -> None:
+        task = self._loop.create_task(self.plugin.call(method, None if params is NOPARAMS else params))
+        self._tasks.add(task)
+        task.add_done_callback(self._notified)
+
+    def _notified(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("notification failed: %s", task.exception(), extra={"plugin": self.plugin.spec.name})
+
+    def cancel(self, call: Call) -> None:
+        call.sink = None
+        call.conn.cancel()
+
+    def _done(self, call: Call, task: asyncio.Task[Any]) -> None:
+        sink = call.sink
+        if sink is None or task.cancelled():
+            return
+        call.sink = None
+        exc = task.exception()
+        if exc is None:
+            msg = result_response(call.id, task.result())
+        elif isinstance(exc, RpcError):
+            msg = error_response(call.id, exc.code, exc.message, exc.data)
+        else:
+            log.error("exec call failed: %r", exc, extra={"plugin": self.plugin.spec.name})
+            msg = error_response(call.id, codes.INTERNAL_ERROR, data={"plugin": self.plugin.spec.name})
+        self.stats.record(self._loop.time() - call.started, exc is not None)
+        sink.deliver(call, msg)
+        self.outbox.flush()
+
+    def status(self) -> dict[str, Any]:
+        return {**self.plugin.status(), **self.stats.snapshot()}
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await self.plugin.aclose()
+
+
+class Builtins:
+    """`router.plugins`, `router.stats`, `router.health` and `rpc.discover`."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self.exported = frozenset({"plugins", "stats", "health"})
+        self.rpc = _RpcBuiltins(router)
+
+    def submit(self, call: Call) -> None:
+        call.target = self
+        handler = getattr(self, "_" + call.method)
+        _answer(self.router, call, handler)
+
+    def notify(self, method: str, params: Any) -> None:
+        pass  # built-ins have no side effects worth a notification
+
+    def cancel(self, call: Call) -> None:
+        call.sink = None
+
+    def _plugins(self) -> list[dict[str, Any]]:
+        return [self.router.plugin_status(name) for name in self.router.manifest.plugins]
+
+    def _stats(self) -> dict[str, Any]:
+        router = self.router
+        plugins = {name: router.plugin_status(name) for name in router.manifest.plugins}
+        return {
+            "uptime": round(time.monotonic() - router.started, 3),
+            "clients": len(router.clients),
+            "inflight": router.inflight(),
+            "calls": sum(p.get("calls", 0) for p in plugins.values()),
+            "errors": sum(p.get("errors", 0) for p in plugins.values()),
+            "plugins": {name: {k: p.get(k) for k in ("calls", "errors", "timeouts", "inflight", "p50_ms", "p99_ms")}
+                        for name, p in plugins.items()},
+        }
+
+    def _health(self) -> dict[str, Any]:
+        states = {name: sup.state.value for name, sup in self.router.supervisors.items()}
+        healthy = all(state in ("running", "stopped") for state in states.values())
+        return {"status": "ok" if healthy else "degraded", "plugins": states}
+
+
+class _RpcBuiltins:
+    """`rpc.discover`: one OpenRPC document for every exported method of every plugin."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self.exported = frozenset({"discover"})
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def submit(self, call: Call) -> None:
+        call.target = self
+        task = asyncio.get_running_loop().create_task(self._discover(call))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def notify(self, method: str, params: Any) -> None:
+        pass
+
+    def cancel(self, call: Call) -> None:
+        call.sink = None
+
+    async def _discover(self, call: Call) -> None:
+        router = self.router
+        names = list(router.manifest.plugins)
+        docs = await asyncio.gather(*(self._plugin_methods(name) for name in names))
+        methods = [m for doc in docs for m in doc]
+        methods += [{"name": f"router.{m}", "params": [], "description": BUILTIN_DOCS[m]} for m in sorted(BUILTIN_DOCS)]
+        from . import __version__
+
+        doc = {"openrpc": "1.2.6", "info": {"title": "plugrpc router", "version": __version__}, "methods": methods}
+        _answer(router, call, lambda: doc)
+
+    async def _plugin_methods(self, name: str) -> list[dict[str, Any]]:
+        router = self.router
+        spec = router.manifest.plugins[name]
+        described: dict[str, Any] = {}
+        sup = router.supervisors.get(name)
+        if sup is not None and sup.state is PluginState.RUNNING:
+            try:
+                result = await router.call_plugin(name, "rpc.discover", timeout=min(spec.timeout, DISCOVER_TIMEOUT))
+                described = {m["name"]: m for m in result.get("methods", []) if isinstance(m, dict) and "name" in m}
+            except (RpcError, asyncio.TimeoutError, AttributeError, TypeError) as exc:
+                log.info("rpc.discover not answered (%s); listing exports only", exc, extra={"plugin": name})
+        return [{**described.get(export, {"params": []}), "name": f"{name}.{export}"} for export in spec.exports]
+
+
+BUILTIN_DOCS: Final = {
+    "plugins": "Every plugin with its state, pid, exports, restarts, in-flight calls and latency.",
+    "stats": "Call counts, errors and latency percentiles, in total and per plugin.",
+    "health": "ok when every plugin is running (or waiting for a lazy start), else degraded.",
+}
+
+
+def _answer(router: Router, call: Call, compute: Callable[[], Any]) -> None:
+    """Finish a built-in call with `compute()`'s value."""
+    sink = call.sink
+    if sink is None:
+        return
+    call.sink = None
+    sink.deliver(call, result_response(call.id, compute()))
+    router.outbox.flush()

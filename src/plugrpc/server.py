@@ -1,0 +1,87 @@
+"""`Server` runs a `Config`: startup, main loop, graceful shutdown (as uvicorn's `Server`).
+
+Startup validates the manifest before anything is created, starts the plugins, then binds
+the front socket: the router is ready when that socket accepts connections. SIGINT/SIGTERM
+set `should_exit`; shutdown stops accepting, gives in-flight calls `shutdown_grace` seconds,
+stops every plugin (SIGTERM, then SIGKILL after its grace) and removes every socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from .config import Config, loop_factory, remove_socket
+from .manifest import load_manifest
+from .protocol import FrontProtocol
+from .router import Router
+from .supervisor import RuntimeDir
+
+log = logging.getLogger("plugrpc.server")
+
+
+class Server:
+    """One router process serving one image."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.router: Router | None = None
+        self.should_exit = asyncio.Event()
+        self.started = asyncio.Event()
+        self._server: asyncio.AbstractServer | None = None
+        self._runtime_dir: RuntimeDir | None = None
+
+    def run(self) -> None:
+        """Serve until SIGINT/SIGTERM, on the configured event loop."""
+        with asyncio.Runner(loop_factory=loop_factory(self.config.loop)) as runner:
+            runner.run(self.serve())
+
+    async def serve(self) -> None:
+        try:
+            await self.startup()
+            await self.should_exit.wait()
+        finally:
+            await self.shutdown()
+
+    async def startup(self) -> None:
+        config = self.config
+        manifest = load_manifest(config.root)
+        self._runtime_dir = RuntimeDir()
+        self.router = router = Router(config, manifest, self._runtime_dir)
+        await router.start()
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(lambda: FrontProtocol(router), sock=config.bind_socket())
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.should_exit.set)
+        plugins = ", ".join(
+            f"{name} ({router.supervisors[name].pid or router.supervisors[name].state.value})"
+            if name in router.supervisors else f"{name} (exec)"
+            for name in manifest.plugins
+        )
+        log.info("router ready on %s; plugins: %s", config.socket, plugins or "none")
+        self.started.set()
+
+    async def shutdown(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if self._server is not None:
+            self._server.close()
+            remove_socket(self.config.socket)
+        router = self.router
+        if router is not None:
+            if router.inflight():
+                log.info("shutting down: waiting up to %gs for %d call(s)", self.config.shutdown_grace,
+                         router.inflight())
+            if not await router.drain(self.config.shutdown_grace):
+                log.warning("shutting down with %d call(s) unfinished", router.inflight())
+            for client in list(router.clients):
+                if client.transport is not None:
+                    client.transport.close()
+            await router.aclose()
+        if self._server is not None:
+            await self._server.wait_closed()
+        if self._runtime_dir is not None:
+            self._runtime_dir.remove()
+        log.info("router stopped")

@@ -1,0 +1,76 @@
+"""Per-plugin call statistics: counters and a latency histogram cheap enough for every call.
+
+Latencies go into log-scale buckets (four per power of two of microseconds, so a bucket spans
+at most 19% of its value): recording is a few integer operations, percentiles are read off the
+buckets only when someone asks (`router.stats`, `plugrpc status`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_SUB = 4  # buckets per power of two
+_NBUCKETS = 64 * _SUB
+
+
+def _bucket(us: int) -> int:
+    bits = us.bit_length()
+    if bits < 3:
+        return us
+    return (bits << 2) | ((us >> (bits - 3)) & 3)
+
+
+def _bucket_floor(index: int) -> int:
+    """The smallest microsecond value that falls in bucket `index`."""
+    if index < 8:
+        return index
+    bits, frac = index >> 2, index & 3
+    return (4 | frac) << (bits - 3)
+
+
+class CallStats:
+    """Counters and latency histogram of one plugin, as the router sees its calls."""
+
+    __slots__ = ("calls", "errors", "timeouts", "_hist")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.errors = 0
+        self.timeouts = 0
+        self._hist = [0] * _NBUCKETS
+
+    def record(self, seconds: float, error: bool) -> None:
+        """Count one finished call."""
+        self.calls += 1
+        if error:
+            self.errors += 1
+        self._hist[_bucket(int(seconds * 1_000_000))] += 1
+
+    def percentile(self, q: float) -> float | None:
+        """Latency in seconds below which a fraction `q` of calls finished (bucket midpoint)."""
+        total = sum(self._hist)
+        if not total:
+            return None
+        rank = q * total
+        seen = 0
+        for index, count in enumerate(self._hist):
+            seen += count
+            if seen >= rank and count:
+                low, high = _bucket_floor(index), _bucket_floor(index + 1)
+                return (low + high) / 2 / 1_000_000
+        return None  # pragma: no cover - rank <= total always reaches a bucket
+
+    def snapshot(self) -> dict[str, Any]:
+        """Figures for status views, latencies in milliseconds."""
+
+        def ms(value: float | None) -> float | None:
+            return None if value is None else round(value * 1000, 3)
+
+        return {
+            "calls": self.calls,
+            "errors": self.errors,
+            "timeouts": self.timeouts,
+            "p50_ms": ms(self.percentile(0.5)),
+            "p90_ms": ms(self.percentile(0.9)),
+            "p99_ms": ms(self.percentile(0.99)),
+        }
