@@ -10,23 +10,46 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .api import call, run
-from .blocking import BlockingClient
-from .client import Client
-from .config import Config
-from .errors import (
-    CallTimeout,
-    ConfigError,
-    ConnectError,
-    ConnectionLost,
-    ManifestError,
-    MessageTooLarge,
-    Overloaded,
-    PluginUnavailable,
-    PlugrpcError,
-    RpcError,
-)
-from .sdk import serve
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .api import call, run
+    from .blocking import BlockingClient
+    from .client import Client
+    from .config import Config
+    from .errors import (
+        CallTimeout,
+        ConfigError,
+        ConnectError,
+        ConnectionLost,
+        ManifestError,
+        MessageTooLarge,
+        Overloaded,
+        PluginUnavailable,
+        PlugrpcError,
+        RpcError,
+    )
+    from .sdk import serve
+
+# Names are imported on first use: a plugin process that only needs `serve` must not pay for
+# importing the router, the supervisor and the clients at every (re)start.
+_WHERE = {
+    "call": "api", "run": "api", "BlockingClient": "blocking", "Client": "client", "Config": "config",
+    "serve": "sdk", **{name: "errors" for name in (
+        "CallTimeout", "ConfigError", "ConnectError", "ConnectionLost", "ManifestError", "MessageTooLarge",
+        "Overloaded", "PluginUnavailable", "PlugrpcError", "RpcError")},
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'plugrpc' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "BlockingClient",
