@@ -1,0 +1,168 @@
+"""pytest fixtures for plugin authors and for plugrpc's own tests (a `pytest11` plugin).
+
+    def test_version(plugrpc_image, plugrpc_router):
+        image = plugrpc_image({"ovs": ("plugins/ovs.py", OVS_SOURCE, ["version"])})
+        router = plugrpc_router(image)
+        with router.client() as client:
+            assert client.raw("ovs.version") == "1.0alpha"
+
+Everything runs for real: `plugrpc run` in a subprocess, plugins as processes, unix sockets in
+a short private directory. Every process is stopped and every socket removed at teardown.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .blocking import BlockingClient
+
+READY_TIMEOUT = 20.0
+STOP_TIMEOUT = 20.0
+
+PluginDecl = tuple[str, str, Sequence[str]] | tuple[str, str, Sequence[str], Mapping[str, Any]]
+"""(path in the image, source text, exports[, further manifest keys])."""
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {value!r} to TOML")
+
+
+def write_image(root: Path, plugins: Mapping[str, PluginDecl]) -> Path:
+    """Write an image: each plugin's executable file and a `.plugin.toml` declaring them."""
+    lines = []
+    for name, decl in plugins.items():
+        rel, source, exports = decl[0], decl[1], decl[2]
+        extra: Mapping[str, Any] = decl[3] if len(decl) > 3 else {}  # type: ignore[misc]
+        path = root / rel.lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(source).lstrip())
+        path.chmod(0o755)
+        lines.append(f"[plugin.{name}]")
+        lines.append(f"path = {_toml_value(rel)}")
+        lines.append(f"exports = {_toml_value(list(exports))}")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in extra.items()]
+        lines.append("")
+    (root / ".plugin.toml").write_text("\n".join(lines))
+    return root
+
+
+def wait_for_socket(path: Path, timeout: float, alive: Callable[[], bool] = lambda: True) -> None:
+    """Block until `path` accepts a connection; raise if `alive()` turns false or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(os.fspath(path))
+                return
+            except OSError:
+                pass
+        if not alive():
+            raise RuntimeError(f"process exited before {path} accepted connections")
+        time.sleep(0.02)
+    raise TimeoutError(f"{path} did not accept connections within {timeout}s")
+
+
+class RouterProcess:
+    """`plugrpc run` in a subprocess, its log in a file."""
+
+    def __init__(self, root: Path, sock: Path, args: Sequence[str] = (), env: Mapping[str, str] | None = None) -> None:
+        self.root, self.socket = root, sock
+        self.log_path = sock.parent / f"{sock.stem}.log"
+        command = [sys.executable, "-m", "plugrpc.cli", "run", "--root", str(root), "--socket", str(sock), *args]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         env={**os.environ, **(env or {})})
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        """Everything the router (and its plugins) logged so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> RouterProcess:
+        try:
+            wait_for_socket(self.socket, timeout, lambda: self.proc.poll() is None)
+        except (RuntimeError, TimeoutError) as exc:
+            self.stop()
+            raise RuntimeError(f"router did not start: {exc}\n--- log ---\n{self.log()}") from None
+        return self
+
+    def client(self, timeout: float | None = 30.0) -> BlockingClient:
+        return BlockingClient(self.socket, timeout=timeout)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> int:
+        """Stop the router (SIGTERM by default) and return its exit status; SIGKILL if it hangs."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout)
+        return self.proc.returncode
+
+
+@pytest.fixture
+def plugrpc_tmp() -> Iterator[Path]:
+    """A short private directory (AF_UNIX paths must stay under 108 bytes), removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="prpc-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def plugrpc_image(plugrpc_tmp: Path) -> Callable[[Mapping[str, PluginDecl]], Path]:
+    """Factory: `plugrpc_image({"name": (path, source, exports[, keys])})` writes an image, returns its root."""
+    counter = iter(range(1_000_000))
+
+    def make(plugins: Mapping[str, PluginDecl]) -> Path:
+        root = plugrpc_tmp / f"image{next(counter)}"
+        root.mkdir()
+        return write_image(root, plugins)
+
+    return make
+
+
+@pytest.fixture
+def plugrpc_router(plugrpc_tmp: Path) -> Iterator[Callable[..., RouterProcess]]:
+    """Factory: `plugrpc_router(root, *args)` starts `plugrpc run` on `root` and waits until it is ready."""
+    routers: list[RouterProcess] = []
+    counter = iter(range(1_000_000))
+
+    def start(root: Path, *args: str, env: Mapping[str, str] | None = None, wait: bool = True) -> RouterProcess:
+        router = RouterProcess(root, plugrpc_tmp / f"r{next(counter)}.sock", args, env)
+        routers.append(router)
+        return router.wait_ready() if wait else router
+
+    try:
+        yield start
+    finally:
+        for router in routers:
+            router.stop()

@@ -1,0 +1,80 @@
+"""wire: line framing and envelope checks, no sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from plugrpc import codes
+from plugrpc.wire import LineSplitter, LineTooLong, error_line, loads, reply_id, request_problem
+
+
+class TestLineSplitter:
+    def test_lines_across_chunks(self) -> None:
+        s = LineSplitter(100)
+        assert s.feed(b'{"a"') == []
+        assert s.feed(b':1}\n{"b":2}\n{"c"') == [b'{"a":1}', b'{"b":2}']
+        assert s.buffered == 4
+        assert s.feed(b":3}\n") == [b'{"c":3}']
+        assert s.buffered == 0
+
+    def test_blank_lines_are_dropped(self) -> None:
+        assert LineSplitter(100).feed(b"\n\nx\n\n") == [b"x"]
+
+    def test_partial_line_over_limit_is_refused_before_it_ends(self) -> None:
+        s = LineSplitter(10)
+        s.feed(b"12345")
+        with pytest.raises(LineTooLong):
+            s.feed(b"678901")
+
+    def test_complete_line_over_limit(self) -> None:
+        with pytest.raises(LineTooLong):
+            LineSplitter(4).feed(b"ok\n123456\n")
+
+    def test_joined_line_over_limit(self) -> None:
+        s = LineSplitter(6)
+        s.feed(b"1234")
+        with pytest.raises(LineTooLong):
+            s.feed(b"567\n")
+
+    def test_line_exactly_at_limit(self) -> None:
+        s = LineSplitter(4)
+        s.feed(b"12")
+        assert s.feed(b"34\n") == [b"1234"]
+
+
+class TestRequestProblem:
+    @pytest.mark.parametrize("msg", [
+        {"jsonrpc": "2.0", "method": "a.b", "id": 1},
+        {"jsonrpc": "2.0", "method": "a.b", "id": "x", "params": [1]},
+        {"jsonrpc": "2.0", "method": "a.b", "id": None, "params": {"k": 1}},
+        {"jsonrpc": "2.0", "method": "a.b", "id": 1.5},
+        {"jsonrpc": "2.0", "method": "a.b"},
+    ])
+    def test_valid(self, msg: object) -> None:
+        assert request_problem(msg) is None
+
+    @pytest.mark.parametrize("msg", [
+        1, "x", None, [],
+        {"method": "a.b", "id": 1},
+        {"jsonrpc": "1.0", "method": "a.b", "id": 1},
+        {"jsonrpc": "2.0", "method": 1, "id": 1},
+        {"jsonrpc": "2.0", "method": "a.b", "id": {}},
+        {"jsonrpc": "2.0", "method": "a.b", "id": [1]},
+        {"jsonrpc": "2.0", "method": "a.b", "id": True},
+        {"jsonrpc": "2.0", "method": "a.b", "id": 1, "params": "bar"},
+        {"jsonrpc": "2.0", "method": "a.b", "id": 1, "params": None},
+    ])
+    def test_invalid(self, msg: object) -> None:
+        assert isinstance(request_problem(msg), str)
+
+    def test_reply_id(self) -> None:
+        assert reply_id({"id": 7}) == 7
+        assert reply_id({"id": [7]}) is None
+        assert reply_id("x") is None
+
+
+def test_error_line_is_one_json_line() -> None:
+    line = error_line("a", codes.OVERLOADED, data={"plugin": "p"})
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert loads(line) == {"jsonrpc": "2.0", "id": "a",
+                           "error": {"code": -32003, "message": "Overloaded", "data": {"plugin": "p"}}}

@@ -1,0 +1,62 @@
+"""Helpers for tests that talk to sockets byte for byte."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+class RawConn:
+    """A blocking NDJSON connection with a timeout on every read: nothing can hang a test."""
+
+    def __init__(self, path: Path | str, timeout: float = 10.0) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(os.fspath(path))
+        self.buf = b""
+
+    def __enter__(self) -> RawConn:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, data: bytes | Any) -> None:
+        self.sock.sendall(data if isinstance(data, bytes) else orjson.dumps(data) + b"\n")
+
+    def line(self) -> bytes:
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise ConnectionError(f"closed by peer; buffered {self.buf[:200]!r}")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line
+
+    def recv(self) -> Any:
+        return orjson.loads(self.line())
+
+    def ask(self, data: bytes | Any) -> Any:
+        self.send(data)
+        return self.recv()
+
+    def closed_by_peer(self) -> bool:
+        """True when the peer closed the connection (after any buffered lines)."""
+        try:
+            return self.sock.recv(1 << 16) == b""
+        except ConnectionResetError:
+            return True
+
+
+def req(method: str, params: Any = None, id: Any = 1) -> dict[str, Any]:
+    msg: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": id}
+    if params is not None:
+        msg["params"] = params
+    return msg
