@@ -1,0 +1,382 @@
+"""core0 legacy plugins (`mode = "exec"`): one process per call, its `20:::` block the result.
+
+DESIGN.md, "Lineage": core0 ran `<path> <command> [<json-args>]` once per call. The binary wrote
+its result on stdout between a `20:::` line and a `:::` line (other stdout lines are logs) and on
+failure exited non-zero. `ExecPlugin` keeps that contract behind the same `call()` the router
+uses for persistent plugins, so a core0 image runs unchanged; it adds what core0 left to chance:
+a timeout, a bound on concurrent executions and on output, and no process left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import functools
+import logging
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any, Final, cast
+
+import orjson
+
+from . import codes
+from .errors import CallTimeout, MessageTooLarge, Overloaded, PluginUnavailable, RpcError
+from .manifest import PluginSpec
+from .process import die_with_parent, plugin_env
+from .wire import LineSplitter
+
+EXEC_FAILED: Final = -32000
+"""A legacy plugin exited non-zero; the message is its error text. (To move to `codes.py`.)"""
+
+MAX_OUTPUT: Final = 64 * 1024 * 1024
+"""Bytes one execution may write on stdout, and on stderr, before it is killed."""
+MAX_ERROR_TEXT: Final = 64 * 1024
+"""Characters of stderr kept in an error message: the end, where the error usually is."""
+
+BLOCK_START: Final = b"20:::"
+BLOCK_END: Final = b":::"
+
+log = logging.getLogger("plugrpc.execmode")
+plugin_log = logging.getLogger("plugrpc.plugin")
+
+
+class _Run(asyncio.SubprocessProtocol):
+    """One execution: keeps the last `20:::` block, logs every other line, bounds the output."""
+
+    __slots__ = (
+        # set once
+        "name",
+        "extra",
+        "limit",
+        "done",
+        "pid",
+        "transport",
+        # output
+        "sizes",
+        "splitters",
+        "block",
+        "result",
+        "stderr",
+        # outcome
+        "returncode",
+        "overflow",
+        "stopped",
+    )
+
+    def __init__(self, name: str, limit: int, done: asyncio.Future[None]) -> None:
+        self.name = name
+        self.extra = {"plugin": name}
+        self.limit = limit
+        self.done = done
+        """Resolved when the process is reaped and both pipes are closed."""
+        self.pid: int | None = None
+        self.transport: asyncio.SubprocessTransport | None = None
+
+        self.sizes = [0, 0, 0]
+        self.splitters = (None, LineSplitter(limit), LineSplitter(limit))
+        self.block: list[bytes] | None = None
+        """Lines of a `20:::` block still open, else None."""
+        self.result: bytes | None = None
+        """The JSON text of the last complete block."""
+        self.stderr: list[bytes] = []
+
+        self.returncode: int | None = None
+        self.overflow = False
+        self.stopped = False
+        """Set when the plugin is closed under this execution."""
+
+    # --- asyncio callbacks -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's process transport has the SubprocessTransport methods but not the base class.
+        self.transport = cast(asyncio.SubprocessTransport, transport)
+        self.pid = self.transport.get_pid()
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        size = self.sizes[fd] + len(data)
+        self.sizes[fd] = size
+        if size > self.limit:
+            if not self.overflow:
+                self.overflow = True
+                log.warning("%s: more than %d bytes on fd %d; killing it", self.name, self.limit, fd, extra=self.extra)
+                self.kill(signal.SIGKILL)
+            return
+        splitter = self.splitters[fd]
+        assert splitter is not None
+        self._lines(fd, splitter.feed(data))
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        splitter = self.splitters[fd]
+        if splitter is not None and splitter.buffered and not self.overflow:
+            # A last line without its newline still counts.
+            self._lines(fd, splitter.feed(b"\n"))
+
+    def process_exited(self) -> None:
+        assert self.transport is not None
+        self.returncode = self.transport.get_returncode()
+        # What the call started in its process group ends with it: a leftover child would
+        # outlive us (PR_SET_PDEATHSIG does not pass to grandchildren) and could hold our pipes
+        # open. While a member lives its group id stays taken; once none does, the id is reused
+        # only after the kernel has handed out every other pid, so this signals no stranger.
+        self.kill(signal.SIGKILL)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    # --- steps -------------------------------------------------------------------------------
+
+    def _lines(self, fd: int, lines: list[bytes]) -> None:
+        if fd == 2:
+            self.stderr.extend(lines)
+            if plugin_log.isEnabledFor(logging.WARNING):
+                for line in lines:
+                    plugin_log.warning("%s: %s", self.name, line.decode(errors="replace"), extra=self.extra)
+            return
+        for line in lines:
+            if self.block is not None:
+                if line.rstrip() == BLOCK_END:
+                    self.result = b"\n".join(self.block)
+                    self.block = None
+                else:
+                    self.block.append(line)
+            elif line.rstrip() == BLOCK_START:
+                self.block = []
+            elif plugin_log.isEnabledFor(logging.INFO):
+                plugin_log.info("%s: %s", self.name, line.decode(errors="replace"), extra=self.extra)
+
+    def kill(self, sig: int) -> None:
+        """Signal the execution's whole process group (its own session, so only its processes)."""
+        if self.pid is not None:
+            try:
+                os.killpg(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def error_text(self) -> str:
+        """The message of a failed execution.
+
+        core0's Go `plugin.Plugin` framed its error string as the result and exited 1; other
+        core0 plugins wrote it on stderr. Prefer the framed string, which is exactly the error.
+        """
+        if self.result is not None:
+            try:
+                value = orjson.loads(self.result)
+            except orjson.JSONDecodeError:
+                value = None
+            if isinstance(value, str) and value.strip():
+                return value.strip()
+        text = b"\n".join(self.stderr).decode(errors="replace").strip()
+        if len(text) > MAX_ERROR_TEXT:
+            text = "..." + text[-MAX_ERROR_TEXT:]
+        if text:
+            return text
+        code = self.returncode
+        if code is not None and code < 0:
+            try:
+                return f"killed by signal {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exited with status {code}"
+
+
+class ExecPlugin:
+    """A core0-style plugin: `call()` runs `<path> [args...] <method> [<params JSON>]` once.
+
+    At most `spec.max_inflight` executions run at once (4 per CPU when 0); further calls wait,
+    up to `spec.max_pending` calls in all. Every execution is its own session, killed on timeout,
+    on cancellation and on `aclose()`, and reaped before its call returns.
+    """
+
+    __slots__ = (
+        "spec",
+        "name",
+        "inflight",
+        "calls",
+        "errors",
+        "_argv",
+        "_cwd",
+        "_env",
+        "_limit",
+        "_max_output",
+        "_slots",
+        "_pending",
+        "_running",
+        "_closing",
+    )
+
+    def __init__(self, spec: PluginSpec, root: Path, *, max_output: int = MAX_OUTPUT) -> None:
+        self.spec = spec
+        self.name = spec.name
+        # counters for status()
+        self.inflight = 0
+        """Executions running now."""
+        self.calls = 0
+        self.errors = 0
+        # resolved once, not per call
+        self._argv: tuple[str, ...] = (str(spec.path), *spec.args)
+        self._cwd = str(root)
+        self._env = plugin_env(spec)
+        self._limit = spec.max_inflight if spec.max_inflight > 0 else (os.cpu_count() or 1) * 4
+        self._max_output = max_output
+        # state
+        self._slots = asyncio.Semaphore(self._limit)
+        self._pending = 0
+        """Calls queued or running."""
+        self._running: set[_Run] = set()
+        self._closing = False
+
+    def __repr__(self) -> str:
+        return f"<ExecPlugin {self.name} inflight={self.inflight} pending={self._pending} limit={self._limit}>"
+
+    def status(self) -> dict[str, Any]:
+        """What `router.` built-ins report for this plugin."""
+        return {
+            "name": self.name,
+            "mode": "exec",
+            "state": "stopped" if self._closing else "ready",
+            "inflight": self.inflight,
+            "pending": self._pending,
+            "calls": self.calls,
+            "errors": self.errors,
+        }
+
+    async def call(self, method: str, params: Any) -> Any:
+        """Run the plugin once for `method`; its `20:::` block is the result.
+
+        Raises `RpcError`: `EXEC_FAILED` for a non-zero exit, -32001 for a broken result or a
+        plugin that cannot run, -32002 on timeout, -32003 when too many calls wait, -32004 for
+        output (or params) beyond the limits.
+        """
+        self.calls += 1
+        try:
+            if self._pending >= self.spec.max_pending:
+                raise Overloaded(
+                    codes.OVERLOADED,
+                    f"{self._pending} calls to exec plugin {self.name!r} are running or waiting",
+                    {"plugin": self.name},
+                )
+            self._pending += 1
+            try:
+                async with asyncio.timeout(self.spec.timeout), self._slots:
+                    return await self._execute(method, params)
+            except TimeoutError:
+                log.warning(
+                    "%s: %s timed out after %ss", self.name, method, self.spec.timeout, extra={"plugin": self.name}
+                )
+                raise CallTimeout(
+                    codes.CALL_TIMEOUT,
+                    f"exec plugin {self.name!r} did not finish {method!r} within {self.spec.timeout}s",
+                    {"plugin": self.name},
+                ) from None
+            finally:
+                self._pending -= 1
+        except RpcError:
+            self.errors += 1
+            raise
+
+    async def aclose(self) -> None:
+        """Stop every running execution: SIGTERM, SIGKILL after `spec.grace`; wait until reaped."""
+        self._closing = True
+        runs = list(self._running)
+        for run in runs:
+            run.stopped = True
+            run.kill(signal.SIGTERM)
+        if not runs:
+            return
+        _, left = await asyncio.wait([run.done for run in runs], timeout=self.spec.grace)
+        if left:
+            for run in runs:
+                if not run.done.done():
+                    run.kill(signal.SIGKILL)
+            await asyncio.wait(left)
+
+    # --- steps -------------------------------------------------------------------------------
+
+    async def _execute(self, method: str, params: Any) -> Any:
+        if self._closing:
+            raise self._stopped()
+        argv: tuple[str | bytes, ...] = (*self._argv, method)
+        if params is not None:
+            argv = (*argv, orjson.dumps(params))
+        loop = asyncio.get_running_loop()
+        run = _Run(self.name, self._max_output, loop.create_future())
+        self._running.add(run)
+        spawned = False
+        try:
+            transport, _ = await loop.subprocess_exec(
+                lambda: run,
+                *argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=self._cwd,
+                env=self._env,
+                start_new_session=True,
+                preexec_fn=functools.partial(die_with_parent, os.getpid()),
+            )
+            spawned = True
+        except (OSError, ValueError) as exc:
+            raise self._spawn_error(exc) from exc
+        finally:
+            if not spawned:
+                self._running.discard(run)
+                run.done.cancel()  # nothing for aclose() to wait for
+        self.inflight += 1
+        try:
+            if self._closing:  # aclose() ran while this one was starting
+                run.stopped = True
+                run.kill(signal.SIGKILL)
+            await asyncio.shield(run.done)
+        finally:
+            self.inflight -= 1
+            self._running.discard(run)
+            if not run.done.done():
+                # Timed out or cancelled (the caller went away): kill and reap before leaving.
+                run.kill(signal.SIGKILL)
+                transport.close()
+                await asyncio.shield(run.done)
+            transport.close()
+        return self._outcome(run)
+
+    def _outcome(self, run: _Run) -> Any:
+        data = {"plugin": self.name}
+        if run.stopped:
+            raise self._stopped()
+        if run.overflow:
+            raise MessageTooLarge(
+                codes.MESSAGE_TOO_LARGE,
+                f"exec plugin {self.name!r} wrote more than {self._max_output} bytes and was killed",
+                data,
+            )
+        if run.returncode != 0:
+            raise RpcError(EXEC_FAILED, run.error_text(), {"plugin": self.name, "exit": run.returncode})
+        if run.block is not None:
+            raise PluginUnavailable(
+                codes.PLUGIN_UNAVAILABLE, f"exec plugin {self.name!r} opened a 20::: block and never closed it", data
+            )
+        if run.result is None:
+            return None  # a core0 plugin may print nothing; Go's plugin.Plugin framed nil as `null`
+        try:
+            return orjson.loads(run.result)
+        except orjson.JSONDecodeError as exc:
+            raise PluginUnavailable(
+                codes.PLUGIN_UNAVAILABLE, f"exec plugin {self.name!r} wrote a result that is not JSON: {exc}", data
+            ) from None
+
+    def _stopped(self) -> PluginUnavailable:
+        return PluginUnavailable(
+            codes.PLUGIN_UNAVAILABLE, f"exec plugin {self.name!r} is stopping", {"plugin": self.name}
+        )
+
+    def _spawn_error(self, exc: OSError | ValueError) -> RpcError:
+        data = {"plugin": self.name}
+        if isinstance(exc, OSError) and exc.errno == errno.E2BIG:
+            return MessageTooLarge(
+                codes.MESSAGE_TOO_LARGE,
+                f"params too large to pass to exec plugin {self.name!r} as a command-line argument",
+                data,
+            )
+        return PluginUnavailable(codes.PLUGIN_UNAVAILABLE, f"cannot run exec plugin {self.name!r}: {exc}", data)
