@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from plugins import OVS
+from plugin_sources import OVS
 
 from plugrpc.testing import RouterProcess
 

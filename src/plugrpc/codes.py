@@ -9,6 +9,9 @@ METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 
+# A core0 (`mode = "exec"`) plugin exited non-zero; the message is its error text.
+EXEC_FAILED = -32000
+
 # The router's own failures
 PLUGIN_UNAVAILABLE = -32001
 CALL_TIMEOUT = -32002
@@ -21,6 +24,7 @@ MESSAGES: dict[int, str] = {
     METHOD_NOT_FOUND: "Method not found",
     INVALID_PARAMS: "Invalid params",
     INTERNAL_ERROR: "Internal error",
+    EXEC_FAILED: "Plugin error",
     PLUGIN_UNAVAILABLE: "Plugin unavailable",
     CALL_TIMEOUT: "Call timed out",
     OVERLOADED: "Overloaded",

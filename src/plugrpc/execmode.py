@@ -27,8 +27,7 @@ from .manifest import PluginSpec
 from .process import die_with_parent, plugin_env
 from .wire import LineSplitter
 
-EXEC_FAILED: Final = -32000
-"""A legacy plugin exited non-zero; the message is its error text. (To move to `codes.py`.)"""
+EXEC_FAILED: Final = codes.EXEC_FAILED
 
 MAX_OUTPUT: Final = 64 * 1024 * 1024
 """Bytes one execution may write on stdout, and on stderr, before it is killed."""
@@ -230,6 +229,10 @@ class ExecPlugin:
 
     def __repr__(self) -> str:
         return f"<ExecPlugin {self.name} inflight={self.inflight} pending={self._pending} limit={self._limit}>"
+
+    def busy(self) -> int:
+        """Calls queued or running: what a graceful shutdown waits for."""
+        return self._pending
 
     def status(self) -> dict[str, Any]:
         """What `router.` built-ins report for this plugin."""

@@ -407,6 +407,10 @@ class PluginPool:
         if self.waiting and not self.conns:
             self._run_assign()
 
+    def busy(self) -> int:
+        """Calls written or waiting: what shutdown waits for."""
+        return self.inflight + len(self.waiting)
+
     def status(self) -> dict[str, Any]:
         """Figures for `router.plugins`."""
         return {

@@ -72,8 +72,8 @@ class Router:
         return PluginPool(spec, sup.socket_path, sup, self.outbox, self.config.max_line)
 
     def inflight(self) -> int:
-        """Client calls not yet answered, over every connection."""
-        return sum(len(client.calls) for client in self.clients)
+        """Calls given to plugins and not yet answered (queued in the router or running)."""
+        return sum(target.busy() for target in self.plugin_targets().values())  # type: ignore[attr-defined]
 
     async def drain(self, timeout: float) -> bool:
         """Wait up to `timeout` for in-flight calls to finish; True if they all did."""
@@ -228,6 +228,9 @@ class ExecTarget:
     def cancel(self, call: Call) -> None:
         call.sink = None
         call.conn.cancel()
+
+    def busy(self) -> int:
+        return self.plugin.busy()
 
     def _done(self, call: Call, task: asyncio.Task[Any]) -> None:
         sink = call.sink

@@ -31,6 +31,7 @@ class Server:
         self.started = asyncio.Event()
         self._server: asyncio.AbstractServer | None = None
         self._runtime_dir: RuntimeDir | None = None
+        self._bound = False
 
     def run(self) -> None:
         """Serve until SIGINT/SIGTERM, on the configured event loop."""
@@ -46,12 +47,15 @@ class Server:
 
     async def startup(self) -> None:
         config = self.config
+        # Everything that can be refused is checked before any process starts.
         manifest = load_manifest(config.root)
+        sock = config.bind_socket()
+        self._bound = True
         self._runtime_dir = RuntimeDir()
         self.router = router = Router(config, manifest, self._runtime_dir)
         await router.start()
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_unix_server(lambda: FrontProtocol(router), sock=config.bind_socket())
+        self._server = await loop.create_unix_server(lambda: FrontProtocol(router), sock=sock)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.should_exit.set)
         plugins = ", ".join(
@@ -68,6 +72,7 @@ class Server:
             loop.remove_signal_handler(sig)
         if self._server is not None:
             self._server.close()
+        if self._bound:
             remove_socket(self.config.socket)
         router = self.router
         if router is not None:
@@ -84,4 +89,5 @@ class Server:
             await self._server.wait_closed()
         if self._runtime_dir is not None:
             self._runtime_dir.remove()
-        log.info("router stopped")
+        if self.started.is_set():
+            log.info("router stopped")

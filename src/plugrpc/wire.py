@@ -92,7 +92,10 @@ class LineSplitter:
             self._parts.append(tail)
         lines = data[:nl].split(NL)
         if len(lines) == 1:
-            return lines if lines[0] else []
+            line = lines[0]
+            if len(line) > self.max_line:
+                raise LineTooLong(len(line))
+            return lines if line else []
         max_line = self.max_line
         for line in lines:
             if len(line) > max_line:

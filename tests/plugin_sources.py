@@ -80,6 +80,7 @@ while True:
         elif MODE == "half":
             f.write(b'{{"jsonrpc": "2.0", "res')
             f.flush()
+            f.close()
             conn.close()
             break
         elif MODE == "unknown-id":
