@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 from . import codes
 from .config import Config
-from .errors import RpcError
+from .errors import ManifestError, RpcError
 from .execmode import ExecPlugin
-from .manifest import Manifest, PluginSpec
+from .manifest import Manifest, PluginSpec, load_manifest
 from .outbox import Outbox
 from .pool import NOPARAMS, Call, PluginPool, Target
 from .stats import CallStats
@@ -51,6 +51,10 @@ class Router:
         self._loop = asyncio.get_running_loop()
         self._time: Callable[[], float] = self._loop.time
         self._sweeper: asyncio.TimerHandle | None = None
+        self._pool_of: dict[Supervisor, PluginPool] = {}
+        self._generation = 0
+        self._reload_lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
         builtins = Builtins(self)
         self.targets["router"] = builtins
         self.targets["rpc"] = builtins.rpc
@@ -59,17 +63,62 @@ class Router:
 
     async def start(self) -> None:
         """Bind every plugin's socket and start the plugins that are not lazy."""
-        for spec in self.manifest.plugins.values():
-            self.targets[spec.name] = self._target(spec)
-        await asyncio.gather(*(sup.start() for sup in self.supervisors.values()))
+        await asyncio.gather(*(self._add(spec) for spec in self.manifest.plugins.values()))
         self._sweeper = self._loop.call_later(SWEEP_INTERVAL, self._sweep)
 
-    def _target(self, spec: PluginSpec) -> Target:
+    async def _add(self, spec: PluginSpec) -> None:
+        """Create a plugin's target, start its process, and only then route calls to it."""
         if spec.mode == "exec":
-            return ExecTarget(ExecPlugin(spec, self.manifest.root), self.outbox)
-        sup = Supervisor(spec, self.manifest.root, self.runtime_dir.socket_for(spec.name), on_state=self._on_state)
+            self.targets[spec.name] = ExecTarget(ExecPlugin(spec, self.manifest.root), self.outbox)
+            return
+        self._generation += 1
+        # A fresh socket per generation: a changed plugin starts beside the old one, which drains.
+        sock = self.runtime_dir.socket_for(spec.name if self._generation == 1 else f"{spec.name}.{self._generation}")
+        sup = Supervisor(spec, self.manifest.root, sock, on_state=self._on_state)
+        pool = PluginPool(spec, sock, sup, self.outbox, self.config.max_line)
+        self._pool_of[sup] = pool
+        await sup.start()
         self.supervisors[spec.name] = sup
-        return PluginPool(spec, sup.socket_path, sup, self.outbox, self.config.max_line)
+        self.targets[spec.name] = pool
+
+    async def _retire(self, target: Target, sup: Supervisor | None, timeout: float) -> None:
+        """Stop routing to an old target: let its calls finish (up to `timeout`), then stop it."""
+        deadline = self._time() + timeout
+        while target.busy() and self._time() < deadline:  # type: ignore[attr-defined]
+            await asyncio.sleep(0.02)
+        await target.aclose()  # type: ignore[attr-defined]
+        if sup is not None:
+            await sup.stop()
+            self._pool_of.pop(sup, None)
+
+    async def reload(self) -> dict[str, list[str]]:
+        """Re-read the manifest: start new plugins, swap changed ones, drain and stop removed ones.
+
+        Calls to unchanged plugins are never touched. A changed plugin's new process starts on a
+        new socket before calls move to it; the old one finishes its in-flight calls, then stops.
+        An invalid manifest raises `ManifestError` and changes nothing.
+        """
+        async with self._reload_lock:
+            new = load_manifest(self.manifest.root)
+            old = self.manifest.plugins
+            added = [n for n in new.plugins if n not in old]
+            removed = [n for n in old if n not in new.plugins]
+            changed = [n for n in new.plugins if n in old and new.plugins[n] != old[n]]
+            retiring = [(self.targets[n], self.supervisors.get(n), old[n].timeout) for n in removed + changed]
+            for name in removed:
+                del self.targets[name]
+                self.supervisors.pop(name, None)
+            await asyncio.gather(*(self._add(new.plugins[n]) for n in added + changed))
+            self.manifest = new
+            log.info("reloaded %s: added %s, removed %s, changed %s", new.file, added or "none",
+                     removed or "none", changed or "none")
+            self._retiring.update(
+                self._loop.create_task(self._retire(target, sup, timeout)) for target, sup, timeout in retiring
+            )
+            await asyncio.gather(*self._retiring)
+            self._retiring.clear()
+            unchanged = [n for n in new.plugins if n not in added and n not in changed]
+            return {"added": added, "removed": removed, "changed": changed, "unchanged": unchanged}
 
     def inflight(self) -> int:
         """Calls given to plugins and not yet answered (queued in the router or running)."""
@@ -86,6 +135,9 @@ class Router:
         """Stop the sweep, close every connection to plugins, stop every plugin."""
         if self._sweeper is not None:
             self._sweeper.cancel()
+        for task in self._retiring:
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         for target in self.plugin_targets().values():
             await target.aclose()  # type: ignore[attr-defined]
         await asyncio.gather(*(sup.stop() for sup in self.supervisors.values()))
@@ -141,8 +193,8 @@ class Router:
         extra = {"plugin": sup.spec.name, "pid": sup.pid}
         log.info("plugin is %s", sup.state.value, extra=extra)
         if sup.state in GIVEN_UP:
-            pool = self.targets.get(sup.spec.name)
-            if isinstance(pool, PluginPool):
+            pool = self._pool_of.get(sup)
+            if pool is not None:
                 # Calls parked in the socket backlog would wait for their timeout: fail them now.
                 pool.drop_connections(f"plugin {sup.spec.name} is {sup.state.value}")
 
@@ -263,13 +315,26 @@ class Builtins:
 
     def __init__(self, router: Router) -> None:
         self.router = router
-        self.exported = frozenset({"plugins", "stats", "health"})
+        self.exported = frozenset(BUILTIN_DOCS)
         self.rpc = _RpcBuiltins(router)
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def submit(self, call: Call) -> None:
         call.target = self
-        handler = getattr(self, "_" + call.method)
-        _answer(self.router, call, handler)
+        if call.method == "reload":
+            task = asyncio.get_running_loop().create_task(self._reload(call))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        _answer(self.router, call, getattr(self, "_" + call.method))
+
+    async def _reload(self, call: Call) -> None:
+        try:
+            result = await self.router.reload()
+        except ManifestError as exc:
+            _answer_error(self.router, call, codes.INTERNAL_ERROR, f"reload refused: {exc}")
+            return
+        _answer(self.router, call, lambda: result)
 
     def notify(self, method: str, params: Any) -> None:
         pass  # built-ins have no side effects worth a notification
@@ -278,11 +343,11 @@ class Builtins:
         call.sink = None
 
     def _plugins(self) -> list[dict[str, Any]]:
-        return [self.router.plugin_status(name) for name in self.router.manifest.plugins]
+        return [self.router.plugin_status(name) for name in self.router.plugin_targets()]
 
     def _stats(self) -> dict[str, Any]:
         router = self.router
-        plugins = {name: router.plugin_status(name) for name in router.manifest.plugins}
+        plugins = {name: router.plugin_status(name) for name in router.plugin_targets()}
         return {
             "uptime": round(time.monotonic() - router.started, 3),
             "clients": len(router.clients),
@@ -348,7 +413,18 @@ BUILTIN_DOCS: Final = {
     "plugins": "Every plugin with its state, pid, exports, restarts, in-flight calls and latency.",
     "stats": "Call counts, errors and latency percentiles, in total and per plugin.",
     "health": "ok when every plugin is running (or waiting for a lazy start), else degraded.",
+    "reload": "Re-read the manifest; start, swap and stop plugins as it says. Same as SIGHUP.",
 }
+
+
+def _answer_error(router: Router, call: Call, code: int, message: str) -> None:
+    """Finish a built-in call with an error."""
+    sink = call.sink
+    if sink is None:
+        return
+    call.sink = None
+    sink.deliver(call, error_response(call.id, code, message))
+    router.outbox.flush()
 
 
 def _answer(router: Router, call: Call, compute: Callable[[], Any]) -> None:

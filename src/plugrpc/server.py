@@ -13,6 +13,7 @@ import logging
 import signal
 
 from .config import Config, loop_factory, remove_socket
+from .errors import ManifestError
 from .manifest import load_manifest
 from .protocol import FrontProtocol
 from .router import Router
@@ -32,6 +33,7 @@ class Server:
         self._server: asyncio.AbstractServer | None = None
         self._runtime_dir: RuntimeDir | None = None
         self._bound = False
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def run(self) -> None:
         """Serve until SIGINT/SIGTERM, on the configured event loop."""
@@ -58,6 +60,7 @@ class Server:
         self._server = await loop.create_unix_server(lambda: FrontProtocol(router), sock=sock)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.should_exit.set)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         plugins = ", ".join(
             f"{name} ({router.supervisors[name].pid or router.supervisors[name].state.value})"
             if name in router.supervisors else f"{name} (exec)"
@@ -66,10 +69,26 @@ class Server:
         log.info("router ready on %s; plugins: %s", config.socket, plugins or "none")
         self.started.set()
 
+    def _on_sighup(self) -> None:
+        """SIGHUP re-reads the manifest (like `router.reload`); a bad manifest is logged and ignored."""
+        task = asyncio.get_running_loop().create_task(self._reload())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reload(self) -> None:
+        assert self.router is not None
+        try:
+            await self.router.reload()
+        except ManifestError as exc:
+            log.error("reload refused, still serving the previous manifest: %s", exc)
+
     async def shutdown(self) -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._server is not None:
             self._server.close()
         if self._bound:
