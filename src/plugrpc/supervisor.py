@@ -427,7 +427,8 @@ class _Child:
     Exit is seen through a pidfd on the event loop (asyncio and uvloop alike), or by a thread
     blocked in waitid() where pidfds are unavailable. Either way the process group is killed
     and the process reaped on the loop's thread while its pid is still reserved (a zombie), so
-    no signal can reach a recycled pid.
+    no signal can reach a recycled pid. Spawned on the loop's thread too: PR_SET_PDEATHSIG fires
+    when the *thread* that forked exits, so a spawn from an executor thread would be killed early.
     """
 
     def __init__(self, spec: PluginSpec, root: Path, listen_fd: int, env: dict[str, str]) -> None:
@@ -448,7 +449,7 @@ class _Child:
         self.pid: int = self.popen.pid
         self.started_at = time.monotonic()
         self.kill_at: float | None = None
-        """When SIGTERM was sent: the time SIGKILL follows."""
+        """Set when SIGTERM is sent: the time at which SIGKILL follows."""
         self.exited: asyncio.Future[int] = self._loop.create_future()
         # (pipe, transport, protocol); a pipe is closed by its transport once it has one.
         self._pipes: list[tuple[IO[bytes], asyncio.ReadTransport | None, _LogPipe | None]] = [
