@@ -1,9 +1,9 @@
-"""Write coalescing: everything queued during one event-loop callback leaves in one write per transport.
+"""Write coalescing: everything queued during one event-loop turn leaves in one write per transport.
 
-A router handling a chunk of 50 pipelined requests would otherwise make 50 `write` system
-calls to the plugin, and 50 more back to the client. Protocols `queue` bytes and register with
-the shared `Outbox`; whoever runs the callback (`data_received`, the timeout sweep, a task's
-completion) calls `flush()` once at its end.
+A router handling 64 clients' requests would otherwise make one `write` system call to the
+plugin per request (or per client chunk), and as many back. Protocols `queue` bytes; the first
+line queued in a turn schedules one `flush` with `call_soon`, which runs after every I/O
+callback of the turn: requests from all clients go to a plugin in one write.
 """
 
 from __future__ import annotations
@@ -19,15 +19,25 @@ class Writer(Protocol):
 
 
 class Outbox:
-    """The writers that have bytes queued in the current callback."""
+    """The writers that have bytes queued in the current event-loop turn."""
 
-    __slots__ = ("dirty",)
+    __slots__ = ("dirty", "_scheduled", "_call_soon")
 
     def __init__(self) -> None:
         self.dirty: list[Writer] = []
+        self._scheduled = False
+        self._call_soon = asyncio.get_running_loop().call_soon
+
+    def add(self, writer: Writer) -> None:
+        """`writer` has its first line of this turn: make sure a flush runs at the end of the turn."""
+        self.dirty.append(writer)
+        if not self._scheduled:
+            self._scheduled = True
+            self._call_soon(self.flush)
 
     def flush(self) -> None:
-        """Write out every queued writer; called once at the end of each callback."""
+        """Write out every queued writer."""
+        self._scheduled = False
         while self.dirty:
             dirty, self.dirty = self.dirty, []
             for writer in dirty:
@@ -43,10 +53,10 @@ class LineWriter:
     _out: list[bytes]
 
     def queue(self, line: bytes) -> None:
-        """Add an encoded line; it goes out when the current callback flushes the outbox."""
+        """Add an encoded line; it goes out with the others when the turn's flush runs."""
         out = self._out
         if not out:
-            self.outbox.dirty.append(self)
+            self.outbox.add(self)
         out.append(line)
 
     def flush(self) -> None:

@@ -14,6 +14,8 @@ import socket
 import struct
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from . import codes
 from .outbox import LineWriter
 from .pool import Call
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("plugrpc.protocol")
 _PEERCRED = struct.Struct("3i")
+_NEWLINE = orjson.OPT_APPEND_NEWLINE
+_dumps = orjson.dumps
 
 
 class FrontProtocol(LineWriter, asyncio.Protocol):
@@ -66,7 +70,6 @@ class FrontProtocol(LineWriter, asyncio.Protocol):
             for call in self.calls:
                 cancel(call)
             self.calls.clear()
-            self.outbox.flush()
 
     # --- requests ------------------------------------------------------------------------
 
@@ -90,7 +93,6 @@ class FrontProtocol(LineWriter, asyncio.Protocol):
         if len(self.calls) >= self.limit and not self._inflight_paused:
             self._inflight_paused = True
             self._update_reading()
-        self.outbox.flush()
 
     def _batch(self, msgs: list[Any]) -> None:
         if not msgs:
@@ -119,7 +121,10 @@ class FrontProtocol(LineWriter, asyncio.Protocol):
         """A response for one of our calls: restore the client's id and queue it."""
         self.calls.discard(call)
         msg["id"] = call.id
-        self.queue(dumps(msg))
+        out = self._out
+        if not out:
+            self.outbox.add(self)
+        out.append(_dumps(msg, option=_NEWLINE))
         if self._inflight_paused and len(self.calls) <= self.limit // 2:
             self._inflight_paused = False
             self._update_reading()

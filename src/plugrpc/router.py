@@ -49,7 +49,7 @@ class Router:
         self.clients: set[FrontProtocol] = set()
         self.started = time.monotonic()
         self._loop = asyncio.get_running_loop()
-        self._time: Callable[[], float] = self._loop.time
+        self._time: Callable[[], float] = time.monotonic  # as pool.py: uvloop's loop.time() is coarse
         self._sweeper: asyncio.TimerHandle | None = None
         self._pool_of: dict[Supervisor, PluginPool] = {}
         self._generation = 0
@@ -148,25 +148,40 @@ class Router:
     # --- the hot path ----------------------------------------------------------------------
 
     def handle(self, msg: Any, sink: Any) -> None:
-        """Route one request object from a client (`sink` is its connection or batch)."""
+        """Route one request object from a client (`sink` is its connection or batch).
+
+        The fast path checks a well-formed call to an exported method inline; everything else
+        (invalid requests, unknown methods) is sorted out by `_refuse`, off the hot path.
+        """
+        if type(msg) is dict and msg.get("jsonrpc") == "2.0":
+            method = msg.get("method")
+            if type(method) is str:
+                plugin, _, name = method.partition(".")
+                target = self.targets.get(plugin)
+                if target is not None and name in target.exported:
+                    params = msg.get("params", NOPARAMS)
+                    kind = type(params)
+                    if params is NOPARAMS or kind is list or kind is dict:
+                        if "id" not in msg:
+                            target.notify(name, params)
+                            return
+                        id = msg["id"]
+                        kind = type(id)
+                        if kind is int or kind is str or id is None or kind is float:
+                            call = Call(sink, id, name, params, self._time())
+                            sink.track(call)
+                            target.submit(call)
+                            return
+        self._refuse(msg, sink)
+
+    def _refuse(self, msg: Any, sink: Any) -> None:
+        """Answer what the fast path did not take: -32600 for invalid requests, else -32601."""
         problem = request_problem(msg)
         if problem is not None:
             sink.reply(error_response(reply_id(msg), codes.INVALID_REQUEST, data=problem))
-            return
-        method = msg["method"]
-        plugin, _, name = method.partition(".")
-        target = self.targets.get(plugin)
-        if target is None or name not in target.exported:
-            if "id" in msg:
-                sink.reply(error_response(msg["id"], codes.METHOD_NOT_FOUND, data=self._not_found(plugin, name)))
-            return
-        params = msg.get("params", NOPARAMS)
-        if "id" not in msg:
-            target.notify(name, params)
-            return
-        call = Call(sink, msg["id"], name, params, self._time())
-        sink.track(call)
-        target.submit(call)
+        elif "id" in msg:
+            plugin, _, name = msg["method"].partition(".")
+            sink.reply(error_response(msg["id"], codes.METHOD_NOT_FOUND, data=self._not_found(plugin, name)))
 
     def cancel(self, call: Call) -> None:
         """The client of `call` went away."""
@@ -186,7 +201,6 @@ class Router:
         for target in self.targets.values():
             if isinstance(target, PluginPool):
                 target.sweep(now)
-        self.outbox.flush()
         self._sweeper = self._loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     def _on_state(self, sup: Supervisor) -> None:
@@ -205,7 +219,6 @@ class Router:
         fut: asyncio.Future[dict[str, Any]] = self._loop.create_future()
         call = Call(FutureSink(fut), 0, method, params, self._time())
         self.targets[name].submit(call)
-        self.outbox.flush()
         try:
             msg = await asyncio.wait_for(fut, timeout)
         finally:
@@ -297,9 +310,8 @@ class ExecTarget:
         else:
             log.error("exec call failed: %r", exc, extra={"plugin": self.plugin.spec.name})
             msg = error_response(call.id, codes.INTERNAL_ERROR, data={"plugin": self.plugin.spec.name})
-        self.stats.record(self._loop.time() - call.started, exc is not None)
+        self.stats.record(time.monotonic() - call.started, exc is not None)
         sink.deliver(call, msg)
-        self.outbox.flush()
 
     def status(self) -> dict[str, Any]:
         return {**self.plugin.status(), **self.stats.snapshot()}
@@ -424,7 +436,6 @@ def _answer_error(router: Router, call: Call, code: int, message: str) -> None:
         return
     call.sink = None
     sink.deliver(call, error_response(call.id, code, message))
-    router.outbox.flush()
 
 
 def _answer(router: Router, call: Call, compute: Callable[[], Any]) -> None:
@@ -434,4 +445,3 @@ def _answer(router: Router, call: Call, compute: Callable[[], Any]) -> None:
         return
     call.sink = None
     sink.deliver(call, result_response(call.id, compute()))
-    router.outbox.flush()

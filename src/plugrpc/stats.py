@@ -40,11 +40,13 @@ class CallStats:
         self._hist = [0] * _NBUCKETS
 
     def record(self, seconds: float, error: bool) -> None:
-        """Count one finished call."""
+        """Count one finished call (on the hot path: `_bucket` inlined)."""
         self.calls += 1
         if error:
             self.errors += 1
-        self._hist[_bucket(int(seconds * 1_000_000))] += 1
+        us = int(seconds * 1_000_000)
+        bits = us.bit_length()
+        self._hist[us if bits < 3 else (bits << 2) | ((us >> (bits - 3)) & 3)] += 1
 
     def percentile(self, q: float) -> float | None:
         """Latency in seconds below which a fraction `q` of calls finished (bucket midpoint)."""
