@@ -388,6 +388,8 @@ class PluginPool:
         Every call to a plugin has the same timeout, so `pending` (in send order) and `waiting`
         (in arrival order) are sorted by deadline: each scan stops at the first call still in time.
         """
+        if self._track_idle and self.busy():
+            self.supervisor.touch()  # a call longer than idle_stop must not be stopped mid-call
         limit = now - self.spec.timeout
         reason = f"no response within {self.spec.timeout:g} s"
         for conn in self.conns:
