@@ -1,0 +1,148 @@
+"""`python -m bench` (`make bench`): measure every row, print the tables, write JSON and a PNG.
+
+    python -m bench               full run (under ten minutes on 2 cores)
+    python -m bench --quick       every row at smaller counts, about a minute
+    python -m bench --profile     also sample the router under 64 callers (py-spy, else cProfile)
+    python -m bench --tiny --rows floor,proxy --results /tmp/x   seconds; what the smoke test runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from . import report
+from .procs import Fleet
+from .rows import BENCH_DIR, Lab, define_rows
+from .runner import Results, Settings, log, memory_phase, profile_router, run_rounds, scenarios
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description="plugrpc call latency, throughput and memory, "
+                                     "side by side with the floor, the old exec model and the alternatives.")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="every row at smaller counts (about a minute)")
+    size.add_argument("--tiny", action="store_true", help="a few seconds, no meaningful figures (smoke test)")
+    parser.add_argument("--profile", action="store_true", help="profile the router under 64 callers")
+    parser.add_argument("--rows", help="comma-separated row keys to run (default: all)")
+    parser.add_argument("--rounds", type=int, help="override the number of rounds")
+    parser.add_argument("--duration", type=float, help="override the measuring window, seconds")
+    parser.add_argument("--results", type=Path, default=BENCH_DIR / "results", help="where JSON and PNG go")
+    parser.add_argument("--latest", action="store_true", help="also write latest.json / latest.png (for the README)")
+    return parser.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    settings = Settings.tiny() if args.tiny else Settings.quick(args.profile) if args.quick else Settings(
+        profile=args.profile)
+    if args.rounds:
+        settings = replace(settings, rounds=args.rounds)
+    if args.duration:
+        settings = replace(settings, duration=args.duration)
+    return settings
+
+
+def git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=BENCH_DIR, capture_output=True, text=True, timeout=10,
+                              check=False).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
+            "loop": f"uvloop {uvloop.__version__}", "platform": platform.platform()}
+
+
+def raise_fd_limit() -> None:
+    """1,000 idle connections need more than the usual 1,024 fds, in this process and the servers."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+async def measure_all(settings: Settings, rows_arg: str | None, results_dir: Path, stamp: str,
+                      workdir: Path, fleet: Fleet) -> Results:
+    rows = define_rows(set(rows_arg.split(",")) if rows_arg else None)
+    results = Results(settings, rows, scenarios(settings))
+    for row in rows:
+        if row.skip_reason:
+            log(f"[setup] {row.key}: skipped: {row.skip_reason}")
+    lab = Lab(fleet, workdir)
+    await run_rounds(lab, results)
+    if settings.profile:
+        await profile_router(lab, results, results_dir, stamp)
+    lab.stop_servers()
+    await memory_phase(lab, results)
+    return results
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM (e.g. `timeout`) cleans up like Ctrl-C: servers stopped, sockets removed."""
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = settings_from(args)
+    results_dir: Path = args.results
+    results_dir.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+    stamp = now.strftime("%Y%m%dT%H%M%SZ")
+    raise_fd_limit()
+    signal.signal(signal.SIGTERM, _terminate)
+    workdir = Path(tempfile.mkdtemp(prefix="plugrpc-bench-", dir="/tmp"))
+    fleet = Fleet(workdir)
+    log(f"[setup] {settings.mode} run, {settings.rounds} rounds, work dir {workdir}")
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            results = runner.run(measure_all(settings, args.rows, results_dir, stamp, workdir, fleet))
+    except KeyboardInterrupt:
+        log("[bench] interrupted: stopping servers")
+        return 130
+    finally:
+        fleet.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+    data: dict[str, Any] = {"timestamp": now.isoformat(timespec="seconds"), "commit": git("rev-parse", "--short",
+                            "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+                            "machine": machine(), **results.as_json()}
+    json_path = results_dir / f"{stamp}.json"
+    data["previous"] = report.compare_previous(data, results_dir, json_path)
+    data["targets"] = report.evaluate_targets(data)
+    json_path.write_text(json.dumps(data, indent=1))
+    png_path = results_dir / f"{stamp}.png"
+    no_plot = report.plot(data, png_path)
+    print(report.render(data), end="")
+    print(f"\nresults: {json_path}\nplot:    {no_plot or png_path}")
+    if args.latest:
+        shutil.copyfile(json_path, results_dir / "latest.json")
+        if not no_plot:
+            shutil.copyfile(png_path, results_dir / "latest.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Exec shim for the bench's child processes: tie the child's life to the bench, hand over fd 3, exec.
+
+`python -m bench.launch PARENT_PID FD -- ARGV...` (FD is -1 for none). Doing this in a shim
+rather than a `preexec_fn` keeps `subprocess` on its fork-safe path even when the bench process
+already runs threads (grpc starts some), and PR_SET_PDEATHSIG survives the exec, so a bench
+killed with SIGKILL still takes every server with it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from plugrpc.process import die_with_parent
+
+LISTEN_FD = 3
+"""systemd socket activation (and DESIGN.md's plugin contract) put the listening socket here."""
+
+
+def main(argv: list[str]) -> None:
+    """Set up the child side and replace this process with `argv`."""
+    parent, fd, sep, *command = argv
+    if sep != "--" or not command:
+        raise SystemExit("usage: python -m bench.launch PARENT_PID FD -- ARGV...")
+    die_with_parent(int(parent))
+    listen_fd = int(fd)
+    if listen_fd >= 0:
+        if listen_fd != LISTEN_FD:
+            os.dup2(listen_fd, LISTEN_FD)
+            os.close(listen_fd)
+        else:
+            os.set_inheritable(LISTEN_FD, True)
+    os.execv(command[0], command)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

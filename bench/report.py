@@ -1,0 +1,537 @@
+"""Turn a bench run into figures: medians and spreads, ratios to the floor rows, targets, tables, JSON, PNG.
+
+Everything here reads the results dictionary (the JSON file's content), so a saved run can be
+rendered again: `python -m bench.report bench/results/latest.json [--png out.png]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+MB: Final = 1_000_000
+PAIRS: Final = ("floor", "proxy")
+LAT1: Final = "conns-c1-100B"
+
+
+# --- statistics ------------------------------------------------------------------------------
+
+
+def stat(values: Sequence[float]) -> dict[str, float] | None:
+    """Median, min, max and spread ((max - min) / median, in %) of per-round values."""
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return None
+    med = statistics.median(vals)
+    spread = 100 * (max(vals) - min(vals)) / med if med else 0.0
+    return {"median": med, "min": min(vals), "max": max(vals), "spread_pct": spread, "n": len(vals)}
+
+
+def per_round(data: dict[str, Any], row: str, scen: str, metric: str) -> list[float | None]:
+    """One value per round (None where that round failed or the row has no such scenario)."""
+    rounds = data["rounds"].get(row, {}).get(scen)
+    if not rounds:
+        return []
+    return [None if r is None else _metric(r, metric) for r in rounds]
+
+
+def _metric(entry: dict[str, Any], metric: str) -> float | None:
+    if "." in metric:
+        group, key = metric.split(".", 1)
+        value = entry.get(group, {}).get(key)
+        return None if value is None else float(value)
+    return float(entry[metric])
+
+
+def summary(data: dict[str, Any], row: str, scen: str, metric: str) -> dict[str, float] | None:
+    return stat([v for v in per_round(data, row, scen, metric) if v is not None])
+
+
+def median(data: dict[str, Any], row: str, scen: str, metric: str) -> float | None:
+    s = summary(data, row, scen, metric)
+    return None if s is None else s["median"]
+
+
+def ratio(data: dict[str, Any], num: str, den: str, scen: str, metric: str,
+          den_scen: str | None = None) -> dict[str, float] | None:
+    """`num / den` within each round (paired, so drift between rounds cancels), then summarized."""
+    a = per_round(data, num, scen, metric)
+    b = per_round(data, den, den_scen or scen, metric)
+    return stat([x / y for x, y in zip(a, b, strict=False) if x is not None and y])
+
+
+# --- targets ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    issue: int
+    text: str
+    compute: Callable[[dict[str, Any]], tuple[dict[str, float] | None, str]]
+    """The figure's per-round summary (None: not measurable in this run) and how to read it."""
+    passes: Callable[[float], bool]
+    limit: str
+
+
+def _r(num: str, den: str, scen: str, metric: str, den_scen: str | None = None) -> Callable[..., Any]:
+    def compute(data: dict[str, Any]) -> tuple[dict[str, float] | None, str]:
+        return ratio(data, num, den, scen, metric, den_scen), f"{num}/{den} {metric.removesuffix('_us')}"
+
+    return compute
+
+
+def _dispatch_speedup(data: dict[str, Any]) -> tuple[dict[str, float] | None, str]:
+    vals = []
+    for rnd in data["dispatch"].get("rounds", []):
+        sdk, ref = rnd.get("plugrpc.dispatch (SDK)"), rnd.get("jsonrpcserver.dispatch")
+        if isinstance(sdk, float) and isinstance(ref, float):
+            vals.append(ref / sdk)
+    return stat(vals), "jsonrpcserver ns / SDK ns per dispatch"
+
+
+def _router_rss(data: dict[str, Any]) -> tuple[dict[str, float] | None, str]:
+    rss = data["rss"].get("router", {})
+    idle = rss.get("idle_kib", {}).get("router")
+    if idle is None:
+        return None, "router RSS"
+    mb = idle * 1024 / MB
+    return {"median": mb, "min": mb, "max": mb, "spread_pct": 0.0, "n": 1}, (
+        f"router MB with {rss.get('plugins')} plugins, {rss.get('idle_connections')} idle connections")
+
+
+def _holds(data: dict[str, Any]) -> tuple[dict[str, float] | None, str]:
+    return ratio(data, "router", "router", "conns-c256-100B", "throughput", "conns-c64-100B"), (
+        "router calls/s at 256 / at 64 callers")
+
+
+def _one_copy(data: dict[str, Any]) -> tuple[dict[str, float] | None, str]:
+    """Router CPU added by a 1 MiB payload, over the proxy's plus one parse and one copy of each message.
+
+    An estimate from CPU time: (router - proxy) extra CPU for 1 MiB over 100 B calls, divided by
+    the in-process cost of parsing the request and response lines and copying each once.
+    """
+    big, small = "conns-c1-1MiB", "conns-c1-100B"
+    budget = [r.get("payload_1mib_ns") for r in data["dispatch"].get("rounds", [])]
+    parse_copy = statistics.median([b for b in budget if isinstance(b, float)] or [math.nan])
+    vals = []
+    for rb, rs, pb, ps in zip(per_round(data, "router", big, "cpu_us_per_call.router"),
+                              per_round(data, "router", small, "cpu_us_per_call.router"),
+                              per_round(data, "proxy", big, "cpu_us_per_call.proxy"),
+                              per_round(data, "proxy", small, "cpu_us_per_call.proxy"), strict=False):
+        if None not in (rb, rs, pb, ps) and parse_copy == parse_copy:
+            extra = (rb - rs) - (pb - ps)  # type: ignore[operator]
+            vals.append(extra * 1000 / (2 * parse_copy))
+    return stat(vals), "router's extra CPU per 1 MiB call / (parse + copy of request and response)"
+
+
+def _repeat(data: dict[str, Any]) -> tuple[dict[str, float] | None, str]:
+    prev = data.get("previous")
+    if not prev:
+        return None, "no earlier full run in bench/results to compare with"
+    diffs = [abs(v["now"] / v["before"] - 1) * 100 for v in prev["ratios"].values() if v["before"]]
+    worst = max(diffs) if diffs else math.nan
+    return {"median": worst, "min": worst, "max": worst, "spread_pct": 0.0, "n": 1}, (
+        f"largest change (%) of {len(diffs)} key ratios vs {prev['file']}")
+
+
+TARGETS: Final = [
+    Target(4, "router p50 <= 1.3x line proxy p50", _r("router", "proxy", LAT1, "p50_us"), lambda v: v <= 1.3, "<= 1.3"),
+    Target(4, "router throughput at 64 callers >= 1.0x line proxy", _r("router", "proxy", "conns-c64-100B",
+           "throughput"), lambda v: v >= 1.0, ">= 1.0"),
+    Target(4, "router call >= 6x faster than exec per call (C plugin)", _r("exec_c", "router", LAT1, "p50_us"),
+           lambda v: v >= 6, ">= 6"),
+    Target(4, "SDK dispatch >= 30x faster than jsonrpcserver.dispatch", _dispatch_speedup, lambda v: v >= 30, ">= 30"),
+    Target(4, "router (2 hops) faster at p50 than gRPC unix (1 hop)", _r("grpc", "router", LAT1, "p50_us"),
+           lambda v: v > 1, "> 1"),
+    Target(4, "router RSS, 10 plugins + 1,000 idle connections <= 60 MB", _router_rss, lambda v: v <= 60, "<= 60"),
+    Target(8, "router p50 <= 1.0x line proxy p50 (stretch 0.9x)", _r("router", "proxy", LAT1, "p50_us"),
+           lambda v: v <= 1.0, "<= 1.0"),
+    Target(8, "router p99 <= 1.2x line proxy p99", _r("router", "proxy", LAT1, "p99_us"), lambda v: v <= 1.2, "<= 1.2"),
+    Target(8, "router throughput at 64 callers >= 1.4x line proxy", _r("router", "proxy", "conns-c64-100B",
+           "throughput"), lambda v: v >= 1.4, ">= 1.4"),
+    Target(8, "router throughput at 256 callers holds (>= 0.95x its 64)", _holds, lambda v: v >= 0.95, ">= 0.95"),
+    Target(8, "router >= 4x faster p50 than gRPC", _r("grpc", "router", LAT1, "p50_us"), lambda v: v >= 4, ">= 4"),
+    Target(8, "router >= 10x gRPC throughput at 64 callers", _r("router", "grpc", "conns-c64-100B", "throughput"),
+           lambda v: v >= 10, ">= 10"),
+    Target(8, "router >= 2.5x faster p50 than aiohttp JSON-RPC", _r("http", "router", LAT1, "p50_us"),
+           lambda v: v >= 2.5, ">= 2.5"),
+    Target(8, "router >= 5x aiohttp throughput at 64 callers", _r("router", "http", "conns-c64-100B", "throughput"),
+           lambda v: v >= 5, ">= 5"),
+    Target(8, "plugrpc.Client p50 <= 1.1x bare client", _r("client", "router", LAT1, "p50_us"), lambda v: v <= 1.1,
+           "<= 1.1"),
+    Target(8, "plugrpc.Client throughput at 64 >= 1/1.1 of bare", _r("router", "client", "conns-c64-100B",
+           "throughput"), lambda v: v <= 1.1, "<= 1.1"),
+    Target(8, "router RSS, 10 plugins + 1,000 idle connections <= 40 MB", _router_rss, lambda v: v <= 40, "<= 40"),
+    Target(8, "1 MiB: router adds <= parse + one copy (CPU estimate)", _one_copy, lambda v: v <= 1.0, "<= 1.0"),
+    Target(8, "key ratios repeat within 10% of the previous full run", _repeat, lambda v: v <= 10, "<= 10"),
+]
+
+
+def evaluate_targets(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target as PASS / MISS with its median ratio and spread, or SKIP with the reason."""
+    out = []
+    for t in TARGETS:
+        value, what = t.compute(data)
+        if value is None:
+            out.append({"issue": t.issue, "target": t.text, "status": "SKIP", "what": what, "limit": t.limit})
+            continue
+        out.append({"issue": t.issue, "target": t.text, "status": "PASS" if t.passes(value["median"]) else "MISS",
+                    "value": value["median"], "min": value["min"], "max": value["max"], "what": what,
+                    "limit": t.limit})
+    return out
+
+
+KEY_RATIOS: Final = {
+    "router/proxy p50": ("router", "proxy", LAT1, "p50_us"),
+    "router/proxy tput64": ("router", "proxy", "conns-c64-100B", "throughput"),
+    "grpc/router p50": ("grpc", "router", LAT1, "p50_us"),
+    "router/grpc tput64": ("router", "grpc", "conns-c64-100B", "throughput"),
+    "http/router p50": ("http", "router", LAT1, "p50_us"),
+    "client/router p50": ("client", "router", LAT1, "p50_us"),
+    "exec_c/router p50": ("exec_c", "router", LAT1, "p50_us"),
+}
+
+
+def compare_previous(data: dict[str, Any], results_dir: Path, this_file: Path | None) -> dict[str, Any] | None:
+    """Key ratios of this run next to the newest earlier full run's, for the repeatability target."""
+    if data["settings"]["mode"] != "full":
+        return None
+    candidates = sorted(p for p in results_dir.glob("*.json")
+                        if p != this_file and p.name != "latest.json" and "-profile-" not in p.name)
+    for path in reversed(candidates):
+        try:
+            before = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if before.get("settings", {}).get("mode") != "full" or "rounds" not in before:
+            continue
+        ratios = {}
+        for name, (a, b, scen, metric) in KEY_RATIOS.items():
+            now, then = ratio(data, a, b, scen, metric), ratio(before, a, b, scen, metric)
+            if now and then:
+                ratios[name] = {"now": now["median"], "before": then["median"]}
+        return {"file": path.name, "ratios": ratios}
+    return None
+
+
+# --- tables ----------------------------------------------------------------------------------
+
+
+def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]], note: str = "") -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = [title, "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths,
+                                                                                                   strict=True)))]
+    lines.append("  ".join("-" * w for w in widths))
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths,
+                                                                                                  strict=True))))
+    if note:
+        lines.append(note)
+    return "\n".join(lines)
+
+
+def us(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if v >= 10_000:
+        return f"{v / 1000:.0f}ms"
+    if v >= 1000:
+        return f"{v / 1000:.2f}ms"
+    return f"{v:.0f}us" if v >= 10 else f"{v:.1f}us"
+
+
+def rate(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.0f}"
+
+
+def times(v: dict[str, float] | None) -> str:
+    return "-" if v is None else f"{v['median']:.2f}x"
+
+
+def spread(v: dict[str, float] | None) -> str:
+    return "-" if v is None else f"±{v['spread_pct'] / 2:.0f}%"
+
+
+def _live_rows(data: dict[str, Any]) -> list[str]:
+    return [k for k in data["rows"] if k in data["rounds"]]
+
+
+def _label(data: dict[str, Any], key: str) -> str:
+    return f"{key} ({data['rows'][key]['hops']}h)"
+
+
+def _roles_cpu(data: dict[str, Any], row: str, scen: str) -> str:
+    rounds = data["rounds"].get(row, {}).get(scen) or []
+    roles = next((r["cpu_us_per_call"].keys() for r in rounds if r), [])
+    parts = [f"{role} {us(median(data, row, scen, f'cpu_us_per_call.{role}'))}" for role in roles]
+    return ", ".join(parts) or "-"
+
+
+def latency_table(data: dict[str, Any]) -> str:
+    rows = []
+    for key in _live_rows(data):
+        p50 = summary(data, key, LAT1, "p50_us")
+        if p50 is None:
+            continue
+        rows.append([
+            _label(data, key), us(p50["median"]), us(median(data, key, LAT1, "p90_us")),
+            us(median(data, key, LAT1, "p99_us")), us(median(data, key, LAT1, "p999_us")),
+            rate(median(data, key, LAT1, "throughput")), spread(p50),
+            times(ratio(data, key, "floor", LAT1, "p50_us")), times(ratio(data, key, "proxy", LAT1, "p50_us")),
+            times(ratio(data, key, "proxy", LAT1, "p99_us")),
+        ])
+    n = data["settings"]["rounds"]
+    return table(f"Latency at concurrency 1, 100 B params (median of {n} rounds)",
+                 ["row (hops)", "p50", "p90", "p99", "p99.9", "calls/s", "p50 spread", "p50 xfloor", "p50 xproxy",
+                  "p99 xproxy"], rows,
+                 "spread: half of (max-min)/median over rounds; xfloor/xproxy: ratio to the echo / line proxy "
+                 "in the same round (median); lower is better")
+
+
+def load_table(data: dict[str, Any], mode: str) -> str:
+    conc = [c for c in data["settings"]["concurrency"]]
+    rows = []
+    for key in _live_rows(data):
+        cells = []
+        for c in conc:
+            scen = LAT1 if c == 1 else f"{mode}-c{c}-100B"
+            t = median(data, key, scen, "throughput")
+            p = median(data, key, scen, "p99_us")
+            cells.append("-" if t is None else f"{rate(t)} / {us(p)}")
+        big = f"{mode}-c{max(conc)}-100B"
+        x64 = f"{mode}-c64-100B" if 64 in conc else big
+        if all(c == "-" for c in cells[1:]):
+            continue
+        rows.append([_label(data, key), *cells, times(ratio(data, key, "proxy", x64, "throughput")),
+                     spread(summary(data, key, x64, "throughput"))])
+    what = "each caller on its own connection" if mode == "conns" else "all callers on ONE pipelined connection"
+    c64 = 64 if 64 in conc else max(conc)
+    return table(f"Throughput (calls/s) / p99 by concurrency, 100 B, {what}",
+                 ["row (hops)", *[f"c={c}" for c in conc], f"xproxy c={c64}", "spread"], rows,
+                 "higher calls/s is better; c=1 is the latency run above")
+
+
+def payload_table(data: dict[str, Any]) -> str:
+    sizes = data["settings"]["payloads"]
+    headers = ["row (hops)"]
+    scen_keys = []
+    for size in sizes:
+        key = [k for k, s in data["scenarios"].items() if s["mode"] == "conns" and s["callers"] == 1
+               and s["payload"] == size][0]
+        scen_keys.append((key, size))
+        headers += [f"{_size(size)} p50", f"{_size(size)} MB/s"]
+    headers.append(f"{_size(sizes[-1])} xproxy")
+    rows = []
+    for key in _live_rows(data):
+        cells = []
+        for scen, size in scen_keys:
+            t = median(data, key, scen, "throughput")
+            cells += [us(median(data, key, scen, "p50_us")), "-" if t is None else f"{t * size * 2 / MB:,.1f}"]
+        rows.append([_label(data, key), *cells, times(ratio(data, key, "proxy", scen_keys[-1][0], "p50_us"))])
+    return table("Payload sizes at concurrency 1 (params size; MB/s counts request + response)", headers, rows)
+
+
+def cpu_table(data: dict[str, Any]) -> str:
+    c64 = "conns-c64-100B" if "conns-c64-100B" in data["scenarios"] else None
+    rows = []
+    for key in _live_rows(data):
+        row = [_label(data, key), _roles_cpu(data, key, LAT1), us(median(data, key, LAT1, "client_cpu_us_per_call"))]
+        if c64:
+            row += [_roles_cpu(data, key, c64), us(median(data, key, c64, "client_cpu_us_per_call"))]
+        rows.append(row)
+    headers = ["row (hops)", "server CPU/call c=1", "client c=1"]
+    if c64:
+        headers += ["server CPU/call c=64", "client c=64"]
+    return table("CPU time per call (utime+stime from /proc over the window / calls)", headers, rows,
+                 "router = the router process alone; plugin = its plugin process(es); client = this load generator")
+
+
+def _mb(kib: int | None) -> str:
+    return "-" if kib is None else f"{kib * 1024 / MB:.1f}"
+
+
+def rss_table(data: dict[str, Any]) -> str:
+    rows = []
+    for key, m in data["rss"].items():
+        if "error" in m or "skipped" in m:
+            rows.append([key, m.get("error") or m.get("skipped", ""), "", "", ""])
+            continue
+        for role in m["rest_kib"]:
+            rows.append([f"{key}: {role}", _mb(m["rest_kib"].get(role)), _mb(m["idle_kib"].get(role)),
+                         _mb(m["load_kib"].get(role)), "" if m["plugins"] is None else str(m["plugins"])])
+    if not rows:
+        return ""
+    first = next(iter(data["rss"].values()), {})
+    return table(f"RSS in MB (10^6 B): at rest, with {first.get('idle_connections', '?')} idle client connections "
+                 f"(each after one call), under {first.get('load_callers', '?')} callers",
+                 ["process", "rest", "idle conns", "load", "plugins"], rows,
+                 "plugin rows are the sum over all plugin processes")
+
+
+def dispatch_table(data: dict[str, Any]) -> str:
+    rounds = data["dispatch"].get("rounds", [])
+    if not rounds:
+        return ""
+    names = [n for n in rounds[0] if n != "payload_1mib_ns"]
+    sdk = [r.get("plugrpc.dispatch (SDK)") for r in rounds]
+    rows = []
+    for name in names:
+        vals = [r.get(name) for r in rounds]
+        nums = [v for v in vals if isinstance(v, float)]
+        if not nums:
+            rows.append([name, str(next((v for v in vals if isinstance(v, str)), "-")), "", ""])
+            continue
+        s = stat(nums)
+        assert s is not None
+        rel = stat([v / b for v, b in zip(vals, sdk, strict=False) if isinstance(v, float) and isinstance(b, float)])
+        rows.append([name, us(s["median"] / 1000), spread(s), times(rel)])
+    return table("Dispatch microbenchmark, in-process: request line -> response line, ~100 B echo",
+                 ["dispatcher", "per call", "spread", "x SDK"], rows)
+
+
+def targets_block(data: dict[str, Any]) -> str:
+    lines = ["Targets (ratios within each round, median over rounds; [min..max])"]
+    quick = data["settings"]["mode"] != "full"
+    for t in data["targets"]:
+        head = f"{t['status']:4}  issue {t['issue']}: {t['target']}"
+        if t["status"] == "SKIP":
+            lines.append(f"{head} -- not measured: {t['what']}")
+        else:
+            lines.append(f"{head} -- {t['value']:.2f} [{t['min']:.2f}..{t['max']:.2f}] (target {t['limit']}; "
+                         f"{t['what']})")
+    if quick:
+        lines.append(f"({data['settings']['mode']} run: too short to judge targets; issue 8 asks for a full run)")
+    return "\n".join(lines)
+
+
+def skipped_block(data: dict[str, Any]) -> str:
+    lines = []
+    for key, row in data["rows"].items():
+        if row["skipped"]:
+            lines.append(f"SKIPPED {key}: {row['skipped']}")
+    seen: set[str] = set()
+    for key, reasons in data["not_applicable"].items():
+        for reason in sorted(set(reasons.values())):
+            if (key, reason) not in seen:
+                seen.add((key, reason))  # type: ignore[arg-type]
+                lines.append(f"n/a     {key}: {', '.join(sorted(s for s, r in reasons.items() if r == reason))}: "
+                             f"{reason}")
+    for key, errors in data["errors"].items():
+        for scen, message in errors.items():
+            lines.append(f"FAILED  {key} {scen}: {message[:300]}")
+    return "\n".join(lines)
+
+
+def profile_block(data: dict[str, Any]) -> str:
+    prof = data.get("profile") or {}
+    if not prof:
+        return ""
+    if "skipped" in prof:
+        return f"Profile: skipped: {prof['skipped']}"
+    lines = [f"Profile ({prof['tool']}, {prof['callers']} callers, {prof['throughput_during']:,.0f} calls/s while "
+             f"sampling): {', '.join(f'{k}: {v}' for k, v in prof['files'].items())}"]
+    for role, top in prof.get("top", {}).items():
+        lines.append(f"  {role}: top self time")
+        lines += [f"    {e['pct']:5.1f}%  {e['frame']}" for e in top["self"][:12]]
+        if top.get("inclusive"):
+            lines.append(f"  {role}: top inclusive")
+            lines += [f"    {e['pct']:5.1f}%  {e['frame']}" for e in top["inclusive"][:12]]
+    return "\n".join(lines)
+
+
+def machine_line(data: dict[str, Any]) -> str:
+    m = data["machine"]
+    return (f"{m['cpu']} x{m['cores']} cores, Python {m['python']}, load generator loop {m['loop']}, "
+            f"commit {data['commit']}{' (dirty)' if data.get('dirty') else ''}, {data['timestamp']}, "
+            f"{data['settings']['mode']} run: {data['settings']['rounds']} rounds x "
+            f"{data['settings']['duration']}s windows")
+
+
+def render(data: dict[str, Any]) -> str:
+    blocks = [machine_line(data), latency_table(data), load_table(data, "conns"), load_table(data, "pipe"),
+              payload_table(data), cpu_table(data), rss_table(data), dispatch_table(data), skipped_block(data),
+              profile_block(data), targets_block(data)]
+    return "\n\n".join(b for b in blocks if b) + "\n"
+
+
+def _size(n: int) -> str:
+    from .runner import size_label
+
+    return size_label(n).replace(" ", "")
+
+
+# --- plot ------------------------------------------------------------------------------------
+
+
+def plot(data: dict[str, Any], path: Path) -> str | None:
+    """Latency percentiles at c=1 and throughput / p99 by concurrency; None, or why there is no plot."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install -e '.[bench]')"
+    rows = [k for k in _live_rows(data) if summary(data, k, LAT1, "p50_us")]
+    fig, axes = plt.subplots(1, 3, figsize=(19, 6.5))
+    ax = axes[0]
+    pcts = [("p50_us", "p50"), ("p90_us", "p90"), ("p99_us", "p99"), ("p999_us", "p99.9")]
+    width = 0.8 / len(pcts)
+    for i, (metric, name) in enumerate(pcts):
+        vals = [median(data, k, LAT1, metric) or 0 for k in rows]
+        ax.bar([x + i * width for x in range(len(rows))], vals, width, label=name)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(rows))], rows, rotation=45, ha="right")
+    ax.set_yscale("log")
+    ax.set_ylabel("latency (µs, log)")
+    ax.set_title("Latency at concurrency 1, 100 B")
+    ax.legend()
+    conc = data["settings"]["concurrency"]
+    colors = {k: f"C{i % 10}" for i, k in enumerate(rows)}
+    for ax, metric, title in ((axes[1], "throughput", "Throughput by concurrency (calls/s)"),
+                              (axes[2], "p99_us", "p99 latency by concurrency (µs)")):
+        for key in rows:
+            for mode, style in (("conns", "-"), ("pipe", "--")):
+                xs, ys = [], []
+                for c in conc:
+                    v = median(data, key, LAT1 if c == 1 else f"{mode}-c{c}-100B", metric)
+                    if v is not None:
+                        xs.append(c)
+                        ys.append(v)
+                if len(xs) > 1:
+                    ax.plot(xs, ys, style, marker="o", color=colors[key],
+                            label=f"{key} ({'N conns' if mode == 'conns' else '1 conn'})")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(conc, [str(c) for c in conc])
+        ax.set_xlabel("concurrent callers")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[1].legend(fontsize=7, ncol=2)
+    fig.suptitle(f"plugrpc bench: {machine_line(data)}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description="Render a saved bench run again.")
+    parser.add_argument("json", type=Path)
+    parser.add_argument("--png", type=Path, help="also write the plot here")
+    args = parser.parse_args()
+    data = json.loads(args.json.read_text())
+    print(render(data), end="")
+    if args.png:
+        why = plot(data, args.png)
+        print(f"plot: {why or os.fspath(args.png)}")
+
+
+if __name__ == "__main__":
+    main()
