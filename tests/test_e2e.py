@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from plugin_sources import KITCHEN, KITCHEN_EXPORTS, NODE, OVS, raw
-from util import RawConn, req
 
 import plugrpc
 from plugrpc.testing import RouterProcess
+
+from plugin_sources import KITCHEN, KITCHEN_EXPORTS, NODE, OVS, raw
+from util import RawConn, req
 
 Image = Callable[..., Path]
 Router = Callable[..., RouterProcess]
@@ -88,7 +89,8 @@ class TestSpecExamples:
             assert c.ask(b'{"jsonrpc": "2.0", "method": "k.subtract", "params": [42, 23], "id": 1}\n') == {
                 "jsonrpc": "2.0", "result": 19, "id": 1}
             assert c.ask(b'{"jsonrpc": "2.0", "method": "k.subtract", "params": [23, 42], "id": 2}\n')["result"] == -19
-            named = b'{"jsonrpc": "2.0", "method": "k.subtract", "params": {"subtrahend": 23, "minuend": 42}, "id": 3}\n'
+            named = (b'{"jsonrpc": "2.0", "method": "k.subtract", '
+                     b'"params": {"subtrahend": 23, "minuend": 42}, "id": 3}\n')
             assert c.ask(named) == {"jsonrpc": "2.0", "result": 19, "id": 3}
 
     def test_notifications_get_no_response(self, kitchen: RouterProcess) -> None:
@@ -116,7 +118,8 @@ class TestSpecExamples:
 
     def test_batch_invalid_json(self, kitchen: RouterProcess) -> None:
         with RawConn(kitchen.socket) as c:
-            resp = c.ask(b'[{"jsonrpc": "2.0", "method": "sum", "params": [1,2,4], "id": "1"},{"jsonrpc": "2.0", "method"]\n')
+            resp = c.ask(b'[{"jsonrpc": "2.0", "method": "sum", "params": [1,2,4], "id": "1"},'
+                         b'{"jsonrpc": "2.0", "method"]\n')
             assert resp["id"] is None and resp["error"]["code"] == -32700
 
     def test_empty_and_invalid_batches(self, kitchen: RouterProcess) -> None:
@@ -146,7 +149,8 @@ class TestSpecExamples:
 
     def test_batch_of_notifications_gets_nothing(self, kitchen: RouterProcess) -> None:
         with RawConn(kitchen.socket) as c:
-            c.send(b'[{"jsonrpc": "2.0", "method": "k.update", "params": [1]},{"jsonrpc": "2.0", "method": "k.update"}]\n')
+            c.send(b'[{"jsonrpc": "2.0", "method": "k.update", "params": [1]},'
+                   b'{"jsonrpc": "2.0", "method": "k.update"}]\n')
             assert c.ask(req("k.echo", ["next"], id=5)) == {"jsonrpc": "2.0", "result": ["next"], "id": 5}
 
 

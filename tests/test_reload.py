@@ -9,10 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from plugin_sources import KITCHEN, KITCHEN_EXPORTS, OVS
 
 import plugrpc
 from plugrpc.testing import RouterProcess, write_image
+
+from plugin_sources import KITCHEN, KITCHEN_EXPORTS, OVS
 
 Image = Callable[..., Path]
 Router = Callable[..., RouterProcess]

@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from socket import socket as Socket
 from typing import Final, Literal
 
 from .errors import ConfigError
@@ -135,7 +136,7 @@ class Config:
         if self.max_inflight_per_client < 1:
             raise ConfigError("max_inflight_per_client must be at least 1")
 
-    def bind_socket(self) -> socket.socket:
+    def bind_socket(self) -> Socket:
         """Create the socket's private directory (when it is the default one) and bind it."""
         parent = self.socket.parent
         if self.socket == default_socket() and not os.environ.get("PLUGRPC_SOCKET"):

@@ -85,7 +85,8 @@ def load_manifest(root: str | os.PathLike[str]) -> Manifest:
     try:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ManifestError("no such file; an image declares its plugins in .plugin.toml at its root", file=str(file)) from None
+        raise ManifestError("no such file; an image declares its plugins in .plugin.toml at its root",
+                            file=str(file)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(f"cannot read: {exc}", file=str(file)) from exc
     return parse_manifest(text, root_path, file)

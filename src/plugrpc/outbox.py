@@ -63,7 +63,8 @@ class LineWriter:
         out = self._out
         if not out:
             return
-        self._out = []
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            transport.write(out[0] if len(out) == 1 else b"".join(out))
+            transport.write(data)

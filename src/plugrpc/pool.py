@@ -131,7 +131,7 @@ class Upstream(LineWriter, asyncio.Protocol):
                 self.reset(f"sent something that answers no call it was given: {line[:200]!r}")
                 return
             if "result" not in msg and "error" not in msg:
-                pending[uid] = call
+                pending[call.uid] = call  # back in place, so the reset fails it like the others
                 self.reset("sent a response with neither result nor error")
                 return
             finish(call, msg)

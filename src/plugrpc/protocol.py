@@ -19,7 +19,16 @@ import orjson
 from . import codes
 from .outbox import LineWriter
 from .pool import Call
-from .wire import JSONDecodeError, LineSplitter, LineTooLong, dumps, error_response, loads, parse_error_line, too_large_line
+from .wire import (
+    JSONDecodeError,
+    LineSplitter,
+    LineTooLong,
+    dumps,
+    error_response,
+    loads,
+    parse_error_line,
+    too_large_line,
+)
 
 if TYPE_CHECKING:
     from .router import Router

@@ -416,7 +416,7 @@ class _RpcBuiltins:
             try:
                 result = await router.call_plugin(name, "rpc.discover", timeout=min(spec.timeout, DISCOVER_TIMEOUT))
                 described = {m["name"]: m for m in result.get("methods", []) if isinstance(m, dict) and "name" in m}
-            except (RpcError, asyncio.TimeoutError, AttributeError, TypeError) as exc:
+            except (TimeoutError, RpcError, AttributeError, TypeError) as exc:
                 log.info("rpc.discover not answered (%s); listing exports only", exc, extra={"plugin": name})
         return [{**described.get(export, {"params": []}), "name": f"{name}.{export}"} for export in spec.exports]
 
