@@ -1,18 +1,30 @@
 """pytest fixtures for plugin authors and for plugrpc's own tests (a `pytest11` plugin).
 
-    def test_version(plugrpc_image, plugrpc_router):
+Installed with plugrpc, they need no import and no conftest:
+
+    def test_image(plugrpc_client):                   # a whole image: the dir with .plugin.toml
+        client = plugrpc_client("path/to/image")
+        assert client.raw("ovs.version") == "1.0alpha"
+
+    def test_script(plugrpc_plugin):                  # one plugin script, in any language
+        client = plugrpc_plugin("plugins/ovs.py", ["version"], name="ovs")
+        assert client.raw("ovs.version") == "1.0alpha"
+
+    def test_generated(plugrpc_image, plugrpc_router):   # an image written from source text
         image = plugrpc_image({"ovs": ("plugins/ovs.py", OVS_SOURCE, ["version"])})
         router = plugrpc_router(image)
-        with router.client() as client:
+        with router.client() as client:               # or `async with router.aclient() as c:`
             assert client.raw("ovs.version") == "1.0alpha"
 
 Everything runs for real: `plugrpc run` in a subprocess, plugins as processes, unix sockets in
-a short private directory. Every process is stopped and every socket removed at teardown.
+a short private directory. Every client is closed, every process stopped and every socket
+removed at teardown.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -28,6 +40,8 @@ from typing import Any
 import pytest
 
 from .blocking import BlockingClient
+from .client import Client
+from .manifest import NAME_RE
 
 READY_TIMEOUT = 20.0
 STOP_TIMEOUT = 20.0
@@ -55,7 +69,7 @@ def write_image(root: Path, plugins: Mapping[str, PluginDecl]) -> Path:
     lines = []
     for name, decl in plugins.items():
         rel, source, exports = decl[0], decl[1], decl[2]
-        extra: Mapping[str, Any] = decl[3] if len(decl) > 3 else {}  # type: ignore[misc]
+        extra: Mapping[str, Any] = decl[3] if len(decl) > 3 else {}
         path = root / rel.lstrip("/")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(textwrap.dedent(source).lstrip())
@@ -113,7 +127,12 @@ class RouterProcess:
         return self
 
     def client(self, timeout: float | None = 30.0) -> BlockingClient:
+        """A blocking client of this router (connects on first call; use it in a `with` block)."""
         return BlockingClient(self.socket, timeout=timeout)
+
+    def aclient(self, timeout: float | None = 30.0) -> Client:
+        """An async client of this router, for `async with router.aclient() as c:` in async tests."""
+        return Client(self.socket, timeout=timeout)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> int:
         """Stop the router (SIGTERM by default) and return its exit status; SIGKILL if it hangs."""
@@ -166,3 +185,56 @@ def plugrpc_router(plugrpc_tmp: Path) -> Iterator[Callable[..., RouterProcess]]:
     finally:
         for router in routers:
             router.stop()
+
+
+@pytest.fixture
+def plugrpc_client(plugrpc_router: Callable[..., RouterProcess]) -> Iterator[Callable[..., BlockingClient]]:
+    """Factory: `plugrpc_client(root, *args)` runs the image at `root`, returns a connected BlockingClient.
+
+    `args` go to `plugrpc run` (e.g. "--log-level", "debug"); `env` adds to its environment and
+    `timeout` is the client's default per call. The router's log is in the failure report.
+    """
+    clients: list[BlockingClient] = []
+
+    def connect(root: str | os.PathLike[str], *args: str, env: Mapping[str, str] | None = None,
+                timeout: float | None = 30.0) -> BlockingClient:
+        router = plugrpc_router(Path(root).resolve(), *args, env=env)
+        client = router.client(timeout)
+        clients.append(client)
+        client.connect()
+        return client
+
+    try:
+        yield connect
+    finally:
+        for client in clients:
+            client.close()
+
+
+@pytest.fixture
+def plugrpc_plugin(
+    plugrpc_tmp: Path, plugrpc_client: Callable[..., BlockingClient]
+) -> Callable[..., BlockingClient]:
+    """Factory: `plugrpc_plugin(script, exports, name=None, **keys)` runs one plugin behind a router.
+
+    `script` is an executable plugin in any language, run where it lies (so it finds the files
+    next to it) under the name `name` (default: the file name without its suffix), with further
+    manifest keys from `keys` (`timeout=2`, `env={...}`). Call its methods as `name.method`.
+    """
+    counter = iter(range(1_000_000))
+
+    def start(script: str | os.PathLike[str], exports: Sequence[str], *, name: str | None = None,
+              **keys: Any) -> BlockingClient:
+        path = Path(script).resolve()
+        if not path.is_file() or not os.access(path, os.X_OK):
+            raise ValueError(f"{path} is not an executable file (a plugin needs a #! line and chmod +x)")
+        name = name if name is not None else path.stem
+        if not NAME_RE.fullmatch(name):
+            raise ValueError(f"{name!r} is not a plugin name (letters, digits, '_', '-'); pass name=...")
+        # An image holds only what lies under its root; a one-line launcher there execs the script
+        # in place (same pid, so fd 3 and LISTEN_PID still hold).
+        launcher = f"#!/bin/sh\nexec {shlex.quote(str(path))} \"$@\"\n"
+        root = write_image(plugrpc_tmp / f"plugin{next(counter)}", {name: ("launch", launcher, exports, keys)})
+        return plugrpc_client(root)
+
+    return start

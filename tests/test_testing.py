@@ -1,0 +1,144 @@
+"""`plugrpc.testing`: the authors' fixtures start real images and scripts and clean up after."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import plugrpc
+from plugrpc.config import EXAMPLE_ROOT
+from plugrpc.testing import RouterProcess
+
+from plugin_sources import OVS
+
+NODE_PLUGIN = EXAMPLE_ROOT / "plugins" / "node-demo.js"
+needs_node = pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+
+
+def write_script(path: Path, source: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(source).lstrip())
+    path.chmod(0o755)
+    return path
+
+
+def test_plugrpc_client_runs_an_image(plugrpc_client: Callable[..., plugrpc.BlockingClient]) -> None:
+    client = plugrpc_client(EXAMPLE_ROOT)
+    assert "open" in repr(client)  # handed back connected
+    assert client.raw("ovs.version") == "1.0alpha"
+    assert client.raw("demo.greet", {"name": "Ada"}) == "Hello, Ada!"
+
+
+def test_plugrpc_plugin_runs_a_script_where_it_lies(
+    plugrpc_tmp: Path, plugrpc_plugin: Callable[..., plugrpc.BlockingClient]
+) -> None:
+    # The script imports a module next to it: it runs in place, not copied into an image.
+    write_script(plugrpc_tmp / "src" / "helper.py", "ANSWER = 42\n")
+    script = write_script(plugrpc_tmp / "src" / "tool.py", """
+        #!/usr/bin/env python3
+        import os
+        import plugrpc
+        from helper import ANSWER
+
+        plugrpc.serve({"answer": lambda: ANSWER, "env": lambda name: os.environ.get(name), "hidden": lambda: 1})
+    """)
+    client = plugrpc_plugin(script, ["answer", "env"], env={"COLOUR": "red"})
+    assert client.raw("tool.answer") == 42  # named after the file
+    assert client.raw("tool.env", ["COLOUR"]) == "red"  # further manifest keys apply
+    with pytest.raises(plugrpc.RpcError) as info:
+        client.raw("tool.hidden")
+    assert info.value.code == -32601  # only exports are reachable, as in an image
+
+    other = plugrpc_plugin(script, ["answer"], name="other")
+    assert other.raw("other.answer") == 42
+
+
+def test_plugrpc_plugin_refuses_what_cannot_run(
+    plugrpc_tmp: Path, plugrpc_plugin: Callable[..., plugrpc.BlockingClient]
+) -> None:
+    script = plugrpc_tmp / "plain.py"
+    script.write_text(OVS)
+    with pytest.raises(ValueError, match="chmod"):
+        plugrpc_plugin(script, ["version"])
+    script.chmod(0o755)
+    with pytest.raises(ValueError, match="name="):
+        plugrpc_plugin(script, ["version"], name="no.dots")
+    with pytest.raises(ValueError, match="not an executable file"):
+        plugrpc_plugin(plugrpc_tmp / "missing.py", ["version"])
+
+
+async def test_aclient_for_async_tests(
+    plugrpc_image: Callable[..., Path], plugrpc_router: Callable[..., RouterProcess]
+) -> None:
+    router = plugrpc_router(plugrpc_image({"ovs": ("ovs.py", OVS, ["version"])}))
+    async with router.aclient() as c:
+        assert await asyncio.gather(*(c.raw("ovs.version") for _ in range(20))) == ["1.0alpha"] * 20
+
+
+@needs_node
+def test_node_example_speaks_the_contract(plugrpc_plugin: Callable[..., plugrpc.BlockingClient]) -> None:
+    client = plugrpc_plugin(NODE_PLUGIN, ["add", "greet", "sleep"], name="node")
+    assert client.raw("node.add", [1, 2]) == 3
+    assert client.raw("node.add", {"a": 1.5, "b": 2}) == 3.5
+    assert client.raw("node.greet", {"name": "Ada"}) == "Hello, Ada!"
+    assert client.raw("node.greet", ["Bo", "Hi"]) == "Hi, Bo!"
+    for params in (["1", 2], [1], {"a": 1, "b": 2, "c": 3}):
+        with pytest.raises(plugrpc.RpcError) as info:
+            client.raw("node.add", params)
+        assert info.value.code == -32602
+
+
+@needs_node
+async def test_node_example_in_the_bundled_image(plugrpc_router: Callable[..., RouterProcess]) -> None:
+    router = plugrpc_router(EXAMPLE_ROOT)
+    async with router.aclient() as c:
+        assert {p["name"]: p["state"] for p in await c.raw("router.plugins")}["node"] == "stopped"  # lazy
+        # Pipelined on one connection: the quick call is answered while the slow one still sleeps.
+        slow = asyncio.ensure_future(c.raw("node.sleep", [1.0]))
+        assert await c.raw("node.add", [2, 3]) == 5
+        assert not slow.done()
+        assert await slow == 1.0
+        methods = {m["name"]: m for m in (await c.raw("rpc.discover"))["methods"]}
+        assert methods["node.greet"]["description"] == "Greet someone by name."
+        assert [(p["name"], p["required"]) for p in methods["node.greet"]["params"]] == [
+            ("name", True), ("greeting", False)]
+    assert router.stop() == 0  # the Node plugin finished on SIGTERM, as the contract asks
+
+
+def test_teardown_leaves_nothing_behind(plugrpc_tmp: Path) -> None:
+    """An author's test session, run for real; afterwards its router and plugin are gone."""
+    report = plugrpc_tmp / "report.json"
+    script = write_script(plugrpc_tmp / "ppid.py", """
+        #!/usr/bin/env python3
+        import os
+        import plugrpc
+
+        plugrpc.serve({"pids": lambda: [os.getpid(), os.getppid()]})
+    """)
+    write_script(plugrpc_tmp / "authors" / "test_it.py", f"""
+        import json
+
+        def test_it(plugrpc_plugin, plugrpc_tmp):
+            client = plugrpc_plugin({str(script)!r}, ["pids"])
+            plugin, router = client.raw("ppid.pids")
+            with open({str(report)!r}, "w") as f:
+                json.dump({{"plugin": plugin, "router": router, "tmp": str(plugrpc_tmp)}}, f)
+    """)
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "authors"],
+                         cwd=plugrpc_tmp, capture_output=True, text=True, timeout=50, stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stdout + out.stderr
+    seen = json.loads(report.read_text())
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in (seen["plugin"], seen["router"])):
+        assert time.monotonic() < deadline, "a process outlived the test session"
+        time.sleep(0.05)
+    assert not Path(seen["tmp"]).exists()
