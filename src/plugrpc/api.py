@@ -1,4 +1,5 @@
-"""What the command line does, as plain functions: `run()` a router, `call()` a method.
+"""What the command line does, as plain functions: `run()` a router, `call()` a method,
+`status()` and `reload()` of a running router, `new()` plugin skeletons.
 
 The CLI only parses arguments and calls these (as uvicorn's `main` calls `run()`), so
 everything it does is reachable from Python and testable without a shell.
@@ -13,6 +14,7 @@ from typing import Any
 from . import logs
 from .client import Client
 from .config import Config
+from .scaffold import Scaffold, new_plugin
 from .server import Server
 
 
@@ -32,3 +34,24 @@ def call(method: str, params: Any = None, *, socket: str | os.PathLike[str] | No
             return await client.raw(method, params)
 
     return asyncio.run(_call())
+
+
+def status(*, socket: str | os.PathLike[str] | None = None, timeout: float | None = None) -> list[dict[str, Any]]:
+    """Every plugin's row of `router.plugins`: state, pid, uptime, restarts, calls, latency..."""
+    plugins: list[dict[str, Any]] = call("router.plugins", socket=socket, timeout=timeout)
+    return plugins
+
+
+def reload(*, socket: str | os.PathLike[str] | None = None, timeout: float | None = None) -> dict[str, list[str]]:
+    """Ask the router to re-read its manifest (`router.reload`, as SIGHUP does).
+
+    Returns the plugin names by outcome: `added`, `removed`, `changed`, `unchanged`. It returns
+    once removed and changed plugins have drained, so it can take up to their call timeout.
+    """
+    outcome: dict[str, list[str]] = call("router.reload", socket=socket, timeout=timeout)
+    return outcome
+
+
+def new(name: str, directory: str | os.PathLike[str] = ".") -> Scaffold:
+    """Write a Python plugin skeleton, its manifest entry and a test into the image at `directory`."""
+    return new_plugin(name, directory)

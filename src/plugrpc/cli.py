@@ -1,7 +1,10 @@
 """`plugrpc` on the command line: parse arguments, build a `Config`, call `api`.
 
-    plugrpc run  [--root DIR] [--socket PATH] ...   serve an image's plugins
-    plugrpc call [--socket PATH] METHOD [PARAMS]    call a method, print its result as JSON
+    plugrpc run    [--root DIR] [--socket PATH] ...   serve an image's plugins
+    plugrpc call   [--socket PATH] METHOD [PARAMS]    call a method, print its result as JSON
+    plugrpc status [--socket PATH] [--json]           a table of the plugins of a running router
+    plugrpc reload [--socket PATH] [--json]           make a running router re-read its manifest
+    plugrpc new    NAME [--dir DIR]                   write a plugin skeleton, its manifest entry, a test
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from . import api
+from . import api, status
 from .config import EXAMPLE_ROOT, Config, default_socket
 from .errors import ConfigError, ConnectError, ManifestError, PlugrpcError, RpcError
 
@@ -40,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--socket-mode", type=_octal, default=0o600, help="front socket permissions (default 0600)")
     run.add_argument("--allow-uid", type=int, action="append", default=None, metavar="UID",
                      help="only accept clients with this uid (SO_PEERCRED); repeatable")
-    run.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto", help="event loop (default: uvloop)")
+    run.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto",
+                     help="event loop (default: uvloop)")
     run.add_argument("--max-line", type=int, default=None, metavar="BYTES", help="maximum message size in bytes")
     run.add_argument("--shutdown-grace", type=float, default=None, metavar="SECONDS",
                      help="time in-flight calls get on shutdown (default 10)")
@@ -55,6 +59,28 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("method", metavar="METHOD", help="plugin.method, e.g. ovs.version")
     call.add_argument("params", metavar="PARAMS_JSON", nargs="?", default=None,
                       help="params as a JSON object or array, e.g. '{\"a\": 1}'")
+
+    stat = sub.add_parser("status", help="show the plugins of a running router",
+                          description="One line per plugin: mode, state, pid, uptime, restarts, calls in flight, "
+                                      "calls, errors and latency percentiles (from router.plugins).")
+    stat.add_argument("--socket", type=Path, default=None, help=socket_help)
+    stat.add_argument("--json", action="store_true", help="print router.plugins as JSON instead of a table")
+
+    reload = sub.add_parser("reload", help="make a running router re-read its manifest (as SIGHUP does)",
+                            description="New plugins start, removed ones drain and stop, changed ones are swapped "
+                                        "after their in-flight calls drain; unchanged ones are not touched. An "
+                                        "invalid manifest is refused and the router keeps the one it has.")
+    reload.add_argument("--socket", type=Path, default=None, help=socket_help)
+    reload.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                        help="give up waiting after this long (default: wait until draining is done)")
+    reload.add_argument("--json", action="store_true", help="print the outcome as JSON")
+
+    new = sub.add_parser("new", help="write a Python plugin skeleton, its manifest entry and a test",
+                         description="Writes DIR/plugins/NAME.py, appends [plugin.NAME] to DIR/.plugin.toml "
+                                     "(creating it if needed) and writes DIR/tests/test_NAME.py, which passes as "
+                                     "written. Never overwrites a file.")
+    new.add_argument("name", metavar="NAME", help="the plugin's name: letters, digits, '_' and '-'")
+    new.add_argument("--dir", type=Path, default=Path("."), help="the image root (default: the current directory)")
     return parser
 
 
@@ -92,13 +118,54 @@ def _call(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    plugins = api.status(socket=args.socket)
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps(plugins) + b"\n")
+    else:
+        sys.stdout.write(status.render(plugins))
+    return 0
+
+
+def _reload(args: argparse.Namespace) -> int:
+    try:
+        outcome = api.reload(socket=args.socket, timeout=args.timeout)
+    except RpcError as exc:
+        print(f"plugrpc: {exc.message}", file=sys.stderr)
+        return 1
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps(outcome) + b"\n")
+    else:
+        for key in ("added", "removed", "changed", "unchanged"):
+            print(f"{key + ':':<11}{', '.join(outcome.get(key, [])) or '-'}")
+    return 0
+
+
+def _new(args: argparse.Namespace) -> int:
+    try:
+        made = api.new(args.name, args.dir)
+    except OSError as exc:
+        print(f"plugrpc: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {made.plugin}")
+    print(f"{'wrote' if made.manifest_created else f'added [plugin.{made.name}] to'} {made.manifest}")
+    print(f"wrote {made.test}")
+    print(f"\nrun it:   plugrpc run --root {made.root}")
+    print(f"call it:  plugrpc call {made.name}.hello '{{\"name\": \"Ada\"}}'")
+    print(f"test it:  python -m pytest {made.test}")
+    return 0
+
+
+COMMANDS = {"call": _call, "status": _status, "reload": _reload, "new": _new}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
             api.run(_config(args))
             return 0
-        return _call(args)
+        return COMMANDS[args.command](args)
     except (ManifestError, ConfigError, ConnectError) as exc:
         print(f"plugrpc: {exc}", file=sys.stderr)
         return 2

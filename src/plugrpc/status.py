@@ -1,0 +1,78 @@
+"""`plugrpc status`: the rows of `router.plugins` as a table people can read at a glance.
+
+Pure formatting, no I/O: `render()` takes what the router reported and returns text, so the
+table is tested without a router and the CLI stays a thin layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final
+
+MISSING: Final = "-"
+"""Shown where a figure does not apply (an exec plugin has no pid) or is not known yet."""
+
+
+def duration(seconds: float | None) -> str:
+    """A short human duration: `4.2s`, `3m07s`, `5h02m`, `2d03h`."""
+    if seconds is None:
+        return MISSING
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    minutes, secs = divmod(whole, 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s"
+
+
+def millis(value: float | None) -> str:
+    """Latency in milliseconds with the precision it deserves: `0.042`, `3.10`, `120`."""
+    if value is None:
+        return MISSING
+    if value < 1:
+        return f"{value:.3f}"
+    if value < 100:
+        return f"{value:.2f}"
+    return f"{value:.0f}"
+
+
+def _plain(value: Any) -> str:
+    return MISSING if value is None else str(value)
+
+
+COLUMNS: Final[tuple[tuple[str, str, Callable[[Any], str]], ...]] = (
+    # header, key in the router.plugins row, formatter
+    ("NAME", "name", _plain),
+    ("MODE", "mode", _plain),
+    ("STATE", "state", _plain),
+    ("PID", "pid", _plain),
+    ("UPTIME", "uptime", duration),
+    ("RESTARTS", "restarts", _plain),
+    ("INFLIGHT", "inflight", _plain),
+    ("CALLS", "calls", _plain),
+    ("ERRORS", "errors", _plain),
+    ("P50_MS", "p50_ms", millis),
+    ("P99_MS", "p99_ms", millis),
+)
+_LEFT: Final = frozenset({"NAME", "MODE", "STATE"})
+"""Text columns are left-aligned, numbers right-aligned."""
+
+
+def render(plugins: Sequence[Mapping[str, Any]]) -> str:
+    """The table for `plugrpc status`, one line per plugin under a header, ending in a newline."""
+    rows = [[header for header, _, _ in COLUMNS]]
+    rows += [[fmt(plugin.get(key)) for _, key, fmt in COLUMNS] for plugin in plugins]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    lines = []
+    for row in rows:
+        cells = [
+            cell.ljust(width) if header in _LEFT else cell.rjust(width)
+            for cell, width, (header, _, _) in zip(row, widths, COLUMNS, strict=True)
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines) + "\n"
