@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from plugin_sources import OVS
 from plugrpc.errors import ManifestError
 from plugrpc.manifest import load_manifest
 from plugrpc.scaffold import new_plugin
+
+from plugin_sources import OVS
 
 
 def run(*args: str, cwd: Path | None = None, timeout: float = 50) -> subprocess.CompletedProcess[str]:
