@@ -29,7 +29,7 @@ import uvloop
 from . import report
 from .procs import Fleet
 from .rows import BENCH_DIR, Lab, define_rows
-from .runner import Results, Settings, log, memory_phase, profile_router, run_rounds, scenarios
+from .runner import Results, Settings, log, memory_phase, profile_router, run_rounds, scenarios, syscalls_per_call
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -73,7 +73,8 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-            "loop": f"uvloop {uvloop.__version__}", "platform": platform.platform()}
+            "loop": f"uvloop {uvloop.__version__}", "platform": platform.platform(),
+            "loadavg_at_start": os.getloadavg()[0]}
 
 
 def raise_fd_limit() -> None:
@@ -95,6 +96,7 @@ async def measure_all(settings: Settings, rows_arg: str | None, results_dir: Pat
     await run_rounds(lab, results)
     if settings.profile:
         await profile_router(lab, results, results_dir, stamp)
+        await syscalls_per_call(lab, results)
     lab.stop_servers()
     await memory_phase(lab, results)
     return results
@@ -114,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = now.strftime("%Y%m%dT%H%M%SZ")
     raise_fd_limit()
     signal.signal(signal.SIGTERM, _terminate)
+    host = machine()
     workdir = Path(tempfile.mkdtemp(prefix="plugrpc-bench-", dir="/tmp"))
     fleet = Fleet(workdir)
     log(f"[setup] {settings.mode} run, {settings.rounds} rounds, work dir {workdir}")
@@ -128,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     data: dict[str, Any] = {"timestamp": now.isoformat(timespec="seconds"), "commit": git("rev-parse", "--short",
                             "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-                            "machine": machine(), **results.as_json()}
+                            "machine": host, **results.as_json()}
     json_path = results_dir / f"{stamp}.json"
     data["previous"] = report.compare_previous(data, results_dir, json_path)
     data["targets"] = report.evaluate_targets(data)

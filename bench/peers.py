@@ -18,6 +18,10 @@ from typing import Any, Final
 import orjson
 import uvloop
 
+from plugrpc.wire import DEFAULT_MAX_LINE
+
+from .clients import CallFailed
+
 GRPC_SERVICE: Final = "bench.Bench"
 GRPC_METHOD: Final = f"/{GRPC_SERVICE}/Echo"
 HTTP_URL: Final = "http://bench/"
@@ -64,7 +68,8 @@ async def serve_http() -> None:
         body = orjson.dumps({"jsonrpc": "2.0", "result": msg.get("params"), "id": msg.get("id")})
         return web.Response(body=body, content_type="application/json")
 
-    app = web.Application()
+    # The default 1 MiB request limit would refuse the 1 MiB payload row; match the router's limit.
+    app = web.Application(client_max_size=DEFAULT_MAX_LINE)
     app.router.add_post("/", rpc)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -115,9 +120,12 @@ class HttpConnections:
         async def call(params: Any) -> Any:
             body = orjson.dumps({"jsonrpc": "2.0", "method": "echo", "params": params, "id": next(counter)})
             async with session.post(HTTP_URL, data=body, headers=headers) as resp:
-                msg = orjson.loads(await resp.read())
+                content = await resp.read()
+                if resp.status != 200:
+                    raise CallFailed(f"HTTP {resp.status}: {content[:200]!r}")
+            msg = orjson.loads(content)
             if "error" in msg:
-                raise RuntimeError(msg["error"])
+                raise CallFailed(f"error response: {msg['error']}")
             return msg["result"]
 
         return call

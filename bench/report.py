@@ -431,24 +431,33 @@ def skipped_block(data: dict[str, Any]) -> str:
 
 def profile_block(data: dict[str, Any]) -> str:
     prof = data.get("profile") or {}
-    if not prof:
-        return ""
     if "skipped" in prof:
         return f"Profile: skipped: {prof['skipped']}"
-    lines = [f"Profile ({prof['tool']}, {prof['callers']} callers, {prof['throughput_during']:,.0f} calls/s while "
-             f"sampling): {', '.join(f'{k}: {v}' for k, v in prof['files'].items())}"]
-    for role, top in prof.get("top", {}).items():
-        lines.append(f"  {role}: top self time")
-        lines += [f"    {e['pct']:5.1f}%  {e['frame']}" for e in top["self"][:12]]
-        if top.get("inclusive"):
-            lines.append(f"  {role}: top inclusive")
-            lines += [f"    {e['pct']:5.1f}%  {e['frame']}" for e in top["inclusive"][:12]]
+    if "tool" not in prof:
+        return ""
+    lines = [f"Profile of the router ({prof['tool']})"]
+    sys_counts = prof.get("syscalls") or {}
+    if "skipped" in sys_counts:
+        lines.append(f"  syscalls per call: skipped: {sys_counts['skipped']}")
+    elif sys_counts:
+        lines.append("  syscalls per call of the front process (strace -c; counts only, strace slows the process)")
+        for row, by_c in sys_counts.items():
+            for c, v in by_c.items():
+                top = ", ".join(f"{name} {n:g}" for name, n in list(v["per_call"].items())[:6])
+                lines.append(f"    {row:8} {v['process']:7} {c:>4}: {v['total']:5.2f}  ({top})")
+    for run in prof.get("runs", {}).values():
+        lines.append(f"  {run['callers']} callers, {run['throughput_during']:,.0f} calls/s while sampling; files: "
+                     + ", ".join(f"{k}: {v}" for k, v in run["files"].items()))
+        for role, top in run["top"].items():
+            lines.append(f"    {role}: top self time ({top.get('samples', '?')} samples)")
+            lines += [f"      {e['pct']:5.1f}%  {e['frame']}" for e in top["self"][:12]]
     return "\n".join(lines)
 
 
 def machine_line(data: dict[str, Any]) -> str:
     m = data["machine"]
-    return (f"{m['cpu']} x{m['cores']} cores, Python {m['python']}, load generator loop {m['loop']}, "
+    return (f"{m['cpu']} x{m['cores']} cores (load {m.get('loadavg_at_start', 0):.1f} at start), Python {m['python']}, "
+            f"load generator loop {m['loop']}, "
             f"commit {data['commit']}{' (dirty)' if data.get('dirty') else ''}, {data['timestamp']}, "
             f"{data['settings']['mode']} run: {data['settings']['rounds']} rounds x "
             f"{data['settings']['duration']}s windows")

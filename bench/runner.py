@@ -23,6 +23,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -250,6 +251,11 @@ async def measure(lab: Lab, row: Row, scen: Scenario, settings: Settings) -> dic
         result = await asyncio.wait_for(conns.calls[0](params), 60)
         if result != params:
             raise BenchError(f"{row.key}: echo came back different ({str(result)[:80]})")
+        # One call on every connection first: connecting (gRPC's HTTP/2 handshake, aiohttp's lazy
+        # connect) is not what a row measures.
+        calls = conns.calls
+        for start in range(1, len(calls), 64):
+            await asyncio.wait_for(asyncio.gather(*(c(params) for c in calls[start : start + 64])), 60)
         return await drive(conns.calls, scen.callers, params, settings.warmup, settings.duration, roles,
                            exec_children=row.client == "exec")
     finally:
@@ -321,8 +327,8 @@ async def run_rounds(lab: Lab, results: Results) -> None:
                 prefix = f"[round {rnd + 1}/{settings.rounds} {done:>4}/{total}] {row.key:15} {scen.describe()}"
                 try:
                     value = await measure(lab, row, scen, settings)
-                except (TimeoutError, BenchError, OSError) as exc:
-                    message = str(exc) or type(exc).__name__
+                except Exception as exc:  # one row failing must not end the run: it is reported
+                    message = str(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
                     results.errors.setdefault(row.key, {})[scen.key] = message
                     results.record(row, scen, rnd, None)
                     log(f"{prefix}  FAILED: {message}")
@@ -475,8 +481,8 @@ async def memory_phase(lab: Lab, results: Results) -> None:
         log(f"[memory] {key}: at rest, {settings.idle_conns} idle connections, {load} callers")
         try:
             results.rss[key] = await _memory_of(start, key, settings, load)
-        except (TimeoutError, BenchError, OSError) as exc:
-            results.rss[key] = {"error": str(exc) or type(exc).__name__}
+        except Exception as exc:  # reported in the results, like a failed row
+            results.rss[key] = {"error": f"{type(exc).__name__}: {exc}"}
             log(f"[memory] {key} FAILED: {exc}")
         finally:
             lab.stop_servers()
@@ -521,7 +527,8 @@ def py_spy() -> str | None:
 
 
 async def profile_router(lab: Lab, results: Results, out_dir: Path, stamp: str) -> None:
-    """Sample the router (and its plugin) with py-spy under 64 callers; cProfile when py-spy is missing."""
+    """Sample the router and its plugin with py-spy under 64 callers (the brief) and 1 (the latency
+    targets); cProfile when py-spy is missing."""
     settings = results.settings
     row = next((r for r in results.rows if r.key == "router" and r.skip_reason is None), None)
     if row is None:
@@ -536,17 +543,20 @@ async def profile_router(lab: Lab, results: Results, out_dir: Path, stamp: str) 
     targets = {"router": pids["router"][0]}
     if pids["plugin"]:
         targets["plugin"] = pids["plugin"][0]
-    conns = await NdjsonConnections.open(server.path, 64, [row.method])
-    spies = _start_py_spy(spy, targets, settings.profile_seconds, out_dir, stamp)
-    try:
-        log(f"[profile] py-spy on the router and its plugin under 64 callers for {settings.profile_seconds:.0f}s")
-        run = await drive(conns.calls, 64, payload_params(100), 0.5, settings.profile_seconds + 1.0, server.roles)
-    finally:
-        await conns.aclose()
-        files = _finish_py_spy(spies)
-    top = {role: top_frames(Path(p)) for role, p in files.items() if not p.startswith("py-spy failed")}
-    results.profile = {"tool": "py-spy (sampling, --nonblocking)", "callers": 64,
-                       "throughput_during": run["throughput"], "files": files, "top": top}
+    runs = {}
+    for callers in (64, 1):
+        conns = await NdjsonConnections.open(server.path, callers, [row.method])
+        spies = _start_py_spy(spy, targets, settings.profile_seconds, out_dir, f"{stamp}-c{callers}")
+        try:
+            log(f"[profile] py-spy on the router and its plugin, {callers} callers, {settings.profile_seconds:.0f}s")
+            run = await drive(conns.calls, callers, payload_params(100), 0.5, settings.profile_seconds + 1.0,
+                              server.roles)
+        finally:
+            await conns.aclose()
+            files = _finish_py_spy(spies)
+        top = {role: top_frames(Path(p)) for role, p in files.items() if not p.startswith("py-spy failed")}
+        runs[f"c{callers}"] = {"callers": callers, "throughput_during": run["throughput"], "files": files, "top": top}
+    results.profile = {"tool": "py-spy (sampling, --nonblocking; idle time excluded)", "runs": runs}
 
 
 def _start_py_spy(spy: str, pids: dict[str, int], seconds: float, out_dir: Path,
@@ -575,6 +585,71 @@ def _finish_py_spy(spies: list[tuple[str, subprocess.Popen[bytes], Path]]) -> di
             files[role] = f"py-spy failed: {err.decode(errors='replace').strip()[-300:]}"
     return files
 
+
+
+async def syscalls_per_call(lab: Lab, results: Results, rows: Sequence[str] = ("proxy", "router", "floor", "direct"),
+                            callers: Sequence[int] = (1, 64), seconds: float = 1.0) -> None:
+    """System calls per call of each front process (strace -c), at 1 and 64 callers.
+
+    On a VM where a syscall or a wake-up costs microseconds, the count per call explains most
+    of the gap between a router and a byte proxy; strace slows the process, so only the counts
+    are kept, never its timings.
+    """
+    tracer = shutil.which("strace")
+    if tracer is None:
+        results.profile["syscalls"] = {"skipped": "strace is not installed"}
+        return
+    out: dict[str, Any] = {}
+    live = {r.key: r for r in results.rows if r.skip_reason is None}
+    for key in rows:
+        row = live.get(key)
+        if row is None or row.server is None:
+            continue
+        server = await lab.server(row.server)
+        front_role = next(iter(server.roles()))
+        pid = server.roles()[front_role][0]
+        for n in callers:
+            conns = await NdjsonConnections.open(server.path, n, [row.method])
+            try:
+                counts, calls = await _strace_window(tracer, pid, conns, n, seconds, lab.workdir / f"strace-{key}.txt")
+            finally:
+                await conns.aclose()
+            per_call = {name: round(c / calls, 2) for name, c in sorted(counts.items(), key=lambda kv: -kv[1])
+                        if c / calls >= 0.05}
+            out.setdefault(key, {})[f"c{n}"] = {"process": front_role, "calls": calls,
+                                                "total": round(sum(counts.values()) / calls, 2), "per_call": per_call}
+            log(f"[profile] syscalls per call, {key} ({front_role}) at {n} callers: "
+                f"{out[key][f'c{n}']['total']} {per_call}")
+    results.profile["syscalls"] = out
+
+
+async def _strace_window(tracer: str, pid: int, conns: NdjsonConnections, callers: int, seconds: float,
+                         path: Path) -> tuple[dict[str, int], int]:
+    """Attach strace -c to `pid`, run `callers` for `seconds`, detach; syscall counts and calls made."""
+    proc = await asyncio.create_subprocess_exec(tracer, "-c", "-f", "-p", str(pid), "-o", os.fspath(path),
+                                                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        await asyncio.wait_for(proc.stderr.readline(), 10)  # "strace: Process N attached"
+        run = await drive(conns.calls, callers, payload_params(100), 0.0, seconds, _no_pids)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+        await asyncio.wait_for(proc.wait(), 10)
+    return _strace_counts(path), run["calls"] + callers
+
+
+def _no_pids() -> dict[str, list[int]]:
+    return {}
+
+
+def _strace_counts(path: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
+            counts[parts[-1]] = int(parts[3])
+    return counts
 
 async def _cprofile_router(lab: Lab, results: Results) -> None:
     """Without py-spy: a second router run under cProfile (deterministic, so it slows the router).
@@ -606,8 +681,8 @@ async def _cprofile_router(lab: Lab, results: Results) -> None:
     total = sum(v[2] for v in stats.stats.values()) or 1  # type: ignore[attr-defined]
     top = [{"frame": f"{fn} ({Path(file).name}:{line})", "pct": round(100 * v[2] / total, 1)}
            for (file, line, fn), v in rows]
-    results.profile = {"tool": "cProfile (py-spy not installed)", "callers": 64, "throughput_during": run["throughput"],
-                       "files": {}, "top": {"router": {"self": top, "inclusive": []}}}
+    results.profile = {"tool": "cProfile (py-spy not installed)", "runs": {"c64": {
+        "callers": 64, "throughput_during": run["throughput"], "files": {}, "top": {"router": {"self": top}}}}}
 
 
 def top_frames(path: Path, n: int = 15) -> dict[str, Any]:
