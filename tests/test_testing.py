@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -19,9 +18,6 @@ from plugrpc.config import EXAMPLE_ROOT
 from plugrpc.testing import RouterProcess
 
 from plugin_sources import OVS
-
-NODE_PLUGIN = EXAMPLE_ROOT / "plugins" / "node-demo.js"
-needs_node = pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 
 
 def write_script(path: Path, source: str) -> Path:
@@ -82,36 +78,6 @@ async def test_aclient_for_async_tests(
     router = plugrpc_router(plugrpc_image({"ovs": ("ovs.py", OVS, ["version"])}))
     async with router.aclient() as c:
         assert await asyncio.gather(*(c.raw("ovs.version") for _ in range(20))) == ["1.0alpha"] * 20
-
-
-@needs_node
-def test_node_example_speaks_the_contract(plugrpc_plugin: Callable[..., plugrpc.BlockingClient]) -> None:
-    client = plugrpc_plugin(NODE_PLUGIN, ["add", "greet", "sleep"], name="node")
-    assert client.raw("node.add", [1, 2]) == 3
-    assert client.raw("node.add", {"a": 1.5, "b": 2}) == 3.5
-    assert client.raw("node.greet", {"name": "Ada"}) == "Hello, Ada!"
-    assert client.raw("node.greet", ["Bo", "Hi"]) == "Hi, Bo!"
-    for params in (["1", 2], [1], {"a": 1, "b": 2, "c": 3}):
-        with pytest.raises(plugrpc.RpcError) as info:
-            client.raw("node.add", params)
-        assert info.value.code == -32602
-
-
-@needs_node
-async def test_node_example_in_the_bundled_image(plugrpc_router: Callable[..., RouterProcess]) -> None:
-    router = plugrpc_router(EXAMPLE_ROOT)
-    async with router.aclient() as c:
-        assert {p["name"]: p["state"] for p in await c.raw("router.plugins")}["node"] == "stopped"  # lazy
-        # Pipelined on one connection: the quick call is answered while the slow one still sleeps.
-        slow = asyncio.ensure_future(c.raw("node.sleep", [1.0]))
-        assert await c.raw("node.add", [2, 3]) == 5
-        assert not slow.done()
-        assert await slow == 1.0
-        methods = {m["name"]: m for m in (await c.raw("rpc.discover"))["methods"]}
-        assert methods["node.greet"]["description"] == "Greet someone by name."
-        assert [(p["name"], p["required"]) for p in methods["node.greet"]["params"]] == [
-            ("name", True), ("greeting", False)]
-    assert router.stop() == 0  # the Node plugin finished on SIGTERM, as the contract asks
 
 
 def test_teardown_leaves_nothing_behind(plugrpc_tmp: Path) -> None:

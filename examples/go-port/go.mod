@@ -1,0 +1,3 @@
+module example.com/ovs-plugin
+
+go 1.19
