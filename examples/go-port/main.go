@@ -18,7 +18,7 @@ import (
 	"syscall"
 )
 
-// Commands is core0's plugin.Commands.
+// Commands is core0's plugin.Commands: the same functions serve unchanged.
 type Commands map[string]func(args json.RawMessage) (interface{}, error)
 
 func version(args json.RawMessage) (interface{}, error) {
