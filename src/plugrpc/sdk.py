@@ -1,0 +1,345 @@
+"""The plugin side: `serve(commands)` runs a plugin as a persistent JSON-RPC server.
+
+It mirrors core0's `plugin.Plugin(plugin.Commands{...})` (DESIGN.md, "Python API"): a mapping
+of names to plain or async callables, served on the socket the runtime hands over as fd 3
+(the systemd socket-activation convention). With no mapping it serves jsonrpcserver's `@method`
+registry, so a jsonrpcserver module serves unchanged.
+
+Plain sync commands run inline on the loop (no task: the fast path) and must be quick;
+`@threaded` moves a blocking one to the default executor; async commands get a task each, so
+a slow call never holds up a fast one on the same connection. Built-ins: `rpc.discover`
+(an OpenRPC document) and `rpc.cancel` (the router giving up on a call).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import signal
+import socket
+import typing
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from . import codes
+from .config import bind_socket, loop_factory, remove_socket
+from .dispatch import Handler, Outcome, dispatch, encode, resolve, threaded
+from .errors import ConfigError, RpcError
+from .wire import (
+    DEFAULT_MAX_LINE,
+    NOID,
+    JSONDecodeError,
+    LineSplitter,
+    LineTooLong,
+    loads,
+    parse_error_line,
+    too_large_line,
+    valid_id,
+)
+
+__all__ = ["serve", "threaded", "discover_document"]
+
+log = logging.getLogger("plugrpc.sdk")
+
+LISTEN_FDS_START: Final = 3
+"""The first socket-activation fd (systemd's SD_LISTEN_FDS_START)."""
+CANCEL: Final = "rpc.cancel"
+DISCOVER: Final = "rpc.discover"
+OPENRPC_VERSION: Final = "1.2.6"
+FLUSH_TIMEOUT: Final = 5.0
+"""Seconds a connection gets at shutdown to take its last responses before it is aborted."""
+
+_SCHEMA_TYPES: Final[Mapping[Any, str]] = {
+    int: "integer",
+    str: "string",
+    float: "number",
+    bool: "boolean",
+    list: "array",
+    dict: "object",
+}
+
+
+def serve(
+    commands: Mapping[str, Callable[..., Any]] | None = None,
+    *,
+    path: str | os.PathLike[str] | None = None,
+    max_line: int = DEFAULT_MAX_LINE,
+) -> None:
+    """Serve `commands` until SIGTERM or SIGINT, then finish in-flight calls and return.
+
+    The socket is fd 3 when the runtime started us (`LISTEN_FDS`); otherwise `path` or
+    `$PLUGRPC_SOCKET` is bound, for running a plugin by hand.
+    """
+    if commands is None:
+        from jsonrpcserver.methods import global_methods
+
+        commands = global_methods
+    table = resolve(commands)
+    title = os.environ.get("PLUGRPC_PLUGIN") or "plugin"
+    document = discover_document(table, title)
+    table[DISCOVER] = Handler(DISCOVER, lambda: document)
+    sock, bound = listening_socket(path)
+    # stderr is the plugin's log (the runtime tags each line); a no-op if logging is set up already.
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        with asyncio.Runner(loop_factory=loop_factory("auto")) as runner:
+            runner.run(_Server(table, max_line).serve(sock))
+    finally:
+        sock.close()
+        if bound is not None:
+            remove_socket(bound)
+
+
+def listening_socket(path: str | os.PathLike[str] | None = None) -> tuple[socket.socket, Path | None]:
+    """The listening socket to serve on, and the path we bound (to remove at exit), if any."""
+    fds = os.environ.get("LISTEN_FDS")
+    pid = os.environ.get("LISTEN_PID")
+    if fds is not None and (pid is None or pid == str(os.getpid())):
+        # Consume the variables as sd_listen_fds(1) does, so our own children do not claim fd 3.
+        for name in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
+            os.environ.pop(name, None)
+        if fds != "1":
+            raise ConfigError(f"expected exactly one socket from the runtime, got LISTEN_FDS={fds!r}")
+        try:
+            return socket.socket(fileno=LISTEN_FDS_START), None
+        except OSError as exc:
+            raise ConfigError(f"LISTEN_FDS=1 but fd 3 is not a usable socket: {exc.strerror}") from exc
+    target = path if path is not None else os.environ.get("PLUGRPC_SOCKET")
+    if not target:
+        raise ConfigError(
+            "no socket to serve on: a plugin is meant to be started by `plugrpc run`, which hands it a "
+            "listening socket as fd 3 (LISTEN_FDS=1); to run it by hand, pass serve(path=...) or set "
+            "PLUGRPC_SOCKET=/path/to/plugin.sock"
+        )
+    bound = Path(target)
+    return bind_socket(bound), bound
+
+
+def discover_document(table: Mapping[str, Handler], title: str) -> dict[str, Any]:
+    """An OpenRPC 1.2 document for `rpc.discover`: every command, its params and description."""
+    return {
+        "openrpc": OPENRPC_VERSION,
+        "info": {"title": title, "version": "0.0.0"},
+        "methods": [_method_doc(h) for name, h in table.items() if not name.startswith("rpc.")],
+    }
+
+
+def _method_doc(handler: Handler) -> dict[str, Any]:
+    try:
+        hints = typing.get_type_hints(handler.fn)
+    except Exception:  # unresolvable forward references, callables get_type_hints refuses
+        hints = {}
+    doc: dict[str, Any] = {"name": handler.name, "params": []}
+    description = _first_paragraph(inspect.getdoc(handler.fn))
+    if description:
+        doc["description"] = description
+    sig = handler.signature
+    if sig is not None:
+        kinds = {p.kind for p in sig.parameters.values()}
+        for p in sig.parameters.values():
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                continue
+            doc["params"].append(
+                {"name": p.name, "required": p.default is p.empty, "schema": _schema(hints.get(p.name))}
+            )
+        if inspect.Parameter.POSITIONAL_ONLY in kinds:
+            doc["paramStructure"] = "by-position"
+        elif inspect.Parameter.KEYWORD_ONLY in kinds:
+            doc["paramStructure"] = "by-name"
+    doc["result"] = {"name": "result", "schema": _schema(hints.get("return"))}
+    return doc
+
+
+def _schema(hint: Any) -> dict[str, Any]:
+    """JSON-schema-ish: int -> integer, list[int] -> array, ...; anything else -> {}."""
+    origin = typing.get_origin(hint) or hint
+    try:
+        name = _SCHEMA_TYPES.get(origin)
+    except TypeError:  # unhashable annotation
+        return {}
+    return {"type": name} if name else {}
+
+
+def _first_paragraph(doc: str | None) -> str:
+    return " ".join(doc.split("\n\n", 1)[0].split()) if doc else ""
+
+
+class _Server:
+    """Owns the listening socket, the open connections, and graceful shutdown."""
+
+    def __init__(self, table: dict[str, Handler], max_line: int) -> None:
+        self.table = table
+        self.max_line = max_line
+        self.connections: set[Connection] = set()
+        self.closing = False
+        self._stop = asyncio.Event()
+
+    async def serve(self, sock: socket.socket) -> None:
+        """Startup, main loop (wait for a signal), shutdown: read top to bottom."""
+        loop = asyncio.get_running_loop()
+        server = await loop.create_unix_server(lambda: Connection(self), sock=sock)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+        log.info("serving %d commands (pid %d)", len(self.table) - 1, os.getpid())
+        try:
+            await self._stop.wait()
+            server.close()
+            await self._shutdown()
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+
+    def _on_signal(self, signum: int) -> None:
+        if not self._stop.is_set():
+            log.info("%s: finishing in-flight calls, then exiting", signal.Signals(signum).name)
+            self._stop.set()
+        else:
+            log.warning("%s again: cancelling in-flight calls", signal.Signals(signum).name)
+            for conn in self.connections:
+                conn.cancel_all()
+
+    async def _shutdown(self) -> None:
+        """No new connections or requests; wait for in-flight calls; flush and close."""
+        self.closing = True
+        for conn in self.connections:
+            conn.pause_reading()
+        in_flight = [task for conn in self.connections for task in conn.running.values()]
+        if in_flight:
+            log.info("waiting for %d in-flight calls", len(in_flight))
+            await asyncio.wait(in_flight)
+        conns = list(self.connections)
+        for conn in conns:
+            conn.close()
+        closed = [conn.closed for conn in conns]
+        if closed:
+            _, late = await asyncio.wait(closed, timeout=FLUSH_TIMEOUT)
+            for conn in conns:
+                if not conn.closed.done():
+                    conn.abort()
+            if late:
+                await asyncio.wait(late)
+
+
+class Connection(asyncio.Protocol):
+    """One peer (usually the router): pipelined requests in, responses out in completion order."""
+
+    def __init__(self, server: _Server) -> None:
+        # Global state
+        self._server = server
+        self._loop = asyncio.get_running_loop()
+        # Per-connection state
+        self._transport: asyncio.Transport | None = None
+        self._splitter = LineSplitter(server.max_line)
+        self._table = {**server.table, CANCEL: Handler(CANCEL, self._cancel)}
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self.running: dict[Any, asyncio.Task[None]] = {}
+        """Tasks of async/threaded calls, by request id (a fresh key for notifications and batches)."""
+        self.closed: asyncio.Future[None] = self._loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._server.connections.add(self)
+        if self._server.closing:
+            self.pause_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.connections.discard(self)
+        # Nobody is left to read these answers (the router sends rpc.cancel for the same reason).
+        self.cancel_all()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            lines = self._splitter.feed(data)
+        except LineTooLong:
+            self._out.append(too_large_line(self._splitter.max_line))
+            self.close()
+            return
+        out = self._out
+        for line in lines:
+            try:
+                msg = loads(line)
+            except JSONDecodeError as exc:
+                out.append(parse_error_line(exc))
+                continue
+            outcome = dispatch(self._table, msg)
+            if outcome is None:
+                continue
+            if type(outcome) is dict or type(outcome) is list:
+                out.append(encode(outcome))
+            else:
+                self._start(outcome, msg.get("id", NOID) if type(msg) is dict else NOID)
+        # Everything answered inline while handling this chunk leaves in one write.
+        self._write_out()
+
+    def pause_writing(self) -> None:
+        # Backpressure: a peer that does not read our responses gets no new requests read.
+        self.pause_reading()
+
+    def resume_writing(self) -> None:
+        if not self._server.closing and self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    def pause_reading(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.pause_reading()
+
+    def close(self) -> None:
+        """Send what is buffered, then close (the transport flushes before it closes)."""
+        self._write_out()
+        if self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    def cancel_all(self) -> None:
+        for task in self.running.values():
+            task.cancel()
+
+    def _start(self, pending: Outcome, id: Any) -> None:
+        key = id if id is not NOID and id not in self.running else object()
+        self.running[key] = self._loop.create_task(self._complete(pending, key))
+
+    async def _complete(self, pending: Any, key: Any) -> None:
+        try:
+            outcome = await pending
+        finally:
+            del self.running[key]
+        if outcome is not None:
+            self._send(encode(outcome))
+
+    def _send(self, line: bytes) -> None:
+        """Queue a line; lines queued in the same loop turn leave in one write."""
+        if self._transport is None or self._transport.is_closing():
+            return
+        self._out.append(line)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        self._write_out()
+
+    def _write_out(self) -> None:
+        if self._out:
+            out, self._out = self._out, []
+            if self._transport is not None and not self._transport.is_closing():
+                self._transport.writelines(out)
+
+    def _cancel(self, id: Any) -> bool:
+        """`rpc.cancel`: the router gave up on request `id`; stop its task if it still runs."""
+        if not valid_id(id):
+            raise RpcError(codes.INVALID_PARAMS, "Invalid params", "id must be a string, a number or null")
+        task = self.running.get(id)
+        if task is None:
+            return False
+        task.cancel()
+        return True
