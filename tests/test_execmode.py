@@ -277,7 +277,9 @@ async def test_cancellation_kills_the_process_group(make: Make, root: Path) -> N
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, WAIT)
-    assert not any(alive(p) for p in pids), "call() returned before its process was killed and reaped"
+    # The script itself is reaped before call() returns; its child got SIGKILL with the group,
+    # but on a busy machine may take a moment to die, so it is waited for (bounded).
+    assert not alive(pids[0]), "call() returned before its process was killed and reaped"
     assert await gone(*pids)
     assert plugin.inflight == 0
 
