@@ -192,7 +192,7 @@ def plugrpc_client(plugrpc_router: Callable[..., RouterProcess]) -> Iterator[Cal
     """Factory: `plugrpc_client(root, *args)` runs the image at `root`, returns a connected BlockingClient.
 
     `args` go to `plugrpc run` (e.g. "--log-level", "debug"); `env` adds to its environment and
-    `timeout` is the client's default per call. The router's log is in the failure report.
+    `timeout` is the client's default per call. A router that does not start raises with its log.
     """
     clients: list[BlockingClient] = []
 
