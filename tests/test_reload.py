@@ -75,3 +75,14 @@ def test_sighup_reloads_and_a_bad_manifest_changes_nothing(plugrpc_image: Image,
             time.sleep(0.05)
         assert c.raw("two.version") == "1.0alpha"
     assert "reload refused" in router.log()
+
+
+def test_a_rebuilt_plugin_is_swapped(plugrpc_image: Image, plugrpc_router: Router) -> None:
+    root = plugrpc_image({"ovs": ("ovs.py", OVS, ["version"])})
+    router = plugrpc_router(root)
+    with router.client() as c:
+        assert c.raw("ovs.version") == "1.0alpha"
+        (root / "ovs.py").write_text(OVS.lstrip().replace("1.0alpha", "2.0"))
+        assert c.raw("router.reload")["changed"] == ["ovs"]
+        assert c.raw("ovs.version") == "2.0"
+        assert c.raw("router.reload")["changed"] == []

@@ -7,6 +7,7 @@ root is a `ManifestError` naming the file, the plugin and the key, before anythi
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
@@ -57,6 +58,8 @@ class PluginSpec:
     """Stop the process after this many idle seconds (0: never); it starts again on the next call."""
     grace: float = 5.0
     """Seconds between SIGTERM and SIGKILL when stopping."""
+    digest: str = ""
+    """Hash of the executable when loaded: a rebuilt plugin counts as changed on reload."""
 
     @property
     def exported(self) -> frozenset[str]:
@@ -130,8 +133,10 @@ def _plugin(name: str, table: Any, root: Path, file: str) -> PluginSpec:
             values[key] = _FIELDS[key](raw)
         except (TypeError, ValueError) as exc:
             raise fail(str(exc), key) from None
-    values["path"] = _confine(values["path"], root, fail)
-    return PluginSpec(name=name, **values)
+    values["path"] = path = _confine(values["path"], root, fail)
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "blake2b").hexdigest()
+    return PluginSpec(name=name, digest=digest, **values)
 
 
 def _confine(declared: str, root: Path, fail: Callable[[str, str], ManifestError]) -> Path:
