@@ -71,7 +71,8 @@ def serve(
     """Serve `commands` until SIGTERM or SIGINT, then finish in-flight calls and return.
 
     The socket is fd 3 when the runtime started us (`LISTEN_FDS`); otherwise `path` or
-    `$PLUGRPC_SOCKET` is bound, for running a plugin by hand.
+    `$PLUGRPC_SOCKET` is bound, for running a plugin by hand. A request line longer than
+    `max_line` bytes is answered -32004 and its connection closed.
     """
     if commands is None:
         from jsonrpcserver.methods import global_methods
@@ -123,7 +124,7 @@ def discover_document(table: Mapping[str, Handler], title: str) -> dict[str, Any
     return {
         "openrpc": OPENRPC_VERSION,
         "info": {"title": title, "version": "0.0.0"},
-        "methods": [_method_doc(h) for name, h in table.items() if not name.startswith("rpc.")],
+        "methods": [_method_doc(handler) for handler in table.values()],
     }
 
 
@@ -183,7 +184,7 @@ class _Server:
         server = await loop.create_unix_server(lambda: Connection(self), sock=sock)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
-        log.info("serving %d commands (pid %d)", len(self.table) - 1, os.getpid())
+        log.info("serving %d commands (pid %d)", len(self.table) - 1, os.getpid())  # rpc.discover aside
         try:
             await self._stop.wait()
             server.close()
@@ -249,6 +250,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
         # Nobody is left to read these answers (the router sends rpc.cancel for the same reason).
+        # EOF counts too: a half-close looks the same as a peer gone, and a gone peer's calls must end.
         self.cancel_all()
         if not self.closed.done():
             self.closed.set_result(None)
