@@ -1,6 +1,6 @@
 """Exec shim for the bench's child processes: tie the child's life to the bench, hand over fd 3, exec.
 
-`python -m bench.launch PARENT_PID FD -- ARGV...` (FD is -1 for none). Doing this in a shim
+`python -m bench.launch PARENT_PID FD -- ARGV...` (FD is -1 for none; $PLUGRPC_BENCH_CPUS pins). Doing this in a shim
 rather than a `preexec_fn` keeps `subprocess` on its fork-safe path even when the bench process
 already runs threads (grpc starts some), and PR_SET_PDEATHSIG survives the exec, so a bench
 killed with SIGKILL still takes every server with it.
@@ -15,6 +15,8 @@ from plugrpc.process import die_with_parent
 
 LISTEN_FD = 3
 """systemd socket activation (and DESIGN.md's plugin contract) put the listening socket here."""
+CPUS_ENV = "PLUGRPC_BENCH_CPUS"
+"""Comma-separated CPUs the server (and every process it starts) is pinned to, when set."""
 
 
 def main(argv: list[str]) -> None:
@@ -23,6 +25,9 @@ def main(argv: list[str]) -> None:
     if sep != "--" or not command:
         raise SystemExit("usage: python -m bench.launch PARENT_PID FD -- ARGV...")
     die_with_parent(int(parent))
+    cpus = os.environ.pop(CPUS_ENV, "")
+    if cpus:
+        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
     listen_fd = int(fd)
     if listen_fd >= 0:
         if listen_fd != LISTEN_FD:

@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
+from .launch import CPUS_ENV
+
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 
 
@@ -59,8 +61,10 @@ class Child:
 class Fleet:
     """Starts children and guarantees they are all stopped, also on Ctrl-C or an exception."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, cpus: set[int] | None = None) -> None:
         self.workdir = workdir
+        self.cpus = cpus
+        """CPUs every server is pinned to (None: wherever the scheduler puts them)."""
         self.children: list[Child] = []
 
     def spawn(
@@ -75,6 +79,8 @@ class Fleet:
         """Start `argv`; `listen` is handed over as fd 3 with LISTEN_FDS=1 (the plugin contract)."""
         log = self.workdir / f"{name}.log"
         child_env = dict(os.environ if env is None else env)
+        if self.cpus:
+            child_env[CPUS_ENV] = ",".join(map(str, sorted(self.cpus)))
         fd = -1
         if listen is not None:
             fd = listen.fileno()
@@ -159,6 +165,16 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat", "rb") as f:
         fields = f.read().rsplit(b")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def machine_cpu() -> tuple[float, float, float]:
+    """(busy, steal, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    with open("/proc/stat", "rb") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    fields = (fields + [0] * 8)[:8]  # user nice system idle iowait irq softirq steal
+    idle, iowait, steal = fields[3], fields[4], fields[7]
+    total = sum(fields)
+    return (total - idle - iowait - steal) / CLK_TCK, steal / CLK_TCK, total / CLK_TCK
 
 
 def rss_kib(pid: int) -> int:

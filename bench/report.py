@@ -456,17 +456,31 @@ def profile_block(data: dict[str, Any]) -> str:
 
 def machine_line(data: dict[str, Any]) -> str:
     m = data["machine"]
-    return (f"{m['cpu']} x{m['cores']} cores (load {m.get('loadavg_at_start', 0):.1f} at start), Python {m['python']}, "
+    return (f"{m['cpu']} x{m['cores']} cores (load {m.get('loadavg_at_start', 0):.1f} at start; pinning: "
+            f"{m.get('pinning', '?')}), Python {m['python']}, "
             f"load generator loop {m['loop']}, "
             f"commit {data['commit']}{' (dirty)' if data.get('dirty') else ''}, {data['timestamp']}, "
             f"{data['settings']['mode']} run: {data['settings']['rounds']} rounds x "
             f"{data['settings']['duration']}s windows")
 
 
+def background_line(data: dict[str, Any]) -> str:
+    """How busy the machine was with other work while windows were measured: context for the spreads."""
+    other = [r["other_cpu_pct"] for scen in data["rounds"].values() for rounds in scen.values() for r in rounds
+             if r and "other_cpu_pct" in r]
+    steal = [r["steal_pct"] for scen in data["rounds"].values() for rounds in scen.values() for r in rounds
+             if r and "steal_pct" in r]
+    if not other:
+        return ""
+    return (f"Background: other processes used {statistics.median(other):.0f}% of the machine's CPU during the "
+            f"median window (max {max(other):.0f}%); hypervisor steal {statistics.median(steal):.1f}% "
+            f"(max {max(steal):.1f}%)")
+
+
 def render(data: dict[str, Any]) -> str:
-    blocks = [machine_line(data), latency_table(data), load_table(data, "conns"), load_table(data, "pipe"),
-              payload_table(data), cpu_table(data), rss_table(data), dispatch_table(data), skipped_block(data),
-              profile_block(data), targets_block(data)]
+    blocks = [machine_line(data), background_line(data), latency_table(data), load_table(data, "conns"),
+              load_table(data, "pipe"), payload_table(data), cpu_table(data), rss_table(data), dispatch_table(data),
+              skipped_block(data), profile_block(data), targets_block(data)]
     return "\n\n".join(b for b in blocks if b) + "\n"
 
 
@@ -480,7 +494,10 @@ def _size(n: int) -> str:
 
 
 def plot(data: dict[str, Any], path: Path) -> str | None:
-    """Latency percentiles at c=1 and throughput / p99 by concurrency; None, or why there is no plot."""
+    """Latency percentiles at c=1, throughput (both connection modes) and p99 by concurrency.
+
+    Returns None, or why there is no plot. Shaded bands span the min..max over rounds.
+    """
     try:
         import matplotlib
 
@@ -489,43 +506,48 @@ def plot(data: dict[str, Any], path: Path) -> str | None:
     except ImportError:
         return "matplotlib is not installed (pip install -e '.[bench]')"
     rows = [k for k in _live_rows(data) if summary(data, k, LAT1, "p50_us")]
-    fig, axes = plt.subplots(1, 3, figsize=(19, 6.5))
-    ax = axes[0]
+    fig, axes = plt.subplots(2, 2, figsize=(16, 11))
+    ax = axes[0][0]
     pcts = [("p50_us", "p50"), ("p90_us", "p90"), ("p99_us", "p99"), ("p999_us", "p99.9")]
     width = 0.8 / len(pcts)
     for i, (metric, name) in enumerate(pcts):
         vals = [median(data, k, LAT1, metric) or 0 for k in rows]
         ax.bar([x + i * width for x in range(len(rows))], vals, width, label=name)
-    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(rows))], rows, rotation=45, ha="right")
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(rows))], rows, rotation=30, ha="right")
     ax.set_yscale("log")
     ax.set_ylabel("latency (µs, log)")
-    ax.set_title("Latency at concurrency 1, 100 B")
+    ax.set_title("Latency at concurrency 1, 100 B (median over rounds)")
+    ax.grid(True, axis="y", which="both", alpha=0.3)
     ax.legend()
     conc = data["settings"]["concurrency"]
     colors = {k: f"C{i % 10}" for i, k in enumerate(rows)}
-    for ax, metric, title in ((axes[1], "throughput", "Throughput by concurrency (calls/s)"),
-                              (axes[2], "p99_us", "p99 latency by concurrency (µs)")):
+    panels = ((axes[0][1], "conns", "throughput", "Throughput, one connection per caller (calls/s)"),
+              (axes[1][0], "pipe", "throughput", "Throughput, all callers on one pipelined connection (calls/s)"),
+              (axes[1][1], "conns", "p99_us", "p99 latency, one connection per caller (µs)"))
+    for ax, mode, metric, title in panels:
         for key in rows:
-            for mode, style in (("conns", "-"), ("pipe", "--")):
-                xs, ys = [], []
-                for c in conc:
-                    v = median(data, key, LAT1 if c == 1 else f"{mode}-c{c}-100B", metric)
-                    if v is not None:
-                        xs.append(c)
-                        ys.append(v)
-                if len(xs) > 1:
-                    ax.plot(xs, ys, style, marker="o", color=colors[key],
-                            label=f"{key} ({'N conns' if mode == 'conns' else '1 conn'})")
+            xs, mid, lo, hi = [], [], [], []
+            for c in conc:
+                st = summary(data, key, LAT1 if c == 1 else f"{mode}-c{c}-100B", metric)
+                if st is not None:
+                    xs.append(c)
+                    mid.append(st["median"])
+                    lo.append(st["min"])
+                    hi.append(st["max"])
+            if len(xs) > 1:
+                bold = key in ("floor", "proxy", "router")
+                ax.plot(xs, mid, marker="o", color=colors[key], label=key, linewidth=2.5 if bold else 1.2)
+                ax.fill_between(xs, lo, hi, color=colors[key], alpha=0.12)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks(conc, [str(c) for c in conc])
         ax.set_xlabel("concurrent callers")
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
-    axes[1].legend(fontsize=7, ncol=2)
-    fig.suptitle(f"plugrpc bench: {machine_line(data)}", fontsize=9)
+        ax.legend(fontsize=8, ncol=2)
+    fig.suptitle(f"plugrpc bench: {machine_line(data)}", fontsize=8, wrap=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
     return None
 

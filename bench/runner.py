@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from .clients import NdjsonConnections
-from .procs import BenchError, cpu_seconds, rss_kib
+from .procs import BenchError, cpu_seconds, machine_cpu, rss_kib
 from .rows import Lab, Row, plugrpc_script
 
 KIB: Final = 1024
@@ -49,9 +49,9 @@ def log(msg: str) -> None:
 class Settings:
     """How much to measure; `--quick` and `--tiny` shrink the same scenarios."""
 
-    rounds: int = 5
+    rounds: int = 7
     warmup: float = 0.15
-    duration: float = 0.5
+    duration: float = 0.4
     concurrency: tuple[int, ...] = (1, 8, 64, 256)
     payloads: tuple[int, ...] = (100, 10 * KIB, MIB)
     idle_conns: int = 1000
@@ -179,11 +179,13 @@ async def drive(
         cpu0 = {role: _cpu(ps) for role, ps in pids.items()}
         self0 = resource.getrusage(resource.RUSAGE_SELF)
         kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        host0 = machine_cpu()
         t0 = time.perf_counter()
         window.recording = True
         await asyncio.sleep(duration)
         window.recording = False
         elapsed = time.perf_counter() - t0
+        host1 = machine_cpu()
         self1 = resource.getrusage(resource.RUSAGE_SELF)
         kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu1 = {role: _cpu(ps) for role, ps in pids.items()}
@@ -202,6 +204,8 @@ async def drive(
     cpu = {role: (cpu1[role] - cpu0[role]) / n * 1e6 for role in pids}
     if exec_children:
         cpu["plugin"] = (_usage(kids1) - _usage(kids0)) / n * 1e6
+    ours = sum(cpu1[r] - cpu0[r] for r in pids) + _usage(self1) - _usage(self0) + _usage(kids1) - _usage(kids0)
+    capacity = host1[2] - host0[2] or 1.0
     return {
         "calls": n,
         "seconds": round(elapsed, 4),
@@ -215,6 +219,9 @@ async def drive(
         "cpu_us_per_call": cpu,
         "client_cpu_us_per_call": (_usage(self1) - _usage(self0)) / n * 1e6,
         "rss_kib": rss,
+        # What else ran on the machine during the window (other sessions, the kernel), in % of all CPUs.
+        "other_cpu_pct": max(0.0, 100 * (host1[0] - host0[0] - ours) / capacity),
+        "steal_pct": 100 * (host1[1] - host0[1]) / capacity,
     }
 
 
