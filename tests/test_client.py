@@ -189,7 +189,7 @@ async def test_close_fails_calls_in_flight_and_later_calls(plugin: Plugin) -> No
 
 
 async def test_default_socket_and_connect_on_first_call(plugin: Plugin, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PLUGRPC_SOCKET", str(plugin.socket))
+    monkeypatch.setenv("PLUGRPC_ROUTER", str(plugin.socket))
     c = Client()
     assert c.path == plugin.socket and repr(c).endswith("unconnected pending=0>")
     try:

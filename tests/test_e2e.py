@@ -332,6 +332,16 @@ class TestFaults:
             wait_until(lambda: probe.raw("router.plugins")[0]["inflight"] == 0, 5)
             assert probe.raw("router.stats")["inflight"] == 0
 
+    def test_client_rpc_cancel_stops_its_call(self, kitchen: RouterProcess) -> None:
+        with RawConn(kitchen.socket) as c, kitchen.client() as probe:
+            c.send(req("k.sleep", [1.5], id="slow"))
+            c.send(req("k.sleep", [1.5], id="other"))
+            wait_until(lambda: probe.raw("router.plugins")[0]["inflight"] == 2, 5)
+            c.send({"jsonrpc": "2.0", "method": "rpc.cancel", "params": {"id": "slow"}})
+            wait_until(lambda: probe.raw("router.plugins")[0]["inflight"] == 1, 5)
+            assert c.ask(req("rpc.cancel", {"id": "nope"}, id=2)) == {"jsonrpc": "2.0", "result": False, "id": 2}
+            assert c.recv()["id"] == "other"  # "slow" never answers: its client gave up on it
+
     def test_sigterm_finishes_inflight_calls_and_cleans_up(self, kitchen: RouterProcess) -> None:
         with kitchen.client() as c:
             pid = c.raw("k.pid")

@@ -32,7 +32,7 @@ def _octal(text: str) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="plugrpc", description="Plugins as persistent JSON-RPC 2.0 servers.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    socket_help = f"the router's front socket (default: {default_socket()}, or $PLUGRPC_SOCKET)"
+    socket_help = f"the router's front socket (default: {default_socket()}, or $PLUGRPC_ROUTER)"
 
     run = sub.add_parser("run", help="supervise an image's plugins and serve the router",
                          description="Supervise the plugins of an image and serve calls on a unix socket. "

@@ -37,9 +37,10 @@ def runtime_base() -> Path:
 def default_socket() -> Path:
     """The front socket both `plugrpc run` and `plugrpc call` use unless told otherwise.
 
-    `$PLUGRPC_SOCKET` wins; otherwise a per-user directory keeps users apart on shared hosts.
+    `$PLUGRPC_ROUTER` wins (not `$PLUGRPC_SOCKET`: that is a plugin's own socket, in its
+    environment); otherwise a per-user directory keeps users apart on shared hosts.
     """
-    if env := os.environ.get("PLUGRPC_SOCKET"):
+    if env := os.environ.get("PLUGRPC_ROUTER"):
         return Path(env)
     base = runtime_base()
     name = "plugrpc" if os.environ.get("XDG_RUNTIME_DIR") else f"plugrpc-{os.getuid()}"
@@ -139,7 +140,7 @@ class Config:
     def bind_socket(self) -> Socket:
         """Create the socket's private directory (when it is the default one) and bind it."""
         parent = self.socket.parent
-        if self.socket == default_socket() and not os.environ.get("PLUGRPC_SOCKET"):
+        if self.socket == default_socket() and not os.environ.get("PLUGRPC_ROUTER"):
             private_dir(parent)
         elif not parent.is_dir():
             raise ConfigError(f"directory of --socket does not exist: {parent}")

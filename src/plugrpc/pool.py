@@ -57,7 +57,9 @@ class Target(Protocol):
 
     def submit(self, call: Call) -> None: ...
 
-    def notify(self, method: str, params: Any) -> None: ...
+    def notify(self, method: str, params: Any, sink: Any) -> None:
+        """A request without an id from the client behind `sink`: no response, ever."""
+        ...
 
     def cancel(self, call: Call) -> None: ...
 
@@ -241,7 +243,7 @@ class PluginPool:
         self.waiting.append(call)
         self._run_assign()
 
-    def notify(self, method: str, params: Any) -> None:
+    def notify(self, method: str, params: Any, sink: Any = None) -> None:
         """Forward a notification on any ready connection; with none, it is dropped (no one to tell)."""
         if self.supervisor.available:
             self.supervisor.ensure_running()

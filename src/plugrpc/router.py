@@ -163,7 +163,7 @@ class Router:
                     kind = type(params)
                     if params is NOPARAMS or kind is list or kind is dict:
                         if "id" not in msg:
-                            target.notify(name, params)
+                            target.notify(name, params, sink)
                             return
                         id = msg["id"]
                         kind = type(id)
@@ -280,7 +280,7 @@ class ExecTarget:
         call.conn = task
         task.add_done_callback(lambda t: self._done(call, t))
 
-    def notify(self, method: str, params: Any) -> None:
+    def notify(self, method: str, params: Any, sink: Any) -> None:
         task = self._loop.create_task(self.plugin.call(method, None if params is NOPARAMS else params))
         self._tasks.add(task)
         task.add_done_callback(self._notified)
@@ -348,7 +348,7 @@ class Builtins:
             return
         _answer(self.router, call, lambda: result)
 
-    def notify(self, method: str, params: Any) -> None:
+    def notify(self, method: str, params: Any, sink: Any) -> None:
         pass  # built-ins have no side effects worth a notification
 
     def cancel(self, call: Call) -> None:
@@ -377,21 +377,42 @@ class Builtins:
 
 
 class _RpcBuiltins:
-    """`rpc.discover`: one OpenRPC document for every exported method of every plugin."""
+    """`rpc.discover`: one OpenRPC document for every exported method of every plugin.
+
+    `rpc.cancel {"id": X}`: the client gave up on its call X (plugrpc.Client sends it on a
+    timeout or a cancelled call); the router stops waiting and tells the plugin.
+    """
 
     def __init__(self, router: Router) -> None:
         self.router = router
-        self.exported = frozenset({"discover"})
+        self.exported = frozenset({"discover", "cancel"})
         self._tasks: set[asyncio.Task[None]] = set()
 
     def submit(self, call: Call) -> None:
         call.target = self
+        if call.method == "cancel":
+            cancelled = self._cancel(call.params, call.sink)
+            _answer(self.router, call, lambda: cancelled)
+            return
         task = asyncio.get_running_loop().create_task(self._discover(call))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def notify(self, method: str, params: Any) -> None:
-        pass
+    def notify(self, method: str, params: Any, sink: Any) -> None:
+        if method == "cancel":
+            self._cancel(params, sink)
+
+    def _cancel(self, params: Any, sink: Any) -> bool:
+        """Cancel the sender's own call with the client id in `params` (never another client's)."""
+        if type(params) is not dict or "id" not in params:
+            return False
+        front = getattr(sink, "front", sink)
+        for call in list(getattr(front, "calls", ())):
+            if call.id == params["id"] and call.sink is not None:
+                front.calls.discard(call)
+                self.router.cancel(call)
+                return True
+        return False
 
     def cancel(self, call: Call) -> None:
         call.sink = None
