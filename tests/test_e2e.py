@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 import plugrpc
@@ -313,13 +314,19 @@ class TestFaults:
             assert c.raw("ovs.version") == "1.0alpha"
             assert c.raw("router.plugins")[0]["inflight"] == 0
 
-    def test_oversized_line_closes_only_that_connection(self, kitchen: RouterProcess, plugrpc_image: Image,
-                                                         plugrpc_router: Router) -> None:
+    def test_oversized_line_closes_only_that_connection(self, plugrpc_image: Image, plugrpc_router: Router) -> None:
         router = plugrpc_router(plugrpc_image({"k": ("k.py", KITCHEN, KITCHEN_EXPORTS)}), "--max-line", "4096")
-        with RawConn(router.socket) as other, RawConn(router.socket) as c:
-            resp = c.ask(req("k.echo", ["x" * 10_000]))
-            assert resp["error"]["code"] == -32004
-            assert c.closed_by_peer()
+        big = orjson.dumps(req("k.echo", ["x" * 10_000])) + b"\n"
+        with RawConn(router.socket) as other:
+            with RawConn(router.socket) as c:
+                resp = c.ask(big)
+                assert resp["error"]["code"] == -32004
+                assert c.closed_by_peer()
+            with RawConn(router.socket) as c:  # requests before the long line in the same write are answered
+                c.send(orjson.dumps(req("k.sleep", [0.2], id="before")) + b"\n" + big)
+                answers = {r["id"]: r for r in (c.recv(), c.recv())}
+                assert answers["before"]["result"] == 0.2 and answers[None]["error"]["code"] == -32004
+                assert c.closed_by_peer()
             assert other.ask(req("k.echo", ["y" * 1000]))["result"] == ["y" * 1000]
 
     def test_client_disconnect_cancels_its_calls(self, kitchen: RouterProcess) -> None:

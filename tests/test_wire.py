@@ -26,9 +26,15 @@ class TestLineSplitter:
         with pytest.raises(LineTooLong):
             s.feed(b"678901")
 
-    def test_complete_line_over_limit(self) -> None:
-        with pytest.raises(LineTooLong):
-            LineSplitter(4).feed(b"ok\n123456\n")
+    def test_complete_line_over_limit_keeps_the_lines_before_it(self) -> None:
+        with pytest.raises(LineTooLong) as info:
+            LineSplitter(4).feed(b"ok\n\nfine\n123456\nlost\n")
+        assert info.value.lines == [b"ok", b"fine"]
+
+    def test_partial_tail_over_limit_keeps_complete_lines(self) -> None:
+        with pytest.raises(LineTooLong) as info:
+            LineSplitter(4).feed(b"ok\n123456")
+        assert info.value.lines == [b"ok"]
 
     def test_joined_line_over_limit(self) -> None:
         s = LineSplitter(6)

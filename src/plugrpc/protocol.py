@@ -43,7 +43,7 @@ class FrontProtocol(LineWriter, asyncio.Protocol):
     """A client connection to the router."""
 
     __slots__ = ("router", "outbox", "handle", "limit", "transport", "splitter", "_out", "calls",
-                 "_reading_paused", "_write_paused", "_inflight_paused")
+                 "_reading_paused", "_write_paused", "_inflight_paused", "_closing")
 
     def __init__(self, router: Router) -> None:
         # shared by every connection
@@ -60,6 +60,8 @@ class FrontProtocol(LineWriter, asyncio.Protocol):
         self._write_paused = False
         self._inflight_paused = False
         self._reading_paused = False
+        self._closing = False
+        """Set after an oversized line: answer what is in flight, then close."""
 
     # --- connection ----------------------------------------------------------------------
 
@@ -83,11 +85,11 @@ class FrontProtocol(LineWriter, asyncio.Protocol):
     # --- requests ------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        too_long = False
         try:
             lines = self.splitter.feed(data)
-        except LineTooLong:
-            self._too_large()
-            return
+        except LineTooLong as exc:
+            lines, too_long = exc.lines, True
         handle = self.handle
         for line in lines:
             try:
@@ -99,7 +101,9 @@ class FrontProtocol(LineWriter, asyncio.Protocol):
                 self._batch(msg)
             else:
                 handle(msg, self)
-        if len(self.calls) >= self.limit and not self._inflight_paused:
+        if too_long:
+            self._too_large()
+        elif len(self.calls) >= self.limit and not self._inflight_paused:
             self._inflight_paused = True
             self._update_reading()
 
@@ -113,13 +117,22 @@ class FrontProtocol(LineWriter, asyncio.Protocol):
         batch.seal()
 
     def _too_large(self) -> None:
-        """A line over the limit: answer -32004 and close this connection only, without reading the rest."""
+        """A line over the limit: answer -32004 and close this connection only, without reading the rest.
+
+        Calls still in flight are answered before the close: the transport is closed once they are.
+        """
         log.warning("closing a client connection: line over %d bytes", self.splitter.max_line)
         transport = self.transport
         if transport is not None:
+            transport.pause_reading()  # type: ignore[attr-defined]
+            self.queue(too_large_line(self.splitter.max_line))
+            self._closing = True
+            self._close_when_done()
+
+    def _close_when_done(self) -> None:
+        if self._closing and not self.calls and self.transport is not None:
             self.flush()
-            transport.write(too_large_line(self.splitter.max_line))
-            transport.close()
+            self.transport.close()
 
     # --- Sink ----------------------------------------------------------------------------
 
@@ -134,7 +147,9 @@ class FrontProtocol(LineWriter, asyncio.Protocol):
         if not out:
             self.outbox.add(self)
         out.append(_dumps(msg, option=_NEWLINE))
-        if self._inflight_paused and len(self.calls) <= self.limit // 2:
+        if self._closing:
+            self._close_when_done()
+        elif self._inflight_paused and len(self.calls) <= self.limit // 2:
             self._inflight_paused = False
             self._update_reading()
 
@@ -154,7 +169,7 @@ class FrontProtocol(LineWriter, asyncio.Protocol):
 
     def _update_reading(self) -> None:
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing() or self._closing:
             return
         pause = self._write_paused or self._inflight_paused
         if pause != self._reading_paused:
@@ -186,6 +201,8 @@ class Batch:
         self.responses.append(msg)
         self.remaining -= 1
         self._maybe_send()
+        if self.front._closing:
+            self.front._close_when_done()
 
     def reply(self, msg: dict[str, Any]) -> None:
         self.responses.append(msg)

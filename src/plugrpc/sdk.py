@@ -256,12 +256,11 @@ class Connection(asyncio.Protocol):
             self.closed.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        too_long = False
         try:
             lines = self._splitter.feed(data)
-        except LineTooLong:
-            self._out.append(too_large_line(self._splitter.max_line))
-            self.close()
-            return
+        except LineTooLong as exc:
+            lines, too_long = exc.lines, True  # the complete requests before it are still answered
         out = self._out
         for line in lines:
             try:
@@ -276,6 +275,10 @@ class Connection(asyncio.Protocol):
                 out.append(encode(outcome))
             else:
                 self._start(outcome, msg.get("id", NOID) if type(msg) is dict else NOID)
+        if too_long:
+            out.append(too_large_line(self._splitter.max_line))
+            self.close()
+            return
         # Everything answered inline while handling this chunk leaves in one write.
         self._write_out()
 

@@ -41,7 +41,16 @@ def dumps(obj: Any) -> bytes:
 
 
 class LineTooLong(Exception):
-    """A line grew past the maximum; the connection must answer -32004 and close."""
+    """A line grew past the maximum; the connection must answer -32004 and close.
+
+    `lines` holds the complete lines that came before it in the same chunk: they are valid
+    requests and still get their answers before the connection closes.
+    """
+
+    def __init__(self, size: int, lines: list[bytes] | None = None) -> None:
+        super().__init__(size)
+        self.size = size
+        self.lines = lines or []
 
 
 class LineSplitter:
@@ -69,16 +78,17 @@ class LineSplitter:
         Raises `LineTooLong` as soon as a line is known to exceed `max_line`, before it is
         read whole: an attacker's 500 MiB line costs at most `max_line` bytes of memory.
         """
+        max_line = self.max_line
         nl = data.rfind(NL)
         if nl < 0:
             self._size += len(data)
-            if self._size > self.max_line:
+            if self._size > max_line:
                 raise LineTooLong(self._size)
             self._parts.append(data)
             return []
         if self._parts:
             first = data.find(NL)
-            if self._size + first > self.max_line:
+            if self._size + first > max_line:
                 raise LineTooLong(self._size + first)
             self._parts.append(data)
             data = b"".join(self._parts)
@@ -86,21 +96,21 @@ class LineSplitter:
             self._parts = []
         tail = data[nl + 1 :]
         self._size = len(tail)
-        if tail:
-            if self._size > self.max_line:
-                raise LineTooLong(self._size)
-            self._parts.append(tail)
         lines = data[:nl].split(NL)
         if len(lines) == 1:
-            line = lines[0]
-            if len(line) > self.max_line:
-                raise LineTooLong(len(line))
-            return lines if line else []
-        max_line = self.max_line
-        for line in lines:
-            if len(line) > max_line:
-                raise LineTooLong(len(line))
-        return [line for line in lines if line]
+            if len(lines[0]) > max_line:
+                raise LineTooLong(len(lines[0]))
+            lines = lines if lines[0] else []
+        else:
+            for i, line in enumerate(lines):
+                if len(line) > max_line:
+                    raise LineTooLong(len(line), [line for line in lines[:i] if line])
+            lines = [line for line in lines if line]
+        if tail:
+            if self._size > max_line:
+                raise LineTooLong(self._size, lines)
+            self._parts.append(tail)
+        return lines
 
 
 def request_problem(msg: Any) -> str | None:
