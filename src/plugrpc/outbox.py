@@ -19,25 +19,43 @@ class Writer(Protocol):
 
 
 class Outbox:
-    """The writers that have bytes queued in the current event-loop turn."""
+    """The writers that have bytes queued in the current event-loop turn.
 
-    __slots__ = ("dirty", "_scheduled", "_call_soon")
+    Adaptive: when the last turn ran a single callback there is nothing to coalesce with, so
+    `done()` writes at once (lowest latency for one caller); when turns run several callbacks
+    (many clients), writes wait for the end of the turn and leave together (most throughput).
+    """
+
+    __slots__ = ("dirty", "_scheduled", "_call_soon", "_callbacks", "_eager")
 
     def __init__(self) -> None:
         self.dirty: list[Writer] = []
         self._scheduled = False
         self._call_soon = asyncio.get_running_loop().call_soon
+        self._callbacks = 0
+        self._eager = True
 
     def add(self, writer: Writer) -> None:
         """`writer` has its first line of this turn: make sure a flush runs at the end of the turn."""
         self.dirty.append(writer)
         if not self._scheduled:
             self._scheduled = True
-            self._call_soon(self.flush)
+            self._call_soon(self._end_of_turn)
+
+    def done(self) -> None:
+        """A protocol callback finished: write now if this loop is not busy enough to coalesce."""
+        self._callbacks += 1
+        if self._eager and self.dirty:
+            self.flush()
+
+    def _end_of_turn(self) -> None:
+        self._scheduled = False
+        self._eager = self._callbacks <= 1
+        self._callbacks = 0
+        self.flush()
 
     def flush(self) -> None:
         """Write out every queued writer."""
-        self._scheduled = False
         while self.dirty:
             dirty, self.dirty = self.dirty, []
             for writer in dirty:

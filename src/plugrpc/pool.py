@@ -137,6 +137,7 @@ class Upstream(LineWriter, asyncio.Protocol):
                 self.reset("sent a response with neither result nor error")
                 return
             finish(call, msg)
+        self.outbox.done()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True

@@ -106,6 +106,7 @@ class FrontProtocol(LineWriter, asyncio.Protocol):
         elif len(self.calls) >= self.limit and not self._inflight_paused:
             self._inflight_paused = True
             self._update_reading()
+        self.outbox.done()
 
     def _batch(self, msgs: list[Any]) -> None:
         if not msgs:

@@ -79,6 +79,11 @@ class LineSplitter:
         read whole: an attacker's 500 MiB line costs at most `max_line` bytes of memory.
         """
         max_line = self.max_line
+        if not self._parts and data[-1:] == NL and len(data) <= max_line:
+            # The common case: whole lines only, none of which can be over the limit.
+            lines = data.split(NL)
+            lines.pop()
+            return lines if b"" not in lines else [line for line in lines if line]
         nl = data.rfind(NL)
         if nl < 0:
             self._size += len(data)
