@@ -472,9 +472,13 @@ def background_line(data: dict[str, Any]) -> str:
              if r and "steal_pct" in r]
     if not other:
         return ""
+    redone = sum(len(r.get("discarded", ())) for scen in data["rounds"].values() for rounds in scen.values()
+                 for r in rounds if r)
+    quiet = data["settings"].get("quiet_pct")
     return (f"Background: other processes used {statistics.median(other):.0f}% of the machine's CPU during the "
             f"median window (max {max(other):.0f}%); hypervisor steal {statistics.median(steal):.1f}% "
-            f"(max {max(steal):.1f}%)")
+            f"(max {max(steal):.1f}%); {redone} windows measured again because other processes took more than "
+            f"{quiet:.0f}% of the CPUs")
 
 
 def render(data: dict[str, Any]) -> str:
