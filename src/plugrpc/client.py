@@ -15,6 +15,8 @@ import asyncio
 import itertools
 import logging
 import os
+import socket
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
@@ -24,7 +26,7 @@ from jsonrpcclient.responses import to_response
 
 from . import codes
 from .config import default_socket
-from .errors import CallTimeout, ConnectError, ConnectionLost, rpc_error
+from .errors import CallTimeout, ConnectError, ConnectionLost, RpcError, rpc_error
 from .wire import DEFAULT_MAX_LINE, JSONDecodeError, LineSplitter, LineTooLong, dumps, loads
 
 __all__ = ["Client"]
@@ -34,6 +36,10 @@ log = logging.getLogger("plugrpc.client")
 CANCEL: Final = "rpc.cancel"
 CLOSED: Final = "the client is closed"
 _HINT: Final = "start a router with `plugrpc run`"
+CONNECT_TIMEOUT: Final = 30.0
+"""Seconds `connect` waits for room in a full accept backlog when the client has no timeout."""
+BACKLOG_RETRY: Final = 0.01
+"""Seconds between connect attempts while the listener's backlog is full."""
 FLUSH_EVERY: Final = 64
 """Requests queued in one loop turn leave in one write, but a big burst leaves every 64 lines,
 so the peer starts on it while the rest is still being queued (measured: less CPU and wall
@@ -76,11 +82,16 @@ class Client:
                 return
             loop = asyncio.get_running_loop()
             try:
-                _, self._conn = await loop.create_unix_connection(lambda: _Connection(loop), os.fspath(self.path))
+                sock = await _connect_unix(self.path, CONNECT_TIMEOUT if self.timeout is None else self.timeout)
             except (FileNotFoundError, ConnectionRefusedError) as exc:
                 raise ConnectError(f"cannot connect to {self.path}: {exc.strerror}; {_HINT}") from exc
             except OSError as exc:
                 raise ConnectError(f"cannot connect to {self.path}: {exc}") from exc
+            try:
+                _, self._conn = await loop.create_unix_connection(lambda: _Connection(loop), sock=sock)
+            except BaseException:
+                sock.close()
+                raise
 
     async def raw(self, method: str, params: Any = None, *, timeout: float | None = None) -> Any:
         """Call `method` with `params` (object or array) and return its result.
@@ -123,6 +134,40 @@ class Client:
         self._closed = True
         if self._conn is not None:
             await self._conn.close()
+
+
+async def _connect_unix(path: Path, timeout: float) -> socket.socket:
+    """A connected non-blocking unix socket; waits (up to `timeout`) while the listener's backlog is full.
+
+    AF_UNIX reports a full accept backlog as EAGAIN. asyncio's own connect takes that for "in
+    progress" and hands back a socket that is not connected at all (the first read fails with
+    EINVAL); uvloop raises it. A burst of clients connecting at once must wait instead, as a
+    blocking connect() would.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                sock.connect(os.fspath(path))
+                return sock
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise ConnectError(f"cannot connect to {path}: its backlog stayed full for {timeout:g}s") from None
+                await asyncio.sleep(BACKLOG_RETRY)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _error(msg: dict[str, Any]) -> RpcError:
+    """The exception for an error response. A malformed one fails its own call (-32603), not the connection."""
+    error = msg.get("error")
+    if type(error) is dict and type(error.get("code")) is int and type(error.get("message")) is str:
+        return rpc_error(to_response(msg)._asdict())
+    return RpcError(codes.INTERNAL_ERROR, codes.MESSAGES[codes.INTERNAL_ERROR],
+                    f"the peer sent a malformed response: {msg!r:.300}")
 
 
 def _expire(future: asyncio.Future[Any], method: str, timeout: float) -> None:
@@ -206,22 +251,23 @@ class _Connection(asyncio.Protocol):
     def _resolve(self, msg: Any) -> None:
         try:
             future = self.pending.pop(msg["id"], None)
-            if future is None:
-                self._unmatched(msg)
-            elif future.done():  # timed out just now
-                pass
-            elif "result" in msg:
-                # The hot path takes the result as is; building an `Ok` per call would cost ~8%.
-                future.set_result(msg["result"])
-            else:
-                future.set_exception(rpc_error(to_response(msg)._asdict()))
-        except (KeyError, TypeError) as exc:
-            self._fail(f"the peer sent a malformed response {msg!r}: {exc!r}")
+        except (KeyError, TypeError) as exc:  # not an object, no id, or an id no call can have
+            self._fail(f"the peer sent a malformed response {msg!r:.300}: {exc!r}")
+            return
+        if future is None:
+            self._unmatched(msg)
+        elif future.done():  # timed out just now
+            pass
+        elif "result" in msg:
+            # The hot path takes the result as is; building an `Ok` per call would cost ~8%.
+            future.set_result(msg["result"])
+        else:
+            future.set_exception(_error(msg))
 
     def _unmatched(self, msg: dict[str, Any]) -> None:
         """A response to no call of ours: a call we gave up on, or an error about no request (id null)."""
         if msg["id"] is None and "error" in msg:
-            self._peer_error = str(rpc_error(msg["error"]))
+            self._peer_error = str(_error(msg))
             log.warning("the peer reported an error about no call in particular: %s", self._peer_error)
 
     def _fail(self, why: str) -> None:
