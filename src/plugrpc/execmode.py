@@ -25,6 +25,7 @@ from . import codes
 from .errors import CallTimeout, MessageTooLarge, Overloaded, PluginUnavailable, RpcError
 from .manifest import PluginSpec
 from .process import die_with_parent, plugin_env
+from .reaper import reaper
 from .wire import LineSplitter
 
 EXEC_FAILED: Final = codes.EXEC_FAILED
@@ -327,6 +328,8 @@ class ExecPlugin:
             if not spawned:
                 self._running.discard(run)
                 run.done.cancel()  # nothing for aclose() to wait for
+        assert run.pid is not None  # set by connection_made, before subprocess_exec returns
+        reaper.watch(run.pid)  # what the call starts must not outlive a runtime killed with SIGKILL
         self.inflight += 1
         try:
             if self._closing:  # aclose() ran while this one was starting
@@ -342,6 +345,7 @@ class ExecPlugin:
                 transport.close()
                 await asyncio.shield(run.done)
             transport.close()
+            reaper.forget(run.pid)
         return self._outcome(run)
 
     def _outcome(self, run: _Run) -> Any:

@@ -32,6 +32,7 @@ from typing import IO, Any, Final
 from . import config
 from .manifest import PluginSpec
 from .process import die_with_parent, plugin_env
+from .reaper import reaper
 from .wire import LineSplitter
 
 LISTEN_FD: Final = 3
@@ -447,6 +448,7 @@ class _Child:
             preexec_fn=_child_setup(listen_fd, os.getpid(), path, argv, env),
         )
         self.pid: int = self.popen.pid
+        reaper.watch(self.pid)  # its own children must not outlive a runtime killed with SIGKILL
         self.started_at = time.monotonic()
         self.kill_at: float | None = None
         """Set when SIGTERM is sent: the time at which SIGKILL follows."""
@@ -483,6 +485,7 @@ class _Child:
         # Whatever the plugin left in its group dies with it (it may hold fd 3 or the log pipes).
         self.signal_group(signal.SIGKILL)
         returncode = self.popen.wait()
+        reaper.forget(self.pid)
         self.exited.set_result(returncode)
 
     def signal_group(self, sig: signal.Signals) -> None:
