@@ -116,6 +116,19 @@ async def measure_all(settings: Settings, rows_arg: str | None, results_dir: Pat
         if row.skip_reason:
             log(f"[setup] {row.key}: skipped: {row.skip_reason}")
     lab = Lab(fleet, workdir)
+    # Ctrl-C and SIGTERM (e.g. `timeout`) stop the run at once and clean up. The flag is checked
+    # before every measurement too: Python 3.11's wait_for can swallow a cancellation that races
+    # with a completing call.
+    main = asyncio.current_task()
+    assert main is not None
+
+    def interrupt() -> None:
+        lab.stop_requested = True
+        main.cancel()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, interrupt)
     await run_rounds(lab, results)
     if settings.profile:
         await profile_router(lab, results, results_dir, stamp)
@@ -123,11 +136,6 @@ async def measure_all(settings: Settings, rows_arg: str | None, results_dir: Pat
     lab.stop_servers()
     await memory_phase(lab, results)
     return results
-
-
-def _terminate(signum: int, frame: Any) -> None:
-    """SIGTERM (e.g. `timeout`) cleans up like Ctrl-C: servers stopped, sockets removed."""
-    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,7 +146,6 @@ def main(argv: list[str] | None = None) -> int:
     now = dt.datetime.now(dt.UTC)
     stamp = now.strftime("%Y%m%dT%H%M%SZ")
     raise_fd_limit()
-    signal.signal(signal.SIGTERM, _terminate)
     host = machine()
     workdir = Path(tempfile.mkdtemp(prefix="plugrpc-bench-", dir="/tmp"))
     fleet = Fleet(workdir, cpus=pin(args.pin))
@@ -147,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             results = runner.run(measure_all(settings, args.rows, results_dir, stamp, workdir, fleet))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         log("[bench] interrupted: stopping servers")
         return 130
     finally:

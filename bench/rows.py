@@ -174,6 +174,8 @@ class Lab:
         self._servers: dict[str, Server] = {}
         self._failed: dict[str, str] = {}
         self._images = 0
+        self.stop_requested = False
+        """Set on Ctrl-C / SIGTERM; every measurement checks it before it starts."""
         self.router_argv_prefix: list[str] = []
         """Prepended to the router's command line (the cProfile fallback of --profile)."""
 
@@ -194,6 +196,11 @@ class Lab:
         if not server.front.alive():
             raise server.front.died()
         return server
+
+    def check_stop(self) -> None:
+        """Raise CancelledError once Ctrl-C or SIGTERM asked the run to stop."""
+        if self.stop_requested:
+            raise asyncio.CancelledError("interrupted")
 
     def check_alive(self, key: str) -> None:
         """Raise the reason server `key` cannot serve: it failed to start, or it has exited since."""

@@ -258,6 +258,7 @@ def _rss(pid: int) -> int:
 
 async def measure(lab: Lab, row: Row, scen: Scenario, settings: Settings) -> dict[str, Any]:
     """One window of `row` under `scen`, after checking that the echo comes back intact."""
+    lab.check_stop()
     conns, roles = await lab.open(row, scen.connections)
     try:
         params = payload_params(scen.payload)
@@ -524,6 +525,7 @@ async def memory_phase(lab: Lab, results: Results) -> None:
     for key, _, start in targets:
         if key not in rows:
             continue
+        lab.check_stop()
         log(f"[memory] {key}: at rest, {settings.idle_conns} idle connections, {load} callers")
         try:
             results.rss[key] = await _memory_of(start, key, settings, load)
@@ -591,6 +593,7 @@ async def profile_router(lab: Lab, results: Results, out_dir: Path, stamp: str) 
         targets["plugin"] = pids["plugin"][0]
     runs = {}
     for callers in (64, 1):
+        lab.check_stop()
         conns = await NdjsonConnections.open(server.path, callers, [row.method])
         spies = _start_py_spy(spy, targets, settings.profile_seconds, out_dir, f"{stamp}-c{callers}")
         try:
@@ -655,6 +658,7 @@ async def syscalls_per_call(lab: Lab, results: Results, rows: Sequence[str] = ("
         front_role = next(iter(server.roles()))
         pid = server.roles()[front_role][0]
         for n in callers:
+            lab.check_stop()
             conns = await NdjsonConnections.open(server.path, n, [row.method])
             try:
                 counts, calls = await _strace_window(tracer, pid, conns, n, seconds, lab.workdir / f"strace-{key}.txt")
