@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                             "machine": host, **results.as_json()}
     json_path = results_dir / f"{stamp}.json"
     data["previous"] = report.compare_previous(data, results_dir, json_path)
+    data["summary"] = report.summarize_all(data)
     data["targets"] = report.evaluate_targets(data)
     json_path.write_text(json.dumps(data, indent=1))
     png_path = results_dir / f"{stamp}.png"

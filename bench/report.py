@@ -67,6 +67,23 @@ def ratio(data: dict[str, Any], num: str, den: str, scen: str, metric: str,
     return stat([x / y for x, y in zip(a, b, strict=False) if x is not None and y])
 
 
+SUMMARY_METRICS: Final = ("p50_us", "p90_us", "p99_us", "p999_us", "throughput", "client_cpu_us_per_call")
+
+
+def summarize_all(data: dict[str, Any]) -> dict[str, Any]:
+    """Medians, spreads and ratios to the floor rows for every (row, scenario): the JSON's "summary"."""
+    out: dict[str, Any] = {}
+    for row, scens in data["rounds"].items():
+        for scen, rounds in scens.items():
+            entry: dict[str, Any] = {m: summary(data, row, scen, m) for m in SUMMARY_METRICS}
+            roles = next((r["cpu_us_per_call"].keys() for r in rounds if r), [])
+            entry["cpu_us_per_call"] = {role: summary(data, row, scen, f"cpu_us_per_call.{role}") for role in roles}
+            entry["ratios"] = {base: {m: ratio(data, row, base, scen, m) for m in ("p50_us", "p99_us", "throughput")}
+                               for base in PAIRS if base in data["rounds"]}
+            out.setdefault(row, {})[scen] = entry
+    return out
+
+
 # --- targets ---------------------------------------------------------------------------------
 
 
