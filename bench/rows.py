@@ -138,15 +138,27 @@ def define_rows(which: set[str] | None = None) -> list[Row]:
     return rows
 
 
+PLUGIN_FILE: Final = "bench_plugin.py"
+
+
+def _runs(pid: int, name: str) -> bool:
+    """Whether process `pid` runs a file called `name` (its command line mentions it)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return any(arg.endswith(name.encode()) for arg in f.read().split(b"\0"))
+    except OSError:
+        return False
+
+
 def sdk_image(root: Path, plugins: int) -> Path:
     """An image with `plugins` copies of the SDK echo plugin, named bench (or bench0..benchN-1)."""
     root.mkdir(parents=True)
-    script = root / "bench_plugin.py"
+    script = root / PLUGIN_FILE
     shutil.copyfile(PLUGINS / "sdk_echo.py", script)
     script.chmod(0o755)
     names = ["bench"] if plugins == 1 else [f"bench{i}" for i in range(plugins)]
     (root / ".plugin.toml").write_text(
-        "".join(f'[plugin.{n}]\npath = "bench_plugin.py"\nexports = ["echo"]\n\n' for n in names)
+        "".join(f'[plugin.{n}]\npath = "{PLUGIN_FILE}"\nexports = ["echo"]\n\n' for n in names)
     )
     return root
 
@@ -269,7 +281,13 @@ class Lab:
         await wait_connectable(path, child)
 
         def roles() -> dict[str, list[int]]:
-            return {"router": [child.pid], "plugin": children_of(child.pid)}
+            kids = children_of(child.pid)
+            plugins = [p for p in kids if _runs(p, PLUGIN_FILE)]
+            helpers = [p for p in kids if p not in plugins]
+            out = {"router": [child.pid], "plugin": plugins}
+            if helpers:
+                out["router helpers"] = helpers  # e.g. its watchdog process, charged separately
+            return out
 
         server = Server(os.fspath(path), child, roles)
         for method in ["bench.echo"] if plugins == 1 else [f"bench{i}.echo" for i in range(plugins)]:
