@@ -271,12 +271,22 @@ async def test_output_is_logged_with_plugin_name(make: Make, caplog: pytest.LogC
     await asyncio.wait_for(sup.stop(), WAIT)
     lines = {(r.levelno, r.getMessage()) for r in plugin_records(caplog)}
     assert lines == {
-        (logging.INFO, f"talker[{pid}]: hello from stdout"),
-        (logging.WARNING, f"talker[{pid}]: hello from stderr"),
-        (logging.INFO, f"talker[{pid}]: got SIGTERM"),
-        (logging.INFO, f"talker[{pid}]: bye"),  # written without a newline just before exit
+        (logging.INFO, "hello from stdout"),
+        (logging.WARNING, "hello from stderr"),
+        (logging.INFO, "got SIGTERM"),
+        (logging.INFO, "bye"),  # written without a newline just before exit
     }
     assert {(getattr(r, "plugin", None), getattr(r, "pid", None)) for r in plugin_records(caplog)} == {("talker", pid)}
+
+
+async def test_a_leading_level_name_sets_the_level(make: Make, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="plugrpc.plugin")
+    sup = make(PLUGIN, "--say", "ERROR disk full", "--say", "DEBUG details", "--say", "INFOrmal")
+    await sup.start()
+    await until(lambda: any("INFOrmal" in r.getMessage() for r in plugin_records(caplog)), "the lines")
+    await asyncio.wait_for(sup.stop(), WAIT)
+    lines = {(r.levelno, r.getMessage()) for r in plugin_records(caplog)}
+    assert {(logging.ERROR, "disk full"), (logging.DEBUG, "details"), (logging.WARNING, "INFOrmal")} <= lines
 
 
 async def test_overlong_output_line_is_logged_truncated(make: Make, caplog: pytest.LogCaptureFixture) -> None:
@@ -284,7 +294,7 @@ async def test_overlong_output_line_is_logged_truncated(make: Make, caplog: pyte
     sup = make(PLUGIN, "--long", str(3 * LOG_MAX_LINE))
     await sup.start()
     await until(lambda: any("hello from stdout" in r.getMessage() for r in plugin_records(caplog)), "the greeting")
-    messages = [r.getMessage().split(": ", 1)[1] for r in plugin_records(caplog) if r.levelno == logging.INFO]
+    messages = [r.getMessage() for r in plugin_records(caplog) if r.levelno == logging.INFO]
     assert messages[:3] == [
         "x" * LOG_MAX_LINE + f" [line truncated at {LOG_MAX_LINE} bytes]",
         "after long",

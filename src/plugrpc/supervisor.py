@@ -519,6 +519,10 @@ class _Child:
             self._thread.join()  # it has already handed the exit over to the loop
 
 
+LEVELS: Final = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING,
+                  "ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
+
+
 class _LogPipe(asyncio.Protocol):
     """One of a plugin's output pipes: each line becomes a log record on "plugrpc.plugin"."""
 
@@ -559,12 +563,17 @@ class _LogPipe(asyncio.Protocol):
             self._emit(line)
 
     def _emit(self, line: bytes, truncated: bool = False) -> None:
-        if plugin_log.isEnabledFor(self._level):
-            text = line.decode("utf-8", "replace").rstrip("\r")
-            extra = self._extra
+        text = line.decode("utf-8", "replace").rstrip("\r")
+        level = self._level
+        # A line that starts with a level name ("ERROR ...", as the SDK's logging writes) keeps
+        # that level; other lines get the stream's (INFO for stdout, WARNING for stderr).
+        word, _, rest = text.partition(" ")
+        if word in LEVELS:
+            level, text = LEVELS[word], rest
+        if plugin_log.isEnabledFor(level):
             if truncated:
                 text += f" [line truncated at {LOG_MAX_LINE} bytes]"
-            plugin_log.log(self._level, "%s[%d]: %s", extra["plugin"], extra["pid"], text, extra=extra)
+            plugin_log.log(level, "%s", text, extra=self._extra)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._skipping:

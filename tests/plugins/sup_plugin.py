@@ -7,6 +7,7 @@ fds, fd 3, cwd), so a test can check what the supervisor handed over. Options:
   --ignore-term     ignore SIGTERM (by default: print "got SIGTERM", then "bye" without newline, exit 0)
   --grandchild      start a `sleep` child in the same process group and report its pid
   --long N          print a line of N bytes, then "after long"
+  --say TEXT        print TEXT on stderr (repeatable)
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ def main(argv: list[str]) -> None:
         grandchild = subprocess.Popen(["sleep", "600"]).pid
     if "--long" in argv:
         sys.stdout.write("x" * int(argv[argv.index("--long") + 1]) + "\nafter long\n")
+    for i, arg in enumerate(argv):
+        if arg == "--say":
+            sys.stderr.write(argv[i + 1] + "\n")
+    sys.stderr.flush()
     sys.stdout.write("hello from stdout\n")
     sys.stdout.flush()
     sys.stderr.write("hello from stderr\n")
