@@ -209,24 +209,35 @@ def test_front_socket_backlog_holds_a_burst_of_a_thousand(three: RouterProcess) 
     """Clients that cannot wait (non-blocking connect: Node, Go, libuv) are refused once the backlog is full."""
     with three.client() as c:
         assert c.raw("a.echo", [0])["by"] == "a"  # serving, not just bound
+    assert nonblocking_burst(three.socket, three.pid, 1000) == 0
+
+
+def nonblocking_burst(path: Path, pid: int, n: int) -> int:
+    """Connect `n` non-blocking clients to `path` while `pid` is stopped; how many were refused (EAGAIN)."""
     socks: list[socket.socket] = []
     refused = 0
-    os.kill(three.pid, signal.SIGSTOP)
+    os.kill(pid, signal.SIGSTOP)
     try:
-        for _ in range(1000):
+        for _ in range(n):
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.setblocking(False)
             try:
-                sock.connect(str(three.socket))
+                sock.connect(str(path))
                 socks.append(sock)
             except BlockingIOError:
                 refused += 1
                 sock.close()
     finally:
-        os.kill(three.pid, signal.SIGCONT)
+        os.kill(pid, signal.SIGCONT)
         for sock in socks:
             sock.close()
-    assert refused == 0, refused
+    return refused
+
+
+def test_sdk_plugin_keeps_the_backlog_the_runtime_gave_its_socket(three: RouterProcess) -> None:
+    with three.client() as c:
+        stats, env = c.raw("a.stats"), c.raw("a.environ")
+    assert nonblocking_burst(Path(env["PLUGRPC_SOCKET"]), stats["pid"], 1000) == 0
 
 
 # --- a client that never reads ---------------------------------------------------------------

@@ -56,7 +56,15 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def bind_socket(path: Path, mode: int = 0o600, backlog: int = 4096) -> socket.socket:
+BACKLOG: Final = 4096
+"""Connections the kernel queues on a listening socket: a burst of clients waits there to be accepted.
+
+Listeners must pass it on (`create_unix_server(..., backlog=BACKLOG)`): asyncio and uvloop listen
+again with their own default of 100, and non-blocking clients (Node, Go, libuv) that find the
+backlog full are refused with EAGAIN rather than kept waiting."""
+
+
+def bind_socket(path: Path, mode: int = 0o600, backlog: int = BACKLOG) -> socket.socket:
     """Bind and listen on a unix socket with `mode`, replacing a stale socket file.
 
     A socket file that still accepts connections belongs to a live router: refuse to steal it.

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from . import codes
-from .config import bind_socket, loop_factory, remove_socket
+from .config import BACKLOG, bind_socket, loop_factory, remove_socket
 from .dispatch import Handler, Outcome, dispatch, encode, resolve, threaded
 from .errors import ConfigError, RpcError
 from .wire import (
@@ -181,7 +181,8 @@ class _Server:
     async def serve(self, sock: socket.socket) -> None:
         """Startup, main loop (wait for a signal), shutdown: read top to bottom."""
         loop = asyncio.get_running_loop()
-        server = await loop.create_unix_server(lambda: Connection(self), sock=sock)
+        # Keep the backlog the runtime listened with: asyncio would listen again with only 100.
+        server = await loop.create_unix_server(lambda: Connection(self), sock=sock, backlog=BACKLOG)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
         log.info("serving %d commands (pid %d)", len(self.table) - 1, os.getpid())  # rpc.discover aside
