@@ -287,7 +287,11 @@ def _label(data: dict[str, Any], key: str) -> str:
 def _roles_cpu(data: dict[str, Any], row: str, scen: str) -> str:
     rounds = data["rounds"].get(row, {}).get(scen) or []
     roles = next((r["cpu_us_per_call"].keys() for r in rounds if r), [])
-    parts = [f"{role} {us(median(data, row, scen, f'cpu_us_per_call.{role}'))}" for role in roles]
+    parts = []
+    for role in roles:
+        value = median(data, row, scen, f"cpu_us_per_call.{role}")
+        if value is not None and value >= 0.5:  # an idle helper (the router's watchdog) is left out
+            parts.append(f"{role} {us(value)}")
     return ", ".join(parts) or "-"
 
 

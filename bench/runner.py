@@ -63,7 +63,7 @@ class Settings:
     """A window during which other processes used more than this % of all CPUs is measured again..."""
     retries: int = 2
     """...at most this many times per measurement..."""
-    retry_seconds: float = 120.0
+    retry_seconds: float = 90.0
     """...and for at most this many seconds over the whole run."""
     mode: str = "full"
 
