@@ -298,8 +298,9 @@ async def test_client_that_never_reads_is_throttled_and_others_are_unaffected(
             await await_until(lambda: router_stat(other, "inflight"), 0, timeout=30)
     finally:
         stuck.close()
-    # Bounded: the responses the router holds for the stuck client, not what it tried to send.
-    assert stalled - before < 2048 + payload_kib * 1024 / 1024 * 2, (stalled, before)
+    # Bounded by what the router holds for the stuck client: at most max_inflight_per_client
+    # (1024) responses, whatever the client tried to send.
+    assert stalled - before < 1024 * payload_kib / 1024 + 64, (stalled, before)
     figure("never_reading_client_sent", sent / MIB, "MiB", payload_kib=payload_kib)
     figure("never_reading_client_router_rss", stalled, "MiB", payload_kib=payload_kib, before=round(before, 1),
            peak=round(peak, 1), inflight=stats["inflight"], p_max_other_ms=round(max(latencies) * 1000, 1))
@@ -345,7 +346,8 @@ async def test_calls_beyond_the_bound_are_overloaded_and_memory_stays_flat(
         a = await probe.raw("a.stats")
         assert a["peak"] <= 50  # never more than max_pending ran at once
         assert (await probe.raw("router.stats"))["inflight"] == 0
-    # No growth per rejected call: memory after the last round is about that after the first.
-    assert rss[-1] - rss[0] < 32, rss
-    figure("overload_router_rss_growth", rss[-1] - rss[0], "MiB", rejected_per_round=len(overloaded),
-           rounds=rounds, first=round(rss[0], 1), last=round(rss[-1], 1))
+    # No growth per rejected call: after the allocator's first rounds, memory stays flat.
+    settled = rss[len(rss) // 2:]
+    assert max(settled) - min(settled) < 8 and max(rss) - rss[0] < 128, rss
+    figure("overload_router_rss", max(rss), "MiB", rejected_per_round=len(overloaded), rounds=rounds,
+           first=round(rss[0], 1), last=round(rss[-1], 1), clients=clients, calls=calls)
