@@ -122,22 +122,6 @@ class NdjsonConnections:
         await asyncio.gather(*(c.aclose() for c in self.conns), return_exceptions=True)
 
 
-async def _connect_retrying(client: Any, attempts: int = 200) -> None:
-    """`Client.connect`, retried while the router's listen backlog is full (EAGAIN), as `open_ndjson` does."""
-    import plugrpc
-
-    for _ in range(attempts - 1):
-        try:
-            await client.connect()
-        except plugrpc.ConnectError as exc:
-            if not isinstance(exc.__cause__, BlockingIOError):
-                raise
-            await asyncio.sleep(0.005)
-            continue
-        return
-    await client.connect()
-
-
 class PlugrpcConnections:
     """`n` `plugrpc.Client`s, the project's own async client, for the Client-vs-bare rows."""
 
@@ -153,7 +137,7 @@ class PlugrpcConnections:
         try:
             for _ in range(n):
                 client = plugrpc.Client(path)
-                await _connect_retrying(client)
+                await client.connect()
                 clients.append(client)
         except BaseException:
             await cls(clients, method).aclose()
