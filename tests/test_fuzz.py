@@ -274,7 +274,7 @@ class Conversation:
         """Send `data` as line(s), then a sentinel call; check every line up to the sentinel's answer.
 
         Not `strict`: lines need only be JSON objects or arrays (for what the router passes on
-        from a plugin unchecked, see the xfail tests below).
+        from a plugin unchecked before they were fixed, see the tests below).
         """
         sentinel = f"sentinel-{uuid.uuid4()}"
         self.sock.sendall(data + b"\n" + orjson.dumps({"jsonrpc": "2.0", "method": sentinel_method, "params": [1],
@@ -386,21 +386,17 @@ def test_router_answers_every_call_whatever_a_plugin_answers(fuzz_router: Router
     assert fuzz_router.proc.poll() is None
 
 
-PASSED_ON_UNCHECKED = pytest.mark.xfail(strict=True, reason="the router passes a plugin's malformed response on "
-                                                            "unchanged (docs/reliability.md, proposed patch)")
 MALFORMED = [
     pytest.param({"jsonrpc": "2.0"}, id="neither"),
-    pytest.param({"jsonrpc": "2.0", "error": None}, id="error-null", marks=PASSED_ON_UNCHECKED),
-    pytest.param({"jsonrpc": "2.0", "error": "x"}, id="error-string", marks=PASSED_ON_UNCHECKED),
-    pytest.param({"jsonrpc": "2.0", "error": {"code": -5}}, id="no-message", marks=PASSED_ON_UNCHECKED),
-    pytest.param({"jsonrpc": "2.0", "error": {"message": "m"}}, id="no-code", marks=PASSED_ON_UNCHECKED),
-    pytest.param({"jsonrpc": "2.0", "error": {"code": "x", "message": 1}}, id="wrong-types",
-                 marks=PASSED_ON_UNCHECKED),
-    pytest.param({"jsonrpc": "2.0", "result": 1, "error": {"code": 1, "message": "m"}}, id="both",
-                 marks=PASSED_ON_UNCHECKED),
-    pytest.param({"result": 1}, id="no-jsonrpc", marks=PASSED_ON_UNCHECKED),
-    pytest.param({"jsonrpc": "1.0", "result": 1}, id="jsonrpc-1.0", marks=PASSED_ON_UNCHECKED),
-    pytest.param({"jsonrpc": "2.0", "result": 1, "extra": 1}, id="extra-member", marks=PASSED_ON_UNCHECKED),
+    pytest.param({"jsonrpc": "2.0", "error": None}, id="error-null"),
+    pytest.param({"jsonrpc": "2.0", "error": "x"}, id="error-string"),
+    pytest.param({"jsonrpc": "2.0", "error": {"code": -5}}, id="no-message"),
+    pytest.param({"jsonrpc": "2.0", "error": {"message": "m"}}, id="no-code"),
+    pytest.param({"jsonrpc": "2.0", "error": {"code": "x", "message": 1}}, id="wrong-types"),
+    pytest.param({"jsonrpc": "2.0", "result": 1, "error": {"code": 1, "message": "m"}}, id="both"),
+    pytest.param({"result": 1}, id="no-jsonrpc"),
+    pytest.param({"jsonrpc": "1.0", "result": 1}, id="jsonrpc-1.0"),
+    pytest.param({"jsonrpc": "2.0", "result": 1, "extra": 1}, id="extra-member"),
 ]
 
 
@@ -441,11 +437,8 @@ def test_router_survives_any_bytes_from_a_plugin(fuzz_router: RouterProcess, raw
 
 # --- nesting deeper than orjson writes -----------------------------------------------------------
 
-DEEPER_THAN_WRITTEN = pytest.mark.xfail(strict=True, reason="the router encodes with orjson without catching its "
-                                                            "depth limit (docs/reliability.md, proposed patch)")
 
 
-@DEEPER_THAN_WRITTEN
 def test_router_refuses_params_nested_deeper_than_it_writes(fuzz_router: RouterProcess) -> None:
     """-32600 for that call, the connection goes on, nothing waits for a timeout."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -466,7 +459,6 @@ def test_router_refuses_params_nested_deeper_than_it_writes(fuzz_router: RouterP
             assert answers[2]["result"] == [2]
 
 
-@DEEPER_THAN_WRITTEN
 def test_router_answers_a_call_whose_plugin_answer_is_nested_deeper_than_it_writes(
         fuzz_router: RouterProcess) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:

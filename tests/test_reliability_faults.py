@@ -344,8 +344,6 @@ async def test_sigterm_under_load_finishes_inflight_calls_and_cleans_up(plugrpc_
     assert [p for p in tree if alive(p)] == []
 
 
-@pytest.mark.xfail(strict=True, reason="server.py closes client connections before failing what is left, so the "
-                                       "client sees the connection drop (docs/reliability.md, proposed patch)")
 async def test_a_call_still_running_after_the_grace_period_is_answered_32001(plugrpc_image: Image,
                                                                             plugrpc_router: Router) -> None:
     router = plugrpc_router(plugrpc_image({"a": ("a.py", ECHO, ECHO_EXPORTS, {"grace": 1})}),
@@ -359,8 +357,6 @@ async def test_a_call_still_running_after_the_grace_period_is_answered_32001(plu
     assert await asyncio.to_thread(router.proc.wait, 30) == 0
 
 
-@pytest.mark.xfail(strict=True, reason="server.py removes its signal handlers when shutdown starts: a second "
-                                       "SIGTERM kills it mid-cleanup (docs/reliability.md, proposed patch)")
 async def test_a_second_sigterm_during_shutdown_does_not_skip_the_cleanup(plugrpc_image: Image,
                                                                           plugrpc_router: Router) -> None:
     router = plugrpc_router(plugrpc_image({"a": ("a.py", ECHO, ECHO_EXPORTS, {"grace": 2})}),

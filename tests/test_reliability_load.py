@@ -203,8 +203,6 @@ async def test_a_burst_of_clients_waits_for_a_busy_router_and_is_served(three: R
         await asyncio.gather(*(c.close() for c in clients))
 
 
-@pytest.mark.xfail(strict=True, reason="server.py listens with asyncio's default backlog of 100, not bind_socket's "
-                                       "4096 (docs/reliability.md, proposed patch)")
 def test_front_socket_backlog_holds_a_burst_of_a_thousand(three: RouterProcess) -> None:
     """Clients that cannot wait (non-blocking connect: Node, Go, libuv) are refused once the backlog is full."""
     with three.client() as c:

@@ -83,6 +83,27 @@ class Call:
         return f"<Call {self.method!r} id={self.id!r} uid={self.uid}{' done' if self.sink is None else ''}>"
 
 
+def _response(msg: Any) -> dict[str, Any] | None:
+    """A plugin's response rebuilt from its valid parts, or None when it is not JSON-RPC 2.0.
+
+    Rebuilding drops members the spec does not define, so a client only ever gets a response
+    with `jsonrpc`, exactly one of `result` or `error` (code, message, data) and `id`.
+    """
+    if msg.get("jsonrpc") != "2.0":
+        return None
+    if "result" in msg:
+        if "error" in msg:
+            return None
+        return {"jsonrpc": "2.0", "result": msg["result"], "id": None}
+    err = msg.get("error")
+    if type(err) is not dict or type(err.get("code")) is not int or type(err.get("message")) is not str:
+        return None
+    clean = {"code": err["code"], "message": err["message"]}
+    if "data" in err:
+        clean["data"] = err["data"]
+    return {"jsonrpc": "2.0", "error": clean, "id": None}
+
+
 class Upstream(LineWriter, asyncio.Protocol):
     """One pipelined connection to a plugin. Owns the ids of the calls written to it."""
 
@@ -132,11 +153,12 @@ class Upstream(LineWriter, asyncio.Protocol):
                     continue
                 self.reset(f"sent something that answers no call it was given: {line[:200]!r}")
                 return
-            if "result" not in msg and "error" not in msg:
+            response = _response(msg)
+            if response is None:
                 pending[call.uid] = call  # back in place, so the reset fails it like the others
-                self.reset("sent a response with neither result nor error")
+                self.reset(f"sent an invalid JSON-RPC 2.0 response: {line[:200]!r}")
                 return
-            finish(call, msg)
+            finish(call, response)
         self.outbox.done()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -153,18 +175,24 @@ class Upstream(LineWriter, asyncio.Protocol):
     def send(self, call: Call) -> None:
         """Give `call` an id of this connection and queue its request line."""
         uid = self.next_uid
+        params = call.params
+        try:
+            if params is NOPARAMS:
+                line = _dumps({"jsonrpc": "2.0", "method": call.method, "id": uid}, option=_NEWLINE)
+            else:
+                line = _dumps({"jsonrpc": "2.0", "method": call.method, "params": params, "id": uid},
+                              option=_NEWLINE)
+        except orjson.JSONEncodeError as exc:  # orjson reads 1024 levels of nesting but writes 254
+            self.pool.refuse(call, f"params cannot be forwarded: {exc}")
+            return
         self.next_uid = uid + 1
         call.uid = uid
         call.conn = self
         self.pending[uid] = call
-        params = call.params
         out = self._out
         if not out:
             self.outbox.add(self)
-        if params is NOPARAMS:
-            out.append(_dumps({"jsonrpc": "2.0", "method": call.method, "id": uid}, option=_NEWLINE))
-        else:
-            out.append(_dumps({"jsonrpc": "2.0", "method": call.method, "params": params, "id": uid}, option=_NEWLINE))
+        out.append(line)
 
     def notify(self, method: str, params: Any) -> None:
         if params is NOPARAMS:
@@ -274,6 +302,15 @@ class PluginPool:
         if self.waiting:
             self._run_assign()
 
+    def refuse(self, call: Call, reason: str) -> None:
+        """`call` could not be written (its params cannot be encoded): -32600, its slot freed."""
+        self.inflight -= 1
+        sink = call.sink
+        if sink is not None:
+            call.sink = None
+            sink.deliver(call, error_response(call.id, codes.INVALID_REQUEST, data={"plugin": self.name,
+                                                                                    "reason": reason}))
+
     def fail(self, call: Call, code: int, reason: str) -> None:
         """Answer `call` with one of the router's own errors (-32001..-32004)."""
         sink = call.sink
@@ -375,8 +412,8 @@ class PluginPool:
         while self.waiting:
             self.fail(self.waiting.popleft(), codes.PLUGIN_UNAVAILABLE, reason)
 
-    def drop_connections(self, reason: str) -> None:
-        """Close every connection, failing the calls written to them (used when a plugin is given up on)."""
+    def fail_all(self, reason: str) -> None:
+        """Close every connection and fail every call, written or waiting (plugin given up on, shutdown)."""
         for conn in list(self.conns):
             if conn.transport is not None:
                 conn.transport.abort()
@@ -440,4 +477,4 @@ class PluginPool:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        self.drop_connections("the router is shutting down")
+        self.fail_all("the router is shutting down")

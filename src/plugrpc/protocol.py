@@ -147,7 +147,10 @@ class FrontProtocol(LineWriter, asyncio.Protocol):
         out = self._out
         if not out:
             self.outbox.add(self)
-        out.append(_dumps(msg, option=_NEWLINE))
+        try:
+            out.append(_dumps(msg, option=_NEWLINE))
+        except orjson.JSONEncodeError as exc:
+            out.append(_dumps(_unencodable(msg, exc), option=_NEWLINE))
         if self._closing:
             self._close_when_done()
         elif self._inflight_paused and len(self.calls) <= self.limit // 2:
@@ -216,8 +219,25 @@ class Batch:
     def _maybe_send(self) -> None:
         # A batch of notifications only gets no response at all.
         if self.sealed and not self.remaining and self.responses:
-            self.front.queue(dumps(self.responses))
+            try:
+                line = dumps(self.responses)
+            except orjson.JSONEncodeError:
+                line = dumps([_encodable(msg) for msg in self.responses])
+            self.front.queue(line)
             self.responses = []
+
+
+def _unencodable(msg: dict[str, Any], exc: Exception) -> dict[str, Any]:
+    """The -32603 sent instead of a plugin's answer that JSON cannot carry (nested over 254 levels)."""
+    return error_response(msg.get("id"), codes.INTERNAL_ERROR, data={"reason": f"the answer cannot be encoded: {exc}"})
+
+
+def _encodable(msg: dict[str, Any]) -> dict[str, Any]:
+    try:
+        dumps(msg)
+    except orjson.JSONEncodeError as exc:
+        return _unencodable(msg, exc)
+    return msg
 
 
 def _peer_uid(transport: asyncio.BaseTransport) -> int | None:

@@ -142,6 +142,12 @@ class Router:
             await target.aclose()  # type: ignore[attr-defined]
         await asyncio.gather(*(sup.stop() for sup in self.supervisors.values()))
 
+    def fail_all(self, reason: str) -> None:
+        """Answer every call still in flight with -32001 (shutdown, after the grace period)."""
+        for target in self.plugin_targets().values():
+            target.fail_all(reason)  # type: ignore[attr-defined]
+        self.outbox.flush()
+
     def plugin_targets(self) -> dict[str, Target]:
         return {name: t for name, t in self.targets.items() if name in self.manifest.plugins}
 
@@ -210,7 +216,7 @@ class Router:
             pool = self._pool_of.get(sup)
             if pool is not None:
                 # Calls parked in the socket backlog would wait for their timeout: fail them now.
-                pool.drop_connections(f"plugin {sup.spec.name} is {sup.state.value}")
+                pool.fail_all(f"plugin {sup.spec.name} is {sup.state.value}")
 
     # --- internal calls --------------------------------------------------------------------
 
@@ -272,12 +278,14 @@ class ExecTarget:
         self.stats = CallStats()
         self._loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._calls: set[Call] = set()
 
     def submit(self, call: Call) -> None:
         call.target = self
         params = None if call.params is NOPARAMS else call.params
         task = self._loop.create_task(self.plugin.call(call.method, params))
         call.conn = task
+        self._calls.add(call)
         task.add_done_callback(lambda t: self._done(call, t))
 
     def notify(self, method: str, params: Any, sink: Any) -> None:
@@ -297,7 +305,20 @@ class ExecTarget:
     def busy(self) -> int:
         return self.plugin.busy()
 
+    def fail_all(self, reason: str) -> None:
+        """Answer every running call -32001 and stop its process (shutdown after the grace period)."""
+        for task in self._tasks:
+            task.cancel()
+        for call in list(self._calls):
+            sink = call.sink
+            call.sink = None
+            call.conn.cancel()
+            if sink is not None:
+                sink.deliver(call, error_response(call.id, codes.PLUGIN_UNAVAILABLE,
+                                                  data={"plugin": self.plugin.spec.name, "reason": reason}))
+
     def _done(self, call: Call, task: asyncio.Task[Any]) -> None:
+        self._calls.discard(call)
         sink = call.sink
         if sink is None or task.cancelled():
             return

@@ -9,10 +9,11 @@ stops every plugin (SIGTERM, then SIGKILL after its grace) and removes every soc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 
-from .config import Config, loop_factory, remove_socket
+from .config import BACKLOG, Config, loop_factory, remove_socket
 from .errors import ManifestError
 from .manifest import load_manifest
 from .protocol import FrontProtocol
@@ -57,7 +58,7 @@ class Server:
         self.router = router = Router(config, manifest, self._runtime_dir)
         await router.start()
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_unix_server(lambda: FrontProtocol(router), sock=sock)
+        self._server = await loop.create_unix_server(lambda: FrontProtocol(router), sock=sock, backlog=BACKLOG)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.should_exit.set)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
@@ -84,8 +85,11 @@ class Server:
 
     async def shutdown(self) -> None:
         loop = asyncio.get_running_loop()
+        # Signals stay handled until the cleanup is done: a second SIGTERM must not kill us mid-way
+        # and leave plugins without their grace or the runtime directory behind.
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
+            with contextlib.suppress(RuntimeError):  # no running loop's handlers if startup failed early
+                loop.add_signal_handler(sig, self._already_stopping, sig)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -100,6 +104,7 @@ class Server:
                          router.inflight())
             if not await router.drain(self.config.shutdown_grace):
                 log.warning("shutting down with %d call(s) unfinished", router.inflight())
+            router.fail_all("the router is shutting down")  # answered -32001 before their clients close
             for client in list(router.clients):
                 if client.transport is not None:
                     client.transport.close()
@@ -108,5 +113,10 @@ class Server:
             await self._server.wait_closed()
         if self._runtime_dir is not None:
             self._runtime_dir.remove()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
         if self.started.is_set():
             log.info("router stopped")
+
+    def _already_stopping(self, sig: signal.Signals) -> None:
+        log.info("got %s while shutting down; still finishing the shutdown", sig.name)
