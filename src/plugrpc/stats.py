@@ -31,13 +31,13 @@ def _bucket_floor(index: int) -> int:
 class CallStats:
     """Counters and latency histogram of one plugin, as the router sees its calls."""
 
-    __slots__ = ("calls", "errors", "timeouts", "_hist")
+    __slots__ = ("calls", "errors", "timeouts", "hist")
 
     def __init__(self) -> None:
         self.calls = 0
         self.errors = 0
         self.timeouts = 0
-        self._hist = [0] * _NBUCKETS
+        self.hist = [0] * _NBUCKETS
 
     def record(self, seconds: float, error: bool) -> None:
         """Count one finished call (on the hot path: `_bucket` inlined)."""
@@ -46,16 +46,16 @@ class CallStats:
             self.errors += 1
         us = int(seconds * 1_000_000)
         bits = us.bit_length()
-        self._hist[us if bits < 3 else (bits << 2) | ((us >> (bits - 3)) & 3)] += 1
+        self.hist[us if bits < 3 else (bits << 2) | ((us >> (bits - 3)) & 3)] += 1
 
     def percentile(self, q: float) -> float | None:
         """Latency in seconds below which a fraction `q` of calls finished (bucket midpoint)."""
-        total = sum(self._hist)
+        total = sum(self.hist)
         if not total:
             return None
         rank = q * total
         seen = 0
-        for index, count in enumerate(self._hist):
+        for index, count in enumerate(self.hist):
             seen += count
             if seen >= rank and count:
                 low, high = _bucket_floor(index), _bucket_floor(index + 1)
