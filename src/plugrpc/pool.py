@@ -93,7 +93,7 @@ def _response(msg: Any) -> dict[str, Any] | None:
         return None
     if "result" in msg:
         if len(msg) == 3:  # jsonrpc, result, id: nothing to drop, use it as it is
-            return msg
+            return msg  # type: ignore[no-any-return]
         if "error" in msg:
             return None
         return {"jsonrpc": "2.0", "result": msg["result"], "id": None}
