@@ -83,7 +83,7 @@ class Call:
         return f"<Call {self.method!r} id={self.id!r} uid={self.uid}{' done' if self.sink is None else ''}>"
 
 
-def _response(msg: Any) -> dict[str, Any] | None:
+def _response(msg: dict[str, Any]) -> dict[str, Any] | None:
     """A plugin's response rebuilt from its valid parts, or None when it is not JSON-RPC 2.0.
 
     Rebuilding drops members the spec does not define, so a client only ever gets a response
@@ -93,7 +93,7 @@ def _response(msg: Any) -> dict[str, Any] | None:
         return None
     if "result" in msg:
         if len(msg) == 3:  # jsonrpc, result, id: nothing to drop, use it as it is
-            return msg  # type: ignore[no-any-return]
+            return msg
         if "error" in msg:
             return None
         return {"jsonrpc": "2.0", "result": msg["result"], "id": None}
