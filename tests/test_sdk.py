@@ -370,8 +370,8 @@ class FakeTransport(asyncio.Transport):
         self.reading = True
         self.closing = False
 
-    def writelines(self, lines: Any) -> None:
-        self.writes.append(b"".join(lines))
+    def write(self, data: Any) -> None:
+        self.writes.append(bytes(data))
 
     def pause_reading(self) -> None:
         self.reading = False

@@ -26,12 +26,11 @@ class Outbox:
     (many clients), writes wait for the end of the turn and leave together (most throughput).
     """
 
-    __slots__ = ("dirty", "_scheduled", "_call_soon", "_callbacks", "_eager")
+    __slots__ = ("dirty", "_scheduled", "_callbacks", "_eager")
 
     def __init__(self) -> None:
         self.dirty: list[Writer] = []
         self._scheduled = False
-        self._call_soon = asyncio.get_running_loop().call_soon
         self._callbacks = 0
         self._eager = True
 
@@ -40,7 +39,7 @@ class Outbox:
         self.dirty.append(writer)
         if not self._scheduled:
             self._scheduled = True
-            self._call_soon(self._end_of_turn)
+            asyncio.get_running_loop().call_soon(self._end_of_turn)
 
     def done(self) -> None:
         """A protocol callback finished: write now if this loop is not busy enough to coalesce."""

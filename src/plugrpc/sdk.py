@@ -28,6 +28,7 @@ from . import codes
 from .config import BACKLOG, bind_socket, loop_factory, remove_socket
 from .dispatch import Handler, Outcome, dispatch, encode, resolve, threaded
 from .errors import ConfigError, RpcError
+from .outbox import LineWriter, Outbox
 from .wire import (
     DEFAULT_MAX_LINE,
     NOID,
@@ -176,6 +177,7 @@ class _Server:
         self.max_line = max_line
         self.connections: set[Connection] = set()
         self.closing = False
+        self.outbox = Outbox()
         self._stop = asyncio.Event()
 
     async def serve(self, sock: socket.socket) -> None:
@@ -225,25 +227,25 @@ class _Server:
                 await asyncio.wait(late)
 
 
-class Connection(asyncio.Protocol):
+class Connection(LineWriter, asyncio.Protocol):
     """One peer (usually the router): pipelined requests in, responses out in completion order."""
 
     def __init__(self, server: _Server) -> None:
         # Global state
         self._server = server
         self._loop = asyncio.get_running_loop()
+        self.outbox = server.outbox
         # Per-connection state
-        self._transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport | None = None
         self._splitter = LineSplitter(server.max_line)
         self._table = {**server.table, CANCEL: Handler(CANCEL, self._cancel)}
         self._out: list[bytes] = []
-        self._flush_scheduled = False
         self.running: dict[Any, asyncio.Task[None]] = {}
         """Tasks of async/threaded calls, by request id (a fresh key for notifications and batches)."""
         self.closed: asyncio.Future[None] = self._loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]
         self._server.connections.add(self)
         if self._server.closing:
             self.pause_reading()
@@ -262,48 +264,48 @@ class Connection(asyncio.Protocol):
             lines = self._splitter.feed(data)
         except LineTooLong as exc:
             lines, too_long = exc.lines, True  # the complete requests before it are still answered
-        out = self._out
+        queue = self.queue
         for line in lines:
             try:
                 msg = loads(line)
             except JSONDecodeError as exc:
-                out.append(parse_error_line(exc))
+                queue(parse_error_line(exc))
                 continue
             outcome = dispatch(self._table, msg)
             if outcome is None:
                 continue
             if type(outcome) is dict or type(outcome) is list:
-                out.append(encode(outcome))
+                queue(encode(outcome))
             else:
                 self._start(outcome, msg.get("id", NOID) if type(msg) is dict else NOID)
         if too_long:
-            out.append(too_large_line(self._splitter.max_line))
+            queue(too_large_line(self._splitter.max_line))
             self.close()
             return
-        # Everything answered inline while handling this chunk leaves in one write.
-        self._write_out()
+        # Everything answered inline while handling this chunk leaves in one write (see outbox.py).
+        self.outbox.done()
 
     def pause_writing(self) -> None:
         # Backpressure: a peer that does not read our responses gets no new requests read.
         self.pause_reading()
 
     def resume_writing(self) -> None:
-        if not self._server.closing and self._transport is not None and not self._transport.is_closing():
-            self._transport.resume_reading()
+        if not self._server.closing and self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def pause_reading(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.pause_reading()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
 
     def close(self) -> None:
         """Send what is buffered, then close (the transport flushes before it closes)."""
-        self._write_out()
-        if self._transport is not None:
-            self._transport.close()
+        self.flush()
+        if self.transport is not None:
+            self.transport.close()
 
     def abort(self) -> None:
-        if self._transport is not None:
-            self._transport.abort()
+        if self.transport is not None:
+            self.transport.abort()
 
     def cancel_all(self) -> None:
         for task in self.running.values():
@@ -322,23 +324,9 @@ class Connection(asyncio.Protocol):
             self._send(encode(outcome))
 
     def _send(self, line: bytes) -> None:
-        """Queue a line; lines queued in the same loop turn leave in one write."""
-        if self._transport is None or self._transport.is_closing():
-            return
-        self._out.append(line)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._scheduled_flush)
-
-    def _scheduled_flush(self) -> None:
-        self._flush_scheduled = False
-        self._write_out()
-
-    def _write_out(self) -> None:
-        if self._out:
-            out, self._out = self._out, []
-            if self._transport is not None and not self._transport.is_closing():
-                self._transport.writelines(out)
+        """Queue an async completion; those of one loop turn leave in one write."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.queue(line)
 
     def _cancel(self, id: Any) -> bool:
         """`rpc.cancel`: the router gave up on request `id`; stop its task if it still runs."""
