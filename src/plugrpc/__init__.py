@@ -30,13 +30,13 @@ if TYPE_CHECKING:
         PlugrpcError,
         RpcError,
     )
-    from .sdk import serve
+    from .sdk import serve, threaded
 
 # Names are imported on first use: a plugin process that only needs `serve` must not pay for
 # importing the router, the supervisor and the clients at every (re)start.
 _WHERE = {
     "call": "api", "run": "api", "BlockingClient": "blocking", "Client": "client", "Config": "config",
-    "serve": "sdk", **{name: "errors" for name in (
+    "serve": "sdk", "threaded": "sdk", **{name: "errors" for name in (
         "CallTimeout", "ConfigError", "ConnectError", "ConnectionLost", "ManifestError", "MessageTooLarge",
         "Overloaded", "PluginUnavailable", "PlugrpcError", "RpcError")},
 }
@@ -69,4 +69,5 @@ __all__ = [
     "call",
     "run",
     "serve",
+    "threaded",
 ]

@@ -393,7 +393,8 @@ class Builtins:
 
     def _health(self) -> dict[str, Any]:
         states = {name: sup.state.value for name, sup in self.router.supervisors.items()}
-        healthy = all(state in ("running", "stopped") for state in states.values())
+        # Starting is healthy (calls wait in the socket backlog); so is stopped (lazy or idle).
+        healthy = all(state in ("running", "starting", "stopped") for state in states.values())
         return {"status": "ok" if healthy else "degraded", "plugins": states}
 
 
@@ -466,7 +467,7 @@ class _RpcBuiltins:
 BUILTIN_DOCS: Final = {
     "plugins": "Every plugin with its state, pid, exports, restarts, in-flight calls and latency.",
     "stats": "Call counts, errors and latency percentiles, in total and per plugin.",
-    "health": "ok when every plugin is running (or waiting for a lazy start), else degraded.",
+    "health": "ok when every plugin is running, starting, or stopped until its next call; else degraded.",
     "reload": "Re-read the manifest; start, swap and stop plugins as it says. Same as SIGHUP.",
 }
 
