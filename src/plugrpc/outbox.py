@@ -9,6 +9,7 @@ callback of the turn: requests from all clients go to a plugin in one write.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -26,20 +27,26 @@ class Outbox:
     (many clients), writes wait for the end of the turn and leave together (most throughput).
     """
 
-    __slots__ = ("dirty", "_scheduled", "_callbacks", "_eager")
+    __slots__ = ("dirty", "_scheduled", "_callbacks", "_eager", "_call_soon")
 
     def __init__(self) -> None:
         self.dirty: list[Writer] = []
         self._scheduled = False
         self._callbacks = 0
         self._eager = True
+        # Looked up once, on first use (an Outbox may be made before its loop runs): every
+        # asyncio.get_running_loop() costs a getpid() system call.
+        self._call_soon: Callable[[Callable[[], None]], object] | None = None
 
     def add(self, writer: Writer) -> None:
         """`writer` has its first line of this turn: make sure a flush runs at the end of the turn."""
         self.dirty.append(writer)
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._end_of_turn)
+            call_soon = self._call_soon
+            if call_soon is None:
+                call_soon = self._call_soon = asyncio.get_running_loop().call_soon
+            call_soon(self._end_of_turn)
 
     def done(self) -> None:
         """A protocol callback finished: write now if this loop is not busy enough to coalesce."""
