@@ -64,6 +64,18 @@ class Target(Protocol):
     def cancel(self, call: Call) -> None: ...
 
 
+class PluginTarget(Target, Protocol):
+    """A target backed by a plugin (pool or exec): it has calls to drain, fail and report."""
+
+    def busy(self) -> int: ...
+
+    def fail_all(self, reason: str) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    async def aclose(self) -> None: ...
+
+
 class Call:
     """One request in flight through the router. `sink` is None once the call has finished."""
 

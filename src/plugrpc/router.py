@@ -20,7 +20,7 @@ from .errors import ManifestError, RpcError
 from .execmode import ExecPlugin
 from .manifest import Manifest, PluginSpec, load_manifest
 from .outbox import Outbox
-from .pool import NOPARAMS, Call, PluginPool, Target
+from .pool import NOPARAMS, Call, PluginPool, PluginTarget, Target
 from .stats import CallStats
 from .supervisor import PluginState, RuntimeDir, Supervisor
 from .wire import error_response, reply_id, request_problem, result_response
@@ -45,6 +45,8 @@ class Router:
         self.runtime_dir = runtime_dir
         self.outbox = Outbox()
         self.targets: dict[str, Target] = {}
+        """What a method's prefix routes to: every plugin, plus `router` and `rpc` (the built-ins)."""
+        self.plugins: dict[str, PluginTarget] = {}
         self.supervisors: dict[str, Supervisor] = {}
         self.clients: set[FrontProtocol] = set()
         self.started = time.monotonic()
@@ -69,7 +71,8 @@ class Router:
     async def _add(self, spec: PluginSpec) -> None:
         """Create a plugin's target, start its process, and only then route calls to it."""
         if spec.mode == "exec":
-            self.targets[spec.name] = ExecTarget(ExecPlugin(spec, self.manifest.root), self.outbox)
+            self.targets[spec.name] = self.plugins[spec.name] = ExecTarget(ExecPlugin(spec, self.manifest.root),
+                                                                          self.outbox)
             return
         self._generation += 1
         # A fresh socket per generation: a changed plugin starts beside the old one, which drains.
@@ -79,14 +82,14 @@ class Router:
         self._pool_of[sup] = pool
         await sup.start()
         self.supervisors[spec.name] = sup
-        self.targets[spec.name] = pool
+        self.targets[spec.name] = self.plugins[spec.name] = pool
 
-    async def _retire(self, target: Target, sup: Supervisor | None, timeout: float) -> None:
+    async def _retire(self, target: PluginTarget, sup: Supervisor | None, timeout: float) -> None:
         """Stop routing to an old target: let its calls finish (up to `timeout`), then stop it."""
         deadline = self._time() + timeout
-        while target.busy() and self._time() < deadline:  # type: ignore[attr-defined]
+        while target.busy() and self._time() < deadline:
             await asyncio.sleep(0.02)
-        await target.aclose()  # type: ignore[attr-defined]
+        await target.aclose()
         if sup is not None:
             await sup.stop()
             self._pool_of.pop(sup, None)
@@ -104,9 +107,9 @@ class Router:
             added = [n for n in new.plugins if n not in old]
             removed = [n for n in old if n not in new.plugins]
             changed = [n for n in new.plugins if n in old and new.plugins[n] != old[n]]
-            retiring = [(self.targets[n], self.supervisors.get(n), old[n].timeout) for n in removed + changed]
+            retiring = [(self.plugins[n], self.supervisors.get(n), old[n].timeout) for n in removed + changed]
             for name in removed:
-                del self.targets[name]
+                del self.targets[name], self.plugins[name]
                 self.supervisors.pop(name, None)
             await asyncio.gather(*(self._add(new.plugins[n]) for n in added + changed))
             self.manifest = new
@@ -122,7 +125,7 @@ class Router:
 
     def inflight(self) -> int:
         """Calls given to plugins and not yet answered (queued in the router or running)."""
-        return sum(target.busy() for target in self.plugin_targets().values())  # type: ignore[attr-defined]
+        return sum(target.busy() for target in self.plugin_targets().values())
 
     async def drain(self, timeout: float) -> bool:
         """Wait up to `timeout` for in-flight calls to finish; True if they all did."""
@@ -139,17 +142,18 @@ class Router:
             task.cancel()
         await asyncio.gather(*self._retiring, return_exceptions=True)
         for target in self.plugin_targets().values():
-            await target.aclose()  # type: ignore[attr-defined]
+            await target.aclose()
         await asyncio.gather(*(sup.stop() for sup in self.supervisors.values()))
 
     def fail_all(self, reason: str) -> None:
         """Answer every call still in flight with -32001 (shutdown, after the grace period)."""
         for target in self.plugin_targets().values():
-            target.fail_all(reason)  # type: ignore[attr-defined]
+            target.fail_all(reason)
         self.outbox.flush()
 
-    def plugin_targets(self) -> dict[str, Target]:
-        return {name: t for name, t in self.targets.items() if name in self.manifest.plugins}
+    def plugin_targets(self) -> dict[str, PluginTarget]:
+        """The targets of the manifest's plugins (not the built-ins)."""
+        return {name: self.plugins[name] for name in self.manifest.plugins if name in self.plugins}
 
     # --- the hot path ----------------------------------------------------------------------
 
@@ -204,9 +208,8 @@ class Router:
 
     def _sweep(self) -> None:
         now = self._time()
-        for target in self.targets.values():
-            if isinstance(target, PluginPool):
-                target.sweep(now)
+        for pool in self._pool_of.values():  # retiring pools too: their calls keep their timeouts
+            pool.sweep(now)
         self._sweeper = self._loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     def _on_state(self, sup: Supervisor) -> None:
@@ -239,12 +242,12 @@ class Router:
 
     def plugin_status(self, name: str) -> dict[str, Any]:
         spec = self.manifest.plugins[name]
-        target = self.targets[name]
+        target = self.plugins[name]
         sup = self.supervisors.get(name)
         status: dict[str, Any] = sup.status() if sup else {"name": name, "mode": "exec", "state": "ready",
                                                            "pid": None, "restarts": 0}
         status["exports"] = list(spec.exports)
-        status.update(target.status())  # type: ignore[attr-defined]
+        status.update(target.status())
         return status
 
 
