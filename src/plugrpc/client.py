@@ -27,6 +27,7 @@ from jsonrpcclient.responses import to_response
 from . import codes
 from .config import default_socket
 from .errors import CallTimeout, ConnectError, ConnectionLost, RpcError, rpc_error
+from .outbox import LineWriter, Outbox
 from .wire import DEFAULT_MAX_LINE, JSONDecodeError, LineSplitter, LineTooLong, dumps, loads
 
 __all__ = ["Client"]
@@ -176,15 +177,15 @@ def _expire(future: asyncio.Future[Any], method: str, timeout: float) -> None:
         future.set_exception(CallTimeout(codes.CALL_TIMEOUT, message, f"{method} got no response within {timeout:g}s"))
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(LineWriter, asyncio.Protocol):
     """The protocol under a Client: writes requests, matches responses to futures by id."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self._transport: asyncio.Transport | None = None
+        self.outbox = Outbox()
+        self.transport: asyncio.Transport | None = None
         self._splitter = LineSplitter(DEFAULT_MAX_LINE)
         self._out: list[bytes] = []
-        self._flush_scheduled = False
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self.lost: str | None = None
         """Why the connection is gone, once it is; every later call raises ConnectionLost with it."""
@@ -208,15 +209,15 @@ class _Connection(asyncio.Protocol):
     async def close(self) -> None:
         if self.lost is None:
             self.lost = CLOSED
-            self._write_out()
-            assert self._transport is not None
-            self._transport.close()
+            self.flush()
+            assert self.transport is not None
+            self.transport.close()
         await self._closed
 
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.lost is None:
@@ -273,24 +274,11 @@ class _Connection(asyncio.Protocol):
     def _fail(self, why: str) -> None:
         log.error("%s; closing the connection", why)
         self.lost = why
-        if self._transport is not None:
-            self._transport.abort()
+        if self.transport is not None:
+            self.transport.abort()
 
     def _send(self, line: bytes) -> None:
-        out = self._out
-        out.append(line)
-        if len(out) >= FLUSH_EVERY:
-            self._write_out()
-        elif not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self._scheduled_flush)
-
-    def _scheduled_flush(self) -> None:
-        self._flush_scheduled = False
-        self._write_out()
-
-    def _write_out(self) -> None:
-        if self._out and self._transport is not None and not self._transport.is_closing():
-            out, self._out = self._out, []
-            self._transport.writelines(out)
-
+        """Queue a request; the requests of one loop turn leave in one write (or every FLUSH_EVERY)."""
+        self.queue(line)
+        if len(self._out) >= FLUSH_EVERY:
+            self.flush()
