@@ -7,8 +7,7 @@ a subclass each so callers can `except CallTimeout:` instead of comparing number
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from . import codes
@@ -93,15 +92,3 @@ def rpc_error(error: Mapping[str, Any]) -> RpcError:
     code = error.get("code", codes.INTERNAL_ERROR)
     cls = _BY_CODE.get(code, RpcError) if isinstance(code, int) else RpcError
     return cls(code, str(error.get("message", "")), error.get("data"))
-
-
-@contextlib.contextmanager
-def map_exceptions(mapping: Mapping[type[BaseException], type[PlugrpcError]], message: str = "") -> Iterator[None]:
-    """Turn third-party exceptions into ours at a boundary, keeping the cause (`raise ... from exc`)."""
-    try:
-        yield
-    except Exception as exc:
-        for from_exc, to_exc in mapping.items():
-            if isinstance(exc, from_exc):
-                raise to_exc(f"{message}: {exc}" if message else str(exc)) from exc
-        raise
