@@ -86,9 +86,7 @@ class Router:
 
     async def _retire(self, target: PluginTarget, sup: Supervisor | None, timeout: float) -> None:
         """Stop routing to an old target: let its calls finish (up to `timeout`), then stop it."""
-        deadline = self._time() + timeout
-        while target.busy() and self._time() < deadline:
-            await asyncio.sleep(0.02)
+        await _until_idle(target.busy, timeout)
         await target.aclose()
         if sup is not None:
             await sup.stop()
@@ -129,10 +127,7 @@ class Router:
 
     async def drain(self, timeout: float) -> bool:
         """Wait up to `timeout` for in-flight calls to finish; True if they all did."""
-        deadline = self._time() + timeout
-        while self.inflight() and self._time() < deadline:
-            await asyncio.sleep(0.02)
-        return not self.inflight()
+        return await _until_idle(self.inflight, timeout)
 
     async def aclose(self) -> None:
         """Stop the sweep, close every connection to plugins, stop every plugin."""
@@ -251,6 +246,14 @@ class Router:
         return status
 
 
+async def _until_idle(busy: Callable[[], int], timeout: float) -> bool:
+    """Poll `busy()` every 20 ms until it is 0 or `timeout` passes; True if it reached 0."""
+    deadline = time.monotonic() + timeout
+    while busy() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    return not busy()
+
+
 class FutureSink:
     """Receives the response of a call the router makes itself."""
 
@@ -313,12 +316,9 @@ class ExecTarget:
         for task in self._tasks:
             task.cancel()
         for call in list(self._calls):
-            sink = call.sink
-            call.sink = None
             call.conn.cancel()
-            if sink is not None:
-                sink.deliver(call, error_response(call.id, codes.PLUGIN_UNAVAILABLE,
-                                                  data={"plugin": self.plugin.spec.name, "reason": reason}))
+            _reply(call, error_response(call.id, codes.PLUGIN_UNAVAILABLE,
+                                        data={"plugin": self.plugin.spec.name, "reason": reason}))
 
     def _done(self, call: Call, task: asyncio.Task[Any]) -> None:
         self._calls.discard(call)
@@ -362,15 +362,15 @@ class Builtins:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             return
-        _answer(self.router, call, getattr(self, "_" + call.method))
+        _reply(call, result_response(call.id, getattr(self, "_" + call.method)()))
 
     async def _reload(self, call: Call) -> None:
         try:
             result = await self.router.reload()
         except ManifestError as exc:
-            _answer_error(self.router, call, codes.INTERNAL_ERROR, f"reload refused: {exc}")
+            _reply(call, error_response(call.id, codes.INTERNAL_ERROR, f"reload refused: {exc}"))
             return
-        _answer(self.router, call, lambda: result)
+        _reply(call, result_response(call.id, result))
 
     def notify(self, method: str, params: Any, sink: Any) -> None:
         pass  # built-ins have no side effects worth a notification
@@ -417,7 +417,7 @@ class _RpcBuiltins:
         call.target = self
         if call.method == "cancel":
             cancelled = self._cancel(call.params, call.sink)
-            _answer(self.router, call, lambda: cancelled)
+            _reply(call, result_response(call.id, cancelled))
             return
         task = asyncio.get_running_loop().create_task(self._discover(call))
         self._tasks.add(task)
@@ -451,7 +451,7 @@ class _RpcBuiltins:
         from . import __version__
 
         doc = {"openrpc": "1.2.6", "info": {"title": "plugrpc router", "version": __version__}, "methods": methods}
-        _answer(router, call, lambda: doc)
+        _reply(call, result_response(call.id, doc))
 
     async def _plugin_methods(self, name: str) -> list[dict[str, Any]]:
         router = self.router
@@ -475,19 +475,9 @@ BUILTIN_DOCS: Final = {
 }
 
 
-def _answer_error(router: Router, call: Call, code: int, message: str) -> None:
-    """Finish a built-in call with an error."""
+def _reply(call: Call, msg: dict[str, Any]) -> None:
+    """Finish a built-in call with `msg`, unless its caller has gone."""
     sink = call.sink
-    if sink is None:
-        return
-    call.sink = None
-    sink.deliver(call, error_response(call.id, code, message))
-
-
-def _answer(router: Router, call: Call, compute: Callable[[], Any]) -> None:
-    """Finish a built-in call with `compute()`'s value."""
-    sink = call.sink
-    if sink is None:
-        return
-    call.sink = None
-    sink.deliver(call, result_response(call.id, compute()))
+    if sink is not None:
+        call.sink = None
+        sink.deliver(call, msg)
