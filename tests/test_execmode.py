@@ -165,8 +165,8 @@ async def test_stdout_outside_the_block_is_logged(make: Make, caplog: pytest.Log
     assert await make(SH_PLUGIN, name="chatty").call("version", None) == "1.0alpha"
     logged = [(r.levelno, r.plugin, r.getMessage()) for r in caplog.records if r.name == "plugrpc.plugin"]  # type: ignore[attr-defined]
     assert logged == [
-        (logging.INFO, "chatty", "chatty: before the result"),
-        (logging.INFO, "chatty", "chatty: after the result"),
+        (logging.INFO, "chatty", "before the result"),
+        (logging.INFO, "chatty", "after the result"),
     ]
 
 
@@ -177,7 +177,7 @@ async def test_c_plugin_log_line(make: Make, c_plugin: Path, caplog: pytest.LogC
     assert (record.levelno, record.plugin, record.getMessage()) == (  # type: ignore[attr-defined]
         logging.INFO,
         "cplug",
-        "cplug: legacy plugin: version requested",
+        "legacy plugin: version requested",
     )
 
 
@@ -185,8 +185,9 @@ async def test_stderr_is_logged_as_warnings(make: Make, caplog: pytest.LogCaptur
     caplog.set_level(logging.INFO, logger="plugrpc.plugin")
     with pytest.raises(RpcError):
         await make(SH_PLUGIN).call("fail", None)
-    warnings = [r.getMessage() for r in caplog.records if r.name == "plugrpc.plugin" and r.levelno == logging.WARNING]
-    assert warnings == ["legacy: warming up", "legacy: disk on fire"]
+    warnings = [(r.plugin, r.getMessage()) for r in caplog.records  # type: ignore[attr-defined]
+                if r.name == "plugrpc.plugin" and r.levelno == logging.WARNING]
+    assert warnings == [("legacy", "warming up"), ("legacy", "disk on fire")]
 
 
 # --- failures ------------------------------------------------------------------------------

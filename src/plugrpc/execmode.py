@@ -24,7 +24,7 @@ import orjson
 from . import codes
 from .errors import CallTimeout, MessageTooLarge, Overloaded, PluginUnavailable, RpcError
 from .manifest import PluginSpec
-from .process import die_with_parent, plugin_env
+from .process import die_with_parent, log_line, plugin_env
 from .reaper import reaper
 from .wire import LineSplitter
 
@@ -39,7 +39,6 @@ BLOCK_START: Final = b"20:::"
 BLOCK_END: Final = b":::"
 
 log = logging.getLogger("plugrpc.execmode")
-plugin_log = logging.getLogger("plugrpc.plugin")
 
 
 class _Run(asyncio.SubprocessProtocol):
@@ -131,9 +130,8 @@ class _Run(asyncio.SubprocessProtocol):
     def _lines(self, fd: int, lines: list[bytes]) -> None:
         if fd == 2:
             self.stderr.extend(lines)
-            if plugin_log.isEnabledFor(logging.WARNING):
-                for line in lines:
-                    plugin_log.warning("%s: %s", self.name, line.decode(errors="replace"), extra=self.extra)
+            for line in lines:
+                log_line(line, logging.WARNING, self.extra)
             return
         for line in lines:
             if self.block is not None:
@@ -144,8 +142,8 @@ class _Run(asyncio.SubprocessProtocol):
                     self.block.append(line)
             elif line.rstrip() == BLOCK_START:
                 self.block = []
-            elif plugin_log.isEnabledFor(logging.INFO):
-                plugin_log.info("%s: %s", self.name, line.decode(errors="replace"), extra=self.extra)
+            else:
+                log_line(line, logging.INFO, self.extra)
 
     def kill(self, sig: int) -> None:
         """Signal the execution's whole process group (its own session, so only its processes)."""

@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import os
 import signal
 import sys
 from collections.abc import Mapping
-from typing import Final
+from typing import Any, Final
 
 from .manifest import PluginSpec
 
 STANDARD_PATH: Final = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 BASICS: Final = ("HOME", "LANG", "LC_ALL", "TZ")
 """The few variables of the runtime's environment every plugin gets, where they are set."""
+
+plugin_log = logging.getLogger("plugrpc.plugin")
+LEVELS: Final = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING,
+                  "ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
 
 _PR_SET_PDEATHSIG: Final = 1
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True) if sys.platform == "linux" else None
@@ -46,3 +51,17 @@ def die_with_parent(parent_pid: int) -> None:
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent_pid:
         os._exit(1)
+
+
+def log_line(line: bytes, level: int, extra: Mapping[str, Any], suffix: str = "") -> None:
+    """Log one line a plugin printed, tagged with `extra` (plugin name, pid).
+
+    A line that starts with a level name ("ERROR ...", as the SDK's logging writes) keeps that
+    level; other lines get `level`, the stream's (INFO for stdout, WARNING for stderr).
+    """
+    text = line.decode("utf-8", "replace").rstrip("\r")
+    word, _, rest = text.partition(" ")
+    if word in LEVELS:
+        level, text = LEVELS[word], rest
+    if plugin_log.isEnabledFor(level):
+        plugin_log.log(level, "%s", text + suffix, extra=extra)

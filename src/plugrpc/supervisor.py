@@ -31,7 +31,7 @@ from typing import IO, Any, Final
 
 from . import config
 from .manifest import PluginSpec
-from .process import die_with_parent, plugin_env
+from .process import die_with_parent, log_line, plugin_env
 from .reaper import reaper
 from .wire import LineSplitter
 
@@ -50,7 +50,6 @@ LOG_DRAIN: Final = 1.0
 """Seconds to wait for the log pipes to reach EOF after the process exited."""
 
 log = logging.getLogger("plugrpc.supervisor")
-plugin_log = logging.getLogger("plugrpc.plugin")
 
 
 class PluginState(enum.StrEnum):
@@ -519,10 +518,6 @@ class _Child:
             self._thread.join()  # it has already handed the exit over to the loop
 
 
-LEVELS: Final = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING,
-                  "ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
-
-
 class _LogPipe(asyncio.Protocol):
     """One of a plugin's output pipes: each line becomes a log record on "plugrpc.plugin"."""
 
@@ -563,17 +558,7 @@ class _LogPipe(asyncio.Protocol):
             self._emit(line)
 
     def _emit(self, line: bytes, truncated: bool = False) -> None:
-        text = line.decode("utf-8", "replace").rstrip("\r")
-        level = self._level
-        # A line that starts with a level name ("ERROR ...", as the SDK's logging writes) keeps
-        # that level; other lines get the stream's (INFO for stdout, WARNING for stderr).
-        word, _, rest = text.partition(" ")
-        if word in LEVELS:
-            level, text = LEVELS[word], rest
-        if plugin_log.isEnabledFor(level):
-            if truncated:
-                text += f" [line truncated at {LOG_MAX_LINE} bytes]"
-            plugin_log.log(level, "%s", text, extra=self._extra)
+        log_line(line, self._level, self._extra, f" [line truncated at {LOG_MAX_LINE} bytes]" if truncated else "")
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._skipping:
