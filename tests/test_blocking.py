@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,25 +13,20 @@ from plugrpc import codes
 from plugrpc.blocking import BlockingClient
 from plugrpc.client import Client
 from plugrpc.errors import CallTimeout, ConnectError, ConnectionLost, RpcError
-from plugrpc.testing import wait_for_socket
 
-BASIC = Path(__file__).parent / "plugins" / "sdk_basic.py"
+from util import BasicPlugin
+
 WAIT = 10.0
 
 
 @pytest.fixture
 def plugin_socket(plugrpc_tmp: Path) -> Iterator[Path]:
     """sdk_basic.py serving on a path it binds itself."""
-    path = plugrpc_tmp / "blocking.sock"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "PLUGRPC_"))}
-    proc = subprocess.Popen([sys.executable, str(BASIC)], env={**env, "PLUGRPC_SOCKET": str(path)},
-                            stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    plugin = BasicPlugin(plugrpc_tmp / "blocking.sock", wait=WAIT)
     try:
-        wait_for_socket(path, WAIT, lambda: proc.poll() is None)
-        yield path
+        yield plugin.socket
     finally:
-        proc.kill()
-        proc.wait(WAIT)
+        plugin.stop()
 
 
 def public_methods(cls: type) -> dict[str, inspect.Signature]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,34 +15,20 @@ import pytest
 from plugrpc import codes
 from plugrpc.client import Client
 from plugrpc.errors import CallTimeout, ConnectError, ConnectionLost, PluginUnavailable, RpcError
-from plugrpc.testing import wait_for_socket
 
-BASIC = Path(__file__).parent / "plugins" / "sdk_basic.py"
+from util import BasicPlugin
+
 WAIT = 10.0
 
 
-class Plugin:
+class Plugin(BasicPlugin):
     """sdk_basic.py binding its own socket from $PLUGRPC_SOCKET."""
 
     def __init__(self, tmp: Path, env: dict[str, str]) -> None:
-        self.socket = tmp / "client.sock"
-        child_env = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "PLUGRPC_"))}
-        child_env.update(PLUGRPC_SOCKET=str(self.socket), PLUGRPC_PLUGIN="basic", **env)
-        self.proc = subprocess.Popen([sys.executable, str(BASIC)], env=child_env, stdin=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        try:
-            wait_for_socket(self.socket, WAIT, lambda: self.proc.poll() is None)
-        except BaseException:
-            self.stop()
-            raise
+        super().__init__(tmp / "client.sock", env, WAIT)
 
     def client(self, timeout: float | None = WAIT) -> Client:
         return Client(self.socket, timeout=timeout)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(WAIT)
 
 
 @pytest.fixture

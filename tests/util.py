@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+from plugrpc.testing import wait_for_socket
 
 
 class RawConn:
@@ -60,3 +65,28 @@ def req(method: str, params: Any = None, id: Any = 1) -> dict[str, Any]:
     if params is not None:
         msg["params"] = params
     return msg
+
+
+BASIC = Path(__file__).parent / "plugins" / "sdk_basic.py"
+
+
+class BasicPlugin:
+    """tests/plugins/sdk_basic.py run by hand: it binds `socket` itself from $PLUGRPC_SOCKET."""
+
+    def __init__(self, socket: Path, env: Mapping[str, str] | None = None, wait: float = 10.0) -> None:
+        self.socket = socket
+        self.wait = wait
+        child_env = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "PLUGRPC_"))}
+        child_env.update(PLUGRPC_SOCKET=str(socket), PLUGRPC_PLUGIN="basic", **(env or {}))
+        self.proc = subprocess.Popen([sys.executable, str(BASIC)], env=child_env, stdin=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        try:
+            wait_for_socket(socket, wait, lambda: self.proc.poll() is None)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(self.wait)
