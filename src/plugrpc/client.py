@@ -198,7 +198,10 @@ class _Connection(LineWriter, asyncio.Protocol):
         if self.lost is not None:
             raise ConnectionLost(self.lost)
         future = self.pending[id] = self.loop.create_future()
-        self._send(line)
+        if len(self.pending) == 1:  # the only call in flight: nothing can join it, send it now
+            self.write_now(line)
+        else:
+            self._send(line)
         return future
 
     def notify(self, method: str, params: Any) -> None:
@@ -278,7 +281,7 @@ class _Connection(LineWriter, asyncio.Protocol):
             self.transport.abort()
 
     def _send(self, line: bytes) -> None:
-        """Queue a request; the requests of one loop turn leave in one write (or every FLUSH_EVERY)."""
+        """Queue a line; the lines of one loop turn leave in one write (or every FLUSH_EVERY)."""
         self.queue(line)
         if len(self._out) >= FLUSH_EVERY:
             self.flush()

@@ -1,9 +1,15 @@
-"""Write coalescing: everything queued during one event-loop turn leaves in one write per transport.
+"""Write coalescing: lines that can be joined leave in one write per transport per event-loop turn.
 
 A router handling 64 clients' requests would otherwise make one `write` system call to the
-plugin per request (or per client chunk), and as many back. Protocols `queue` bytes; the first
-line queued in a turn schedules one `flush` with `call_soon`, which runs after every I/O
-callback of the turn: requests from all clients go to a plugin in one write.
+plugin per request, and as many back. Two ways out, and the writer picks:
+
+- `queue(line)` when other lines may join this one before the loop turn ends (other calls are
+  in flight): the first line queued in a turn schedules one `Outbox` flush with `call_soon`,
+  which runs after every I/O callback of the turn, so requests from all clients go to a plugin
+  in one write.
+- `write_now(line)` when nothing can join it (the only call in flight): waiting for the end of
+  the turn would buy nothing and cost a scheduled callback, so a lone caller gets the lowest
+  latency and the least CPU per call.
 """
 
 from __future__ import annotations
@@ -20,20 +26,13 @@ class Writer(Protocol):
 
 
 class Outbox:
-    """The writers that have bytes queued in the current event-loop turn.
+    """The writers that have lines queued in the current event-loop turn."""
 
-    Adaptive: when the last turn ran a single callback there is nothing to coalesce with, so
-    `done()` writes at once (lowest latency for one caller); when turns run several callbacks
-    (many clients), writes wait for the end of the turn and leave together (most throughput).
-    """
-
-    __slots__ = ("dirty", "_scheduled", "_callbacks", "_eager", "_call_soon")
+    __slots__ = ("dirty", "_scheduled", "_call_soon")
 
     def __init__(self) -> None:
         self.dirty: list[Writer] = []
         self._scheduled = False
-        self._callbacks = 0
-        self._eager = True
         # Looked up once, on first use (an Outbox may be made before its loop runs): every
         # asyncio.get_running_loop() costs a getpid() system call.
         self._call_soon: Callable[[Callable[[], None]], object] | None = None
@@ -48,16 +47,8 @@ class Outbox:
                 call_soon = self._call_soon = asyncio.get_running_loop().call_soon
             call_soon(self._end_of_turn)
 
-    def done(self) -> None:
-        """A protocol callback finished: write now if this loop is not busy enough to coalesce."""
-        self._callbacks += 1
-        if self._eager and self.dirty:
-            self.flush()
-
     def _end_of_turn(self) -> None:
         self._scheduled = False
-        self._eager = self._callbacks <= 1
-        self._callbacks = 0
         self.flush()
 
     def flush(self) -> None:
@@ -69,7 +60,7 @@ class Outbox:
 
 
 class LineWriter:
-    """Base for protocols that send lines: `queue` now, one `transport.write` at flush time."""
+    """Base for protocols that send lines: `queue` for the turn's write, or `write_now`."""
 
     __slots__ = ()
     transport: asyncio.WriteTransport | None
@@ -82,6 +73,16 @@ class LineWriter:
         if not out:
             self.outbox.add(self)
         out.append(line)
+
+    def write_now(self, data: bytes) -> None:
+        """Write `data` at once, behind whatever was queued before it (nothing else can join it)."""
+        if self._out:
+            self._out.append(data)
+            self.flush()
+            return
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
 
     def flush(self) -> None:
         out = self._out

@@ -173,7 +173,6 @@ class Upstream(LineWriter, asyncio.Protocol):
                 self.reset(f"sent an invalid JSON-RPC 2.0 response: {line[:200]!r}")
                 return
             finish(call, response)
-        self.outbox.done()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -203,10 +202,10 @@ class Upstream(LineWriter, asyncio.Protocol):
         call.uid = uid
         call.conn = self
         self.pending[uid] = call
-        out = self._out
-        if not out:
-            self.outbox.add(self)
-        out.append(line)
+        if self.pool.inflight == 1:  # the only call in flight: no other request can join it
+            self.write_now(line)
+        else:
+            self.queue(line)
 
     def notify(self, method: str, params: Any) -> None:
         if params is NOPARAMS:

@@ -1,8 +1,10 @@
 """The router's front socket: one `FrontProtocol` per client connection.
 
 The hot path reads top to bottom: `data_received` splits lines, each line is parsed and
-handed to the router, and the responses queued meanwhile leave in one write when the callback
-ends. Backpressure both ways: a client that stops reading stops being read from, and so does a
+handed to the router; `deliver` writes a response at once when it is the client's last call in
+flight, else queues it for the end of the loop turn, so a busy client gets one write per turn.
+
+Backpressure both ways: a client that stops reading stops being read from, and so does a
 client with more than `max_inflight_per_client` calls in flight.
 """
 
@@ -106,7 +108,6 @@ class FrontProtocol(LineWriter, asyncio.Protocol):
         elif len(self.calls) >= self.limit and not self._inflight_paused:
             self._inflight_paused = True
             self._update_reading()
-        self.outbox.done()
 
     def _batch(self, msgs: list[Any]) -> None:
         if not msgs:
@@ -142,15 +143,17 @@ class FrontProtocol(LineWriter, asyncio.Protocol):
 
     def deliver(self, call: Call, msg: dict[str, Any]) -> None:
         """A response for one of our calls: restore the client's id and queue it."""
-        self.calls.discard(call)
+        calls = self.calls
+        calls.discard(call)
         msg["id"] = call.id
-        out = self._out
-        if not out:
-            self.outbox.add(self)
         try:
-            out.append(_dumps(msg, option=_NEWLINE))
+            line = _dumps(msg, option=_NEWLINE)
         except orjson.JSONEncodeError as exc:
-            out.append(_dumps(_unencodable(msg, exc), option=_NEWLINE))
+            line = _dumps(_unencodable(msg, exc), option=_NEWLINE)
+        if calls:  # more answers may come for this client in this turn: one write for them all
+            self.queue(line)
+        else:
+            self.write_now(line)
         if self._closing:
             self._close_when_done()
         elif self._inflight_paused and len(self.calls) <= self.limit // 2:

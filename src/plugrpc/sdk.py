@@ -264,26 +264,29 @@ class Connection(LineWriter, asyncio.Protocol):
             lines = self._splitter.feed(data)
         except LineTooLong as exc:
             lines, too_long = exc.lines, True  # the complete requests before it are still answered
-        queue = self.queue
+        answers: list[bytes] = []
+        answer = answers.append
         for line in lines:
             try:
                 msg = loads(line)
             except JSONDecodeError as exc:
-                queue(parse_error_line(exc))
+                answer(parse_error_line(exc))
                 continue
             outcome = dispatch(self._table, msg)
             if outcome is None:
                 continue
             if type(outcome) is dict or type(outcome) is list:
-                queue(encode(outcome))
+                answer(encode(outcome))
             else:
                 self._start(outcome, msg.get("id", NOID) if type(msg) is dict else NOID)
         if too_long:
-            queue(too_large_line(self._splitter.max_line))
+            answer(too_large_line(self._splitter.max_line))
+        # Everything answered inline while handling this chunk leaves in one write, at once:
+        # nothing else can join it (answers of async handlers are queued, see outbox.py).
+        if answers:
+            self.write_now(answers[0] if len(answers) == 1 else b"".join(answers))
+        if too_long:
             self.close()
-            return
-        # Everything answered inline while handling this chunk leaves in one write (see outbox.py).
-        self.outbox.done()
 
     def pause_writing(self) -> None:
         # Backpressure: a peer that does not read our responses gets no new requests read.
