@@ -21,14 +21,15 @@ class Writer(LineWriter, asyncio.Protocol):
         self.writes = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        write = self.transport.write
+        assert isinstance(transport, asyncio.WriteTransport)
+        self.transport = transport
+        write = transport.write
 
         def counting(data: bytes) -> None:
             self.writes += 1
             write(data)
 
-        self.transport.write = counting  # type: ignore[method-assign]
+        transport.write = counting  # type: ignore[method-assign,assignment]
 
 
 Pair = tuple[Outbox, list[tuple[Writer, socket.socket]]]
