@@ -77,44 +77,44 @@ class LineSplitter:
 
         Raises `LineTooLong` as soon as a line is known to exceed `max_line`, before it is
         read whole: an attacker's 500 MiB line costs at most `max_line` bytes of memory.
+        A line that came in several chunks is copied once, when its newline arrives.
         """
         max_line = self.max_line
-        if not self._parts and data[-1:] == NL and len(data) <= max_line:
-            # The common case: whole lines only, none of which can be over the limit.
-            lines = data.split(NL)
-            lines.pop()
-            return lines if b"" not in lines else [line for line in lines if line]
-        nl = data.rfind(NL)
-        if nl < 0:
+        parts = self._parts
+        first = data.find(NL)
+        if first < 0:
             self._size += len(data)
             if self._size > max_line:
                 raise LineTooLong(self._size)
-            self._parts.append(data)
+            parts.append(data)
             return []
-        if self._parts:
-            first = data.find(NL)
+        if not parts and 0 < first == len(data) - 1 and first <= max_line:
+            return [data[:first]]  # the common case: exactly one whole line
+        nl = data.rfind(NL)
+        lines: list[bytes] = []
+        start = 0
+        if parts:
             if self._size + first > max_line:
                 raise LineTooLong(self._size + first)
-            self._parts.append(data)
-            data = b"".join(self._parts)
-            nl += self._size
+            parts.append(memoryview(data)[:first])
+            lines.append(b"".join(parts))
             self._parts = []
-        tail = data[nl + 1 :]
-        self._size = len(tail)
-        lines = data[:nl].split(NL)
-        if len(lines) == 1:
-            if len(lines[0]) > max_line:
-                raise LineTooLong(len(lines[0]))
-            lines = lines if lines[0] else []
-        else:
-            for i, line in enumerate(lines):
+            start = first + 1
+        if start <= nl:
+            more = data.split(NL) if start == 0 and nl == len(data) - 1 else data[start:nl + 1].split(NL)
+            more.pop()  # what follows the last newline: the tail, handled below
+            for i, line in enumerate(more):
                 if len(line) > max_line:
-                    raise LineTooLong(len(line), [line for line in lines[:i] if line])
+                    raise LineTooLong(len(line), [line for line in lines + more[:i] if line])
+            lines += more
+        if b"" in lines:
             lines = [line for line in lines if line]
-        if tail:
-            if self._size > max_line:
-                raise LineTooLong(self._size, lines)
-            self._parts.append(tail)
+        tail_size = len(data) - nl - 1
+        self._size = tail_size
+        if tail_size:
+            if tail_size > max_line:
+                raise LineTooLong(tail_size, lines)
+            self._parts.append(data[nl + 1 :])
         return lines
 
 
