@@ -71,8 +71,7 @@ class Router:
     async def _add(self, spec: PluginSpec) -> None:
         """Create a plugin's target, start its process, and only then route calls to it."""
         if spec.mode == "exec":
-            self.targets[spec.name] = self.plugins[spec.name] = ExecTarget(ExecPlugin(spec, self.manifest.root),
-                                                                          self.outbox)
+            self.targets[spec.name] = self.plugins[spec.name] = ExecTarget(ExecPlugin(spec, self.manifest.root))
             return
         self._generation += 1
         # A fresh socket per generation: a changed plugin starts beside the old one, which drains.
@@ -277,10 +276,9 @@ class FutureSink:
 class ExecTarget:
     """Routes calls to a core0-style plugin run once per call (`mode = "exec"`)."""
 
-    def __init__(self, plugin: ExecPlugin, outbox: Outbox) -> None:
+    def __init__(self, plugin: ExecPlugin) -> None:
         self.plugin = plugin
         self.exported = plugin.spec.exported
-        self.outbox = outbox
         self.stats = CallStats()
         self._loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[Any]] = set()
