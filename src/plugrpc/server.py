@@ -16,6 +16,7 @@ import signal
 from .config import BACKLOG, Config, loop_factory, remove_socket
 from .errors import ManifestError
 from .manifest import load_manifest
+from .process import keep_large_buffers
 from .protocol import FrontProtocol
 from .router import Router
 from .supervisor import RuntimeDir
@@ -37,7 +38,8 @@ class Server:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def run(self) -> None:
-        """Serve until SIGINT/SIGTERM, on the configured event loop."""
+        """Serve until SIGINT/SIGTERM, on the configured event loop (this process is the router's)."""
+        keep_large_buffers()
         with asyncio.Runner(loop_factory=loop_factory(self.config.loop)) as runner:
             runner.run(self.serve())
 
