@@ -21,6 +21,7 @@ from .execmode import ExecPlugin
 from .manifest import Manifest, PluginSpec, load_manifest
 from .outbox import Outbox
 from .pool import NOPARAMS, Call, PluginPool, PluginTarget, Target
+from .process import release_free_memory
 from .stats import CallStats
 from .supervisor import PluginState, RuntimeDir, Supervisor
 from .wire import error_response, reply_id, request_problem, result_response
@@ -54,6 +55,9 @@ class Router:
         self._time: Callable[[], float] = time.monotonic  # as pool.py: uvloop's loop.time() is coarse
         self._sweeper: asyncio.TimerHandle | None = None
         self._pool_of: dict[Supervisor, PluginPool] = {}
+        self._calls_seen = 0
+        self._heap_used = False
+        """Calls finished since memory was last given back (see `_sweep`)."""
         self._generation = 0
         self._reload_lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
@@ -201,9 +205,19 @@ class Router:
         return {"plugin": plugin, "reason": f"no plugin named {plugin!r}"}
 
     def _sweep(self) -> None:
+        """Time calls out; once a sweep interval passed with no call and none in flight, free memory."""
         now = self._time()
+        calls = busy = 0
         for pool in self._pool_of.values():  # retiring pools too: their calls keep their timeouts
             pool.sweep(now)
+            calls += pool.stats.calls
+            busy += pool.busy()
+        if calls != self._calls_seen:
+            self._calls_seen = calls
+            self._heap_used = True
+        elif self._heap_used and not busy:
+            self._heap_used = False
+            release_free_memory()
         self._sweeper = self._loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     def _on_state(self, sup: Supervisor) -> None:

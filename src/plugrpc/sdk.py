@@ -29,7 +29,6 @@ from .config import BACKLOG, bind_socket, loop_factory, remove_socket
 from .dispatch import Handler, Outcome, dispatch, encode, resolve, threaded
 from .errors import ConfigError, RpcError
 from .outbox import LineWriter, Outbox
-from .process import keep_large_buffers
 from .wire import (
     DEFAULT_MAX_LINE,
     NOID,
@@ -87,7 +86,6 @@ def serve(
     sock, bound = listening_socket(path)
     # stderr is the plugin's log (the runtime tags each line); a no-op if logging is set up already.
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    keep_large_buffers()
     try:
         with asyncio.Runner(loop_factory=loop_factory("auto")) as runner:
             runner.run(_Server(table, max_line).serve(sock))
