@@ -142,7 +142,7 @@ class FrontProtocol(LineWriter, asyncio.Protocol):
         self.calls.add(call)
 
     def deliver(self, call: Call, msg: dict[str, Any]) -> None:
-        """A response for one of our calls: restore the client's id and queue it."""
+        """A response for one of our calls: restore the client's id and send it (see outbox.py)."""
         calls = self.calls
         calls.discard(call)
         msg["id"] = call.id
@@ -156,7 +156,7 @@ class FrontProtocol(LineWriter, asyncio.Protocol):
             self.write_now(line)
         if self._closing:
             self._close_when_done()
-        elif self._inflight_paused and len(self.calls) <= self.limit // 2:
+        elif self._inflight_paused and len(calls) <= self.limit // 2:
             self._inflight_paused = False
             self._update_reading()
 

@@ -56,8 +56,9 @@ class Router:
         self._sweeper: asyncio.TimerHandle | None = None
         self._pool_of: dict[Supervisor, PluginPool] = {}
         self._calls_seen = 0
+        """Calls finished, as of the last sweep."""
         self._heap_used = False
-        """Calls finished since memory was last given back (see `_sweep`)."""
+        """Whether calls finished since memory was last given back (see `_sweep`)."""
         self._generation = 0
         self._reload_lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
