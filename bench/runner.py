@@ -49,7 +49,7 @@ def log(msg: str) -> None:
 class Settings:
     """How much to measure; `--quick` and `--tiny` shrink the same scenarios."""
 
-    rounds: int = 7
+    rounds: int = 11
     warmup: float = 0.15
     duration: float = 0.4
     concurrency: tuple[int, ...] = (1, 8, 64, 256)
