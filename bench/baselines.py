@@ -1,9 +1,16 @@
-"""The floor rows' servers: a minimal NDJSON JSON-RPC echo (1 hop) and a naive line proxy (2 hops).
+"""The floor rows' servers: an NDJSON JSON-RPC echo (1 hop), a naive line proxy and a bare parsing router (2 hops).
 
 `python -m bench.baselines echo` serves the listening socket it gets as fd 3 (LISTEN_FDS=1);
 `python -m bench.baselines proxy --upstream PATH` does too and opens one upstream connection
 per client connection, copying complete lines both ways without parsing them. Both run on
 uvloop with asyncio.Protocol and write once per read: the least any server or router can do.
+
+`python -m bench.baselines router --upstream PATH` is issue 8's design with none of plugrpc's
+features: it parses each request, routes it by the method's prefix, remaps its id onto one
+pipelined upstream connection and coalesces writes per loop turn, with plugrpc's own line
+splitter and outbox. No exports, validation, timeouts, in-flight bounds or statistics: it is
+the floor for any router that must parse, so `router / this row` is what those features cost
+and `this row / proxy` is what parsing costs on this machine.
 
 The echo answers every request with `{"jsonrpc": "2.0", "result": <params>, "id": <id>}`, so the
 same client and the same result check serve every row; it parses each line with orjson
@@ -21,7 +28,8 @@ from typing import Any
 
 import uvloop
 
-from plugrpc import wire
+from plugrpc import codes, wire
+from plugrpc.outbox import LineWriter, Outbox
 
 LISTEN_FD = 3
 
@@ -153,10 +161,85 @@ class ProxyFront(_LineForwarder):
             self._up.transport.close()
 
 
-async def serve(factory: Any) -> None:
-    """Serve fd 3 with `factory` until SIGTERM or SIGINT."""
+class _RouterUpstream(LineWriter, asyncio.Protocol):
+    """The bare router's one pipelined connection to the echo: our ids -> (client, its id)."""
+
+    def __init__(self, outbox: Outbox, lost: asyncio.Event) -> None:
+        self.outbox = outbox
+        self.lost = lost
+        self.transport: asyncio.WriteTransport | None = None
+        self._out: list[bytes] = []
+        self.splitter = wire.LineSplitter()
+        self.pending: dict[int, tuple[BareRouterFront, Any]] = {}
+        self.next_id = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost.set()
+
+    def send(self, name: str, params: Any, front: BareRouterFront, client_id: Any) -> None:
+        self.next_id = uid = self.next_id + 1
+        self.pending[uid] = (front, client_id)
+        line = wire.dumps({"jsonrpc": "2.0", "method": name, "params": params, "id": uid})
+        if len(self.pending) == 1:
+            self.write_now(line)
+        else:
+            self.queue(line)
+
+    def data_received(self, data: bytes) -> None:
+        pending = self.pending
+        for line in self.splitter.feed(data):
+            msg = wire.loads(line)
+            front, msg["id"] = pending.pop(msg["id"])
+            front.inflight -= 1
+            if front.inflight:
+                front.queue(wire.dumps(msg))
+            else:
+                front.write_now(wire.dumps(msg))
+
+
+class BareRouterFront(LineWriter, asyncio.Protocol):
+    """A client connection to the bare router."""
+
+    def __init__(self, outbox: Outbox, upstreams: dict[str, _RouterUpstream]) -> None:
+        self.outbox = outbox
+        self.upstreams = upstreams
+        self.transport: asyncio.WriteTransport | None = None
+        self._out: list[bytes] = []
+        self.splitter = wire.LineSplitter()
+        self.inflight = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        for line in self.splitter.feed(data):
+            msg = wire.loads(line)
+            plugin, _, name = msg["method"].partition(".")
+            upstream = self.upstreams.get(plugin)
+            if upstream is None:
+                self.queue(wire.error_line(msg.get("id"), codes.METHOD_NOT_FOUND))
+                continue
+            self.inflight += 1
+            upstream.send(name, msg.get("params"), self, msg["id"])
+
+
+async def serve_router(upstream: str) -> None:
+    """The bare router: every method `bench.*` goes to the one upstream connection."""
+    outbox, lost = Outbox(), asyncio.Event()
+    _, up = await asyncio.get_running_loop().create_unix_connection(lambda: _RouterUpstream(outbox, lost), upstream)
+    upstreams = {"bench": up}
+    await serve(lambda: BareRouterFront(outbox, upstreams), stop=lost)
+    if up.transport is None or up.transport.is_closing():  # not a signal: the echo went away
+        raise SystemExit("the echo closed the bare router's connection")
+
+
+async def serve(factory: Any, stop: asyncio.Event | None = None) -> None:
+    """Serve fd 3 with `factory` until SIGTERM or SIGINT (or until `stop` is set)."""
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    stop = stop or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     server = await loop.create_unix_server(factory, sock=inherited_socket(), backlog=4096)
@@ -166,16 +249,19 @@ async def serve(factory: Any) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.baselines", description=__doc__.split("\n")[0])
-    parser.add_argument("kind", choices=["echo", "proxy"])
-    parser.add_argument("--upstream", help="the echo's socket (proxy only)")
+    parser.add_argument("kind", choices=["echo", "proxy", "router"])
+    parser.add_argument("--upstream", help="the echo's socket (proxy and router)")
     args = parser.parse_args()
     if args.kind == "echo":
         uvloop.run(serve(EchoProtocol))
-    else:
-        if not args.upstream:
-            parser.error("proxy needs --upstream")
-        upstream = args.upstream
+        return
+    if not args.upstream:
+        parser.error(f"{args.kind} needs --upstream")
+    upstream = args.upstream
+    if args.kind == "proxy":
         uvloop.run(serve(lambda: ProxyFront(upstream)))
+    else:
+        uvloop.run(serve_router(upstream))
 
 
 if __name__ == "__main__":

@@ -57,6 +57,9 @@ class Row:
     """Whether many calls may be in flight on one connection."""
     max_payload: int | None = None
     max_payload_reason: str = ""
+    only: frozenset[str] | None = None
+    """The scenarios (keys) this row is measured in; None: all of them."""
+    only_reason: str = ""
     skip_reason: str | None = None
     group: str = ""
     notes: list[str] = field(default_factory=list)
@@ -96,6 +99,8 @@ def router_loop_option() -> str | None:
     return None
 
 
+TARGET_SCENARIOS: Final = frozenset({"conns-c1-100B", "conns-c64-100B"})
+"""Where the router is compared with the proxy by issue 8's latency and throughput targets."""
 EXEC_ARG_LIMIT: Final = 128 * 1024
 EXEC_ARG_REASON: Final = "core0 passes args in argv; Linux caps one argument at 128 KiB (MAX_ARG_STRLEN)"
 
@@ -108,6 +113,9 @@ def define_rows(which: set[str] | None = None) -> list[Row]:
     rows = [
         Row("floor", "floor: uvloop NDJSON echo", 1, "bare", "echo", group="floor"),
         Row("proxy", "floor: naive line proxy -> echo", 2, "bare", "proxy", group="floor"),
+        Row("bare_router", "floor: bare parsing router -> echo", 2, "bare", "bare-router", method="bench.echo",
+            only=TARGET_SCENARIOS, only_reason="measured only where issue 8's targets are, to keep the run short",
+            group="floor"),
         Row("direct", "SDK plugin, direct", 1, "bare", "sdk", skip_reason=sdk, group="plugrpc"),
         Row("router", "router + SDK plugin", 2, "bare", "router", method="bench.echo", skip_reason=router,
             group="plugrpc"),
@@ -231,6 +239,13 @@ class Lab:
                 "proxy", [sys.executable, "-m", "bench.baselines", "proxy", "--upstream", echo.path]
             )
             return Server(proxy.path, proxy.front, lambda: {"proxy": [proxy.front.pid], "echo": [echo.front.pid]})
+        if key == "bare-router":
+            echo = await self.server("echo")
+            bare = await self._fd3_server(
+                "bare-router", [sys.executable, "-m", "bench.baselines", "router", "--upstream", echo.path],
+                check_method="bench.echo",
+            )
+            return Server(bare.path, bare.front, lambda: {"bare router": [bare.front.pid], "echo": [echo.front.pid]})
         if key == "sdk":
             return await self._fd3_server("sdk", [sys.executable, os.fspath(PLUGINS / "sdk_echo.py")], role="plugin")
         if key == "jsonrpcserver":
@@ -253,7 +268,8 @@ class Lab:
             return Server(os.fspath(path), child, lambda: {"server": [child.pid]})
         raise BenchError(f"unknown server {key}")
 
-    async def _fd3_server(self, name: str, argv: list[str], role: str | None = None, check: bool = True) -> Server:
+    async def _fd3_server(self, name: str, argv: list[str], role: str | None = None, check: bool = True,
+                          check_method: str = "echo") -> Server:
         path = self._sock(name)
         sock = listening_socket(path)
         try:
@@ -262,7 +278,7 @@ class Lab:
             sock.close()
         server = Server(os.fspath(path), child, lambda: {role or name: [child.pid]})
         if check:
-            await self.check_echo(server, "echo")
+            await self.check_echo(server, check_method)
         return server
 
     async def start_router(self, name: str, plugins: int, loop: str | None = None) -> Server:

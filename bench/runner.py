@@ -125,6 +125,8 @@ def not_applicable(row: Row, scen: Scenario) -> str | None:
         return "HTTP/1.1 (aiohttp) has one call in flight per connection: no pipelining"
     if row.max_payload is not None and scen.payload > row.max_payload:
         return row.max_payload_reason
+    if row.only is not None and scen.key not in row.only:
+        return row.only_reason
     return None
 
 
