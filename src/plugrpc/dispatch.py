@@ -96,7 +96,29 @@ def dispatch(table: Mapping[str, Handler], msg: Any) -> Outcome:
 
 
 def dispatch_one(table: Mapping[str, Handler], msg: Any) -> Outcome:
-    """Check the envelope, find the handler, and call it (inline when sync)."""
+    """Check the envelope, find the handler, and call it (inline when sync).
+
+    The common case, a well-formed call of a sync command with its params as an object, is
+    recognised and run right here; everything else is sorted out by `_dispatch_checked`.
+    """
+    if type(msg) is dict and msg.get("jsonrpc") == "2.0":
+        params = msg.get("params")
+        method = msg.get("method")
+        if type(params) is dict and type(method) is str and "id" in msg:
+            handler = table.get(method)
+            id = msg["id"]
+            kind = type(id)
+            if handler is not None and handler.inline and (kind is int or kind is str):
+                try:  # `run`, inlined: two frames fewer on every call
+                    result = handler.fn(**params)
+                except Exception as exc:
+                    return {"jsonrpc": "2.0", "error": failure(handler, params, exc), "id": id}
+                return success(result, id)
+    return _dispatch_checked(table, msg)
+
+
+def _dispatch_checked(table: Mapping[str, Handler], msg: Any) -> Outcome:
+    """`dispatch_one` for any message: the envelope is checked first (-32600 when invalid)."""
     problem = request_problem(msg)
     if problem is not None:
         # JSON-RPC 2.0: an invalid request is answered even without an id (with id null).
