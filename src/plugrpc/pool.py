@@ -26,7 +26,7 @@ import orjson
 from . import codes
 from .manifest import PluginSpec
 from .outbox import LineWriter, Outbox
-from .stats import CallStats
+from .stats import BUCKET_OF, TABLE_LIMIT, CallStats, bucket
 from .supervisor import PluginState, Supervisor
 from .wire import NOID, JSONDecodeError, LineSplitter, LineTooLong, dumps, error_response, loads
 
@@ -167,12 +167,14 @@ class Upstream(LineWriter, asyncio.Protocol):
                     continue
                 self.reset(f"sent something that answers no call it was given: {line[:200]!r}")
                 return
-            response = _response(msg)
-            if response is None:
-                pending[call.uid] = call  # back in place, so the reset fails it like the others
-                self.reset(f"sent an invalid JSON-RPC 2.0 response: {line[:200]!r}")
-                return
-            finish(call, response)
+            if len(msg) != 3 or "result" not in msg or msg.get("jsonrpc") != "2.0":  # not the usual answer
+                response = _response(msg)
+                if response is None:
+                    pending[call.uid] = call  # back in place, so the reset fails it like the others
+                    self.reset(f"sent an invalid JSON-RPC 2.0 response: {line[:200]!r}")
+                    return
+                msg = response
+            finish(call, msg)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -310,15 +312,13 @@ class PluginPool:
         sink = call.sink
         if sink is not None:
             call.sink = None
+            sink.deliver(call, msg)  # first: the caller's wait ends before our bookkeeping
             # CallStats.record, inlined: this runs once per call.
             stats = self.stats
-            stats.calls += 1
             if "error" in msg:
                 stats.errors += 1
             us = int((_now() - call.started) * 1_000_000)
-            bits = us.bit_length()
-            stats.hist[us if bits < 3 else (bits << 2) | ((us >> (bits - 3)) & 3)] += 1
-            sink.deliver(call, msg)
+            stats.hist[BUCKET_OF[us] if us < TABLE_LIMIT else bucket(us)] += 1
         if self.waiting:
             self._run_assign()
 

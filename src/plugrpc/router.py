@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from .protocol import FrontProtocol
 
 log = logging.getLogger("plugrpc.router")
+_now = time.monotonic
+"""The clock of calls, as in pool.py (uvloop's `loop.time()` is cached per turn at 1 ms resolution)."""
 
 SWEEP_INTERVAL: Final = 0.05
 """Seconds between timeout sweeps; a call times out at most this late."""
@@ -52,7 +54,6 @@ class Router:
         self.clients: set[FrontProtocol] = set()
         self.started = time.monotonic()
         self._loop = asyncio.get_running_loop()
-        self._time: Callable[[], float] = time.monotonic  # as pool.py: uvloop's loop.time() is coarse
         self._sweeper: asyncio.TimerHandle | None = None
         self._pool_of: dict[Supervisor, PluginPool] = {}
         self._calls_seen = 0
@@ -177,7 +178,7 @@ class Router:
                         id = msg["id"]
                         kind = type(id)
                         if kind is int or kind is str or id is None or kind is float:
-                            call = Call(sink, id, name, params, self._time())
+                            call = Call(sink, id, name, params, _now())
                             sink.track(call)
                             target.submit(call)
                             return
@@ -207,7 +208,7 @@ class Router:
 
     def _sweep(self) -> None:
         """Time calls out; once a sweep interval passed with no call and none in flight, free memory."""
-        now = self._time()
+        now = _now()
         calls = busy = 0
         for pool in self._pool_of.values():  # retiring pools too: their calls keep their timeouts
             pool.sweep(now)
@@ -235,7 +236,7 @@ class Router:
     async def call_plugin(self, name: str, method: str, params: Any = NOPARAMS, timeout: float = 5.0) -> Any:
         """Call any method of a plugin from inside the router (not limited to its exports)."""
         fut: asyncio.Future[dict[str, Any]] = self._loop.create_future()
-        call = Call(FutureSink(fut), 0, method, params, self._time())
+        call = Call(FutureSink(fut), 0, method, params, _now())
         self.targets[name].submit(call)
         try:
             msg = await asyncio.wait_for(fut, timeout)
