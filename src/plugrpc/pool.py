@@ -40,7 +40,7 @@ NOPARAMS: Final[Any] = NOID
 _RUNNING: Final = PluginState.RUNNING
 _NEWLINE: Final = orjson.OPT_APPEND_NEWLINE
 _dumps = orjson.dumps
-_now = time.monotonic
+clock = time.monotonic
 """The clock of calls. Not `loop.time()`: uvloop's is cached per loop turn at 1 ms resolution."""
 
 
@@ -99,13 +99,12 @@ def _response(msg: dict[str, Any]) -> dict[str, Any] | None:
     """A plugin's response rebuilt from its valid parts, or None when it is not JSON-RPC 2.0.
 
     Rebuilding drops members the spec does not define, so a client only ever gets a response
-    with `jsonrpc`, exactly one of `result` or `error` (code, message, data) and `id`.
+    with `jsonrpc`, exactly one of `result` or `error` (code, message, data) and `id`. The usual
+    answer, exactly those three members with a result, is used as it is and never comes here.
     """
     if msg.get("jsonrpc") != "2.0":
         return None
     if "result" in msg:
-        if len(msg) == 3:  # jsonrpc, result, id: nothing to drop, use it as it is
-            return msg
         if "error" in msg:
             return None
         return {"jsonrpc": "2.0", "result": msg["result"], "id": None}
@@ -301,7 +300,7 @@ class PluginPool:
         conn = call.conn
         if conn is not None and conn.pending.pop(call.uid, None) is not None:
             self.inflight -= 1
-            conn.abandon(call.uid, _now())
+            conn.abandon(call.uid, clock())
             self._run_assign()
 
     # --- completion ----------------------------------------------------------------------
@@ -317,7 +316,7 @@ class PluginPool:
             stats = self.stats
             if "error" in msg:
                 stats.errors += 1
-            us = int((_now() - call.started) * 1_000_000)
+            us = int((clock() - call.started) * 1_000_000)
             stats.hist[BUCKET_OF[us] if us < TABLE_LIMIT else bucket(us)] += 1
         if self.waiting:
             self._run_assign()
@@ -337,7 +336,7 @@ class PluginPool:
         if sink is None:
             return
         call.sink = None
-        self.stats.record(_now() - call.started, True)
+        self.stats.record(clock() - call.started, True)
         if code == codes.CALL_TIMEOUT:
             self.stats.timeouts += 1
         sink.deliver(call, error_response(call.id, code, data={"plugin": self.name, "reason": reason}))

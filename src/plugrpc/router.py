@@ -20,7 +20,7 @@ from .errors import ManifestError, RpcError
 from .execmode import ExecPlugin
 from .manifest import Manifest, PluginSpec, load_manifest
 from .outbox import Outbox
-from .pool import NOPARAMS, Call, PluginPool, PluginTarget, Target
+from .pool import NOPARAMS, Call, PluginPool, PluginTarget, Target, clock
 from .process import release_free_memory
 from .stats import CallStats
 from .supervisor import PluginState, RuntimeDir, Supervisor
@@ -30,8 +30,6 @@ if TYPE_CHECKING:
     from .protocol import FrontProtocol
 
 log = logging.getLogger("plugrpc.router")
-_now = time.monotonic
-"""The clock of calls, as in pool.py (uvloop's `loop.time()` is cached per turn at 1 ms resolution)."""
 
 SWEEP_INTERVAL: Final = 0.05
 """Seconds between timeout sweeps; a call times out at most this late."""
@@ -178,7 +176,7 @@ class Router:
                         id = msg["id"]
                         kind = type(id)
                         if kind is int or kind is str or id is None or kind is float:
-                            call = Call(sink, id, name, params, _now())
+                            call = Call(sink, id, name, params, clock())
                             sink.track(call)
                             target.submit(call)
                             return
@@ -208,7 +206,7 @@ class Router:
 
     def _sweep(self) -> None:
         """Time calls out; once a sweep interval passed with no call and none in flight, free memory."""
-        now = _now()
+        now = clock()
         calls = busy = 0
         for pool in self._pool_of.values():  # retiring pools too: their calls keep their timeouts
             pool.sweep(now)
@@ -236,7 +234,7 @@ class Router:
     async def call_plugin(self, name: str, method: str, params: Any = NOPARAMS, timeout: float = 5.0) -> Any:
         """Call any method of a plugin from inside the router (not limited to its exports)."""
         fut: asyncio.Future[dict[str, Any]] = self._loop.create_future()
-        call = Call(FutureSink(fut), 0, method, params, _now())
+        call = Call(FutureSink(fut), 0, method, params, clock())
         self.targets[name].submit(call)
         try:
             msg = await asyncio.wait_for(fut, timeout)
@@ -348,7 +346,7 @@ class ExecTarget:
         else:
             log.error("exec call failed: %r", exc, extra={"plugin": self.plugin.spec.name})
             msg = error_response(call.id, codes.INTERNAL_ERROR, data={"plugin": self.plugin.spec.name})
-        self.stats.record(time.monotonic() - call.started, exc is not None)
+        self.stats.record(clock() - call.started, exc is not None)
         sink.deliver(call, msg)
 
     def status(self) -> dict[str, Any]:
