@@ -261,8 +261,8 @@ class Router:
 
 async def _until_idle(busy: Callable[[], int], timeout: float) -> bool:
     """Poll `busy()` every 20 ms until it is 0 or `timeout` passes; True if it reached 0."""
-    deadline = time.monotonic() + timeout
-    while busy() and time.monotonic() < deadline:
+    deadline = clock() + timeout
+    while busy() and clock() < deadline:
         await asyncio.sleep(0.02)
     return not busy()
 

@@ -30,8 +30,9 @@ def _bucket_table(bits_limit: int) -> bytes:
     return b"".join(runs)
 
 
-TABLE_LIMIT: Final = 1 << 16
-BUCKET_OF: Final = _bucket_table(16)
+_TABLE_BITS: Final = 16
+TABLE_LIMIT: Final = 1 << _TABLE_BITS
+BUCKET_OF: Final = _bucket_table(_TABLE_BITS)
 """`bucket` of every latency under 65 ms, looked up instead of computed on the hot path."""
 
 
