@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-from plugrpc.process import die_with_parent
+from plugrpc.process.env import die_with_parent
 
 LISTEN_FD = 3
 """systemd socket activation (and DESIGN.md's plugin contract) put the listening socket here."""

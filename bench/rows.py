@@ -83,7 +83,7 @@ def plugrpc_script() -> list[str]:
     script = Path(sys.executable).with_name("plugrpc")
     if script.exists():
         return [os.fspath(script)]
-    return [sys.executable, "-c", "import sys; from plugrpc.cli import main; sys.exit(main())"]
+    return [sys.executable, "-c", "import sys; from plugrpc.tools.cli import main; sys.exit(main())"]
 
 
 def router_loop_option() -> str | None:
@@ -108,7 +108,7 @@ EXEC_ARG_REASON: Final = "core0 passes args in argv; Linux caps one argument at 
 def define_rows(which: set[str] | None = None) -> list[Row]:
     """Every row, with a skip reason where its prerequisites are missing on this machine."""
     sdk = None if _plugrpc_has("serve") else "plugrpc.serve (the SDK) is not available yet"
-    cli = None if _has("plugrpc.cli") else "the router CLI (plugrpc.cli) is not available yet"
+    cli = None if _has("plugrpc.tools.cli") else "the router CLI (plugrpc.cli) is not available yet"
     router = sdk or cli
     rows = [
         Row("floor", "floor: uvloop NDJSON echo", 1, "bare", "echo", group="floor"),

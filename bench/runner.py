@@ -444,7 +444,7 @@ def dispatch_candidates() -> dict[str, Callable[[], Any] | str]:
 
     out: dict[str, Callable[[], Any] | str] = {"orjson envelope only (floor)": floor}
     try:
-        from plugrpc import dispatch as sdk
+        from plugrpc.plugin import dispatch as sdk
     except ImportError as exc:
         out["plugrpc.dispatch (SDK)"] = f"plugrpc.dispatch is not available: {exc}"
     else:

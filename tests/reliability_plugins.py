@@ -184,7 +184,7 @@ ECHO = '''
 #!/usr/bin/env python3
 import asyncio, os, subprocess, sys
 import plugrpc
-from plugrpc.sdk import threaded
+from plugrpc.plugin.sdk import threaded
 
 NAME = os.environ["PLUGRPC_PLUGIN"]
 STATS = {"calls": 0, "running": 0, "peak": 0, "cancelled": 0, "hidden": 0}

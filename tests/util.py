@@ -14,6 +14,13 @@ import orjson
 
 from plugrpc.testing import wait_for_socket
 
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+PLUGINS = TESTS / "plugins"
+"""Plugin scripts the tests run."""
+LEGACY = TESTS / "legacy"
+"""core0-style exec plugins (shell and C)."""
+
 
 class RawConn:
     """A blocking NDJSON connection with a timeout on every read: nothing can hang a test."""
@@ -67,7 +74,7 @@ def req(method: str, params: Any = None, id: Any = 1) -> dict[str, Any]:
     return msg
 
 
-BASIC = Path(__file__).parent / "plugins" / "sdk_basic.py"
+BASIC = PLUGINS / "sdk_basic.py"
 
 
 class BasicPlugin:

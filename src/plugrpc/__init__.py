@@ -14,9 +14,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .api import call, run
-    from .blocking import BlockingClient
-    from .client import Client
+    from .client.aio import Client
+    from .client.blocking import BlockingClient
     from .config import Config
     from .errors import (
         CallTimeout,
@@ -30,13 +29,14 @@ if TYPE_CHECKING:
         PlugrpcError,
         RpcError,
     )
-    from .sdk import serve, threaded
+    from .plugin.sdk import serve, threaded
+    from .tools.api import call, run
 
 # Names are imported on first use: a plugin process that only needs `serve` must not pay for
 # importing the router, the supervisor and the clients at every (re)start.
 _WHERE = {
-    "call": "api", "run": "api", "BlockingClient": "blocking", "Client": "client", "Config": "config",
-    "serve": "sdk", "threaded": "sdk", **{name: "errors" for name in (
+    "call": "tools.api", "run": "tools.api", "BlockingClient": "client.blocking", "Client": "client.aio",
+    "Config": "config", "serve": "plugin.sdk", "threaded": "plugin.sdk", **{name: "errors" for name in (
         "CallTimeout", "ConfigError", "ConnectError", "ConnectionLost", "ManifestError", "MessageTooLarge",
         "Overloaded", "PluginUnavailable", "PlugrpcError", "RpcError")},
 }

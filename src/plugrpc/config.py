@@ -22,8 +22,9 @@ from typing import Final, Literal
 from .errors import ConfigError
 from .wire import DEFAULT_MAX_LINE
 
-EXAMPLE_ROOT: Final = Path(__file__).resolve().parents[2] / "examples" / "image"
-"""The bundled example image (examples/image in the source tree), run when `plugrpc run` gets no `--root`."""
+EXAMPLE_ROOT: Final = Path(__file__).resolve().parent / "image"
+"""The bundled example image, shipped inside the package (examples/image in the source tree links
+to it), run when `plugrpc run` gets no `--root`."""
 
 LoopName = Literal["auto", "uvloop", "asyncio"]
 log = logging.getLogger("plugrpc.config")
@@ -139,20 +140,33 @@ class Config:
         self.root = Path(self.root)
         self.socket = Path(self.socket)
         if self.max_line < 1024:
-            raise ConfigError(f"max_line must be at least 1024 bytes, got {self.max_line}")
+            raise ConfigError(f"--max-line (max_line) must be at least 1024 bytes, got {self.max_line}")
         if not 0 <= self.socket_mode <= 0o777:
-            raise ConfigError(f"socket_mode must be a permission mode like 0o600, got {self.socket_mode:o}")
+            raise ConfigError(f"--socket-mode (socket_mode) must be a permission mode like 0600, "
+                              f"got {self.socket_mode:o}")
         if self.max_inflight_per_client < 1:
             raise ConfigError("max_inflight_per_client must be at least 1")
+        if self.shutdown_grace < 0:
+            raise ConfigError(f"--shutdown-grace (shutdown_grace) must be 0 or more seconds, got {self.shutdown_grace}")
 
     def bind_socket(self) -> Socket:
         """Create the socket's private directory (when it is the default one) and bind it."""
         parent = self.socket.parent
-        if self.socket == default_socket() and not os.environ.get("PLUGRPC_ROUTER"):
+        if self._default_dir():
             private_dir(parent)
         elif not parent.is_dir():
             raise ConfigError(f"directory of --socket does not exist: {parent}")
         return bind_socket(self.socket, self.socket_mode)
+
+    def unbind_socket(self) -> None:
+        """Remove the socket, and its private directory when it is the default one and now empty."""
+        remove_socket(self.socket)
+        if self._default_dir():
+            with contextlib.suppress(OSError):  # not empty: another router's socket is in it
+                self.socket.parent.rmdir()
+
+    def _default_dir(self) -> bool:
+        return self.socket == default_socket() and not os.environ.get("PLUGRPC_ROUTER")
 
 
 def remove_socket(path: Path) -> None:

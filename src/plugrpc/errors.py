@@ -38,7 +38,15 @@ class ConnectError(PlugrpcError):
 
 
 class ConnectionLost(PlugrpcError):
-    """Raised for calls in flight when the connection closes before their response arrives."""
+    """Raised for calls in flight when the connection closes before their response arrives.
+
+    `error` is the JSON-RPC error the peer sent about no call in particular just before it
+    closed (a line over its size limit: -32004; a refused uid), which is usually why.
+    """
+
+    def __init__(self, message: str, error: RpcError | None = None) -> None:
+        super().__init__(message)
+        self.error = error
 
 
 class RpcError(PlugrpcError):

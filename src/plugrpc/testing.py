@@ -39,8 +39,8 @@ from typing import Any
 
 import pytest
 
-from .blocking import BlockingClient
-from .client import Client
+from .client.aio import Client
+from .client.blocking import BlockingClient
 from .manifest import NAME_RE
 
 READY_TIMEOUT = 20.0
@@ -105,7 +105,7 @@ class RouterProcess:
     def __init__(self, root: Path, sock: Path, args: Sequence[str] = (), env: Mapping[str, str] | None = None) -> None:
         self.root, self.socket = root, sock
         self.log_path = sock.parent / f"{sock.stem}.log"
-        command = [sys.executable, "-m", "plugrpc.cli", "run", "--root", str(root), "--socket", str(sock), *args]
+        command = [sys.executable, "-m", "plugrpc", "run", "--root", str(root), "--socket", str(sock), *args]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                          env={**os.environ, **(env or {})})

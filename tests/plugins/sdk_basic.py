@@ -7,7 +7,7 @@ import os
 import time
 
 from plugrpc.errors import RpcError
-from plugrpc.sdk import serve, threaded
+from plugrpc.plugin.sdk import serve, threaded
 
 CANCELLED: list[str] = []
 STARTED: set[str] = set()

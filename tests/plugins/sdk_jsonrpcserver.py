@@ -2,7 +2,7 @@
 
 from jsonrpcserver import Error, InvalidParams, JsonRpcError, Result, Success, method
 
-from plugrpc.sdk import serve
+from plugrpc.plugin.sdk import serve
 
 
 @method

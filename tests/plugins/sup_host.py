@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from plugrpc.manifest import PluginSpec
-from plugrpc.supervisor import PluginState, Supervisor
+from plugrpc.process.supervisor import PluginState, Supervisor
 
 
 def fd_free(fd: int) -> bool:

@@ -1,0 +1,287 @@
+"""`Client`: the async caller of a router (or of a plugin's socket directly).
+
+    async with Client(path) as c:
+        await c.raw("ovs.version", {})      # core0's container.raw, over JSON-RPC
+
+One connection carries many concurrent calls, pipelined and matched by id. Requests are built
+with jsonrpcclient's `request_pure` (with our own integer ids); an error response goes through
+its `to_response` and raises the matching `RpcError` subclass. Requests queued in the same
+loop turn leave in one write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+from jsonrpcclient.requests import notification, request_pure
+from jsonrpcclient.responses import to_response
+
+from .. import codes
+from ..config import default_socket
+from ..errors import CallTimeout, ConnectError, ConnectionLost, RpcError, rpc_error
+from ..outbox import LineWriter, Outbox
+from ..wire import DEFAULT_MAX_LINE, JSONDecodeError, LineSplitter, LineTooLong, dumps, loads
+
+__all__ = ["Client"]
+
+log = logging.getLogger("plugrpc.client")
+
+CANCEL: Final = "rpc.cancel"
+CLOSED: Final = "the client is closed"
+_HINT: Final = "start a router with `plugrpc run`"
+CONNECT_TIMEOUT: Final = 30.0
+"""Seconds `connect` waits for room in a full accept backlog when the client has no timeout."""
+BACKLOG_RETRY: Final = 0.01
+"""Seconds between connect attempts while the listener's backlog is full."""
+FLUSH_EVERY: Final = 64
+"""Requests queued in one loop turn leave in one write, but a big burst leaves every 64 lines,
+so the peer starts on it while the rest is still being queued (measured: less CPU and wall
+time than one write per call or per turn at 10-1000 concurrent calls)."""
+
+
+class Client:
+    """An async JSON-RPC client on one unix-socket connection; safe for many concurrent calls."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, timeout: float | None = None) -> None:
+        self.path = Path(path) if path is not None else default_socket()
+        self.timeout = timeout
+        """Default seconds a call may take (None: wait as long as the router lets it run)."""
+        self._conn: _Connection | None = None
+        self._closed = False
+        self._connect_lock = asyncio.Lock()
+        self._ids = itertools.count(1)
+
+    def __repr__(self) -> str:
+        conn = self._conn
+        state = "unconnected" if conn is None else "lost" if conn.lost is not None else "open"
+        pending = 0 if conn is None else len(conn.pending)
+        return f"<Client {self.path} {state} pending={pending}>"
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Open the connection (calls do it on first use); raises ConnectError if nobody listens."""
+        async with self._connect_lock:
+            if self._closed:
+                raise ConnectionLost(CLOSED)
+            if self._conn is not None:
+                return
+            loop = asyncio.get_running_loop()
+            try:
+                sock = await _connect_unix(self.path, CONNECT_TIMEOUT if self.timeout is None else self.timeout)
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                raise ConnectError(f"cannot connect to {self.path}: {exc.strerror}; {_HINT}") from exc
+            except OSError as exc:
+                raise ConnectError(f"cannot connect to {self.path}: {exc}") from exc
+            try:
+                _, self._conn = await loop.create_unix_connection(lambda: _Connection(loop), sock=sock)
+            except BaseException:
+                sock.close()
+                raise
+
+    async def raw(self, method: str, params: Any = None, *, timeout: float | None = None) -> Any:
+        """Call `method` with `params` (object or array) and return its result.
+
+        Raises RpcError (the subclass for its code) on a JSON-RPC error, CallTimeout after
+        `timeout` (default: the client's), ConnectionLost if the connection goes first.
+        The timeout is a parameter (not `asyncio.timeout`) so BlockingClient callers have one
+        too; it costs one timer handle.
+        """
+        conn = self._conn
+        if conn is None:
+            await self.connect()
+            conn = self._conn
+            assert conn is not None
+        id = next(self._ids)
+        future = conn.call(id, dumps(request_pure(self._ids, method, params, id)))
+        if timeout is None:
+            timeout = self.timeout
+        expiry = None if timeout is None else conn.loop.call_later(timeout, _expire, future, method, timeout)
+        try:
+            return await future
+        except BaseException:
+            # Timed out or cancelled: forget the call and tell the peer to stop working on it.
+            if conn.pending.pop(id, None) is not None:
+                conn.notify(CANCEL, {"id": id})
+            raise
+        finally:
+            if expiry is not None:
+                expiry.cancel()
+
+    async def notify(self, method: str, params: Any = None) -> None:
+        """Send a notification: no response, no error, even if `method` does not exist."""
+        if self._conn is None:
+            await self.connect()
+            assert self._conn is not None
+        self._conn.notify(method, params)
+
+    async def close(self) -> None:
+        """Close the connection; calls in flight and later calls fail with ConnectionLost."""
+        self._closed = True
+        if self._conn is not None:
+            await self._conn.close()
+
+
+async def _connect_unix(path: Path, timeout: float) -> socket.socket:
+    """A connected non-blocking unix socket; waits (up to `timeout`) while the listener's backlog is full.
+
+    AF_UNIX reports a full accept backlog as EAGAIN. asyncio's own connect takes that for "in
+    progress" and hands back a socket that is not connected at all (the first read fails with
+    EINVAL); uvloop raises it. A burst of clients connecting at once must wait instead, as a
+    blocking connect() would.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                sock.connect(os.fspath(path))
+                return sock
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise ConnectError(f"cannot connect to {path}: its backlog stayed full for {timeout:g}s") from None
+                await asyncio.sleep(BACKLOG_RETRY)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _error(msg: dict[str, Any]) -> RpcError:
+    """The exception for an error response. A malformed one fails its own call (-32603), not the connection."""
+    error = msg.get("error")
+    if type(error) is dict and type(error.get("code")) is int and type(error.get("message")) is str:
+        return rpc_error(to_response(msg)._asdict())
+    return RpcError(codes.INTERNAL_ERROR, codes.MESSAGES[codes.INTERNAL_ERROR],
+                    f"the peer sent a malformed response: {msg!r:.300}")
+
+
+def _expire(future: asyncio.Future[Any], method: str, timeout: float) -> None:
+    if not future.done():
+        message = codes.MESSAGES[codes.CALL_TIMEOUT]
+        future.set_exception(CallTimeout(codes.CALL_TIMEOUT, message, f"{method} got no response within {timeout:g}s"))
+
+
+class _Connection(LineWriter, asyncio.Protocol):
+    """The protocol under a Client: writes requests, matches responses to futures by id."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.outbox = Outbox()
+        self.transport: asyncio.Transport | None = None
+        self._splitter = LineSplitter(DEFAULT_MAX_LINE)
+        self._out: list[bytes] = []
+        self.pending: dict[int, asyncio.Future[Any]] = {}
+        self.lost: str | None = None
+        """Why the connection is gone, once it is; every later call raises ConnectionLost with it."""
+        self._peer_error: RpcError | None = None
+        """The last error the peer sent about no call in particular, often why it then closes."""
+        self._closed: asyncio.Future[None] = loop.create_future()
+
+    def call(self, id: int, line: bytes) -> asyncio.Future[Any]:
+        """Queue a request and return the future its response will resolve."""
+        if self.lost is not None:
+            raise ConnectionLost(self.lost)
+        future = self.pending[id] = self.loop.create_future()
+        if len(self.pending) == 1:  # the only call in flight: nothing can join it, send it now
+            self.write_now(line)
+        else:
+            self._send(line)
+        return future
+
+    def notify(self, method: str, params: Any) -> None:
+        if self.lost is not None:
+            raise ConnectionLost(self.lost)
+        self._send(dumps(notification(method, params)))
+
+    async def close(self) -> None:
+        if self.lost is None:
+            self.lost = CLOSED
+            self.flush()
+            assert self.transport is not None
+            self.transport.close()
+        await self._closed
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.lost is None:
+            why = f"connection lost: {exc}" if exc is not None else "the peer closed the connection"
+            self.lost = f"{why} after reporting: {self._peer_error}" if self._peer_error else why
+        pending, self.pending = self.pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(ConnectionLost(self.lost, self._peer_error))
+        self._closed.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            lines = self._splitter.feed(data)
+        except LineTooLong as exc:
+            self._fail(f"a response exceeded {self._splitter.max_line} bytes ({exc})")
+            return
+        for line in lines:
+            try:
+                msg = loads(line)
+            except JSONDecodeError as exc:
+                self._fail(f"the peer sent a line that is not JSON: {exc}")
+                return
+            if type(msg) is list:  # a peer may answer pipelined requests with a batch
+                for response in msg:
+                    self._resolve(response)
+            else:
+                self._resolve(msg)
+
+    # Internals
+
+    def _resolve(self, msg: Any) -> None:
+        try:
+            future = self.pending.pop(msg["id"], None)
+        except (KeyError, TypeError) as exc:  # not an object, no id, or an id no call can have
+            self._fail(f"the peer sent a malformed response {msg!r:.300}: {exc!r}")
+            return
+        if future is None:
+            self._unmatched(msg)
+        elif future.done():  # timed out just now
+            pass
+        elif "result" in msg:
+            # The hot path takes the result as is; building an `Ok` per call would cost ~8%.
+            future.set_result(msg["result"])
+        else:
+            future.set_exception(_error(msg))
+
+    def _unmatched(self, msg: dict[str, Any]) -> None:
+        """A response to no call of ours: a call we gave up on, or an error about no request (id null)."""
+        if msg["id"] is None and "error" in msg:
+            self._peer_error = _error(msg)
+            log.warning("the peer reported an error about no call in particular: %s", self._peer_error)
+
+    def _fail(self, why: str) -> None:
+        log.error("%s; closing the connection", why)
+        self.lost = why
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _send(self, line: bytes) -> None:
+        """Queue a line; the lines of one loop turn leave in one write (or every FLUSH_EVERY)."""
+        self.queue(line)
+        if len(self._out) >= FLUSH_EVERY:
+            self.flush()

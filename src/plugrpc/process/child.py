@@ -1,0 +1,336 @@
+"""The mechanics of a plugin process: fork and exec with fd 3, exit watching, log pipes, stopping.
+
+Shared by the supervisor of persistent plugins and by exec mode: how an exit is named
+(`describe_exit`), how a process group is stopped (`terminate`: SIGTERM, grace, SIGKILL), and
+how output lines become log records and logbook lines (`LogPipe`). No restart policy lives here:
+that is the supervisor's state machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import functools
+import logging
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any, Final, Protocol
+
+from ..manifest import PluginSpec
+from ..wire import LineSplitter
+from .env import die_with_parent, log_line
+from .reaper import reaper
+
+LISTEN_FD: Final = 3
+"""First socket-activation fd (systemd's SD_LISTEN_FDS_START)."""
+LOG_MAX_LINE: Final = 64 * 1024
+"""Longer stdout/stderr lines are logged truncated to this many bytes."""
+LOG_DRAIN: Final = 1.0
+"""Seconds to wait for the log pipes to reach EOF after the process exited."""
+
+OnLine = Callable[[int, str], None]
+"""Receives each line a plugin printed, with its level (the plugin's logbook)."""
+
+log = logging.getLogger("plugrpc.process")
+
+
+def describe_exit(returncode: int) -> str:
+    """`exit code 3` or `signal SIGKILL`, for logs and error messages."""
+    if returncode >= 0:
+        return f"exit code {returncode}"
+    try:
+        return f"signal {signal.Signals(-returncode).name}"
+    except ValueError:
+        return f"signal {-returncode}"
+
+
+class Group(Protocol):
+    """A process group that can be asked to stop: a plugin process, or one execution of an exec plugin."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+    exited: asyncio.Future[Any]
+    """Resolved once the process is gone (reaped)."""
+    kill_at: float | None
+    """When SIGKILL follows the SIGTERM already sent; None before `terminate`."""
+
+    def signal_group(self, sig: int) -> None: ...
+
+
+async def terminate(group: Group, grace: float) -> bool:
+    """SIGTERM the group, SIGKILL it `grace` seconds later if it is still there, and wait until it
+    is gone. Calling it again joins the first call's deadline. True if SIGKILL was needed."""
+    if group.exited.done():
+        return False
+    if group.kill_at is None:
+        group.kill_at = time.monotonic() + grace
+        group.signal_group(signal.SIGTERM)
+    await asyncio.wait((group.exited,), timeout=max(0.0, group.kill_at - time.monotonic()))
+    if group.exited.done():
+        return False
+    log.warning("pid %s still running %gs after SIGTERM, sending SIGKILL", group.pid, grace,
+                extra={"plugin": group.name, "pid": group.pid})
+    group.signal_group(signal.SIGKILL)
+    # No timeout: SIGKILL cannot be caught, and giving up here would leave a child behind.
+    await asyncio.wait((group.exited,))
+    return True
+
+
+class ExecFailed(OSError):
+    """The child was forked but could not execute the plugin (no #! line, missing interpreter...)."""
+
+
+class Child:
+    """One plugin process: the Popen, its exit watcher and its two log pipes.
+
+    `exited` resolves with the return code once the process has exited and has been reaped.
+    Exit is seen through a pidfd on the event loop (asyncio and uvloop alike), or by a thread
+    blocked in waitid() where pidfds are unavailable. Either way the process group is killed
+    and the process reaped on the loop's thread while its pid is still reserved (a zombie), so
+    no signal can reach a recycled pid. Spawned on the loop's thread too: PR_SET_PDEATHSIG fires
+    when the *thread* that forked exits, so a spawn from an executor thread would be killed early.
+    """
+
+    def __init__(self, spec: PluginSpec, root: Path, listen_fd: int, env: dict[str, str]) -> None:
+        self.name = spec.name
+        self._loop = asyncio.get_running_loop()
+        path = os.fspath(spec.path)
+        argv = [path, *spec.args]
+        report_r, report_w = _report_pipe()
+        try:
+            self.popen = subprocess.Popen(
+                argv,
+                bufsize=0,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=root,
+                start_new_session=True,  # own process group: stop() signals the plugin and its children
+                preexec_fn=_child_setup(listen_fd, os.getpid(), path, argv, env, report_w),
+            )
+        except BaseException:
+            os.close(report_r)
+            raise
+        finally:
+            os.close(report_w)
+        # Popen returns once the child has exec'd the plugin or given up (the report pipe is
+        # close-on-exec): an errno on it means the plugin never ran.
+        with open(report_r, "rb", closefd=True) as report:
+            failure = report.read()
+        self.pid: int = self.popen.pid
+        if failure:
+            self.popen.wait()
+            for pipe in (self.popen.stdout, self.popen.stderr):
+                if pipe is not None:
+                    pipe.close()
+            code = int(failure)
+            raise ExecFailed(code, f"cannot execute {path}: {os.strerror(code)}{_exec_hint(code)}")
+        reaper.watch(self.pid)  # its own children must not outlive a runtime killed with SIGKILL
+        self.started_at = time.monotonic()
+        self.kill_at: float | None = None
+        self.exited: asyncio.Future[int] = self._loop.create_future()
+        # (pipe, transport, protocol); a pipe is closed by its transport once it has one.
+        self._pipes: list[tuple[IO[bytes], asyncio.ReadTransport | None, LogPipe | None]] = [
+            (pipe, None, None) for pipe in (self.popen.stdout, self.popen.stderr) if pipe is not None
+        ]
+        self._pidfd = -1
+        self._thread: threading.Thread | None = None
+        self._watch_exit()
+
+    def __repr__(self) -> str:
+        return f"<Child {self.name} pid={self.pid}{' exited' if self.exited.done() else ''}>"
+
+    def _watch_exit(self) -> None:
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):  # Python built without it, kernel < 5.3, or seccomp
+            self._thread = threading.Thread(target=self._wait_thread, name=f"plugrpc-wait-{self.pid}", daemon=True)
+            self._thread.start()
+        else:
+            self._loop.add_reader(self._pidfd, self._on_exit)
+
+    def _wait_thread(self) -> None:
+        # WNOWAIT: leave the zombie for _on_exit to reap on the loop thread.
+        with contextlib.suppress(ChildProcessError):
+            os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+            self._loop.call_soon_threadsafe(self._on_exit)
+
+    def _on_exit(self) -> None:
+        if self._pidfd >= 0:
+            self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
+        # Whatever the plugin left in its group dies with it (it may hold fd 3 or the log pipes).
+        self.signal_group(signal.SIGKILL)
+        returncode = self.popen.wait()
+        reaper.forget(self.pid)
+        self.exited.set_result(returncode)
+
+    def signal_group(self, sig: int) -> None:
+        """Signal the plugin's process group, as long as its leader has not been reaped."""
+        if self.exited.done():
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+
+    async def capture_logs(self, on_line: OnLine) -> None:
+        """Log stdout at INFO and stderr at WARNING, one record per line, each line also to `on_line`."""
+        extra = {"plugin": self.name, "pid": self.pid}
+        for i, level in enumerate((logging.INFO, logging.WARNING)):
+            pipe = self._pipes[i][0]
+            factory = functools.partial(LogPipe, self._loop.create_future(), level, extra, on_line)
+            transport, protocol = await self._loop.connect_read_pipe(factory, pipe)
+            self._pipes[i] = (pipe, transport, protocol)
+
+    async def close(self) -> None:
+        """After exit: let the log pipes reach EOF (bounded, in case something escaped the group), close them."""
+        pending = [protocol.closed for _, _, protocol in self._pipes if protocol is not None]
+        if pending:
+            await asyncio.wait(pending, timeout=LOG_DRAIN)
+        for pipe, transport, protocol in self._pipes:
+            if transport is None:
+                pipe.close()
+            elif protocol is not None and not protocol.closed.done():
+                transport.close()
+                await asyncio.wait((protocol.closed,), timeout=LOG_DRAIN)
+        if self._thread is not None:
+            self._thread.join()  # it has already handed the exit over to the loop
+
+
+class LogPipe(asyncio.Protocol):
+    """One of a plugin's output pipes: each line becomes a log record on "plugrpc.plugin"."""
+
+    __slots__ = ("closed", "_level", "_extra", "_on_line", "_splitter", "_skipping")
+
+    def __init__(self, closed: asyncio.Future[None], level: int, extra: dict[str, Any], on_line: OnLine) -> None:
+        self.closed = closed
+        self._level = level
+        self._extra = extra
+        self._on_line = on_line
+        self._splitter = LineSplitter(LOG_MAX_LINE)
+        self._skipping = False  # dropping the rest of a line that was logged truncated
+
+    def data_received(self, data: bytes) -> None:
+        # Fed in pieces of at most max_line bytes, only the first line of a piece can overflow,
+        # and _feed checks that one before the splitter sees it, so LineTooLong never happens.
+        step = self._splitter.max_line
+        for start in range(0, len(data), step):
+            self._feed(data[start : start + step])
+
+    def _feed(self, piece: bytes) -> None:
+        if self._skipping:
+            nl = piece.find(b"\n")
+            if nl < 0:
+                return
+            piece = piece[nl + 1 :]
+            self._skipping = False
+        splitter = self._splitter
+        first = piece.find(b"\n")
+        room = splitter.max_line - splitter.buffered
+        if (first if first >= 0 else len(piece)) > room:
+            for line in splitter.feed(piece[:room] + b"\n"):
+                self._emit(line, truncated=True)
+            if first < 0:
+                self._skipping = True
+                return
+            piece = piece[first + 1 :]
+        for line in splitter.feed(piece):
+            self._emit(line)
+
+    def _emit(self, line: bytes, truncated: bool = False) -> None:
+        suffix = f" [line truncated at {LOG_MAX_LINE} bytes]" if truncated else ""
+        self._on_line(*log_line(line, self._level, self._extra, suffix))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._skipping:
+            for line in self._splitter.feed(b"\n"):  # the last line, when it had no newline
+                self._emit(line)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+def above_stdio(sock: socket.socket) -> socket.socket:
+    """Move a socket off fds 0-2, which a runtime started with closed stdio may hand out.
+
+    In the child, Popen puts the log pipes on 1 and 2 before `_child_setup` dups the socket to 3.
+    """
+    if sock.fileno() > 2:
+        return sock
+    import fcntl
+
+    moved = socket.socket(fileno=fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD_CLOEXEC, LISTEN_FD))
+    sock.close()
+    return moved
+
+
+def _report_pipe() -> tuple[int, int]:
+    """A close-on-exec pipe whose write end stays clear of fds 0-3, which the child rearranges."""
+    read, write = os.pipe2(os.O_CLOEXEC)
+    if write <= LISTEN_FD:
+        import fcntl
+
+        moved = fcntl.fcntl(write, fcntl.F_DUPFD_CLOEXEC, LISTEN_FD + 1)
+        os.close(write)
+        write = moved
+    return read, write
+
+
+def _exec_hint(code: int) -> str:
+    if code == errno.ENOEXEC:
+        return " (a script needs a #! line naming its interpreter, e.g. #!/usr/bin/env python3)"
+    if code == errno.ENOENT:
+        return " (the interpreter its #! line names is not installed, or not on the plugin's PATH)"
+    return ""
+
+
+def _child_setup(
+    listen_fd: int, parent_pid: int, path: str, argv: list[str], env: dict[str, str], report_fd: int
+) -> Callable[[], None]:
+    """The function Popen runs in the forked child: it execs the plugin itself.
+
+    LISTEN_PID must be the plugin's pid, known only after fork, so the exec happens here with
+    it added. Popen's own close_fds would run after this function, so every fd other than
+    0-3 is marked close-on-exec here; Popen's stdio pipes are already on 0-2. If the exec fails,
+    its errno goes to `report_fd` for the parent to raise.
+    """
+
+    def setup() -> None:
+        os.dup2(listen_fd, LISTEN_FD)
+        os.set_inheritable(LISTEN_FD, True)  # dup2 of fd 3 onto itself keeps close-on-exec
+        # O_NONBLOCK lives in the open file description we share with the runtime (bound
+        # non-blocking) and with earlier plugin processes (Go sets it): hand it over blocking,
+        # as systemd does, so `socket.socket(fileno=3).accept()` simply waits.
+        os.set_blocking(LISTEN_FD, True)
+        _cloexec_above(LISTEN_FD)
+        die_with_parent(parent_pid)
+        env["LISTEN_PID"] = str(os.getpid())
+        try:
+            os.execve(path, argv, env)
+        except OSError as exc:
+            os.write(report_fd, str(exc.errno or errno.EIO).encode())
+            os._exit(127)
+
+    return setup
+
+
+def _cloexec_above(lowest: int) -> None:
+    try:
+        fds: Any = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:  # no /proc (some containers): every possible fd
+        fds = range(lowest + 1, os.sysconf("SC_OPEN_MAX"))
+    for fd in fds:
+        if fd > lowest:
+            with contextlib.suppress(OSError):  # including listdir's own, already closed, fd
+                os.set_inheritable(fd, False)

@@ -1,0 +1,404 @@
+"""Keep one `mode = "rpc"` plugin running: its states, restart policy and lifecycle (DESIGN.md, "Plugin process").
+
+The runtime binds the plugin's unix socket before the first spawn and keeps it listening across
+restarts, so calls written to it wait in the kernel backlog while the plugin starts or restarts.
+One task per plugin owns the process: it spawns it (`child.Child`: fd 3, environment, log
+pipes), watches it, applies the restart policy with jittered exponential backoff, stops it when
+idle and respawns it on demand; `stop()` cancels that task and then stops the process
+gracefully. Every state change goes through `_set_state`, which does no I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import random
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+from .. import config
+from ..manifest import PluginSpec
+from .child import Child, ExecFailed, above_stdio, describe_exit, terminate
+from .env import plugin_env
+from .logbook import Logbook
+
+BACKOFF_BASE: Final = 0.1
+"""Seconds before the first restart; doubles with every quick exit in a row."""
+BACKOFF_CAP: Final = 30.0
+STABLE_AFTER: Final = 10.0
+"""A process that ran this long was healthy: its exit starts a fresh backoff streak."""
+CRASHLOOP_AFTER: Final = 5
+"""Quick exits in a row after which the plugin is reported as crash-looping (and fails calls fast)."""
+WHY_LINES: Final = 3
+"""Lines of a plugin's last output quoted when saying why it is unavailable."""
+CORE0_SIGNS: Final = ("missing command", "unknown command", "20:::")
+"""What a core0 plugin binary prints when it is run as a server, with no command."""
+
+log = logging.getLogger("plugrpc.supervisor")
+
+
+class PluginState(enum.StrEnum):
+    """Where a supervised plugin is; the router fails calls fast in CRASHLOOP, FAILED and STOPPING."""
+
+    STOPPED = "stopped"
+    """No process: not started yet, lazy, idle-stopped, exited cleanly without restart, or stop()ped."""
+    STARTING = "starting"
+    """A process is being started (or restarted on demand); calls wait in the socket's backlog."""
+    RUNNING = "running"
+    BACKOFF = "backoff"
+    """The process exited and will be restarted after a delay; calls wait in the backlog."""
+    CRASHLOOP = "crashloop"
+    """Like BACKOFF after CRASHLOOP_AFTER quick exits in a row: calls fail fast meanwhile."""
+    FAILED = "failed"
+    """The process failed and the restart policy says not to restart it."""
+    STOPPING = "stopping"
+
+
+_UNAVAILABLE: Final = frozenset({PluginState.CRASHLOOP, PluginState.FAILED, PluginState.STOPPING})
+GIVEN_UP: Final = frozenset({PluginState.CRASHLOOP, PluginState.FAILED})
+"""States in which calls waiting for the plugin are failed at once rather than left to time out."""
+
+
+def backoff_delay(streak: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
+    """Seconds to wait before restart number `streak` (1-based) of a streak: full jitter in [d/2, d].
+
+    Jitter keeps many plugins that crashed together (a bad deploy) from restarting in lockstep.
+    """
+    ceiling = min(cap, base * 2.0 ** min(streak - 1, 64))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+class Supervisor:
+    """Keeps one plugin process running behind its pre-bound unix socket.
+
+    Every state change goes through `_set_state`, which calls `on_state(self)` synchronously.
+    """
+
+    def __init__(
+        self,
+        spec: PluginSpec,
+        root: Path,
+        socket_path: Path,
+        on_state: Callable[[Supervisor], None] | None = None,
+        *,
+        stable_after: float = STABLE_AFTER,
+        backoff_base: float = BACKOFF_BASE,
+        backoff_cap: float = BACKOFF_CAP,
+    ) -> None:
+        self.spec = spec
+        self.root = Path(root)
+        self.socket_path = Path(socket_path)
+        self.on_state = on_state
+        """Called synchronously with the supervisor after every state change."""
+        self._stable_after = stable_after
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self._extra = {"plugin": spec.name}
+
+        # What callers read.
+        self.state = PluginState.STOPPED
+        self.restarts = 0
+        self.last_exit: int | None = None
+        """Return code of the last process (negative: the signal that ended it)."""
+        self.exit_reason: str | None = None
+        """Why the last process ended: `crash` (it exited by itself), `stopped` (we stopped it)."""
+        self.last_error: str | None = None
+        """Why the last spawn failed, when it did (cleared by the next successful start)."""
+        self.output = Logbook()
+        """The plugin's recent stdout and stderr lines, across restarts."""
+
+        # The socket and the process.
+        self._sock: socket.socket | None = None
+        self._child: Child | None = None
+
+        # Lifecycle: one task owns the process; `_demand` is set while a process should exist.
+        self._task: asyncio.Task[None] | None = None
+        self._demand = asyncio.Event()
+        self._lock = asyncio.Lock()  # serialises start/stop/restart
+        self._closed = True  # until start(), and again after stop(): no process may be spawned
+        self._streak = 0  # exits in a row of processes that did not stay up for `stable_after`
+        self._last_touch = time.monotonic()
+
+    def __repr__(self) -> str:
+        return f"<Supervisor {self.spec.name} {self.state.value} pid={self.pid} restarts={self.restarts}>"
+
+    # --- what the router reads ---------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid if self._child is not None else None
+
+    @property
+    def started_at(self) -> float | None:
+        """`time.monotonic()` when the current process was spawned."""
+        return self._child.started_at if self._child is not None else None
+
+    @property
+    def available(self) -> bool:
+        """Whether a call written to the socket now can expect an answer (else fail it with -32001)."""
+        state = self.state
+        return state not in _UNAVAILABLE and not (state is PluginState.STOPPED and self._closed)
+
+    def status(self) -> dict[str, Any]:
+        """The plugin's row in `router.plugins` and health output."""
+        started = self.started_at
+        return {
+            "name": self.spec.name,
+            "state": self.state.value,
+            "pid": self.pid,
+            "restarts": self.restarts,
+            "uptime": None if started is None else round(time.monotonic() - started, 3),
+            "last_exit": self.last_exit,
+            "exit_reason": self.exit_reason,
+            "last_error": self.last_error,
+            "mode": self.spec.mode,
+            "lazy": self.spec.lazy,
+        }
+
+    def unavailable_reason(self) -> str:
+        """Why calls fail now, in words a caller can act on: the state, the last exit, what it printed."""
+        name = self.spec.name
+        why = f"plugin {name} is {self.state.value}"
+        if self.state is PluginState.CRASHLOOP:
+            why += f": it stopped {self._streak} times in a row within {self._stable_after:g}s of starting"
+        if self.last_error is not None:
+            why += f"; {self.last_error}"
+        elif self.last_exit is not None:
+            why += f"; its last process ended with {describe_exit(self.last_exit)}"
+        lines = [line.text for line in self.output.tail(WHY_LINES)]
+        if lines:
+            why += "; it last printed: " + " | ".join(repr(text[:200]) for text in lines)
+        if any(sign in text for text in lines for sign in CORE0_SIGNS):
+            why += (f"; this looks like a core0 plugin binary, which runs once per call: declare it with"
+                    f' mode = "exec" under [plugin.{name}]')
+        return why
+
+    # --- what the router calls ---------------------------------------------------------------
+
+    def bind(self) -> None:
+        """Create the listening socket (0600) if it does not exist yet."""
+        if self._sock is None:
+            self._sock = above_stdio(config.bind_socket(self.socket_path, 0o600))
+
+    async def start(self) -> None:
+        """Bind the socket and spawn the process, unless the plugin is lazy (then: on first call)."""
+        async with self._lock:
+            if not self._closed:
+                return
+            self.bind()
+            self._closed = False
+            if not self.spec.lazy:
+                self._demand.set()
+                self._set_state(PluginState.STARTING)
+            self._task = asyncio.create_task(self._supervise(), name=f"plugrpc-supervise-{self.spec.name}")
+            self._task.add_done_callback(self._supervise_done)
+
+    def ensure_running(self) -> None:
+        """Spawn the process now if it is STOPPED for being lazy or idle (called by the router per call)."""
+        if self.state is PluginState.RUNNING or self._closed or self._demand.is_set():
+            return
+        if self.state is PluginState.FAILED:
+            return
+        # Also reached while an idle stop is in progress (STOPPING): the supervising task
+        # spawns a new process as soon as the old one is gone.
+        self._demand.set()
+        self._set_state(PluginState.STARTING)
+
+    def touch(self) -> None:
+        """Record activity now; the idle timer (spec.idle_stop) counts from the last touch.
+
+        The supervisor does not see calls: touch when a call starts and when it ends, so that a
+        call in flight for longer than idle_stop is not cut short.
+        """
+        self._last_touch = time.monotonic()
+
+    async def stop(self) -> None:
+        """Stop for good: no more restarts, terminate the process group, close and unlink the socket."""
+        async with self._lock:
+            self._closed = True
+            self._demand.clear()
+            if self._task is not None or self._child is not None:
+                self._set_state(PluginState.STOPPING)
+            await self._cancel_task()
+            if self._child is not None:
+                await self._terminate(self._child)
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+                config.remove_socket(self.socket_path)
+            self._set_state(PluginState.STOPPED)
+
+    async def restart(self) -> None:
+        """Replace the process by a fresh one (reload), keeping the socket: calls wait in the backlog.
+
+        A plugin with no process wanted (lazy or idle STOPPED) stays stopped and starts on its
+        next call; a FAILED or crash-looping one is started again at once with a fresh streak.
+        """
+        async with self._lock:
+            if self._closed:
+                return
+            respawn = self._demand.is_set() or self.state is PluginState.FAILED
+            self._set_state(PluginState.STARTING if respawn else PluginState.STOPPING)
+            await self._cancel_task()
+            if self._child is not None:
+                await self._terminate(self._child)
+            self._streak = 0
+            if respawn:
+                self._demand.set()
+            else:
+                self._set_state(PluginState.STOPPED)
+            self._task = asyncio.create_task(self._supervise(), name=f"plugrpc-supervise-{self.spec.name}")
+            self._task.add_done_callback(self._supervise_done)
+
+    # --- the state machine ---------------------------------------------------------------------
+
+    def _set_state(self, state: PluginState) -> None:
+        """The only place the state changes; tells the router synchronously."""
+        if state is self.state:
+            return
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("plugin %s: %s -> %s", self.spec.name, self.state.value, state.value, extra=self._extra)
+        self.state = state
+        if self.on_state is not None:
+            try:
+                self.on_state(self)
+            except Exception:
+                log.exception("plugin %s: on_state callback failed", self.spec.name, extra=self._extra)
+
+    def _after_exit(self, returncode: int | None, uptime: float) -> float | None:
+        """Apply spec.restart to an exit (`None`: could not spawn): seconds until the next start, or None."""
+        failed = returncode != 0
+        policy = self.spec.restart
+        if policy == "never" or (policy == "on-failure" and not failed):
+            self._demand.clear()
+            self._set_state(PluginState.FAILED if failed else PluginState.STOPPED)
+            return None
+        if uptime >= self._stable_after:
+            self._streak = 0
+        self._streak += 1
+        self._set_state(PluginState.CRASHLOOP if self._streak >= CRASHLOOP_AFTER else PluginState.BACKOFF)
+        return backoff_delay(self._streak, self._backoff_base, self._backoff_cap)
+
+    # --- the supervising task ----------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        """Owns the process while the supervisor is open: spawn, watch, restart, idle-stop."""
+        while True:
+            await self._demand.wait()
+            child = await self._spawn()
+            if child is None:
+                delay = self._after_exit(None, 0.0)
+            elif await self._watch(child):
+                delay = self._after_exit(self.last_exit, time.monotonic() - child.started_at)
+            else:
+                continue  # stopped for idleness; back to waiting for demand
+            if delay is None:
+                continue
+            if log.isEnabledFor(logging.INFO):
+                log.info(
+                    "plugin %s: restarting in %.2fs (%d quick exit(s) in a row)",
+                    self.spec.name,
+                    delay,
+                    self._streak,
+                    extra=self._extra,
+                )
+            await asyncio.sleep(delay)
+            self.restarts += 1
+
+    def _supervise_done(self, task: asyncio.Task[None]) -> None:
+        """A supervising task only ends by cancellation; anything else is a bug worth a loud log."""
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("plugin %s: supervisor crashed", self.spec.name, exc_info=exc, extra=self._extra)
+            self._set_state(PluginState.FAILED)
+
+    async def _cancel_task(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait((task,))  # a crash was already logged by _supervise_done
+
+    async def _spawn(self) -> Child | None:
+        """Start a process; None (logged) when it cannot be started, which counts as a failure."""
+        self._set_state(PluginState.STARTING)
+        spec = self.spec
+        if not (spec.path.is_file() and os.access(spec.path, os.X_OK)):
+            self._spawn_failed(f"{spec.path} is not an executable file")
+            return None
+        assert self._sock is not None  # bound by start(), closed only by stop() after this task ended
+        env = plugin_env(
+            spec,
+            {
+                "PLUGRPC_SOCKET": str(self.socket_path),
+                "LISTEN_FDS": "1",
+                "LISTEN_FDNAMES": spec.name,
+            },
+        )
+        try:
+            child = Child(spec, self.root, self._sock.fileno(), env)
+        except (OSError, subprocess.SubprocessError) as exc:
+            self._spawn_failed(str(exc.strerror) if isinstance(exc, ExecFailed) else str(exc))
+            return None
+        # Registered before the first await, so that stop() terminates it even if it comes now.
+        self._child = child
+        self._last_touch = child.started_at
+        self.last_error = None
+        await child.capture_logs(self.output.add)
+        log.info("plugin %s: started, pid %d", spec.name, child.pid, extra={"plugin": spec.name, "pid": child.pid})
+        self._set_state(PluginState.RUNNING)
+        return child
+
+    def _spawn_failed(self, why: str) -> None:
+        self.last_error = f"cannot start: {why}"
+        log.error("plugin %s: %s", self.spec.name, self.last_error, extra=self._extra)
+
+    async def _watch(self, child: Child) -> bool:
+        """Wait until the process exits (True) or, with spec.idle_stop, stop it once idle (False)."""
+        idle = self.spec.idle_stop
+        while True:
+            timeout = None if not idle else self._last_touch + idle - time.monotonic()
+            if timeout is not None and timeout <= 0:
+                break
+            done, _ = await asyncio.wait((child.exited,), timeout=timeout)
+            if done:
+                await self._reaped(child, "crash")
+                return True
+        log.info("plugin %s: idle for %gs, stopping it", self.spec.name, idle, extra=self._extra)
+        self._demand.clear()
+        self._set_state(PluginState.STOPPING)
+        await self._terminate(child)
+        if not self._demand.is_set():  # else ensure_running() came during the stop: start again
+            self._set_state(PluginState.STOPPED)
+        return False
+
+    async def _terminate(self, child: Child) -> None:
+        """Stop the process group (SIGTERM, spec.grace, SIGKILL) and reap it. Safe to call again."""
+        await terminate(child, self.spec.grace)
+        await self._reaped(child, "stopped")
+
+    async def _reaped(self, child: Child, reason: str) -> None:
+        """Bookkeeping once the process is gone: flush its logs, record the exit and why, forget it."""
+        await child.close()
+        if self._child is not child:
+            return  # a second _terminate of the same child: its exit is recorded already
+        returncode = child.exited.result()
+        self._child = None
+        self.last_exit = returncode
+        self.exit_reason = reason
+        log.log(
+            logging.WARNING if reason == "crash" else logging.INFO,
+            "plugin %s: pid %d exited with %s after %.1fs",
+            self.spec.name,
+            child.pid,
+            describe_exit(returncode),
+            time.monotonic() - child.started_at,
+            extra={"plugin": self.spec.name, "pid": child.pid},
+        )

@@ -1,0 +1,175 @@
+"""The router's own methods: `router.plugins`, `.stats`, `.health`, `.reload`; `rpc.discover`, `rpc.cancel`.
+
+They are targets like any plugin, reached through the same routing table under the reserved
+prefixes `router` and `rpc`, which the manifest refuses as plugin names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, Final
+
+from .. import __version__, codes
+from ..errors import ManifestError, RpcError
+from ..process.supervisor import PluginState
+from ..wire import error_response, result_response
+from .interfaces import Call, Message, Sink
+
+if TYPE_CHECKING:
+    from .routing import Router
+
+log = logging.getLogger("plugrpc.router")
+
+DISCOVER_TIMEOUT: Final = 5.0
+"""Seconds `rpc.discover` waits for each plugin's own description before listing its exports only."""
+HEALTHY: Final = frozenset({PluginState.RUNNING, PluginState.STARTING, PluginState.STOPPED})
+"""Starting is healthy (calls wait in the socket backlog); so is stopped (lazy or idle)."""
+
+BUILTIN_DOCS: Final = {
+    "plugins": "Every plugin with its state, pid, exports, restarts, last exit, in-flight calls and latency.",
+    "stats": "Call counts, errors and latency percentiles, in total and per plugin.",
+    "health": "ok when every plugin is running, starting, or stopped until its next call; else degraded.",
+    "reload": "Re-read the manifest; start, swap and stop plugins as it says. Same as SIGHUP.",
+}
+
+
+class _Tasks:
+    """The few built-ins that wait (reload, discover) run as tasks, cancelled at shutdown."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def notify(self, method: str, params: Any, sink: Sink) -> None:
+        """Built-ins have no side effect worth a notification, but `rpc.cancel` (see `RpcBuiltins`)."""
+
+    def cancel(self, call: Call) -> None:
+        call.sink = None
+
+
+class Builtins(_Tasks):
+    """`router.plugins`, `router.stats`, `router.health` and `router.reload`."""
+
+    def __init__(self, router: Router) -> None:
+        super().__init__()
+        self.router = router
+        self.exported = frozenset(BUILTIN_DOCS)
+        self.rpc = RpcBuiltins(router)
+
+    async def aclose(self) -> None:
+        await asyncio.gather(super().aclose(), self.rpc.aclose())
+
+    def submit(self, call: Call) -> None:
+        call.target = self
+        if call.method == "reload":
+            self.spawn(self._reload(call))
+        elif call.method == "plugins":
+            reply(call, result_response(call.id, self.plugins()))
+        elif call.method == "stats":
+            reply(call, result_response(call.id, self.stats()))
+        else:
+            reply(call, result_response(call.id, self.health()))
+
+    async def _reload(self, call: Call) -> None:
+        try:
+            result = await self.router.reload()
+        except ManifestError as exc:
+            reply(call, error_response(call.id, codes.INTERNAL_ERROR, f"reload refused: {exc}"))
+            return
+        reply(call, result_response(call.id, result))
+
+    def plugins(self) -> list[dict[str, Any]]:
+        return [plugin.status() for plugin in self.router.plugins.values()]
+
+    def stats(self) -> dict[str, Any]:
+        router = self.router
+        plugins = {name: plugin.status() for name, plugin in router.plugins.items()}
+        return {
+            "uptime": round(time.monotonic() - router.started, 3),
+            "clients": len(router.clients),
+            "inflight": router.inflight(),
+            "calls": sum(p.get("calls", 0) for p in plugins.values()),
+            "errors": sum(p.get("errors", 0) for p in plugins.values()),
+            "plugins": {name: {k: p.get(k) for k in ("calls", "errors", "timeouts", "inflight", "p50_ms", "p99_ms")}
+                        for name, p in plugins.items()},
+        }
+
+    def health(self) -> dict[str, Any]:
+        sups = [p.supervisor for p in self.router.plugins.values() if p.supervisor is not None]
+        healthy = all(sup.state in HEALTHY for sup in sups)
+        return {"status": "ok" if healthy else "degraded", "plugins": {sup.spec.name: sup.state.value for sup in sups}}
+
+
+class RpcBuiltins(_Tasks):
+    """`rpc.discover`: one OpenRPC document for every exported method of every plugin.
+
+    `rpc.cancel {"id": X}`: the client gave up on its call X (plugrpc.Client sends it on a
+    timeout or a cancelled call); the router stops waiting and tells the plugin.
+    """
+
+    def __init__(self, router: Router) -> None:
+        super().__init__()
+        self.router = router
+        self.exported = frozenset({"discover", "cancel"})
+
+    def submit(self, call: Call) -> None:
+        call.target = self
+        if call.method == "cancel":
+            sink, call.sink = call.sink, None  # so that an `rpc.cancel` never cancels itself
+            assert sink is not None
+            sink.deliver(call, result_response(call.id, _cancel(call.params, sink)))
+            return
+        self.spawn(self._discover(call))
+
+    def notify(self, method: str, params: Any, sink: Sink) -> None:
+        if method == "cancel":
+            _cancel(params, sink)
+
+    async def _discover(self, call: Call) -> None:
+        router = self.router
+        names = list(router.manifest.plugins)
+        docs = await asyncio.gather(*(self._plugin_methods(name) for name in names))
+        methods = [m for doc in docs for m in doc]
+        methods += [{"name": f"router.{m}", "params": [], "description": BUILTIN_DOCS[m]} for m in sorted(BUILTIN_DOCS)]
+        doc = {"openrpc": "1.2.6", "info": {"title": "plugrpc router", "version": __version__}, "methods": methods}
+        reply(call, result_response(call.id, doc))
+
+    async def _plugin_methods(self, name: str) -> list[dict[str, Any]]:
+        plugin = self.router.plugins[name]
+        spec = plugin.spec
+        described: dict[str, Any] = {}
+        if plugin.supervisor is not None and plugin.supervisor.state is PluginState.RUNNING:
+            try:
+                result = await self.router.call_plugin(name, "rpc.discover",
+                                                       timeout=min(spec.timeout, DISCOVER_TIMEOUT))
+                described = {m["name"]: m for m in result.get("methods", []) if isinstance(m, dict) and "name" in m}
+            except (TimeoutError, RpcError, AttributeError, TypeError) as exc:
+                log.info("rpc.discover not answered (%s); listing exports only", exc, extra={"plugin": name})
+        return [{**described.get(export, {"params": []}), "name": f"{name}.{export}"} for export in spec.exports]
+
+
+def _cancel(params: Any, sink: Sink) -> bool:
+    """Cancel the sender's own call with the client id in `params` (never another client's)."""
+    if type(params) is not dict or "id" not in params:
+        return False
+    return sink.cancel(params["id"])
+
+
+def reply(call: Call, msg: Message) -> None:
+    """Finish a call of the router's own with `msg`, unless its caller has gone."""
+    sink = call.sink
+    if sink is not None:
+        call.sink = None
+        sink.deliver(call, msg)

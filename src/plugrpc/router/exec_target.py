@@ -1,0 +1,101 @@
+"""Calls to a core0-style plugin run once per call (`mode = "exec"`), as a router target.
+
+`ExecPlugin` (process/execmode.py) runs one execution per call; this adapts it to the router's
+`Target`: a task per call, its outcome turned into the caller's answer, cancellation when the
+caller goes, statistics like a pool's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from .. import codes
+from ..errors import RpcError
+from ..process.execmode import ExecPlugin
+from ..wire import error_response, result_response
+from .builtins import reply
+from .interfaces import NOPARAMS, Call, Sink, clock
+from .stats import CallStats
+
+log = logging.getLogger("plugrpc.exec")
+
+
+class ExecTarget:
+    """Routes calls to an `ExecPlugin`: one task, and one process, per call."""
+
+    def __init__(self, plugin: ExecPlugin) -> None:
+        self.plugin = plugin
+        self.name = plugin.spec.name
+        self.exported = plugin.spec.exported
+        self.stats = CallStats()
+        self._loop = asyncio.get_running_loop()
+        self._running: dict[Call, asyncio.Task[Any]] = {}
+        self._notifications: set[asyncio.Task[Any]] = set()
+
+    def submit(self, call: Call) -> None:
+        call.target = self
+        task = self._loop.create_task(self.plugin.call(call.method, _params(call.params)))
+        self._running[call] = task
+        task.add_done_callback(lambda t: self._done(call, t))
+
+    def notify(self, method: str, params: Any, sink: Sink) -> None:
+        task = self._loop.create_task(self.plugin.call(method, _params(params)))
+        self._notifications.add(task)
+        task.add_done_callback(self._notified)
+
+    def _notified(self, task: asyncio.Task[Any]) -> None:
+        self._notifications.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("notification failed: %s", task.exception(), extra={"plugin": self.name})
+
+    def cancel(self, call: Call) -> None:
+        call.sink = None
+        task = self._running.get(call)
+        if task is not None:
+            task.cancel()
+
+    def busy(self) -> int:
+        return self.plugin.busy()
+
+    def sweep(self, now: float) -> int:
+        """Executions time themselves out (`ExecPlugin.call`); only the count is wanted here."""
+        return self.stats.calls
+
+    def fail_all(self, reason: str) -> None:
+        """Answer every running call -32001 and stop its process (shutdown after the grace period)."""
+        for task in self._notifications:
+            task.cancel()
+        for call, task in list(self._running.items()):
+            task.cancel()
+            reply(call, error_response(call.id, codes.PLUGIN_UNAVAILABLE, data={"plugin": self.name, "reason": reason}))
+
+    def _done(self, call: Call, task: asyncio.Task[Any]) -> None:
+        del self._running[call]
+        sink = call.sink
+        if sink is None or task.cancelled():
+            return
+        call.sink = None
+        exc = task.exception()
+        if exc is None:
+            msg = result_response(call.id, task.result())
+        elif isinstance(exc, RpcError):
+            msg = error_response(call.id, exc.code, exc.message, exc.data)
+        else:
+            log.error("exec call failed: %r", exc, extra={"plugin": self.name})
+            msg = error_response(call.id, codes.INTERNAL_ERROR, data={"plugin": self.name})
+        self.stats.record(clock() - call.started, exc is not None)
+        sink.deliver(call, msg)
+
+    def status(self) -> dict[str, Any]:
+        return {**self.plugin.status(), **self.stats.snapshot()}
+
+    async def aclose(self) -> None:
+        for task in list(self._notifications):
+            task.cancel()
+        await self.plugin.aclose()
+
+
+def _params(params: Any) -> Any:
+    return None if params is NOPARAMS else params

@@ -1,0 +1,315 @@
+"""The router: `plugin.method` calls from every client, routed to plugins by name.
+
+A method is split at its first dot into plugin and method. Only exported methods are
+reachable; `router.*` and `rpc.*` are the router's own (plugins can never take those names: the
+manifest refuses them). Each plugin is one `Plugin` record: its spec, its supervisor (for
+`mode = "rpc"`) and its target, a `PluginPool` or, for core0 binaries, an `ExecTarget`.
+`routes` is derived from the records and the built-ins, and is all the hot path reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from .. import codes
+from ..config import Config
+from ..errors import rpc_error
+from ..manifest import Manifest, PluginSpec, load_manifest
+from ..outbox import Outbox
+from ..process.execmode import ExecPlugin
+from ..process.runtime_dir import RuntimeDir
+from ..process.supervisor import GIVEN_UP, Supervisor
+from ..wire import error_response, reply_id, request_problem
+from .builtins import Builtins
+from .exec_target import ExecTarget
+from .interfaces import NOPARAMS, Call, Message, Peer, PluginTarget, Sink, Target, clock
+from .memory import release_free_memory
+from .pool import PluginPool
+
+log = logging.getLogger("plugrpc.router")
+
+SWEEP_INTERVAL: Final = 0.05
+"""Seconds between timeout sweeps; a call times out at most this late."""
+
+
+@dataclass(eq=False)
+class Plugin:
+    """One plugin as the router runs it: what the manifest says, its process, where its calls go."""
+
+    spec: PluginSpec
+    target: PluginTarget
+    supervisor: Supervisor | None = None
+    """None for exec plugins, which have a process per call instead."""
+    socket: Path | None = None
+
+    def status(self) -> dict[str, Any]:
+        """Its row of `router.plugins`."""
+        sup = self.supervisor
+        status: dict[str, Any] = sup.status() if sup is not None else {}
+        status.update(self.target.status())
+        status["exports"] = list(self.spec.exports)
+        return status
+
+    async def stop(self) -> None:
+        await self.target.aclose()
+        if self.supervisor is not None:
+            await self.supervisor.stop()
+
+
+class Router:
+    """Routes calls to plugin targets; owns the plugin records and the timeout sweep."""
+
+    def __init__(self, config: Config, manifest: Manifest, runtime_dir: RuntimeDir) -> None:
+        self.config = config
+        self.manifest = manifest
+        self.runtime_dir = runtime_dir
+        self.outbox = Outbox()
+        self.plugins: dict[str, Plugin] = {}
+        """The manifest's plugins, in manifest order."""
+        self.retiring: set[Plugin] = set()
+        """Records replaced or removed by a reload, finishing their calls before they stop."""
+        self.clients: set[Peer] = set()
+        self.started = time.monotonic()
+        self.builtins = Builtins(self)
+        self.routes: dict[str, Target] = {}
+        """What a method's prefix routes to: every plugin's target, and the built-ins."""
+        self._loop = asyncio.get_running_loop()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._calls_seen = 0
+        """Calls finished, as of the last sweep."""
+        self._heap_used = False
+        """Whether calls finished since memory was last given back (see `_sweep`)."""
+        self._reload_lock = asyncio.Lock()
+        self._publish()
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind every plugin's socket and start the plugins that are not lazy."""
+        plugins = await asyncio.gather(*(self._create(spec) for spec in self.manifest.plugins.values()))
+        self.plugins = {plugin.spec.name: plugin for plugin in plugins}
+        self._publish()
+        self._sweeper = self._loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    async def _create(self, spec: PluginSpec) -> Plugin:
+        """A plugin's record with its process started; calls are routed to it once it is published."""
+        if spec.mode == "exec":
+            return Plugin(spec, ExecTarget(ExecPlugin(spec, self.manifest.root)))
+        sock = self._free_socket(spec.name)
+        sup = Supervisor(spec, self.manifest.root, sock)
+        plugin = Plugin(spec, PluginPool(spec, sock, sup, self.outbox, self.config.max_line), sup, sock)
+        sup.on_state = lambda _: self._on_state(plugin)
+        await sup.start()
+        return plugin
+
+    def _free_socket(self, name: str) -> Path:
+        """`NAME.sock`, or while an older process of the plugin still drains there, `NAME.2.sock`..."""
+        taken = {p.socket for p in (*self.plugins.values(), *self.retiring)}
+        n = 1
+        while (path := self.runtime_dir.socket_for(name if n == 1 else f"{name}.{n}")) in taken:
+            n += 1
+        return path
+
+    def _publish(self) -> None:
+        """Rebuild the routing table from the records: the only place `routes` changes."""
+        routes: dict[str, Target] = {name: plugin.target for name, plugin in self.plugins.items()}
+        routes["router"] = self.builtins
+        routes["rpc"] = self.builtins.rpc
+        self.routes = routes
+
+    async def reload(self) -> dict[str, list[str]]:
+        """Re-read the manifest: start new plugins, swap changed ones, drain and stop removed ones.
+
+        Calls to unchanged plugins are never touched. A changed plugin's new process starts on a
+        new socket before calls move to it; the old one finishes its in-flight calls, then stops.
+        An invalid manifest raises `ManifestError` and changes nothing.
+        """
+        async with self._reload_lock:
+            new = load_manifest(self.manifest.root)
+            old = self.manifest.plugins
+            added = [n for n in new.plugins if n not in old]
+            removed = [n for n in old if n not in new.plugins]
+            changed = [n for n in new.plugins if n in old and new.plugins[n] != old[n]]
+            unchanged = [n for n in new.plugins if n not in added and n not in changed]
+            fresh = await asyncio.gather(*(self._create(new.plugins[n]) for n in added + changed))
+            retiring = [self.plugins[n] for n in removed + changed]
+            self.retiring.update(retiring)
+            by_name = {plugin.spec.name: plugin for plugin in fresh}
+            self.plugins = {n: by_name.get(n) or self.plugins[n] for n in new.plugins}
+            self.manifest = new
+            self._publish()
+            log.info("reloaded %s: added %s, removed %s, changed %s", new.file, added or "none",
+                     removed or "none", changed or "none")
+            await asyncio.gather(*(self._retire(plugin) for plugin in retiring))
+            return {"added": added, "removed": removed, "changed": changed, "unchanged": unchanged}
+
+    async def _retire(self, plugin: Plugin) -> None:
+        """Stop an unrouted plugin: let its calls finish (up to their timeout), then stop it."""
+        try:
+            await _until_idle(plugin.target.busy, plugin.spec.timeout)
+            await plugin.stop()
+        finally:
+            self.retiring.discard(plugin)
+
+    def inflight(self) -> int:
+        """Calls given to plugins and not yet answered (queued in the router or running)."""
+        return sum(plugin.target.busy() for plugin in self.plugins.values())
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait up to `timeout` for in-flight calls to finish; True if they all did."""
+        return await _until_idle(self.inflight, timeout)
+
+    def fail_all(self, reason: str) -> None:
+        """Answer every call still in flight with -32001 (shutdown, after the grace period)."""
+        for plugin in (*self.plugins.values(), *self.retiring):
+            plugin.target.fail_all(reason)
+        self.outbox.flush()
+
+    async def aclose(self) -> None:
+        """Stop the sweep and the built-ins' work, then every plugin (retiring ones included)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await self.builtins.aclose()
+        await asyncio.gather(*(plugin.stop() for plugin in (*self.plugins.values(), *self.retiring)))
+
+    # --- the hot path ----------------------------------------------------------------------
+
+    def handle(self, msg: Any, sink: Sink) -> None:
+        """Route one request object from a client (`sink` is its connection or batch).
+
+        The fast path takes a well-formed call to an exported method inline; everything else
+        goes through `handle_checked`, which gives the same answer the long way round.
+        """
+        if type(msg) is dict and msg.get("jsonrpc") == "2.0":
+            method = msg.get("method")
+            if type(method) is str:
+                plugin, _, name = method.partition(".")
+                target = self.routes.get(plugin)
+                if target is not None and name in target.exported:
+                    params = msg.get("params", NOPARAMS)
+                    kind = type(params)
+                    if params is NOPARAMS or kind is list or kind is dict:
+                        if "id" not in msg:
+                            target.notify(name, params, sink)
+                            return
+                        id = msg["id"]
+                        kind = type(id)
+                        if kind is int or kind is str or id is None or kind is float:
+                            call = Call(sink, id, name, params, clock())
+                            sink.track(call)
+                            target.submit(call)
+                            return
+        self.handle_checked(msg, sink)
+
+    def handle_checked(self, msg: Any, sink: Sink) -> None:
+        """Route any message step by step: -32600 for an invalid request, -32601 for an unknown
+        or unexported method, else the call (or notification) the fast path would have made."""
+        problem = request_problem(msg)
+        if problem is not None:
+            sink.reply(error_response(reply_id(msg), codes.INVALID_REQUEST, data=problem))
+            return
+        plugin, _, name = msg["method"].partition(".")
+        target = self.routes.get(plugin)
+        if target is None or name not in target.exported:
+            if "id" in msg:
+                sink.reply(error_response(msg["id"], codes.METHOD_NOT_FOUND, data=self._not_found(plugin, name)))
+            return
+        params = msg.get("params", NOPARAMS)
+        if "id" not in msg:
+            target.notify(name, params, sink)
+            return
+        call = Call(sink, msg["id"], name, params, clock())
+        sink.track(call)
+        target.submit(call)
+
+    def cancel(self, call: Call) -> None:
+        """The client of `call` went away or gave up on it."""
+        if call.sink is not None and call.target is not None:
+            call.target.cancel(call)
+
+    def _not_found(self, plugin: str, name: str) -> dict[str, Any]:
+        if plugin in self.manifest.plugins:
+            exports = self.manifest.plugins[plugin].exports
+            return {"plugin": plugin, "reason": f"{plugin} does not export {name!r}; it exports {', '.join(exports)}"}
+        if not name:
+            return {"reason": "methods are named plugin.method"}
+        return {"plugin": plugin, "reason": f"no plugin named {plugin!r}"}
+
+    def _sweep(self) -> None:
+        """Time calls out; once a sweep interval passed with no call and none in flight, free memory."""
+        now = clock()
+        calls = busy = 0
+        for plugin in (*self.plugins.values(), *self.retiring):  # retiring ones' calls keep their timeouts
+            calls += plugin.target.sweep(now)
+            busy += plugin.target.busy()
+        if calls != self._calls_seen:
+            self._calls_seen = calls
+            self._heap_used = True
+        elif self._heap_used and not busy:
+            self._heap_used = False
+            release_free_memory()
+        self._sweeper = self._loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def _on_state(self, plugin: Plugin) -> None:
+        sup = plugin.supervisor
+        assert sup is not None
+        log.info("plugin is %s", sup.state.value, extra={"plugin": sup.spec.name, "pid": sup.pid})
+        if sup.state in GIVEN_UP:
+            # Calls parked in the socket backlog would wait for their timeout: fail them now.
+            plugin.target.fail_all(sup.unavailable_reason())
+
+    # --- internal calls --------------------------------------------------------------------
+
+    async def call_plugin(self, name: str, method: str, params: Any = NOPARAMS, timeout: float = 5.0) -> Any:
+        """Call any method of a plugin from inside the router (not limited to its exports)."""
+        fut: asyncio.Future[Message] = self._loop.create_future()
+        call = Call(FutureSink(fut), 0, method, params, clock())
+        self.plugins[name].target.submit(call)
+        try:
+            msg = await asyncio.wait_for(fut, timeout)
+        finally:
+            self.cancel(call)
+        if "error" in msg:
+            raise rpc_error(msg["error"])
+        return msg.get("result")
+
+
+async def _until_idle(busy: Callable[[], int], timeout: float) -> bool:
+    """Poll `busy()` every 20 ms until it is 0 or `timeout` passes; True if it reached 0.
+
+    Polling keeps the hot path free of an event to set per call; drains are rare.
+    """
+    deadline = clock() + timeout
+    while busy() and clock() < deadline:
+        await asyncio.sleep(0.02)
+    return not busy()
+
+
+class FutureSink:
+    """The sink of a call the router makes itself: its answer resolves a future."""
+
+    __slots__ = ("fut",)
+
+    def __init__(self, fut: asyncio.Future[Message]) -> None:
+        self.fut = fut
+
+    def track(self, call: Call) -> None:
+        pass
+
+    def deliver(self, call: Call, msg: Message) -> None:
+        if not self.fut.done():
+            self.fut.set_result(msg)
+
+    def reply(self, msg: Message) -> None:
+        if not self.fut.done():
+            self.fut.set_result(msg)
+
+    def cancel(self, id: Any) -> bool:
+        return False
+

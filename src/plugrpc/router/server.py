@@ -1,0 +1,125 @@
+"""`Server` runs a `Config`: startup, main loop, graceful shutdown (as uvicorn's `Server`).
+
+Startup validates the manifest before anything is created, starts the plugins, then binds
+the front socket: the router is ready when that socket accepts connections. SIGINT/SIGTERM
+set `should_exit`; shutdown stops accepting, gives in-flight calls `shutdown_grace` seconds,
+stops every plugin (SIGTERM, then SIGKILL after its grace) and removes every socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from ..config import BACKLOG, Config, loop_factory
+from ..errors import ManifestError
+from ..manifest import load_manifest
+from ..process.runtime_dir import RuntimeDir
+from .front import FrontProtocol
+from .memory import keep_large_buffers
+from .routing import Router
+
+log = logging.getLogger("plugrpc.server")
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Server:
+    """One router process serving one image."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.router: Router | None = None
+        self.should_exit = asyncio.Event()
+        self.started = asyncio.Event()
+        self._server: asyncio.AbstractServer | None = None
+        self._runtime_dir: RuntimeDir | None = None
+        self._bound = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def run(self) -> None:
+        """Serve until SIGINT/SIGTERM, on the configured event loop (this process is the router's)."""
+        keep_large_buffers()
+        with asyncio.Runner(loop_factory=loop_factory(self.config.loop)) as runner:
+            runner.run(self.serve())
+
+    async def serve(self) -> None:
+        try:
+            await self.startup()
+            await self.should_exit.wait()
+        finally:
+            await self.shutdown()
+
+    async def startup(self) -> None:
+        config = self.config
+        # Everything that can be refused is checked before any process starts.
+        manifest = load_manifest(config.root)
+        sock = config.bind_socket()
+        self._bound = True
+        self._runtime_dir = RuntimeDir()
+        self.router = router = Router(config, manifest, self._runtime_dir)
+        await router.start()
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(lambda: FrontProtocol(router, config), sock=sock,
+                                                     backlog=BACKLOG)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.should_exit.set)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        plugins = ", ".join(
+            f"{name} ({plugin.supervisor.pid or plugin.supervisor.state.value})" if plugin.supervisor
+            else f"{name} (exec)"
+            for name, plugin in router.plugins.items()
+        )
+        log.info("router ready on %s; plugins: %s", config.socket, plugins or "none")
+        self.started.set()
+
+    def _on_sighup(self) -> None:
+        """SIGHUP re-reads the manifest (like `router.reload`); a bad manifest is logged and ignored."""
+        task = asyncio.get_running_loop().create_task(self._reload())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reload(self) -> None:
+        assert self.router is not None
+        try:
+            await self.router.reload()
+        except ManifestError as exc:
+            log.error("reload refused, still serving the previous manifest: %s", exc)
+
+    async def shutdown(self) -> None:
+        loop = asyncio.get_running_loop()
+        # Signals stay handled until the cleanup is done: a second SIGTERM must not kill us mid-way
+        # and leave plugins without their grace or the runtime directory behind.
+        for sig in SIGNALS:
+            with contextlib.suppress(RuntimeError):  # no running loop's handlers if startup failed early
+                loop.add_signal_handler(sig, self._already_stopping, sig)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            self._server.close()
+        if self._bound:
+            self.config.unbind_socket()
+        router = self.router
+        if router is not None:
+            if router.inflight():
+                log.info("shutting down: waiting up to %gs for %d call(s)", self.config.shutdown_grace,
+                         router.inflight())
+            if not await router.drain(self.config.shutdown_grace):
+                log.warning("shutting down with %d call(s) unfinished", router.inflight())
+            router.fail_all("the router is shutting down")  # answered -32001 before their clients close
+            for client in list(router.clients):
+                client.close()
+            await router.aclose()
+        if self._server is not None:
+            await self._server.wait_closed()
+        if self._runtime_dir is not None:
+            self._runtime_dir.remove()
+        for sig in SIGNALS:
+            loop.remove_signal_handler(sig)
+        if self.started.is_set():
+            log.info("router stopped")
+
+    def _already_stopping(self, sig: signal.Signals) -> None:
+        log.info("got %s while shutting down; still finishing the shutdown", sig.name)

@@ -1,0 +1,57 @@
+"""What the command line does, as plain functions: `run()` a router, `call()` a method,
+`status()` and `reload()` of a running router, `new()` plugin skeletons.
+
+The CLI only parses arguments and calls these (as uvicorn's `main` calls `run()`), so
+everything it does is reachable from Python and testable without a shell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from .. import logs
+from ..client.aio import Client
+from ..config import Config
+from ..router.server import Server
+from .scaffold import Scaffold, new_plugin
+
+
+def run(config: Config | None = None) -> None:
+    """Supervise the image's plugins and serve the router until SIGINT/SIGTERM."""
+    config = config or Config()
+    logs.configure(config.log_level, config.log_json)
+    Server(config).run()
+
+
+def call(method: str, params: Any = None, *, socket: str | os.PathLike[str] | None = None,
+         timeout: float | None = None) -> Any:
+    """Call `method` through the router at `socket` and return its result (raises `RpcError`)."""
+
+    async def _call() -> Any:
+        async with Client(socket, timeout=timeout) as client:
+            return await client.raw(method, params)
+
+    return asyncio.run(_call())
+
+
+def status(*, socket: str | os.PathLike[str] | None = None, timeout: float | None = None) -> list[dict[str, Any]]:
+    """Every plugin's row of `router.plugins`: state, pid, uptime, restarts, calls, latency..."""
+    plugins: list[dict[str, Any]] = call("router.plugins", socket=socket, timeout=timeout)
+    return plugins
+
+
+def reload(*, socket: str | os.PathLike[str] | None = None, timeout: float | None = None) -> dict[str, list[str]]:
+    """Ask the router to re-read its manifest (`router.reload`, as SIGHUP does).
+
+    Returns the plugin names by outcome: `added`, `removed`, `changed`, `unchanged`. It returns
+    once removed and changed plugins have drained, so it can take up to their call timeout.
+    """
+    outcome: dict[str, list[str]] = call("router.reload", socket=socket, timeout=timeout)
+    return outcome
+
+
+def new(name: str, directory: str | os.PathLike[str] = ".") -> Scaffold:
+    """Write a Python plugin skeleton, its manifest entry and a test into the image at `directory`."""
+    return new_plugin(name, directory)

@@ -1,0 +1,197 @@
+"""`plugrpc` on the command line: parse arguments, build a `Config`, call `api`.
+
+    plugrpc run    [--root DIR] [--socket PATH] ...   serve an image's plugins
+    plugrpc call   [--socket PATH] METHOD [PARAMS]    call a method, print its result as JSON
+    plugrpc status [--socket PATH] [--json]           a table of the plugins of a running router
+    plugrpc reload [--socket PATH] [--json]           make a running router re-read its manifest
+    plugrpc new    NAME [--dir DIR]                   write a plugin skeleton, its manifest entry, a test
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .. import __version__
+from ..config import EXAMPLE_ROOT, Config, default_socket
+from ..errors import ConfigError, ConnectError, ConnectionLost, ManifestError, PlugrpcError, RpcError
+from ..wire import DEFAULT_MAX_LINE
+from . import api, status
+
+
+def _octal(text: str) -> int:
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an octal mode like 0600, got {text!r}") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="plugrpc", description="Plugins as persistent JSON-RPC 2.0 servers.")
+    parser.add_argument("--version", action="version", version=f"plugrpc {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    socket_help = f"the router's front socket (default: {default_socket()}, or $PLUGRPC_ROUTER)"
+
+    run = sub.add_parser("run", help="supervise an image's plugins and serve the router",
+                         description="Supervise the plugins of an image and serve calls on a unix socket. "
+                                     "Ready when the socket accepts connections; SIGINT/SIGTERM stop it.")
+    run.add_argument("--root", type=Path, default=EXAMPLE_ROOT,
+                     help="image root holding .plugin.toml (default: the bundled example image)")
+    run.add_argument("--socket", type=Path, default=None, help=socket_help)
+    run.add_argument("--socket-mode", type=_octal, default=0o600, help="front socket permissions (default 0600)")
+    run.add_argument("--allow-uid", type=int, action="append", default=None, metavar="UID",
+                     help="only accept clients with this uid (SO_PEERCRED); repeatable")
+    run.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto",
+                     help="event loop (default: auto, which is uvloop when it is installed, else asyncio)")
+    run.add_argument("--max-line", type=int, default=None, metavar="BYTES",
+                     help=f"largest message (one line) accepted from clients and plugins; larger gets -32004 "
+                          f"(default: {DEFAULT_MAX_LINE} = {DEFAULT_MAX_LINE >> 20} MiB; at least 1024)")
+    run.add_argument("--shutdown-grace", type=float, default=None, metavar="SECONDS",
+                     help="time in-flight calls get on shutdown (default 10)")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                     help="least severe log records shown, plugins' output included (default: info)")
+    run.add_argument("--log-json", action="store_true", help="log JSON lines instead of text")
+
+    call = sub.add_parser("call", help="call METHOD through a running router and print the result",
+                          description="Print the result as JSON on stdout; on a JSON-RPC error print it on "
+                                      "stderr and exit 1.")
+    call.add_argument("--socket", type=Path, default=None, help=socket_help)
+    call.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                      help="give up after this long with -32002 (default: wait as long as the router lets the "
+                           "call run, which is the plugin's own timeout, 30 s unless its manifest says otherwise)")
+    call.add_argument("method", metavar="METHOD", help="plugin.method, e.g. ovs.version")
+    call.add_argument("params", metavar="PARAMS_JSON", nargs="?", default=None,
+                      help="params as a JSON object or array, e.g. '{\"a\": 1}'")
+
+    stat = sub.add_parser("status", help="show the plugins of a running router",
+                          description="One line per plugin: mode, state, pid, uptime, restarts, calls in flight, "
+                                      "calls, errors and latency percentiles (from router.plugins).")
+    stat.add_argument("--socket", type=Path, default=None, help=socket_help)
+    stat.add_argument("--json", action="store_true", help="print router.plugins as JSON instead of a table")
+
+    reload = sub.add_parser("reload", help="make a running router re-read its manifest (as SIGHUP does)",
+                            description="New plugins start, removed ones drain and stop, changed ones are swapped "
+                                        "after their in-flight calls drain; unchanged ones are not touched. An "
+                                        "invalid manifest is refused and the router keeps the one it has.")
+    reload.add_argument("--socket", type=Path, default=None, help=socket_help)
+    reload.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                        help="give up waiting after this long (default: wait until draining is done)")
+    reload.add_argument("--json", action="store_true", help="print the outcome as JSON")
+
+    new = sub.add_parser("new", help="write a Python plugin skeleton, its manifest entry and a test",
+                         description="Writes DIR/plugins/NAME.py, appends [plugin.NAME] to DIR/.plugin.toml "
+                                     "(creating it if needed) and writes DIR/tests/test_NAME.py, which passes as "
+                                     "written. Never overwrites a file.")
+    new.add_argument("name", metavar="NAME", help="the plugin's name: letters, digits, '_' and '-'")
+    new.add_argument("--dir", type=Path, default=Path("."), help="the image root (default: the current directory)")
+    return parser
+
+
+def _config(args: argparse.Namespace) -> Config:
+    options: dict[str, Any] = {"root": args.root, "socket_mode": args.socket_mode, "loop": args.loop,
+                               "log_level": args.log_level, "log_json": args.log_json}
+    if args.socket is not None:
+        options["socket"] = args.socket
+    if args.allow_uid:
+        options["allow_uids"] = frozenset(args.allow_uid)
+    if args.max_line is not None:
+        options["max_line"] = args.max_line
+    if args.shutdown_grace is not None:
+        options["shutdown_grace"] = args.shutdown_grace
+    return Config(**options)
+
+
+def _call(args: argparse.Namespace) -> int:
+    params = None
+    if args.params is not None:
+        try:
+            params = orjson.loads(args.params)
+        except orjson.JSONDecodeError as exc:
+            print(f"plugrpc: PARAMS_JSON is not valid JSON: {exc}", file=sys.stderr)
+            return 2
+        if not isinstance(params, dict | list):
+            print("plugrpc: PARAMS_JSON must be a JSON object or array", file=sys.stderr)
+            return 2
+    try:
+        result = api.call(args.method, params, socket=args.socket, timeout=args.timeout)
+    except RpcError as exc:
+        return _print_error(exc)
+    except ConnectionLost as exc:
+        if exc.error is None:
+            raise
+        return _print_error(exc.error)  # the router said why it closed (a line over --max-line: -32004)
+    sys.stdout.buffer.write(orjson.dumps(result) + b"\n")
+    return 0
+
+
+def _print_error(exc: RpcError) -> int:
+    """A JSON-RPC error as JSON on stderr, exit status 1 (DESIGN.md, "Command line")."""
+    sys.stderr.buffer.write(orjson.dumps(exc.to_error()) + b"\n")
+    return 1
+
+
+def _status(args: argparse.Namespace) -> int:
+    plugins = api.status(socket=args.socket)
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps(plugins) + b"\n")
+    else:
+        sys.stdout.write(status.render(plugins))
+    return 0
+
+
+def _reload(args: argparse.Namespace) -> int:
+    try:
+        outcome = api.reload(socket=args.socket, timeout=args.timeout)
+    except RpcError as exc:
+        print(f"plugrpc: {exc.message}", file=sys.stderr)
+        return 1
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps(outcome) + b"\n")
+    else:
+        for key in ("added", "removed", "changed", "unchanged"):
+            print(f"{key + ':':<11}{', '.join(outcome.get(key, [])) or '-'}")
+    return 0
+
+
+def _new(args: argparse.Namespace) -> int:
+    try:
+        made = api.new(args.name, args.dir)
+    except OSError as exc:
+        print(f"plugrpc: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {made.plugin}")
+    print(f"{'wrote' if made.manifest_created else f'added [plugin.{made.name}] to'} {made.manifest}")
+    print(f"wrote {made.test}")
+    print(f"\nrun it:   plugrpc run --root {made.root}")
+    print(f"call it:  plugrpc call {made.name}.hello '{{\"name\": \"Ada\"}}'")
+    print(f"test it:  python -m pytest {made.test}")
+    return 0
+
+
+COMMANDS = {"call": _call, "status": _status, "reload": _reload, "new": _new}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            api.run(_config(args))
+            return 0
+        return COMMANDS[args.command](args)
+    except (ManifestError, ConfigError, ConnectError) as exc:
+        print(f"plugrpc: {exc}", file=sys.stderr)
+        return 2
+    except PlugrpcError as exc:
+        print(f"plugrpc: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""plugrpc.blocking: the portal twin of Client, from plain synchronous tests."""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from plugrpc import codes
+from plugrpc.client.aio import Client
+from plugrpc.client.blocking import BlockingClient
+from plugrpc.errors import CallTimeout, ConnectError, ConnectionLost, RpcError
+
+from util import BasicPlugin
+
+WAIT = 10.0
+
+
+@pytest.fixture
+def plugin_socket(plugrpc_tmp: Path) -> Iterator[Path]:
+    """sdk_basic.py serving on a path it binds itself."""
+    plugin = BasicPlugin(plugrpc_tmp / "blocking.sock", wait=WAIT)
+    try:
+        yield plugin.socket
+    finally:
+        plugin.stop()
+
+
+def public_methods(cls: type) -> dict[str, inspect.Signature]:
+    return {
+        name: inspect.signature(member)
+        for name, member in inspect.getmembers(cls, inspect.isfunction)
+        if not name.startswith("_")
+    }
+
+
+def test_same_methods_as_client() -> None:
+    """Our `unasync --check`: BlockingClient exposes exactly Client's methods, same signatures."""
+    assert public_methods(BlockingClient) == public_methods(Client)
+    assert inspect.signature(BlockingClient) == inspect.signature(Client)
+    assert hasattr(BlockingClient, "__enter__") and hasattr(Client, "__aenter__")
+
+
+def test_calls_from_plain_sync_code(plugin_socket: Path) -> None:
+    with BlockingClient(plugin_socket, timeout=WAIT) as c:
+        assert c.raw("add", [1, 2]) == 3
+        assert c.raw("add", {"a": 4}) == 4
+        assert c.raw("blocking", [0.01]) == "slept"
+        with pytest.raises(RpcError) as info:
+            c.raw("own_error")
+        assert (info.value.code, info.value.message, info.value.data) == (4000, "custom failure", [1, 2])
+        c.notify("wait_forever", ["b1"])
+        deadline = time.monotonic() + WAIT
+        while not c.raw("started", ["b1"]):  # the notification reached the plugin
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        with pytest.raises(CallTimeout) as timeout:
+            c.raw("wait_forever", ["b2"], timeout=0.05)
+        assert timeout.value.code == codes.CALL_TIMEOUT
+        assert "open pending=0" in repr(c)
+    with pytest.raises(ConnectionLost, match="closed"):
+        c.raw("add", [1])
+    c.close()  # twice is fine
+
+
+def test_connects_on_first_call_and_reports_connect_errors(plugin_socket: Path) -> None:
+    c = BlockingClient(plugin_socket, timeout=WAIT)
+    try:
+        assert c.raw("fast") == "fast"
+    finally:
+        c.close()
+    missing = BlockingClient(plugin_socket.with_name("missing.sock"))
+    try:
+        with pytest.raises(ConnectError, match="plugrpc run"):
+            missing.connect()
+    finally:
+        missing.close()

@@ -1,0 +1,424 @@
+"""plugrpc.sdk: real plugin processes handed a listening socket as fd 3, driven over raw sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from plugrpc import codes
+from plugrpc.config import bind_socket
+from plugrpc.errors import ConfigError
+from plugrpc.plugin.dispatch import resolve
+from plugrpc.plugin.sdk import Connection, _Server, serve
+from plugrpc.testing import wait_for_socket
+
+from util import PLUGINS, RawConn, req
+
+BASIC = PLUGINS / "sdk_basic.py"
+WAIT = 10.0
+
+
+def note(method: str, params: Any = None) -> dict[str, Any]:
+    msg = req(method, params)
+    del msg["id"]
+    return msg
+
+
+class Plugin:
+    """A plugin process started the way the runtime starts one: listening socket on fd 3."""
+
+    def __init__(self, script: Path, tmp: Path, name: str, env: Mapping[str, str], wrapper: Sequence[str]) -> None:
+        self.socket = tmp / f"{name}.sock"
+        self.log_path = tmp / f"{name}.log"
+        listener = bind_socket(self.socket)
+        fd = listener.fileno()
+
+        def to_fd3() -> None:
+            os.dup2(fd, 3)
+            os.set_inheritable(3, True)
+
+        child_env = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "PLUGRPC_"))}
+        child_env.update({"LISTEN_FDS": "1", "LISTEN_FDNAMES": name, "PLUGRPC_PLUGIN": name, **env})
+        try:
+            with open(self.log_path, "wb") as log:
+                # close_fds=False: fd 3 is made by dup2 in the child, after which close_fds would close it.
+                self.proc = subprocess.Popen(
+                    [*wrapper, sys.executable, str(script)],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=child_env,
+                    close_fds=False, preexec_fn=to_fd3,
+                )
+        finally:
+            listener.close()
+
+    def connect(self) -> RawConn:
+        return RawConn(self.socket, timeout=WAIT)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait(self) -> int:
+        return self.proc.wait(WAIT)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(WAIT)
+
+
+@pytest.fixture
+def start(plugrpc_tmp: Path) -> Iterator[Callable[..., Plugin]]:
+    plugins: list[Plugin] = []
+
+    def start(script: Path = BASIC, *, name: str = "basic", env: Mapping[str, str] | None = None,
+              wrapper: Sequence[str] = ()) -> Plugin:
+        plugins.append(Plugin(script, plugrpc_tmp, name, env or {}, wrapper))
+        return plugins[-1]
+
+    yield start
+    for plugin in plugins:
+        plugin.stop()
+
+
+@pytest.fixture
+def basic(start: Callable[..., Plugin]) -> Plugin:
+    return start()
+
+
+def result(msg: dict[str, Any], id: Any = 1) -> Any:
+    assert msg.get("id") == id and "error" not in msg, msg
+    return msg["result"]
+
+
+def error(msg: dict[str, Any], id: Any = 1) -> dict[str, Any]:
+    assert msg.get("id") == id and "result" not in msg, msg
+    return msg["error"]  # type: ignore[no-any-return]
+
+
+def poll(conn: RawConn, method: str, params: Any, expect: Any) -> None:
+    """Ask until the answer is `expect` (state changes in the plugin are not instant)."""
+    deadline = time.monotonic() + WAIT
+    while (got := result(conn.ask(req(method, params, id="poll")), "poll")) != expect:
+        assert time.monotonic() < deadline, f"{method}{params} still {got!r}, expected {expect!r}"
+        time.sleep(0.01)
+
+
+class TestCalls:
+    def test_named_and_positional_params(self, basic: Plugin) -> None:
+        with basic.connect() as c:
+            assert result(c.ask(req("add", {"a": 2, "b": 3}))) == 5
+            assert result(c.ask(req("add", [2, 3]))) == 5
+            assert result(c.ask(req("add", [2]))) == 2
+            assert result(c.ask(req("kwonly", {"name": "x", "shout": True}))) == "X"
+            assert result(c.ask(req("dotted.name", ["v"]))) == "v"
+            assert result(c.ask(req("echo", [None], id="s")), "s") is None
+
+    def test_mismatch_is_invalid_params_naming_the_argument(self, basic: Plugin) -> None:
+        with basic.connect() as c:
+            err = error(c.ask(req("add", {"b": 1})))
+            assert err["code"] == codes.INVALID_PARAMS and err["data"] == "missing a required argument: 'a'"
+            err = error(c.ask(req("kwonly", {"name": "x", "loud": 1})))
+            assert err["code"] == codes.INVALID_PARAMS and "'loud'" in err["data"]
+            err = error(c.ask(req("kwonly", ["x"])))
+            assert err["code"] == codes.INVALID_PARAMS and "too many positional" in err["data"]
+
+    def test_unknown_method(self, basic: Plugin) -> None:
+        with basic.connect() as c:
+            err = error(c.ask(req("nope", id=7)), 7)
+            assert err == {"code": codes.METHOD_NOT_FOUND, "message": "Method not found", "data": "nope"}
+
+    def test_handler_exception_is_internal_error_and_the_plugin_lives_on(self, basic: Plugin) -> None:
+        with basic.connect() as c:
+            assert error(c.ask(req("fail")))["data"] == "ValueError: boom"
+            err = error(c.ask(req("inner_type_error")))
+            assert err["code"] == codes.INTERNAL_ERROR and err["data"].startswith("TypeError: ")
+            err = error(c.ask(req("async_fail", ["type"])))
+            assert err == {"code": codes.INTERNAL_ERROR, "message": "Internal error",
+                           "data": "TypeError: wrong type inside"}
+            assert error(c.ask(req("async_fail", ["k"])))["data"] == "KeyError: 'k'"
+            assert result(c.ask(req("add", [1, 1]))) == 2
+        log = basic.log()
+        assert "command 'fail' raised ValueError" in log
+        assert "Traceback (most recent call last)" in log and 'raise ValueError("boom")' in log
+
+    def test_rpc_errors_and_unserializable_results(self, basic: Plugin) -> None:
+        with basic.connect() as c:
+            assert error(c.ask(req("own_error"))) == {"code": 4000, "message": "custom failure", "data": [1, 2]}
+            assert error(c.ask(req("plugin_error")))["code"] == codes.PLUGIN_UNAVAILABLE
+            err = error(c.ask(req("unserializable")))
+            assert err["code"] == codes.INTERNAL_ERROR and "not JSON-serializable" in err["data"]
+
+    def test_logging_is_configured_on_stderr(self, basic: Plugin) -> None:
+        with basic.connect() as c:
+            c.ask(req("add", [1]))
+        assert "INFO plugrpc.sdk: serving 18 commands" in basic.log()
+
+
+class TestJsonrpcserverModule:
+    def test_serves_unchanged(self, start: Callable[..., Plugin]) -> None:
+        plugin = start(PLUGINS / "sdk_jsonrpcserver.py", name="jrs")
+        with plugin.connect() as c:
+            assert result(c.ask(req("ping"))) == "pong"
+            assert result(c.ask(req("async_ping"))) == "async pong"
+            assert result(c.ask(req("math.divide", [6, 3]))) == 2.0
+            assert error(c.ask(req("math.divide", {"a": 6, "b": 0}))) == {
+                "code": 1, "message": "division by zero", "data": {"a": 6}}
+            assert error(c.ask(req("math.divide", [6])))["code"] == codes.INVALID_PARAMS
+            assert error(c.ask(req("needs_positive", [-1]))) == {
+                "code": codes.INVALID_PARAMS, "message": "Invalid params", "data": "n must be positive"}
+            assert error(c.ask(req("no_data"))) == {"code": 2, "message": "no data here"}
+            assert error(c.ask(req("null_data"))) == {"code": 3, "message": "null data", "data": None}
+            assert error(c.ask(req("raises"))) == {"code": -32099, "message": "raised", "data": "some data"}
+
+
+class TestConcurrency:
+    def test_a_slow_async_call_does_not_hold_up_a_fast_one(self, basic: Plugin) -> None:
+        with basic.connect() as c:
+            c.send(req("wait_forever", ["c"], id=1))
+            assert result(c.ask(req("fast", id=2)), 2) == "fast"
+            assert result(c.ask(req("add", [4], id=3)), 3) == 4
+
+    def test_responses_come_in_completion_order(self, basic: Plugin) -> None:
+        with basic.connect() as c:
+            c.send(orjson.dumps(req("slow", [0.3], id=1)) + b"\n" + orjson.dumps(req("slow", [0.01], id=2)) + b"\n")
+            assert result(c.recv(), 2) == 0.01
+            assert result(c.recv(), 1) == 0.3
+
+    def test_threaded_command_runs_off_the_loop(self, basic: Plugin) -> None:
+        with basic.connect() as c:
+            c.send(req("blocking", [0.5], id=1))
+            assert result(c.ask(req("add", [1], id=2)), 2) == 1
+            assert result(c.recv(), 1) == "slept"
+
+
+class TestFraming:
+    def test_batch(self, basic: Plugin) -> None:
+        with basic.connect() as c:
+            batch = [req("add", [1], 1), note("add", [2]), req("slow", [0.01], 2), req("nope", id=3), 5]
+            responses = c.ask(batch)
+            assert [r["id"] for r in responses] == [1, 2, 3, None]
+            assert responses[1]["result"] == 0.01
+            assert responses[2]["error"]["code"] == codes.METHOD_NOT_FOUND
+            assert responses[3]["error"]["code"] == codes.INVALID_REQUEST
+
+    def test_notifications_get_no_response(self, basic: Plugin) -> None:
+        with basic.connect() as c:
+            for msg in (note("add", [1]), note("fail"), note("nope"), note("slow", [0.01]),
+                        [note("add", [1]), note("fast")]):
+                c.send(msg)
+            # The next line is the answer to this call: nothing was sent for the notifications.
+            assert result(c.ask(req("add", [5], id=9)), 9) == 5
+            assert "Traceback" in basic.log()  # the failing notification was still run and logged
+
+    def test_empty_batch(self, basic: Plugin) -> None:
+        with basic.connect() as c:
+            assert error(c.ask(b"[]\n"), None)["code"] == codes.INVALID_REQUEST
+
+    def test_parse_error_and_invalid_requests(self, basic: Plugin) -> None:
+        with basic.connect() as c:
+            assert error(c.ask(b"{not json\n"), None)["code"] == codes.PARSE_ERROR
+            assert error(c.ask(b"\xff\xfe\n"), None)["code"] == codes.PARSE_ERROR
+            assert error(c.ask({"jsonrpc": "1.0", "method": "add", "id": 5}), 5)["code"] == codes.INVALID_REQUEST
+            assert error(c.ask({"jsonrpc": "2.0", "method": "add", "id": [1]}), None)["code"] == codes.INVALID_REQUEST
+            assert error(c.ask({"jsonrpc": "2.0", "method": "add", "params": 3}), None)["code"] == codes.INVALID_REQUEST
+            assert result(c.ask(req("add", [1]))) == 1
+
+    def test_oversized_line_closes_only_that_connection(self, start: Callable[..., Plugin]) -> None:
+        plugin = start(env={"SDK_TEST_MAX_LINE": "4096"})
+        with plugin.connect() as bystander, plugin.connect() as c:
+            assert result(bystander.ask(req("add", [1]))) == 1
+            c.send(req("echo", ["x" * 10_000]))
+            err = error(c.recv(), None)
+            assert err["code"] == codes.MESSAGE_TOO_LARGE and "4096" in err["data"]
+            assert c.closed_by_peer()
+            assert result(bystander.ask(req("echo", ["y" * 3000]))) == "y" * 3000
+            # A large response is fine: the limit is on what the plugin reads.
+            assert len(result(bystander.ask(req("big", [100_000])))) == 100_000
+
+
+class TestBuiltins:
+    def test_rpc_cancel_cancels_a_running_async_call(self, basic: Plugin) -> None:
+        with basic.connect() as c:
+            c.send(req("wait_forever", ["t1"], id=1))
+            poll(c, "started", ["t1"], True)
+            c.send(note("rpc.cancel", {"id": 1}))
+            poll(c, "cancelled", None, ["t1"])
+            # Already gone; and as a request rpc.cancel says so. No response for id 1 ever came.
+            assert result(c.ask(req("rpc.cancel", {"id": 1}, id=2)), 2) is False
+            assert error(c.ask(req("rpc.cancel", {"id": [1]}, id=3)), 3)["code"] == codes.INVALID_PARAMS
+
+    def test_a_closed_connection_cancels_its_calls(self, basic: Plugin) -> None:
+        with basic.connect() as gone:
+            gone.send(req("wait_forever", ["t2"], id=1))
+            poll(gone, "started", ["t2"], True)
+        with basic.connect() as c:
+            poll(c, "cancelled", None, ["t2"])
+
+    def test_rpc_cancel_is_per_connection(self, basic: Plugin) -> None:
+        with basic.connect() as a, basic.connect() as b:
+            a.send(req("wait_forever", ["t3"], id=1))
+            poll(a, "started", ["t3"], True)
+            assert result(b.ask(req("rpc.cancel", {"id": 1}, id=2)), 2) is False
+            assert result(a.ask(req("rpc.cancel", {"id": 1}, id=2)), 2) is True
+
+    def test_rpc_discover(self, basic: Plugin) -> None:
+        with basic.connect() as c:
+            doc = result(c.ask(req("rpc.discover")))
+        assert doc["openrpc"].startswith("1.2.") and doc["info"]["title"] == "basic"
+        methods = {m["name"]: m for m in doc["methods"]}
+        assert "rpc.discover" not in methods and "rpc.cancel" not in methods
+        assert methods["add"] == {
+            "name": "add",
+            "description": "Add two numbers.",
+            "params": [
+                {"name": "a", "required": True, "schema": {"type": "integer"}},
+                {"name": "b", "required": False, "schema": {"type": "integer"}},
+            ],
+            "result": {"name": "result", "schema": {"type": "integer"}},
+        }
+        assert methods["kwonly"]["paramStructure"] == "by-name"
+        assert methods["echo"]["params"] == [{"name": "value", "required": True, "schema": {}}]
+        assert methods["cancelled"]["result"]["schema"] == {"type": "array"}
+        assert methods["slow"]["params"][0]["schema"] == {"type": "number"}
+        assert "description" not in methods["echo"]
+
+
+class TestLifecycle:
+    def test_sigterm_drains_in_flight_calls_and_exits_0(self, basic: Plugin) -> None:
+        with basic.connect() as c:
+            c.send(req("slow", [0.5], id=1))
+            assert result(c.ask(req("add", [1], id=2)), 2) == 1  # so the slow call has started
+            basic.proc.send_signal(signal.SIGTERM)
+            assert result(c.recv(), 1) == 0.5
+            assert c.closed_by_peer()
+        assert basic.wait() == 0
+        assert "SIGTERM: finishing in-flight calls" in basic.log()
+
+    def test_sigint_with_nothing_in_flight_exits_0(self, basic: Plugin) -> None:
+        with basic.connect() as c:
+            assert result(c.ask(req("add", [1]))) == 1
+            basic.proc.send_signal(signal.SIGINT)
+            assert c.closed_by_peer()
+        assert basic.wait() == 0
+
+    def test_listen_pid_of_this_process_is_honoured(self, start: Callable[..., Plugin]) -> None:
+        # sh sets LISTEN_PID to its own pid, then execs the plugin in the same process.
+        plugin = start(wrapper=["/bin/sh", "-c", 'LISTEN_PID=$$ exec "$@"', "sh"])
+        with plugin.connect() as c:
+            assert result(c.ask(req("pid"))) == plugin.proc.pid
+
+    def test_serve_binds_a_path_and_removes_it(self, plugrpc_tmp: Path) -> None:
+        path = plugrpc_tmp / "byhand.sock"
+        code = f"from plugrpc.plugin.sdk import serve; serve({{'one': lambda: 1}}, path={str(path)!r})"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "PLUGRPC_"))}
+        proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.DEVNULL)
+        try:
+            wait_for_socket(path, WAIT, lambda: proc.poll() is None)
+            with RawConn(path) as c:
+                assert result(c.ask(req("one"))) == 1
+            proc.terminate()
+            assert proc.wait(WAIT) == 0
+            assert not path.exists()
+        finally:
+            proc.kill()
+            proc.wait(WAIT)
+
+
+class TestServeErrors:
+    @pytest.fixture(autouse=True)
+    def no_socket_env(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        for name in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "PLUGRPC_SOCKET"):
+            monkeypatch.delenv(name, raising=False)
+
+    def test_reserved_names_are_refused_at_start(self) -> None:
+        with pytest.raises(ValueError, match="reserved"):
+            serve({"rpc.mine": lambda: 1})
+
+    def test_no_socket_says_how_a_plugin_is_started(self) -> None:
+        with pytest.raises(ConfigError, match=r"plugrpc run.*LISTEN_FDS=1.*PLUGRPC_SOCKET"):
+            serve({"one": lambda: 1})
+
+    def test_fds_meant_for_another_process_are_left_alone(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("LISTEN_FDS", "1")
+        monkeypatch.setenv("LISTEN_PID", str(os.getppid()))
+        with pytest.raises(ConfigError, match="no socket"):
+            serve({"one": lambda: 1})
+        assert os.environ["LISTEN_FDS"] == "1"
+
+    def test_more_than_one_fd_is_refused(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("LISTEN_FDS", "2")
+        with pytest.raises(ConfigError, match="exactly one socket"):
+            serve({"one": lambda: 1})
+
+
+class FakeTransport(asyncio.Transport):
+    """Records what the protocol asks of its transport (a pure unit: no socket)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.reading = True
+        self.closing = False
+
+    def write(self, data: Any) -> None:
+        self.writes.append(bytes(data))
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+
+async def aecho(x: int) -> int:
+    await asyncio.sleep(0)
+    return x
+
+
+class TestConnection:
+    @pytest.fixture
+    async def conn(self) -> tuple[Connection, FakeTransport, _Server]:
+        server = _Server(resolve({"echo": lambda x: x, "aecho": aecho}), 1 << 20)
+        conn, transport = Connection(server), FakeTransport()
+        conn.connection_made(transport)
+        return conn, transport, server
+
+    async def test_responses_to_one_chunk_leave_in_one_write(self, conn: Any) -> None:
+        protocol, transport, _ = conn
+        protocol.data_received(b"".join(orjson.dumps(req("echo", [i], i)) + b"\n" for i in range(3)))
+        assert len(transport.writes) == 1
+        assert [orjson.loads(line)["id"] for line in transport.writes[0].splitlines()] == [0, 1, 2]
+
+    async def test_async_completions_in_one_loop_turn_leave_in_one_write(self, conn: Any) -> None:
+        protocol, transport, _ = conn
+        protocol.data_received(b"".join(orjson.dumps(req("aecho", [i], i)) + b"\n" for i in range(3)))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not protocol.running
+        assert len(transport.writes) == 1 and transport.writes[0].count(b"\n") == 3
+
+    async def test_backpressure_pauses_reading(self, conn: Any) -> None:
+        protocol, transport, server = conn
+        protocol.pause_writing()
+        assert not transport.reading
+        protocol.resume_writing()
+        assert transport.reading
+        server.closing = True  # shutting down: reading stays off
+        protocol.pause_writing()
+        protocol.resume_writing()
+        assert not transport.reading

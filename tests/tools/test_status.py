@@ -1,0 +1,67 @@
+"""`plugrpc.status`: the table `plugrpc status` prints from `router.plugins` rows."""
+
+from __future__ import annotations
+
+import pytest
+
+from plugrpc.tools.status import duration, millis, render
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (None, "-"),
+    (0.0, "0.0s"),
+    (4.26, "4.3s"),
+    (59.94, "59.9s"),
+    (60, "1m00s"),
+    (187.9, "3m07s"),
+    (3600, "1h00m"),
+    (5 * 3600 + 2 * 60 + 59, "5h02m"),
+    (86400 * 2 + 3 * 3600 + 59, "2d03h"),
+])
+def test_duration(seconds: float | None, text: str) -> None:
+    assert duration(seconds) == text
+
+
+@pytest.mark.parametrize(("ms", "text"), [
+    (None, "-"),
+    (0.0421, "0.042"),
+    (0.96, "0.960"),
+    (3.1, "3.10"),
+    (99.994, "99.99"),
+    (120.4, "120"),
+])
+def test_millis(ms: float | None, text: str) -> None:
+    assert millis(ms) == text
+
+
+ROWS = [
+    # As router.plugins reports them (extra keys are ignored).
+    {"name": "ovs", "mode": "rpc", "state": "running", "pid": 14638, "restarts": 0, "uptime": 2.565,
+     "exports": ["version"], "inflight": 0, "calls": 0, "errors": 0, "timeouts": 0,
+     "p50_ms": None, "p90_ms": None, "p99_ms": None},
+    {"name": "kitchen-sink", "mode": "rpc", "state": "backoff", "pid": None, "restarts": 12, "uptime": None,
+     "inflight": 3, "calls": 123456, "errors": 7, "p50_ms": 0.96, "p99_ms": 130.2},
+    {"name": "sysinfo", "mode": "exec", "state": "ready", "pid": None, "restarts": 0,
+     "inflight": 1, "pending": 0, "calls": 1, "errors": 0, "p50_ms": 26.624, "p99_ms": 26.624},
+]
+
+
+def test_render_lines_up_columns() -> None:
+    assert render(ROWS) == (
+        "NAME          MODE  STATE      PID  UPTIME  RESTARTS  INFLIGHT   CALLS  ERRORS  P50_MS  P99_MS\n"
+        "ovs           rpc   running  14638    2.6s         0         0       0       0       -       -\n"
+        "kitchen-sink  rpc   backoff      -       -        12         3  123456       7   0.960     130\n"
+        "sysinfo       exec  ready        -       -         0         1       1       0   26.62   26.62\n"
+    )
+
+
+def test_render_without_plugins_is_the_header() -> None:
+    assert render([]).splitlines() == [
+        "NAME  MODE  STATE  PID  UPTIME  RESTARTS  INFLIGHT  CALLS  ERRORS  P50_MS  P99_MS"
+    ]
+
+
+def test_render_tolerates_missing_figures() -> None:
+    # A row from an older or newer router may lack keys; the table shows "-" rather than failing.
+    (line,) = render([{"name": "x"}]).splitlines()[1:]
+    assert line.split() == ["x", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-"]
