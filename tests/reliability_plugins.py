@@ -1,4 +1,4 @@
-"""Plugin sources and helpers for the reliability suite (tests/test_reliability_*.py, test_fuzz.py, test_security.py).
+"""Plugin sources and figures for the reliability suite (e2e/test_reliability_*.py, test_fuzz.py, test_security.py).
 
 Heavy scenarios run scaled down by default; `PLUGRPC_SLOW=1` runs them at the sizes of issue 5
 (tests marked `slow`). With `PLUGRPC_FIGURES=FILE`, tests append what they measured (RSS, time to
@@ -7,12 +7,7 @@ first good answer, ...) to FILE as JSON lines; docs/reliability.md reports those
 
 from __future__ import annotations
 
-import asyncio
 import os
-import socket
-import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -52,128 +47,6 @@ def peak_rss_mib(pid: int) -> float:
 
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def alive(pid: int) -> bool:
-    """Running, and not a zombie waiting to be reaped."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live process below `pid` (children, grandchildren, ...)."""
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return [p for p in found if alive(p)]
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
-    """Poll `predicate` until it is truthy; fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
-        time.sleep(interval)
-
-
-async def await_until(probe: Callable[[], Any], expect: Any = True, timeout: float = 10.0,
-                      interval: float = 0.02) -> None:
-    """Poll `probe` (a function or a coroutine function) until it returns `expect`; fail after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value == expect:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"expected {expect!r} within {timeout}s, last got {value!r}")
-        await asyncio.sleep(interval)
-
-
-# --- a raw pipelined connection (counts every line, so duplicates cannot hide) -------------
-
-
-async def connect_unix(path: Path, timeout: float = 10.0) -> socket.socket:
-    """A connected non-blocking unix socket, waiting while the listener's backlog is full.
-
-    (asyncio's own connect takes AF_UNIX's EAGAIN, "backlog full", for "in progress" and hands
-    back a socket that is not connected at all.)
-    """
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.setblocking(False)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            sock.connect(os.fspath(path))
-            return sock
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                sock.close()
-                raise
-            await asyncio.sleep(0.01)
-        except OSError:
-            sock.close()
-            raise
-
-
-class Pipe:
-    """An asyncio NDJSON connection: send raw requests, collect every response line by id."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def open(cls, path: Path, limit: int = 8 << 20) -> Pipe:
-        sock = await connect_unix(path)
-        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(sock=sock, limit=limit), 10)
-        return cls(reader, writer)
-
-    async def send(self, lines: list[bytes]) -> None:
-        for line in lines:
-            self.writer.write(line)
-            await self.writer.drain()
-
-    async def recv(self, timeout: float = 30.0) -> Any:
-        line = await asyncio.wait_for(self.reader.readline(), timeout)
-        if not line:
-            raise ConnectionError("closed by the router")
-        return orjson.loads(line)
-
-    async def close(self) -> None:
-        self.writer.close()
-        try:
-            await asyncio.wait_for(self.writer.wait_closed(), 5)
-        except (ConnectionError, TimeoutError):
-            pass
-
-
-def request(method: str, params: Any = None, id: Any = None) -> bytes:
-    msg: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
-    if params is not None:
-        msg["params"] = params
-    if id is not None:
-        msg["id"] = id
-    return orjson.dumps(msg) + b"\n"
 
 
 # --- plugin sources ------------------------------------------------------------------------
@@ -219,7 +92,11 @@ async def hang():
 @threaded
 def block(seconds):
     import time
-    time.sleep(seconds)
+    STATS["running"] += 1
+    try:
+        time.sleep(seconds)
+    finally:
+        STATS["running"] -= 1
     return seconds
 
 def stats():

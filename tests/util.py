@@ -1,31 +1,67 @@
-"""Helpers for tests that talk to sockets byte for byte."""
+"""What tests share: raw NDJSON connections, waiting for a condition, processes, an in-process router.
+
+One of each: `RawConn` (blocking) and `AsyncRawConn` talk to a socket byte for byte with a
+timeout on every read; `wait_until` and `until` (its async twin for the event loop's thread)
+poll a condition with a deadline, never a bare sleep; `run_server` runs the router in the
+test's own event loop, as uvicorn's tests do, so its code is exercised and measured in process.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import inspect
 import os
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, TypeVar
 
 import orjson
 
+from plugrpc.config import Config
+from plugrpc.router.server import Server
 from plugrpc.testing import wait_for_socket
 
-TESTS = Path(__file__).resolve().parent
-REPO = TESTS.parent
-PLUGINS = TESTS / "plugins"
+TESTS: Final = Path(__file__).resolve().parent
+REPO: Final = TESTS.parent
+PLUGINS: Final = TESTS / "plugins"
 """Plugin scripts the tests run."""
-LEGACY = TESTS / "legacy"
+LEGACY: Final = TESTS / "legacy"
 """core0-style exec plugins (shell and C)."""
+WAIT: Final = 10.0
+"""Seconds any single wait in a test may take before it fails (not a time the code must meet)."""
+NOTIFY: Final[Any] = object()
+"""`req(..., id=NOTIFY)`: a notification, with no `id` member."""
+
+T = TypeVar("T")
+
+
+# --- messages and raw connections ------------------------------------------------------------
+
+
+def req(method: str, params: Any = None, id: Any = 1) -> dict[str, Any]:
+    """A JSON-RPC 2.0 request object (`id=NOTIFY` for a notification, `params=None` for none)."""
+    msg: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+    if params is not None:
+        msg["params"] = params
+    if id is not NOTIFY:
+        msg["id"] = id
+    return msg
+
+
+def line(msg: Any) -> bytes:
+    """A message (or raw bytes, passed through) as one line on the wire."""
+    return msg if isinstance(msg, bytes) else orjson.dumps(msg) + b"\n"
 
 
 class RawConn:
     """A blocking NDJSON connection with a timeout on every read: nothing can hang a test."""
 
-    def __init__(self, path: Path | str, timeout: float = 10.0) -> None:
+    def __init__(self, path: Path | str, timeout: float = WAIT) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         self.sock.connect(os.fspath(path))
@@ -40,8 +76,8 @@ class RawConn:
     def close(self) -> None:
         self.sock.close()
 
-    def send(self, data: bytes | Any) -> None:
-        self.sock.sendall(data if isinstance(data, bytes) else orjson.dumps(data) + b"\n")
+    def send(self, *msgs: bytes | Any) -> None:
+        self.sock.sendall(b"".join(line(msg) for msg in msgs))
 
     def line(self) -> bytes:
         while b"\n" not in self.buf:
@@ -49,14 +85,14 @@ class RawConn:
             if not chunk:
                 raise ConnectionError(f"closed by peer; buffered {self.buf[:200]!r}")
             self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\n")
-        return line
+        one, _, self.buf = self.buf.partition(b"\n")
+        return one
 
     def recv(self) -> Any:
         return orjson.loads(self.line())
 
-    def ask(self, data: bytes | Any) -> Any:
-        self.send(data)
+    def ask(self, msg: bytes | Any) -> Any:
+        self.send(msg)
         return self.recv()
 
     def closed_by_peer(self) -> bool:
@@ -67,20 +103,138 @@ class RawConn:
             return True
 
 
-def req(method: str, params: Any = None, id: Any = 1) -> dict[str, Any]:
-    msg: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": id}
-    if params is not None:
-        msg["params"] = params
-    return msg
+class AsyncRawConn:
+    """`RawConn` for tests on the event loop: many connections at once, each read with a timeout."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, path: Path, limit: int = 8 << 20) -> AsyncRawConn:
+        sock = await connect_unix(path)
+        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(sock=sock, limit=limit), WAIT)
+        return cls(reader, writer)
+
+    async def __aenter__(self) -> AsyncRawConn:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def send(self, *msgs: bytes | Any) -> None:
+        for msg in msgs:
+            self.writer.write(line(msg))
+            await self.writer.drain()
+
+    async def recv(self, timeout: float = 30.0) -> Any:
+        one = await asyncio.wait_for(self.reader.readline(), timeout)
+        if not one:
+            raise ConnectionError("closed by the peer")
+        return orjson.loads(one)
+
+    async def ask(self, msg: bytes | Any, timeout: float = 30.0) -> Any:
+        await self.send(msg)
+        return await self.recv(timeout)
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            await asyncio.wait_for(self.writer.wait_closed(), 5)
 
 
-BASIC = PLUGINS / "sdk_basic.py"
+async def connect_unix(path: Path, timeout: float = WAIT) -> socket.socket:
+    """A connected non-blocking unix socket, waiting while the listener's backlog is full.
+
+    (asyncio's own connect takes AF_UNIX's EAGAIN, "backlog full", for "in progress" and hands
+    back a socket that is not connected at all.)
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            sock.connect(os.fspath(path))
+            return sock
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                sock.close()
+                raise
+            await asyncio.sleep(0.01)
+        except OSError:
+            sock.close()
+            raise
+
+
+# --- waiting for a condition -----------------------------------------------------------------
+
+
+def wait_until(probe: Callable[[], T], what: str = "the condition", timeout: float = WAIT) -> T:
+    """Poll `probe` until it returns something truthy and return that; fail naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {value!r})")
+        time.sleep(0.01)
+
+
+async def until(probe: Callable[[], Any | Awaitable[Any]], what: str = "the condition", timeout: float = WAIT,
+                expect: Any = True) -> Any:
+    """`wait_until` on the event loop: `probe` may be a coroutine function; it must return `expect`
+    (or, with `expect=True`, anything truthy)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if inspect.isawaitable(value):
+            value = await value
+        if (value if expect is True else value == expect):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {value!r})")
+        await asyncio.sleep(0.01)
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+def alive(pid: int) -> bool:
+    """Running, and not a zombie waiting to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (children, grandchildren, ...)."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return [p for p in found if alive(p)]
+
+
+BASIC: Final = PLUGINS / "sdk_basic.py"
 
 
 class BasicPlugin:
     """tests/plugins/sdk_basic.py run by hand: it binds `socket` itself from $PLUGRPC_SOCKET."""
 
-    def __init__(self, socket: Path, env: Mapping[str, str] | None = None, wait: float = 10.0) -> None:
+    def __init__(self, socket: Path, env: Mapping[str, str] | None = None, wait: float = WAIT) -> None:
         self.socket = socket
         self.wait = wait
         child_env = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "PLUGRPC_"))}
@@ -97,3 +251,24 @@ class BasicPlugin:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(self.wait)
+
+
+# --- the router in this process --------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def run_server(config: Config) -> AsyncIterator[Server]:
+    """Run a router on `config` in the current event loop until the block ends, then shut it down."""
+    server = Server(config)
+    task = asyncio.create_task(server.serve())
+    started = asyncio.create_task(server.started.wait())
+    try:
+        await asyncio.wait((task, started), timeout=WAIT * 2, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()  # startup failed: raise its error here
+        assert server.started.is_set(), "the router did not start"
+        yield server
+    finally:
+        started.cancel()
+        server.should_exit.set()
+        await asyncio.wait_for(task, WAIT * 3)

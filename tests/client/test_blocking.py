@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,9 +13,7 @@ from plugrpc.client.aio import Client
 from plugrpc.client.blocking import BlockingClient
 from plugrpc.errors import CallTimeout, ConnectError, ConnectionLost, RpcError
 
-from util import BasicPlugin
-
-WAIT = 10.0
+from util import WAIT, BasicPlugin, wait_until
 
 
 @pytest.fixture
@@ -53,10 +50,7 @@ def test_calls_from_plain_sync_code(plugin_socket: Path) -> None:
             c.raw("own_error")
         assert (info.value.code, info.value.message, info.value.data) == (4000, "custom failure", [1, 2])
         c.notify("wait_forever", ["b1"])
-        deadline = time.monotonic() + WAIT
-        while not c.raw("started", ["b1"]):  # the notification reached the plugin
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until(lambda: c.raw("started", ["b1"]), "the notification to reach the plugin")
         with pytest.raises(CallTimeout) as timeout:
             c.raw("wait_forever", ["b2"], timeout=0.05)
         assert timeout.value.code == codes.CALL_TIMEOUT

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,7 @@ from plugrpc import codes
 from plugrpc.client.aio import Client
 from plugrpc.errors import CallTimeout, ConnectError, ConnectionLost, PluginUnavailable, RpcError
 
-from util import BasicPlugin
-
-WAIT = 10.0
+from util import WAIT, BasicPlugin, until
 
 
 class Plugin(BasicPlugin):
@@ -51,10 +48,7 @@ def plugin(start: Callable[..., Plugin]) -> Plugin:
 
 async def poll(c: Client, method: str, params: Any, expect: Any) -> None:
     """Ask until the answer is `expect` (state changes in the plugin are not instant)."""
-    deadline = time.monotonic() + WAIT
-    while (got := await c.raw(method, params)) != expect:
-        assert time.monotonic() < deadline, f"{method}{params} still {got!r}, expected {expect!r}"
-        await asyncio.sleep(0.01)
+    await until(lambda: c.raw(method, params), f"{method}{params} to answer {expect!r}", expect=expect)
 
 
 async def test_many_concurrent_pipelined_calls_are_all_matched(plugin: Plugin) -> None:

@@ -19,7 +19,7 @@ import plugrpc
 from plugrpc.testing import RouterProcess
 
 from plugin_sources import KITCHEN, KITCHEN_EXPORTS, NODE, OVS, raw
-from util import RawConn, req
+from util import RawConn, alive, req, until, wait_until
 
 Image = Callable[..., Path]
 Router = Callable[..., RouterProcess]
@@ -34,32 +34,8 @@ def kitchen(plugrpc_image: Image, plugrpc_router: Router) -> RouterProcess:
     return plugrpc_router(root)
 
 
-def pids_alive(pids: list[int]) -> list[int]:
-    alive = []
-    for pid in pids:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            continue
-        # A zombie is dead for our purposes (its parent just has not reaped it yet).
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().split(")")[-1].split()[0] == "Z":
-                    continue
-        except FileNotFoundError:
-            continue
-        alive.append(pid)
-    return alive
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
+async def inflight(client: plugrpc.Client) -> int:
+    return (await client.raw("router.stats"))["inflight"]  # type: ignore[no-any-return]
 
 
 class TestExampleImage:
@@ -256,7 +232,7 @@ class TestFaults:
             async with plugrpc.Client(router.socket, timeout=30) as c:
                 old = await c.raw("k.pid")
                 slow = [asyncio.ensure_future(c.raw("k.sleep", [20])) for _ in range(5)]
-                await asyncio.sleep(0.2)
+                await until(lambda: inflight(c), "the five calls to be in flight", expect=5)
                 started = time.monotonic()
                 with pytest.raises(plugrpc.PluginUnavailable):
                     await c.raw("k.crash")
@@ -334,18 +310,18 @@ class TestFaults:
             for i in range(10):
                 c.send(req("k.sleep", [1.5], id=i))
             with kitchen.client() as probe:
-                wait_until(lambda: probe.raw("router.plugins")[0]["inflight"] == 10, 5)
+                wait_until(lambda: probe.raw("router.plugins")[0]["inflight"] == 10, timeout=5)
         with kitchen.client() as probe:
-            wait_until(lambda: probe.raw("router.plugins")[0]["inflight"] == 0, 5)
+            wait_until(lambda: probe.raw("router.plugins")[0]["inflight"] == 0, timeout=5)
             assert probe.raw("router.stats")["inflight"] == 0
 
     def test_client_rpc_cancel_stops_its_call(self, kitchen: RouterProcess) -> None:
         with RawConn(kitchen.socket) as c, kitchen.client() as probe:
             c.send(req("k.sleep", [1.5], id="slow"))
             c.send(req("k.sleep", [1.5], id="other"))
-            wait_until(lambda: probe.raw("router.plugins")[0]["inflight"] == 2, 5)
+            wait_until(lambda: probe.raw("router.plugins")[0]["inflight"] == 2, timeout=5)
             c.send({"jsonrpc": "2.0", "method": "rpc.cancel", "params": {"id": "slow"}})
-            wait_until(lambda: probe.raw("router.plugins")[0]["inflight"] == 1, 5)
+            wait_until(lambda: probe.raw("router.plugins")[0]["inflight"] == 1, timeout=5)
             assert c.ask(req("rpc.cancel", {"id": "nope"}, id=2)) == {"jsonrpc": "2.0", "result": False, "id": 2}
             assert c.recv()["id"] == "other"  # "slow" never answers: its client gave up on it
 
@@ -357,12 +333,13 @@ class TestFaults:
         assert stat.S_IMODE((runtime_dir / "k.sock").stat().st_mode) == 0o600
         with RawConn(kitchen.socket) as c:
             c.send(req("k.sleep", [0.5], id="slow"))
-            time.sleep(0.1)
+            with kitchen.client() as probe:
+                wait_until(lambda: probe.raw("router.plugins")[0]["inflight"] == 1, "the call to be in flight")
             kitchen.proc.send_signal(signal.SIGTERM)
             assert c.recv() == {"jsonrpc": "2.0", "result": 0.5, "id": "slow"}
         assert kitchen.proc.wait(20) == 0
         assert not kitchen.socket.exists()
-        assert pids_alive([pid]) == []
+        assert not alive(pid)
         assert not runtime_dir.exists()
 
     def test_router_killed_leaves_no_plugin_behind(self, kitchen: RouterProcess) -> None:
@@ -370,7 +347,7 @@ class TestFaults:
             pids = [p["pid"] for p in c.raw("router.plugins")]
         kitchen.proc.send_signal(signal.SIGKILL)
         kitchen.proc.wait(10)
-        wait_until(lambda: pids_alive(pids) == [], 10)
+        wait_until(lambda: not any(alive(pid) for pid in pids), "the plugins to exit")
 
 
 class TestSecurity:

@@ -20,24 +20,8 @@ import pytest
 import plugrpc
 from plugrpc.testing import RouterProcess
 
-from reliability_plugins import (
-    CRASHER,
-    ECHO,
-    ECHO_EXPORTS,
-    FAULTY,
-    FAULTY_EXPORTS,
-    FULL,
-    Pipe,
-    alive,
-    await_until,
-    descendants,
-    fd_count,
-    figure,
-    request,
-    rss_mib,
-    wait_until,
-)
-from util import LEGACY
+from reliability_plugins import CRASHER, ECHO, ECHO_EXPORTS, FAULTY, FAULTY_EXPORTS, FULL, fd_count, figure, rss_mib
+from util import LEGACY, AsyncRawConn, alive, descendants, req, until, wait_until
 
 Image = Callable[..., Path]
 Router = Callable[..., RouterProcess]
@@ -88,7 +72,7 @@ async def test_sigkill_under_load_fails_inflight_at_once_restarts_and_answers_ag
         errors: list[tuple[float, Exception]] = []
         load = [asyncio.ensure_future(steady(c, "a.echo", stop, errors)) for _ in range(4)]
         slow = [asyncio.ensure_future(c.raw("a.sleep", [20, i])) for i in range(50)]
-        await await_until(lambda: _running(c, "a"), 50)
+        await until(lambda: _running(c, "a"), expect=50)
         killed = time.monotonic()
         os.kill(old, signal.SIGKILL)
         failed_at = []
@@ -134,10 +118,10 @@ async def test_calls_sent_during_a_restart_wait_in_the_backlog_and_succeed(
         plugrpc_image: Image, plugrpc_router: Router) -> None:
     router = plugrpc_router(plugrpc_image({"a": ("a.py", SLOW_START, ECHO_EXPORTS)}))
     async with plugrpc.Client(router.socket, timeout=60) as c:
-        await await_until(lambda: _state(c, "a"), "running", timeout=20)
+        await until(lambda: _state(c, "a"), expect="running", timeout=20)
         old = (await c.raw("a.stats"))["pid"]
         slow = asyncio.ensure_future(c.raw("a.sleep", [20]))
-        await await_until(lambda: _running(c, "a"), 1)
+        await until(lambda: _running(c, "a"), expect=1)
         os.kill(old, signal.SIGKILL)
         with pytest.raises(plugrpc.PluginUnavailable):
             await asyncio.wait_for(slow, 30)  # the router has seen the death: what follows is sent in the restart
@@ -167,7 +151,7 @@ async def test_crash_loop_is_visible_fails_fast_and_leaves_others_alone(plugrpc_
         with pytest.raises(plugrpc.PluginUnavailable):
             await c.raw("crash.x")
         assert time.monotonic() - early < 15  # not the 30 s timeout
-        await await_until(lambda: _state(c, "crash"), "crashloop", timeout=15)
+        await until(lambda: _state(c, "crash"), expect="crashloop", timeout=15)
         row = await plugin_row(c, "crash")
         assert row["restarts"] >= 4 and row["last_exit"] == 3 and row["inflight"] == 0
         assert (await c.raw("router.health"))["status"] == "degraded"
@@ -208,7 +192,7 @@ async def test_hung_handler_times_out_is_cancelled_and_others_keep_flowing(plugr
         stop.set()
         assert all(n > 0 for n in await asyncio.gather(*flows))
         # The router told the plugin to cancel them (rpc.cancel): nothing of them still runs there.
-        await await_until(lambda: _stats(c, "a", "running"), 0)
+        await until(lambda: _stats(c, "a", "running"), expect=0)
         assert (await c.raw("a.stats"))["cancelled"] == 5
         assert (await router_stat(c, "plugins"))["a"]["timeouts"] == 5
     assert 0.9 < took < FAST
@@ -227,7 +211,7 @@ async def test_blocked_thread_times_out_and_its_late_answer_is_dropped(plugrpc_i
         with pytest.raises(plugrpc.CallTimeout):
             await c.raw("a.block", [1.5])
         assert await c.raw("a.echo", [1]) == {"by": "a", "payload": 1}  # the loop is free meanwhile
-        await asyncio.sleep(1.5)  # the late answer has come back by now
+        await until(lambda: _stats(c, "a", "running"), "the blocked thread to finish", expect=0)
         assert await c.raw("a.echo", [2]) == {"by": "a", "payload": 2}
         assert (await c.raw("a.stats"))["pid"] == pid
         assert (await router_stat(c, "plugins"))["a"]["errors"] == 1
@@ -240,7 +224,7 @@ async def test_a_client_that_gives_up_has_the_call_cancelled_in_the_plugin(plugr
     async with plugrpc.Client(router.socket, timeout=60) as c:
         with pytest.raises(plugrpc.CallTimeout):
             await c.raw("a.hang", timeout=0.3)  # the client sends rpc.cancel for it
-        await await_until(lambda: _stats(c, "a", "cancelled"), 1, timeout=3)
+        await until(lambda: _stats(c, "a", "cancelled"), expect=1, timeout=3)
         assert await router_stat(c, "inflight") == 0
 
 
@@ -252,13 +236,14 @@ async def test_protocol_breach_fails_every_inflight_call_and_nothing_else(poison
                                                                          plugrpc_router: Router) -> None:
     root = plugrpc_image({"bad": ("bad.py", FAULTY, FAULTY_EXPORTS), "a": ("a.py", ECHO, ECHO_EXPORTS)})
     router = plugrpc_router(root)
-    pipe = await Pipe.open(router.socket)
+    pipe = await AsyncRawConn.open(router.socket)
     try:
-        await pipe.send([request("bad.hold", [i], id=f"hold{i}") for i in range(5)])
-        await pipe.send([request("a.sleep", [0.5, "other"], id="other")])
-        await asyncio.sleep(0.2)
+        await pipe.send(*[req("bad.hold", [i], id=f"hold{i}") for i in range(5)])
+        await pipe.send(req("a.sleep", [0.5, "other"], id="other"))
+        async with plugrpc.Client(router.socket, timeout=30) as probe:
+            await until(lambda: router_stat(probe, "inflight"), "the six calls to be in flight", expect=6)
         started = time.monotonic()
-        await pipe.send([request(f"bad.{poison}", [1], id="poison")])
+        await pipe.send(req(f"bad.{poison}", [1], id="poison"))
         answers: dict[Any, Any] = {}
         while len(answers) < 7:
             msg = await pipe.recv()
@@ -274,9 +259,9 @@ async def test_protocol_breach_fails_every_inflight_call_and_nothing_else(poison
             assert answers["poison"]["error"]["code"] == -32001
         assert answers["other"]["result"] == {"by": "a", "payload": "other"}  # another plugin: untouched
         # The router reconnects to the same process; the plugin answers again.
-        await pipe.send([request("bad.ok", ["again"], id="again")])
+        await pipe.send(req("bad.ok", ["again"], id="again"))
         assert await pipe.recv() == {"jsonrpc": "2.0", "result": ["again"], "id": "again"}
-        await pipe.send([request("router.plugins", id="rows")])
+        await pipe.send(req("router.plugins", id="rows"))
         rows = {p["name"]: p for p in (await pipe.recv())["result"]}
         assert rows["bad"]["inflight"] == 0 and rows["bad"]["restarts"] == 0 and rows["bad"]["state"] == "running"
     finally:
@@ -302,18 +287,18 @@ async def test_disconnects_with_calls_in_flight_leak_nothing(plugrpc_image: Imag
 
         async def vanish() -> None:
             for n in todo:
-                pipe = await Pipe.open(router.socket)
+                pipe = await AsyncRawConn.open(router.socket)
                 # Two calls that never end, then one that does: once it answers, the two are
                 # running in the plugin (one connection, answered in order of arrival).
-                await pipe.send([request("a.hang", id=1), request("a.hang", id=2), request("a.echo", [n], id=3)])
+                await pipe.send(req("a.hang", id=1), req("a.hang", id=2), req("a.echo", [n], id=3))
                 assert (await pipe.recv())["id"] == 3
                 await pipe.close()
 
         started = time.monotonic()
         await asyncio.wait_for(asyncio.gather(*(vanish() for _ in range(20))), 600)
         elapsed = time.monotonic() - started
-        await await_until(lambda: router_stat(probe, "inflight"), 0, timeout=30)
-        await await_until(lambda: _stats(probe, "a", "running"), 0, timeout=30)
+        await until(lambda: router_stat(probe, "inflight"), expect=0, timeout=30)
+        await until(lambda: _stats(probe, "a", "running"), expect=0, timeout=30)
         assert (await probe.raw("a.stats"))["cancelled"] == 2 * disconnects
         assert await router_stat(probe, "clients") == 1
         grown_fds, grown_rss = fd_count(router.pid) - fds, rss_mib(router.pid) - rss
@@ -336,7 +321,7 @@ async def test_sigterm_under_load_finishes_inflight_calls_and_cleans_up(plugrpc_
         tree = descendants(router.pid)
         assert grandchild in tree and len(tree) >= 4
         calls = [asyncio.ensure_future(c.raw(f"{p}.sleep", [1, [p, i]])) for p in ("a", "b", "c") for i in range(20)]
-        await await_until(lambda: router_stat(c, "inflight"), 60)
+        await until(lambda: router_stat(c, "inflight"), expect=60)
         router.proc.send_signal(signal.SIGTERM)
         results = await asyncio.wait_for(asyncio.gather(*calls), 30)
         assert results == [{"by": p, "payload": [p, i]} for p in ("a", "b", "c") for i in range(20)]
@@ -351,7 +336,7 @@ async def test_a_call_still_running_after_the_grace_period_is_answered_32001(plu
                             "--shutdown-grace", "0.5")
     async with plugrpc.Client(router.socket, timeout=60) as c:
         hung = asyncio.ensure_future(c.raw("a.hang"))
-        await await_until(lambda: _stats(c, "a", "running"), 1)
+        await until(lambda: _stats(c, "a", "running"), expect=1)
         router.proc.send_signal(signal.SIGTERM)
         with pytest.raises(plugrpc.PluginUnavailable):
             await asyncio.wait_for(hung, 30)
@@ -365,9 +350,9 @@ async def test_a_second_sigterm_during_shutdown_does_not_skip_the_cleanup(plugrp
     async with plugrpc.Client(router.socket, timeout=60) as c:
         runtime = Path((await c.raw("a.environ"))["PLUGRPC_SOCKET"]).parent
         hung = asyncio.ensure_future(c.raw("a.hang"))
-        await await_until(lambda: _stats(c, "a", "running"), 1)
+        await until(lambda: _stats(c, "a", "running"), expect=1)
         router.proc.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.3)
+        await until(lambda: "shutting down: waiting" in router.log(), "the router to start its shutdown")
         router.proc.send_signal(signal.SIGTERM)  # an impatient operator, or a supervisor that repeats itself
         with pytest.raises((plugrpc.PluginUnavailable, plugrpc.ConnectionLost)):
             await asyncio.wait_for(hung, 30)
@@ -382,7 +367,7 @@ async def test_sigterm_with_a_call_beyond_the_grace_period_still_exits_cleanly(p
     async with plugrpc.Client(router.socket, timeout=60) as c:
         tree = descendants(router.pid)
         hung = asyncio.ensure_future(c.raw("a.hang"))
-        await await_until(lambda: _stats(c, "a", "running"), 1)
+        await until(lambda: _stats(c, "a", "running"), expect=1)
         stopping = time.monotonic()
         router.proc.send_signal(signal.SIGTERM)
         with pytest.raises((plugrpc.PluginUnavailable, plugrpc.ConnectionLost)):

@@ -21,18 +21,8 @@ import pytest
 import plugrpc
 from plugrpc.testing import RouterProcess
 
-from reliability_plugins import (
-    ECHO,
-    ECHO_EXPORTS,
-    FULL,
-    Pipe,
-    await_until,
-    fd_count,
-    figure,
-    peak_rss_mib,
-    request,
-    rss_mib,
-)
+from reliability_plugins import ECHO, ECHO_EXPORTS, FULL, fd_count, figure, peak_rss_mib, rss_mib
+from util import AsyncRawConn, line, req, until
 
 Image = Callable[..., Path]
 Router = Callable[..., RouterProcess]
@@ -86,14 +76,14 @@ async def mixed_client(path: Path, conn: int, calls: int, window: int) -> tuple[
     rng = random.Random(conn)
     plan = [(PLUGINS[(conn + i) % 3], size_of(rng, i)) for i in range(calls)]
     expected = {call_id(conn, i): i for i in range(calls)}
-    pipe = await Pipe.open(path)
+    pipe = await AsyncRawConn.open(path)
     room = asyncio.Semaphore(window)
     per_plugin = dict.fromkeys(PLUGINS, 0)
 
     async def send() -> None:
         for i, (plugin, size) in enumerate(plan):
             await room.acquire()
-            await pipe.send([request(f"{plugin}.echo", [payload(conn, i, size)], call_id(conn, i))])
+            await pipe.send(req(f"{plugin}.echo", [payload(conn, i, size)], call_id(conn, i)))
 
     sender = asyncio.ensure_future(send())
     try:
@@ -107,7 +97,7 @@ async def mixed_client(path: Path, conn: int, calls: int, window: int) -> tuple[
             per_plugin[plugin] += 1
         await sender
         # Nothing more may come: a duplicate would arrive before the answer to this last call.
-        await pipe.send([request("router.health", id="last")])
+        await pipe.send(req("router.health", id="last"))
         assert (await pipe.recv())["id"] == "last"
     finally:
         sender.cancel()
@@ -143,19 +133,19 @@ async def test_mixed_sizes_through_three_plugins_none_lost_or_duplicated(three: 
 @pytest.mark.parametrize("connections", [pytest.param(1000, id="1000")])
 async def test_a_thousand_connections_held_open_while_calls_flow(three: RouterProcess, connections: int) -> None:
     baseline = rss_mib(three.pid)
-    pipes: list[Pipe] = []
+    pipes: list[AsyncRawConn] = []
     try:
         for start in range(0, connections, 100):
             batch = range(start, min(start + 100, connections))
-            pipes += await asyncio.gather(*(Pipe.open(three.socket) for _ in batch))
+            pipes += await asyncio.gather(*(AsyncRawConn.open(three.socket) for _ in batch))
         async with plugrpc.Client(three.socket, timeout=30) as probe:
-            await await_until(lambda: router_stat(probe, "clients"), connections + 1)
+            await until(lambda: router_stat(probe, "clients"), expect=connections + 1)
 
             async def round_trip(n: int, round_: int) -> None:
                 pipe = pipes[n]
                 plugin = PLUGINS[n % 3]
                 body = payload(n, round_, 100 + n)
-                await pipe.send([request(f"{plugin}.echo", [body], id=round_)])
+                await pipe.send(req(f"{plugin}.echo", [body], id=round_))
                 assert await pipe.recv() == {"jsonrpc": "2.0", "id": round_,
                                              "result": {"by": plugin, "payload": body}}
 
@@ -168,7 +158,7 @@ async def test_a_thousand_connections_held_open_while_calls_flow(three: RouterPr
             await pipe.close()
         pipes = []
         async with plugrpc.Client(three.socket, timeout=30) as probe:
-            await await_until(lambda: router_stat(probe, "clients"), 1)
+            await until(lambda: router_stat(probe, "clients"), expect=1)
             assert (await probe.raw("router.stats"))["inflight"] == 0
     finally:
         for pipe in pipes:
@@ -249,7 +239,7 @@ async def test_client_that_never_reads_is_throttled_and_others_are_unaffected(
         three: RouterProcess, payload_kib: int, seconds: float) -> None:
     """Backpressure: the router stops reading a client whose responses pile up; memory stays bounded."""
     before = rss_mib(three.pid)
-    line = request("a.echo", ["z" * (payload_kib * 1024)], id=1)
+    data = line(req("a.echo", ["z" * (payload_kib * 1024)], id=1))
     stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stuck.setblocking(False)
     stuck.connect(str(three.socket))
@@ -270,7 +260,7 @@ async def test_client_that_never_reads_is_throttled_and_others_are_unaffected(
             worker = asyncio.ensure_future(others_keep_working())
             try:
                 last_progress = time.monotonic()
-                view = memoryview(line)
+                view = memoryview(data)
                 offset = 0
                 # Write until the router has stopped taking our requests for `seconds` in a row.
                 while time.monotonic() - last_progress < seconds and sent < cap:
@@ -280,7 +270,7 @@ async def test_client_that_never_reads_is_throttled_and_others_are_unaffected(
                         await asyncio.sleep(0.02)
                         continue
                     sent += n
-                    offset = (offset + n) % len(line)
+                    offset = (offset + n) % len(data)
                     last_progress = time.monotonic()
                     await asyncio.sleep(0)
                 stalled = rss_mib(three.pid)
@@ -293,7 +283,7 @@ async def test_client_that_never_reads_is_throttled_and_others_are_unaffected(
             stats = await other.raw("router.stats")
             stuck.close()
             # The stuck client's calls are dropped with it, and the router is back to idle.
-            await await_until(lambda: router_stat(other, "inflight"), 0, timeout=30)
+            await until(lambda: router_stat(other, "inflight"), expect=0, timeout=30)
     finally:
         stuck.close()
     # Bounded by what the router holds for the stuck client: at most max_inflight_per_client

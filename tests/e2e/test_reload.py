@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,9 +13,15 @@ import plugrpc
 from plugrpc.testing import RouterProcess, write_image
 
 from plugin_sources import KITCHEN, KITCHEN_EXPORTS, OVS
+from util import until, wait_until
 
 Image = Callable[..., Path]
 Router = Callable[..., RouterProcess]
+
+
+async def plugin_inflight(client: plugrpc.Client, name: str) -> int:
+    rows = {row["name"]: row for row in await client.raw("router.plugins")}
+    return rows[name]["inflight"]  # type: ignore[no-any-return]
 
 
 def test_reload_adds_swaps_and_removes(plugrpc_image: Image, plugrpc_router: Router) -> None:
@@ -34,7 +39,7 @@ def test_reload_adds_swaps_and_removes(plugrpc_image: Image, plugrpc_router: Rou
             in_flight = [asyncio.ensure_future(c.raw("k.sleep", [0.5])) for _ in range(5)]
             gone_call = asyncio.ensure_future(c.raw("gone.version"))
             steady = asyncio.ensure_future(asyncio.gather(*(c.raw("ovs.version") for _ in range(200))))
-            await asyncio.sleep(0.1)
+            await until(lambda: plugin_inflight(c, "k"), "the five calls to be written to k", expect=5)
             write_image(root, {
                 "k": ("k.py", KITCHEN, KITCHEN_EXPORTS, {"timeout": 7}),  # changed
                 "ovs": ("ovs.py", OVS, ["version"]),  # unchanged
@@ -64,15 +69,11 @@ def test_sighup_reloads_and_a_bad_manifest_changes_nothing(plugrpc_image: Image,
         with pytest.raises(plugrpc.RpcError, match="colour"):
             c.raw("router.reload")
         router.proc.send_signal(signal.SIGHUP)
-        time.sleep(0.3)
+        wait_until(lambda: "reload refused" in router.log(), "the refused reload to be logged")
         assert c.raw("ovs.version") == "1.0alpha"
         write_image(root, {"ovs": ("ovs.py", OVS, ["version"]), "two": ("two.py", OVS, ["version"])})
         router.proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if len(c.raw("router.plugins")) == 2:
-                break
-            time.sleep(0.05)
+        wait_until(lambda: len(c.raw("router.plugins")) == 2, "the second plugin")
         assert c.raw("two.version") == "1.0alpha"
     assert "reload refused" in router.log()
 

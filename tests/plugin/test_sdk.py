@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,10 +21,9 @@ from plugrpc.plugin.dispatch import resolve
 from plugrpc.plugin.sdk import Connection, _Server, serve
 from plugrpc.testing import wait_for_socket
 
-from util import PLUGINS, RawConn, req
+from util import PLUGINS, WAIT, RawConn, req, wait_until
 
 BASIC = PLUGINS / "sdk_basic.py"
-WAIT = 10.0
 
 
 def note(method: str, params: Any = None) -> dict[str, Any]:
@@ -106,10 +104,8 @@ def error(msg: dict[str, Any], id: Any = 1) -> dict[str, Any]:
 
 def poll(conn: RawConn, method: str, params: Any, expect: Any) -> None:
     """Ask until the answer is `expect` (state changes in the plugin are not instant)."""
-    deadline = time.monotonic() + WAIT
-    while (got := result(conn.ask(req(method, params, id="poll")), "poll")) != expect:
-        assert time.monotonic() < deadline, f"{method}{params} still {got!r}, expected {expect!r}"
-        time.sleep(0.01)
+    wait_until(lambda: result(conn.ask(req(method, params, id="poll")), "poll") == expect,
+               f"{method}{params} to answer {expect!r}")
 
 
 class TestCalls:

@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,11 +24,10 @@ from plugrpc.errors import CallTimeout, MessageTooLarge, Overloaded, PluginUnava
 from plugrpc.manifest import PluginSpec
 from plugrpc.process.execmode import EXEC_FAILED, MAX_ERROR_TEXT, MAX_OUTPUT, ExecPlugin
 
-from util import LEGACY
+from util import LEGACY, WAIT, alive, until
 
 SH_PLUGIN = LEGACY / "plugin.sh"
 EXAMPLE_PLUGIN = EXAMPLE_ROOT / "legacy" / "sysinfo.sh"
-WAIT = 10.0
 """Upper bound for anything the tests wait on; only reached when something hangs."""
 
 Make = Callable[..., ExecPlugin]
@@ -81,22 +79,9 @@ async def make(root: Path) -> AsyncIterator[Make]:
         await asyncio.wait_for(plugin.aclose(), WAIT)
 
 
-def alive(pid: int) -> bool:
-    """True while `pid` runs; a zombie nobody reaped yet counts as gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
 async def gone(*pids: int) -> bool:
     """Wait (bounded) until none of `pids` runs."""
-    deadline = time.monotonic() + WAIT
-    while any(alive(p) for p in pids):
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.02)
+    await until(lambda: not any(alive(p) for p in pids), f"pids {pids} to exit")
     return True
 
 
@@ -111,10 +96,7 @@ def read_pids(file: Path) -> list[int] | None:
 
 async def pids_of(file: Path) -> list[int]:
     """Wait (bounded) for the pids of a running `sleep`/`stubborn` call: the script's and its child's."""
-    deadline = time.monotonic() + WAIT
-    while (pids := read_pids(file)) is None:
-        assert time.monotonic() < deadline, f"{file} never appeared"
-        await asyncio.sleep(0.02)
+    pids: list[int] = await until(lambda: read_pids(file), f"{file} to appear")
     return pids
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from plugrpc.process.reaper import Reaper
 
-from reliability_plugins import alive, descendants, wait_until
+from util import alive, descendants, wait_until
 
 # A plugin-like process: its own session, and a child of its own in its group.
 GROUP = [sys.executable, "-c", "import subprocess, time; subprocess.Popen(['sleep', '300']); time.sleep(300)"]
@@ -25,7 +25,8 @@ def group() -> Iterator[list[int]]:
     """A process group of two: [leader, its child]; whatever is left is killed at teardown."""
     leader = subprocess.Popen(GROUP, start_new_session=True)
     try:
-        members = wait_until(lambda: [leader.pid, *descendants(leader.pid)] if descendants(leader.pid) else None, 10)
+        members = wait_until(lambda: [leader.pid, *descendants(leader.pid)] if descendants(leader.pid) else None,
+                             "the group's child")
         yield members
     finally:
         for pid in descendants(leader.pid):
@@ -40,7 +41,7 @@ def test_watched_group_is_killed_when_the_runtime_side_closes(group: list[int]) 
     watchdog = reaper.pid
     assert watchdog is not None and alive(watchdog)
     reaper.close()
-    wait_until(lambda: not any(alive(p) for p in group), 10)
+    wait_until(lambda: not any(alive(p) for p in group), timeout=10)
     assert not alive(watchdog)
 
 
@@ -64,10 +65,11 @@ def test_group_dies_with_a_runtime_killed_by_sigkill() -> None:
     try:
         assert runtime.stdout is not None
         leader = int(runtime.stdout.readline())
-        members = wait_until(lambda: [leader, *descendants(leader)] if descendants(leader) else None, 10)
+        members = wait_until(lambda: [leader, *descendants(leader)] if descendants(leader) else None,
+                             "the group's child")
         runtime.kill()
         runtime.wait(10)
-        wait_until(lambda: not any(alive(p) for p in members), 10)
+        wait_until(lambda: not any(alive(p) for p in members), timeout=10)
     finally:
         runtime.kill()
         runtime.wait(10)
@@ -79,7 +81,7 @@ def test_a_dead_watchdog_is_logged_not_fatal(group: list[int], caplog: pytest.Lo
     reaper.watch(group[0])
     assert reaper.pid is not None
     os.kill(reaper.pid, signal.SIGKILL)
-    wait_until(lambda: not alive(reaper.pid), 10)  # type: ignore[arg-type]
+    wait_until(lambda: not alive(reaper.pid), timeout=10)  # type: ignore[arg-type]
     with caplog.at_level(logging.WARNING, logger="plugrpc.reaper"):
         reaper.watch(group[0])
         reaper.watch(group[0])

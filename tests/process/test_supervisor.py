@@ -31,14 +31,12 @@ from plugrpc.process.child import LOG_MAX_LINE, LogPipe, describe_exit
 from plugrpc.process.runtime_dir import RuntimeDir
 from plugrpc.process.supervisor import PluginState, Supervisor, backoff_delay
 
-from util import PLUGINS
+from util import PLUGINS, WAIT, alive, until, wait_until
 
 PLUGIN = PLUGINS / "sup_plugin.py"
 HOST = PLUGINS / "sup_host.py"
 TRUE = Path(shutil.which("true") or "/bin/true")
 FALSE = Path(shutil.which("false") or "/bin/false")
-WAIT = 10.0
-"""Upper bound for anything the tests wait on; only reached when something hangs."""
 
 SPEC_KEYS = {"restart", "lazy", "idle_stop", "grace", "inherit_env", "env", "mode"}
 Make = Callable[..., Supervisor]
@@ -95,15 +93,6 @@ class States:
         return [state for _, state in self.seen]
 
 
-async def until(predicate: Callable[[], object], what: str, within: float = WAIT) -> None:
-    """Poll `predicate` until true; fail naming `what` after `within` seconds."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 async def state(sup: Supervisor, *states: PluginState) -> None:
     await until(lambda: sup.state in states, f"{sup!r} to reach {[s.value for s in states]}")
 
@@ -133,17 +122,9 @@ async def ask_busy(sup: Supervisor) -> dict[str, Any]:
     return call.result()
 
 
-def gone(pid: int) -> bool:
-    """True once `pid` has exited (a zombie counts: PID 1 of a container may never reap it)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
 async def wait_gone(pid: int) -> None:
-    await until(lambda: gone(pid), f"pid {pid} to exit")
+    """Until `pid` has exited (a zombie counts: PID 1 of a container may never reap it)."""
+    await until(lambda: not alive(pid), f"pid {pid} to exit")
 
 
 def plugin_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -444,7 +425,7 @@ async def test_restart_replaces_the_process_and_keeps_the_socket(make: Make) -> 
     facts = await ask(sup.socket_path)
     assert facts["pid"] != first and sup.restarts == 0 and sup.last_exit == 0
     assert os.stat(sup.socket_path).st_ino == inode
-    assert gone(first)
+    assert not alive(first)
 
 
 async def test_restart_of_a_failed_plugin_tries_again(make: Make) -> None:
@@ -487,7 +468,7 @@ async def test_idle_plugin_is_stopped_and_restarted_on_demand(make: Make) -> Non
     sup.touch()
     sup.ensure_running()
     second = (await ask_busy(sup))["pid"]
-    assert second != first and gone(first)
+    assert second != first and not alive(first)
 
 
 async def test_call_during_an_idle_stop_starts_a_new_process(make: Make) -> None:
@@ -500,7 +481,7 @@ async def test_call_during_an_idle_stop_starts_a_new_process(make: Make) -> None
     sup.ensure_running()
     assert sup.state is PluginState.STARTING and sup.available
     await until(lambda: sup.pid not in (None, first), "the new process")
-    assert gone(first) and sup.last_exit == -signal.SIGKILL
+    assert not alive(first) and sup.last_exit == -signal.SIGKILL
     assert PluginState.STOPPED not in states.names[2:]
 
 
@@ -514,7 +495,7 @@ async def test_stop_sends_sigterm_and_removes_the_socket(make: Make) -> None:
     await asyncio.wait_for(sup.stop(), WAIT)
     assert sup.last_exit == 0  # the fixture exits 0 on SIGTERM
     assert sup.state is PluginState.STOPPED and not sup.available and sup.pid is None
-    assert not sup.socket_path.exists() and gone(pid)
+    assert not sup.socket_path.exists() and not alive(pid)
     sup.ensure_running()
     assert sup.state is PluginState.STOPPED
     await asyncio.wait_for(sup.stop(), WAIT)  # idempotent
@@ -527,7 +508,7 @@ async def test_stop_kills_a_plugin_that_ignores_sigterm_after_grace(make: Make) 
     started = time.monotonic()
     await asyncio.wait_for(sup.stop(), WAIT)
     assert time.monotonic() - started >= 0.3
-    assert sup.last_exit == -signal.SIGKILL and gone(pid)
+    assert sup.last_exit == -signal.SIGKILL and not alive(pid)
 
 
 async def test_process_group_dies_with_the_plugin(make: Make) -> None:
@@ -538,7 +519,7 @@ async def test_process_group_dies_with_the_plugin(make: Make) -> None:
     await wait_gone(facts["grandchild"])
     facts = await ask(sup.socket_path)
     await asyncio.wait_for(sup.stop(), WAIT)  # and so does stop()
-    assert gone(facts["pid"])  # reaped by stop(); the grandchild's SIGKILL may take a moment to land
+    assert not alive(facts["pid"])  # reaped by stop(); the grandchild's SIGKILL may take a moment to land
     await wait_gone(facts["grandchild"])
 
 
@@ -563,7 +544,7 @@ async def test_stop_is_safe_in_any_state(make: Make) -> None:
     pid = starting.pid
     assert pid is not None and starting.state is PluginState.STARTING
     await asyncio.wait_for(starting.stop(), WAIT)
-    assert starting.pid is None and starting.state is PluginState.STOPPED and gone(pid)
+    assert starting.pid is None and starting.state is PluginState.STOPPED and not alive(pid)
 
 
 async def test_supervisor_can_start_again_after_stop(make: Make) -> None:
@@ -601,7 +582,7 @@ async def test_exit_is_detected_without_pidfd(make: Make, monkeypatch: pytest.Mo
     assert (await ask(sup.socket_path))["pid"] not in (first, None)
     assert sup.restarts == 1 and sup.last_exit == -signal.SIGKILL
     await asyncio.wait_for(sup.stop(), WAIT)
-    assert threading.active_count() == threads and gone(first)
+    assert threading.active_count() == threads and not alive(first)
 
 
 def test_supervisor_runs_under_uvloop(short_dir: Path, root: Path) -> None:
@@ -618,7 +599,7 @@ def test_supervisor_runs_under_uvloop(short_dir: Path, root: Path) -> None:
             assert sup.restarts == 1
         finally:
             await asyncio.wait_for(sup.stop(), WAIT)
-        assert gone(first) and not sup.socket_path.exists()
+        assert not alive(first) and not sup.socket_path.exists()
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(scenario())
@@ -648,10 +629,7 @@ def test_plugin_dies_when_the_runtime_is_killed(short_dir: Path) -> None:
         assert answer["pid"] == pid  # fd 3 is the socket even though the host bound it on fd 0
         host.kill()
         host.wait(WAIT)
-        deadline = time.monotonic() + 5.0
-        while not gone(pid):
-            assert time.monotonic() < deadline, f"plugin {pid} outlived its killed runtime"
-            time.sleep(0.02)
+        wait_until(lambda: not alive(pid), f"plugin {pid} to die with its killed runtime", timeout=5)
     finally:
         host.kill()
         host.wait(WAIT)

@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from plugrpc.config import EXAMPLE_ROOT
 from plugrpc.testing import RouterProcess
 
 from plugin_sources import OVS
+from util import alive, wait_until
 
 
 def write_script(path: Path, source: str) -> Path:
@@ -103,8 +103,6 @@ def test_teardown_leaves_nothing_behind(plugrpc_tmp: Path) -> None:
                          cwd=plugrpc_tmp, capture_output=True, text=True, timeout=50, stdin=subprocess.DEVNULL)
     assert out.returncode == 0, out.stdout + out.stderr
     seen = json.loads(report.read_text())
-    deadline = time.monotonic() + 10
-    while any(Path(f"/proc/{pid}").exists() for pid in (seen["plugin"], seen["router"])):
-        assert time.monotonic() < deadline, "a process outlived the test session"
-        time.sleep(0.05)
+    wait_until(lambda: not any(alive(pid) for pid in (seen["plugin"], seen["router"])),
+               "the session's router and plugin to exit")
     assert not Path(seen["tmp"]).exists()

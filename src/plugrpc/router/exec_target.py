@@ -73,11 +73,13 @@ class ExecTarget:
 
     def _done(self, call: Call, task: asyncio.Task[Any]) -> None:
         del self._running[call]
+        if task.cancelled():
+            return
+        exc = task.exception()  # retrieved even when nobody waits for the answer any more
         sink = call.sink
-        if sink is None or task.cancelled():
+        if sink is None:
             return
         call.sink = None
-        exc = task.exception()
         if exc is None:
             msg = result_response(call.id, task.result())
         elif isinstance(exc, RpcError):
