@@ -22,7 +22,7 @@ from typing import Final, Literal
 from .errors import ConfigError
 from .wire import DEFAULT_MAX_LINE
 
-EXAMPLE_ROOT: Final = Path(__file__).resolve().parent / "image"
+EXAMPLE_ROOT: Final = Path(__file__).resolve().parent / "example-image"
 """The bundled example image, shipped inside the package (examples/image in the source tree links
 to it), run when `plugrpc run` gets no `--root`."""
 

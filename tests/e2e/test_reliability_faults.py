@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -161,6 +163,10 @@ async def test_crash_loop_is_visible_fails_fast_and_leaves_others_alone(plugrpc_
             with pytest.raises(plugrpc.PluginUnavailable) as info:
                 await c.raw("crash.x")
             assert info.value.data["plugin"] == "crash" and "crashloop" in info.value.data["reason"]
+        # ... which is: how it ended, and what it printed last.
+        assert "its last process ended with exit code 3" in info.value.data["reason"]
+        assert "it last printed: 'crasher: giving up at start-up'" in info.value.data["reason"]
+        assert "core0" not in info.value.data["reason"]
         fail_fast = (time.monotonic() - started) / 20
         stop.set()
         assert await asyncio.wait_for(others, 30) > 0
@@ -168,6 +174,31 @@ async def test_crash_loop_is_visible_fails_fast_and_leaves_others_alone(plugrpc_
     assert fail_fast < 1
     assert "crasher: giving up at start-up" in router.log()
     figure("crashloop_call_fails_in", fail_fast, "s")
+
+
+# A core0 plugin binary declared without `mode = "exec"`: run with no command, it says so and exits 1.
+CORE0_BINARY = """
+#!/bin/sh
+echo "missing command" >&2
+exit 1
+"""
+
+
+def test_a_core0_binary_run_as_a_server_is_told_apart(plugrpc_image: Image, plugrpc_router: Router) -> None:
+    router = plugrpc_router(plugrpc_image({"ovs": ("ovs-plugin", CORE0_BINARY, ["version"])}))
+    with router.client() as c:
+        wait_until(lambda: c.raw("router.plugins")[0]["state"] == "crashloop", "the crash loop", timeout=20)
+        with pytest.raises(plugrpc.PluginUnavailable) as info:
+            c.raw("ovs.version")
+        reason = info.value.data["reason"]
+        assert reason.startswith("plugin ovs is crashloop: it stopped 5 times in a row within 10s of starting")
+        assert "exit code 1" in reason and "'missing command'" in reason
+        assert reason.endswith('this looks like a core0 plugin binary, which runs once per call: declare it with '
+                               'mode = "exec" under [plugin.ovs]')
+    status = subprocess.run([sys.executable, "-m", "plugrpc", "status", "--socket", str(router.socket)],
+                            capture_output=True, text=True, timeout=30)
+    header, row = status.stdout.splitlines()
+    assert "LAST_EXIT" in header and "1 crash" in row and "crashloop" in row
 
 
 # --- a hung handler ---------------------------------------------------------------------------

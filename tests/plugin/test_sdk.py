@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
+import plugrpc
 from plugrpc import codes
 from plugrpc.config import bind_socket
 from plugrpc.errors import ConfigError
@@ -418,3 +419,27 @@ class TestConnection:
         protocol.pause_writing()
         protocol.resume_writing()
         assert not transport.reading
+
+
+# --- a plugin is not a router ------------------------------------------------------------------
+
+MODULES = '''
+#!/usr/bin/env python3
+import sys
+import plugrpc
+
+def modules():
+    return sorted(name for name in sys.modules if name.startswith("plugrpc"))
+
+plugrpc.serve({"modules": modules})
+'''
+
+
+def test_a_plugin_process_loads_only_the_plugin_side(
+        plugrpc_tmp: Path, plugrpc_plugin: Callable[..., plugrpc.BlockingClient]) -> None:
+    script = plugrpc_tmp / "mods.py"
+    script.write_text(MODULES.lstrip())
+    script.chmod(0o755)
+    loaded = plugrpc_plugin(script, ["modules"]).raw("mods.modules")
+    assert "plugrpc.plugin.sdk" in loaded
+    assert not [name for name in loaded if name.split(".")[1:2] in (["router"], ["process"], ["client"], ["tools"])]

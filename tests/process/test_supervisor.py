@@ -190,20 +190,6 @@ def test_log_pipe_splits_lines_and_truncates_long_ones() -> None:
         logger.setLevel(logging.NOTSET)
 
 
-# --- runtime directory ---------------------------------------------------------------------
-
-
-def test_runtime_dir_is_private_and_removable(short_dir: Path) -> None:
-    rd = RuntimeDir()
-    assert rd.path.parent == short_dir and rd.path.name.startswith("plugrpc-")
-    assert stat.S_IMODE(rd.path.stat().st_mode) == 0o700
-    assert rd.socket_for("ovs") == rd.path / "ovs.sock"
-    (rd.path / "leftover").touch()
-    rd.remove()
-    assert not rd.path.exists()
-    rd.remove()
-
-
 # --- what a plugin process gets ------------------------------------------------------------
 
 

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import orjson
 
+from plugrpc import __version__
 from plugrpc.config import EXAMPLE_ROOT
 from plugrpc.testing import RouterProcess, write_image
+from plugrpc.wire import DEFAULT_MAX_LINE
 
 from plugin_sources import OVS
 
@@ -75,13 +77,14 @@ def test_status_shows_a_row_per_plugin(plugrpc_tmp: Path) -> None:
         out = plugrpc("status", "--socket", str(router.socket))
         assert out.returncode == 0, out.stderr
         header, *lines = out.stdout.splitlines()
-        assert header.split() == ["NAME", "MODE", "STATE", "PID", "UPTIME", "RESTARTS", "INFLIGHT", "CALLS",
-                                  "ERRORS", "P50_MS", "P99_MS"]
+        assert header.split() == ["NAME", "MODE", "STATE", "PID", "UPTIME", "RESTARTS", "LAST_EXIT", "INFLIGHT",
+                                  "CALLS", "ERRORS", "P50_MS", "P99_MS"]
         rows = {line.split()[0]: line.split() for line in lines}
         with router.client() as c:
             plugins = {p["name"]: p for p in c.raw("router.plugins")}
         assert set(rows) == set(plugins)
-        name, mode, state, pid, _uptime, restarts, inflight, calls, errors, p50, p99 = rows["demo"]
+        name, mode, state, pid, _uptime, restarts, last_exit, inflight, calls, errors, p50, p99 = rows["demo"]
+        assert last_exit == "-"  # it has not exited yet
         assert (mode, state, pid, restarts, calls, errors) == ("rpc", "running", str(plugins["demo"]["pid"]),
                                                               "0", "2", "0")
         assert float(p50) > 0 and float(p99) >= float(p50)
@@ -118,3 +121,36 @@ def test_reload_reports_what_changed(plugrpc_image: Callable[..., Path], plugrpc
     assert out.returncode == 1 and out.stdout == ""
     assert "reload refused" in out.stderr and "'colour'" in out.stderr and out.stderr.count("\n") == 1
     assert plugrpc("call", "--socket", sock, "new.version").stdout == '"1.0alpha"\n'
+
+
+def test_version() -> None:
+    out = plugrpc("--version")
+    assert (out.returncode, out.stdout) == (0, f"plugrpc {__version__}\n")
+
+
+def test_every_option_says_what_it_does_and_its_default() -> None:
+    run, call = plugrpc("run", "--help").stdout, plugrpc("call", "--help").stdout
+    flat_run, flat_call = " ".join(run.split()), " ".join(call.split())
+    assert "--max-line BYTES largest message" in flat_run and f"(default: {DEFAULT_MAX_LINE} = 64 MiB" in flat_run
+    assert "--log-level {debug,info,warning,error} least severe log records shown" in flat_run
+    assert "(default: info)" in flat_run
+    assert "(default: auto, which is uvloop when it is installed, else asyncio)" in flat_run
+    assert "--timeout SECONDS give up after this long with -32002 (default:" in flat_call
+
+
+def test_a_refused_setting_names_the_flag(plugrpc_tmp: Path) -> None:
+    out = plugrpc("run", "--max-line", "1000", "--socket", str(plugrpc_tmp / "x.sock"))
+    assert out.returncode == 2 and "--max-line" in out.stderr and "1024" in out.stderr
+
+
+def test_call_prints_an_oversized_request_s_error_as_json(plugrpc_tmp: Path) -> None:
+    """The router closes a connection whose line is over --max-line, saying why (-32004, id null):
+    `plugrpc call` prints that error as JSON on stderr like any other."""
+    router = RouterProcess(EXAMPLE_ROOT, plugrpc_tmp / "m.sock", ["--max-line", "1024"]).wait_ready()
+    try:
+        out = plugrpc("call", "--socket", str(router.socket), "demo.echo", orjson.dumps(["x" * 2000]).decode())
+        assert out.returncode == 1 and out.stdout == ""
+        error = orjson.loads(out.stderr)
+        assert error["code"] == -32004 and "1024 bytes" in error["data"]
+    finally:
+        router.stop()

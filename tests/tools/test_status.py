@@ -40,7 +40,12 @@ ROWS = [
      "exports": ["version"], "inflight": 0, "calls": 0, "errors": 0, "timeouts": 0,
      "p50_ms": None, "p90_ms": None, "p99_ms": None},
     {"name": "kitchen-sink", "mode": "rpc", "state": "backoff", "pid": None, "restarts": 12, "uptime": None,
-     "inflight": 3, "calls": 123456, "errors": 7, "p50_ms": 0.96, "p99_ms": 130.2},
+     "last_exit": -9, "exit_reason": "crash", "inflight": 3, "calls": 123456, "errors": 7, "p50_ms": 0.96,
+     "p99_ms": 130.2},
+    {"name": "core0", "mode": "rpc", "state": "crashloop", "pid": None, "restarts": 5, "last_exit": 1,
+     "exit_reason": "crash", "calls": 3, "errors": 3},
+    {"name": "noexec", "mode": "rpc", "state": "failed", "restarts": 0, "last_exit": None,
+     "last_error": "cannot start: ... Exec format error"},
     {"name": "sysinfo", "mode": "exec", "state": "ready", "pid": None, "restarts": 0,
      "inflight": 1, "pending": 0, "calls": 1, "errors": 0, "p50_ms": 26.624, "p99_ms": 26.624},
 ]
@@ -48,20 +53,22 @@ ROWS = [
 
 def test_render_lines_up_columns() -> None:
     assert render(ROWS) == (
-        "NAME          MODE  STATE      PID  UPTIME  RESTARTS  INFLIGHT   CALLS  ERRORS  P50_MS  P99_MS\n"
-        "ovs           rpc   running  14638    2.6s         0         0       0       0       -       -\n"
-        "kitchen-sink  rpc   backoff      -       -        12         3  123456       7   0.960     130\n"
-        "sysinfo       exec  ready        -       -         0         1       1       0   26.62   26.62\n"
+        "NAME          MODE  STATE        PID  UPTIME  RESTARTS  LAST_EXIT      INFLIGHT   CALLS  ERRORS  P50_MS  P99_MS\n"
+        "ovs           rpc   running    14638    2.6s         0  -                     0       0       0       -       -\n"
+        "kitchen-sink  rpc   backoff        -       -        12  SIGKILL crash         3  123456       7   0.960     130\n"
+        "core0         rpc   crashloop      -       -         5  1 crash               -       3       3       -       -\n"
+        "noexec        rpc   failed         -       -         0  cannot start          -       -       -       -       -\n"
+        "sysinfo       exec  ready          -       -         0  -                     1       1       0   26.62   26.62\n"
     )
 
 
 def test_render_without_plugins_is_the_header() -> None:
     assert render([]).splitlines() == [
-        "NAME  MODE  STATE  PID  UPTIME  RESTARTS  INFLIGHT  CALLS  ERRORS  P50_MS  P99_MS"
+        "NAME  MODE  STATE  PID  UPTIME  RESTARTS  LAST_EXIT  INFLIGHT  CALLS  ERRORS  P50_MS  P99_MS"
     ]
 
 
 def test_render_tolerates_missing_figures() -> None:
     # A row from an older or newer router may lack keys; the table shows "-" rather than failing.
     (line,) = render([{"name": "x"}]).splitlines()[1:]
-    assert line.split() == ["x", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-"]
+    assert line.split() == ["x", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-"]

@@ -106,3 +106,21 @@ def test_teardown_leaves_nothing_behind(plugrpc_tmp: Path) -> None:
     wait_until(lambda: not any(alive(pid) for pid in (seen["plugin"], seen["router"])),
                "the session's router and plugin to exit")
     assert not Path(seen["tmp"]).exists()
+
+
+@pytest.mark.parametrize("how", ["-p", "pytest_plugins", "entry point"])
+def test_the_fixtures_load_however_a_project_asks_for_them(plugrpc_tmp: Path, how: str) -> None:
+    """Installed, the plugin loads by itself; naming it again (`-p plugrpc.testing`, `pytest_plugins`)
+    must not be refused as a plugin "already registered under a different name"."""
+    (plugrpc_tmp / "test_it.py").write_text(textwrap.dedent("""
+        def test_it(plugrpc_client):
+            assert plugrpc_client is not None
+    """))
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_it.py"]
+    if how == "-p":
+        args[4:4] = ["-p", "plugrpc.testing"]
+    elif how == "pytest_plugins":
+        (plugrpc_tmp / "conftest.py").write_text('pytest_plugins = ["plugrpc.testing"]\n')
+    out = subprocess.run(args, cwd=plugrpc_tmp, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "1 passed" in out.stdout

@@ -271,8 +271,10 @@ class _Connection(LineWriter, asyncio.Protocol):
     def _unmatched(self, msg: dict[str, Any]) -> None:
         """A response to no call of ours: a call we gave up on, or an error about no request (id null)."""
         if msg["id"] is None and "error" in msg:
+            # Kept, not logged: it is usually why the peer closes next, and goes with ConnectionLost then.
             self._peer_error = _error(msg)
-            log.warning("the peer reported an error about no call in particular: %s", self._peer_error)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("the peer reported an error about no call in particular: %s", self._peer_error)
 
     def _fail(self, why: str) -> None:
         log.error("%s; closing the connection", why)

@@ -51,7 +51,7 @@ class Plugin:
     def status(self) -> dict[str, Any]:
         """Its row of `router.plugins`."""
         sup = self.supervisor
-        status: dict[str, Any] = sup.status() if sup is not None else {}
+        status: dict[str, Any] = sup.status() if sup is not None else {"pid": None, "restarts": 0}
         status.update(self.target.status())
         status["exports"] = list(self.spec.exports)
         return status

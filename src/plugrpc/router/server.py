@@ -53,6 +53,12 @@ class Server:
 
     async def startup(self) -> None:
         config = self.config
+        loop = asyncio.get_running_loop()
+        # First: the socket accepts connections (into its backlog) as soon as it is bound, and a
+        # SIGTERM from then on must shut down gracefully, not kill us mid-start.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.should_exit.set)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         # Everything that can be refused is checked before any process starts.
         manifest = load_manifest(config.root)
         sock = config.bind_socket()
@@ -60,12 +66,8 @@ class Server:
         self._runtime_dir = RuntimeDir()
         self.router = router = Router(config, manifest, self._runtime_dir)
         await router.start()
-        loop = asyncio.get_running_loop()
         self._server = await loop.create_unix_server(lambda: FrontProtocol(router, config), sock=sock,
                                                      backlog=BACKLOG)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.should_exit.set)
-        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         plugins = ", ".join(
             f"{name} ({plugin.supervisor.pid or plugin.supervisor.state.value})" if plugin.supervisor
             else f"{name} (exec)"
@@ -76,6 +78,8 @@ class Server:
 
     def _on_sighup(self) -> None:
         """SIGHUP re-reads the manifest (like `router.reload`); a bad manifest is logged and ignored."""
+        if self.router is None:
+            return  # still starting: the manifest is being read now
         task = asyncio.get_running_loop().create_task(self._reload())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

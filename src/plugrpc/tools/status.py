@@ -6,6 +6,7 @@ table is tested without a router and the CLI stays a thin layer.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
@@ -45,34 +46,54 @@ def _plain(value: Any) -> str:
     return MISSING if value is None else str(value)
 
 
-COLUMNS: Final[tuple[tuple[str, str, Callable[[Any], str]], ...]] = (
-    # header, key in the router.plugins row, formatter
-    ("NAME", "name", _plain),
-    ("MODE", "mode", _plain),
-    ("STATE", "state", _plain),
-    ("PID", "pid", _plain),
-    ("UPTIME", "uptime", duration),
-    ("RESTARTS", "restarts", _plain),
-    ("INFLIGHT", "inflight", _plain),
-    ("CALLS", "calls", _plain),
-    ("ERRORS", "errors", _plain),
-    ("P50_MS", "p50_ms", millis),
-    ("P99_MS", "p99_ms", millis),
+def last_exit(row: Mapping[str, Any]) -> str:
+    """How the plugin's last process ended and why: `1 crash`, `SIGKILL stopped`, `cannot start`."""
+    if row.get("last_error"):
+        return "cannot start"
+    code = row.get("last_exit")
+    if code is None:
+        return MISSING
+    try:
+        text = str(code) if code >= 0 else signal.Signals(-code).name
+    except ValueError:
+        text = f"signal {-code}"
+    reason = row.get("exit_reason")
+    return f"{text} {reason}" if reason else text
+
+
+def _field(key: str, fmt: Callable[[Any], str]) -> Callable[[Mapping[str, Any]], str]:
+    return lambda row: fmt(row.get(key))
+
+
+COLUMNS: Final[tuple[tuple[str, Callable[[Mapping[str, Any]], str]], ...]] = (
+    # header, what it shows of a router.plugins row
+    ("NAME", _field("name", _plain)),
+    ("MODE", _field("mode", _plain)),
+    ("STATE", _field("state", _plain)),
+    ("PID", _field("pid", _plain)),
+    ("UPTIME", _field("uptime", duration)),
+    ("RESTARTS", _field("restarts", _plain)),
+    ("LAST_EXIT", last_exit),
+    ("INFLIGHT", _field("inflight", _plain)),
+    ("CALLS", _field("calls", _plain)),
+    ("ERRORS", _field("errors", _plain)),
+    ("P50_MS", _field("p50_ms", millis)),
+    ("P99_MS", _field("p99_ms", millis)),
 )
-_LEFT: Final = frozenset({"NAME", "MODE", "STATE"})
+_LEFT: Final = frozenset({"NAME", "MODE", "STATE", "LAST_EXIT"})
 """Text columns are left-aligned, numbers right-aligned."""
 
 
 def render(plugins: Sequence[Mapping[str, Any]]) -> str:
     """The table for `plugrpc status`, one line per plugin under a header, ending in a newline."""
-    rows = [[header for header, _, _ in COLUMNS]]
-    rows += [[fmt(plugin.get(key)) for _, key, fmt in COLUMNS] for plugin in plugins]
+    rows = [[header for header, _ in COLUMNS]]
+    rows += [[show(plugin) for _, show in COLUMNS] for plugin in plugins]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     lines = []
     for row in rows:
         cells = [
             cell.ljust(width) if header in _LEFT else cell.rjust(width)
-            for cell, width, (header, _, _) in zip(row, widths, COLUMNS, strict=True)
+            for cell, width, (header, _) in zip(row, widths, COLUMNS, strict=True)
         ]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines) + "\n"
