@@ -57,7 +57,7 @@ ECHO = '''
 #!/usr/bin/env python3
 import asyncio, os, subprocess, sys
 import plugrpc
-from plugrpc.plugin.sdk import threaded
+from plugrpc import threaded
 
 NAME = os.environ["PLUGRPC_PLUGIN"]
 STATS = {"calls": 0, "running": 0, "peak": 0, "cancelled": 0, "hidden": 0}

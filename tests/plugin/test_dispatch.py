@@ -11,27 +11,22 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from plugrpc import codes
 from plugrpc.errors import PluginUnavailable, RpcError
-from plugrpc.plugin.dispatch import Handler, dispatch, encode, resolve, threaded
+from plugrpc.plugin.dispatch import Handler, _dispatch_checked, dispatch, dispatch_one, encode, resolve, threaded
+
+from util import NOTIFY, req
 
 with warnings.catch_warnings():  # jsonrpcserver 5.0.9 calls the deprecated importlib.resources.read_text
     warnings.simplefilter("ignore", DeprecationWarning)
     from jsonrpcserver import Error, InvalidParams, JsonRpcError, Success
 
 
-def req(method: str, params: Any = None, id: Any = 1) -> dict[str, Any]:
-    msg: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": id}
-    if params is not None:
-        msg["params"] = params
-    return msg
-
-
 def note(method: str, params: Any = None) -> dict[str, Any]:
-    msg = req(method, params)
-    del msg["id"]
-    return msg
+    return req(method, params, id=NOTIFY)
 
 
 def add(a: int, b: int = 0) -> int:
@@ -317,3 +312,34 @@ class TestEncode:
         first, second = orjson.loads(line)
         assert first["error"]["code"] == codes.INTERNAL_ERROR and first["id"] == 1
         assert second == {"jsonrpc": "2.0", "result": 5, "id": 2}
+
+
+# --- the inline path and the checked path give the same answer ---------------------------------
+
+MIXED = resolve({"add": add, "kwonly": kwonly, "posonly": posonly, "fail": fail, "aadd": aadd,
+                 "inner": inner_type_error, "mine": lambda: (_ for _ in ()).throw(RpcError(7, "mine", [1]))})
+SCALARS = st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=False) | st.text(max_size=3)
+PARAMS = (SCALARS | st.lists(SCALARS, max_size=3)
+          | st.dictionaries(st.sampled_from(["a", "b", "name", "x"]), SCALARS, max_size=3))
+REQUESTS = st.fixed_dictionaries(
+    {"jsonrpc": st.sampled_from(["2.0", "2.0", "2.0", "1.0"]),
+     "method": st.sampled_from(["add", "kwonly", "posonly", "fail", "aadd", "inner", "mine", "nope", "rpc.x"])
+     | SCALARS},
+    optional={"params": PARAMS, "id": st.integers(-3, 3) | st.text(max_size=2) | st.none() | st.floats(allow_nan=False)
+              | st.booleans() | st.lists(st.integers(), max_size=1)},
+)
+
+
+def settled(outcome: Any) -> Any:
+    """An outcome with its coroutine, if it is one, run to its answer."""
+    if asyncio.iscoroutine(outcome):
+        return asyncio.run(outcome)
+    return outcome
+
+
+@settings(max_examples=500, deadline=None)
+@given(msg=REQUESTS | SCALARS)
+def test_the_inline_path_answers_every_request_as_the_checked_path_does(msg: Any) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an unawaited coroutine of a refused message
+        assert settled(dispatch_one(MIXED, msg)) == settled(_dispatch_checked(MIXED, msg))

@@ -7,7 +7,7 @@ import os
 import time
 
 from plugrpc.errors import RpcError
-from plugrpc.plugin.sdk import serve, threaded
+from plugrpc.sdk import serve, threaded  # the import path of plugins written before plugrpc.plugin
 
 CANCELLED: list[str] = []
 STARTED: set[str] = set()

@@ -2,7 +2,7 @@
 
 from jsonrpcserver import Error, InvalidParams, JsonRpcError, Result, Success, method
 
-from plugrpc.plugin.sdk import serve
+from plugrpc import serve
 
 
 @method

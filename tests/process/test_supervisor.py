@@ -392,12 +392,12 @@ async def test_unstartable_plugin_fails_with_a_clear_log(
     # None of them ever ran: no exit to report, the reason instead, in the log and to callers.
     assert a.last_exit is None and b.last_exit is None and c.last_exit is None
     messages = [r.getMessage() for r in caplog.records]
-    assert f"plugin a: cannot start: {not_exec} is not an executable file" in messages
-    assert (f"plugin b: cannot start: cannot execute {bad_interp}: No such file or directory (the interpreter its"
+    assert f"cannot start: {not_exec} is not an executable file" in messages
+    assert (f"cannot start: cannot execute {bad_interp}: No such file or directory (the interpreter its"
             " #! line names is not installed, or not on the plugin's PATH)") in messages
-    assert f"plugin c: cannot start: cannot execute {no_shebang}: Exec format error (a script needs a #! line" in (
+    assert f"cannot start: cannot execute {no_shebang}: Exec format error (a script needs a #! line" in (
         " ".join(messages))
-    assert "started" not in " ".join(m for m in messages if "plugin c" in m)
+    assert not [r for r in caplog.records if getattr(r, "plugin", None) == "c" and "running" in r.getMessage()]
     assert "Exec format error (a script needs a #! line" in c.unavailable_reason()
     assert c.status()["last_error"] == c.last_error
 
@@ -551,7 +551,7 @@ async def test_failing_on_state_callback_does_not_break_supervision(
     sup = make(on_state=explode)
     await sup.start()
     assert (await ask(sup.socket_path))["pid"] == sup.pid
-    assert "plugin p: on_state callback failed" in caplog.messages
+    assert "on_state callback failed" in caplog.messages
 
 
 # --- exit detection without pidfd, and under uvloop ----------------------------------------

@@ -128,7 +128,8 @@ class _Server:
         server = await loop.create_unix_server(lambda: Connection(self), sock=sock, backlog=BACKLOG)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
-        log.info("serving %d commands (pid %d)", len(self.table) - 1, os.getpid())  # rpc.discover aside
+        n = len(self.table) - 1  # rpc.discover aside
+        log.info("serving %d command%s (pid %d)", n, "" if n == 1 else "s", os.getpid())
         try:
             await self._stop.wait()
             server.close()

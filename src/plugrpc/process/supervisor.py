@@ -263,13 +263,13 @@ class Supervisor:
         if state is self.state:
             return
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("plugin %s: %s -> %s", self.spec.name, self.state.value, state.value, extra=self._extra)
+            log.debug("%s -> %s", self.state.value, state.value, extra=self._extra)
         self.state = state
         if self.on_state is not None:
             try:
                 self.on_state(self)
             except Exception:
-                log.exception("plugin %s: on_state callback failed", self.spec.name, extra=self._extra)
+                log.exception("on_state callback failed", extra=self._extra)
 
     def _after_exit(self, returncode: int | None, uptime: float) -> float | None:
         """Apply spec.restart to an exit (`None`: could not spawn): seconds until the next start, or None."""
@@ -302,8 +302,7 @@ class Supervisor:
                 continue
             if log.isEnabledFor(logging.INFO):
                 log.info(
-                    "plugin %s: restarting in %.2fs (%d quick exit(s) in a row)",
-                    self.spec.name,
+                    "restarting in %.2fs (%d quick exit(s) in a row)",
                     delay,
                     self._streak,
                     extra=self._extra,
@@ -317,7 +316,7 @@ class Supervisor:
             return
         exc = task.exception()
         if exc is not None:
-            log.error("plugin %s: supervisor crashed", self.spec.name, exc_info=exc, extra=self._extra)
+            log.error("supervisor crashed", exc_info=exc, extra=self._extra)
             self._set_state(PluginState.FAILED)
 
     async def _cancel_task(self) -> None:
@@ -352,13 +351,12 @@ class Supervisor:
         self._last_touch = child.started_at
         self.last_error = None
         await child.capture_logs(self.output.add)
-        log.info("plugin %s: started, pid %d", spec.name, child.pid, extra={"plugin": spec.name, "pid": child.pid})
         self._set_state(PluginState.RUNNING)
         return child
 
     def _spawn_failed(self, why: str) -> None:
         self.last_error = f"cannot start: {why}"
-        log.error("plugin %s: %s", self.spec.name, self.last_error, extra=self._extra)
+        log.error("%s", self.last_error, extra=self._extra)
 
     async def _watch(self, child: Child) -> bool:
         """Wait until the process exits (True) or, with spec.idle_stop, stop it once idle (False)."""
@@ -371,7 +369,7 @@ class Supervisor:
             if done:
                 await self._reaped(child, "crash")
                 return True
-        log.info("plugin %s: idle for %gs, stopping it", self.spec.name, idle, extra=self._extra)
+        log.info("idle for %gs, stopping it", idle, extra=self._extra)
         self._demand.clear()
         self._set_state(PluginState.STOPPING)
         await self._terminate(child)
@@ -395,9 +393,7 @@ class Supervisor:
         self.exit_reason = reason
         log.log(
             logging.WARNING if reason == "crash" else logging.INFO,
-            "plugin %s: pid %d exited with %s after %.1fs",
-            self.spec.name,
-            child.pid,
+            "exited with %s after %.1fs",
             describe_exit(returncode),
             time.monotonic() - child.started_at,
             extra={"plugin": self.spec.name, "pid": child.pid},

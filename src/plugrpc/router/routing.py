@@ -259,7 +259,7 @@ class Router:
     def _on_state(self, plugin: Plugin) -> None:
         sup = plugin.supervisor
         assert sup is not None
-        log.info("plugin is %s", sup.state.value, extra={"plugin": sup.spec.name, "pid": sup.pid})
+        log.info("%s", sup.state.value, extra={"plugin": sup.spec.name, "pid": sup.pid})
         if sup.state in GIVEN_UP:
             # Calls parked in the socket backlog would wait for their timeout: fail them now.
             plugin.target.fail_all(sup.unavailable_reason())

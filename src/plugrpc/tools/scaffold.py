@@ -44,7 +44,7 @@ def hello(name: str = "world") -> str:
 
 if __name__ == "__main__":
     # Async commands (`async def`) run concurrently; a blocking sync one should be marked
-    # with `plugrpc.sdk.threaded` so it runs in a thread instead of holding up the others.
+    # with `@plugrpc.threaded` so it runs in a thread instead of holding up the others.
     plugrpc.serve({{"hello": hello}})
 '''
 
