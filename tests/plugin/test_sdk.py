@@ -415,7 +415,7 @@ class TestConnection:
         assert not transport.reading
         protocol.resume_writing()
         assert transport.reading
-        server.closing = True  # shutting down: reading stays off
+        protocol.flow.close()  # shutting down (as _Server._shutdown does): reading stays off
         protocol.pause_writing()
         protocol.resume_writing()
         assert not transport.reading

@@ -20,11 +20,12 @@ import signal
 import socket
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from .. import codes
 from ..config import BACKLOG, bind_socket, loop_factory, remove_socket
 from ..errors import ConfigError, RpcError
+from ..flow import FlowControl
 from ..outbox import LineWriter, Outbox
 from ..wire import (
     DEFAULT_MAX_LINE,
@@ -151,7 +152,7 @@ class _Server:
         """No new connections or requests; wait for in-flight calls; flush and close."""
         self.closing = True
         for conn in self.connections:
-            conn.pause_reading()
+            conn.flow.close()
         in_flight = [task for conn in self.connections for task in conn.running.values()]
         if in_flight:
             log.info("waiting for %d in-flight calls", len(in_flight))
@@ -179,6 +180,8 @@ class Connection(LineWriter, asyncio.Protocol):
         self.outbox = server.outbox
         # Per-connection state
         self.transport: asyncio.Transport | None = None
+        self.flow = FlowControl()
+        """Why the peer is not being read: it does not read our answers, or we are shutting down."""
         self._splitter = LineSplitter(server.max_line)
         self._table = {**server.table, CANCEL: Handler(CANCEL, self._cancel)}
         self._out: list[bytes] = []
@@ -187,10 +190,11 @@ class Connection(LineWriter, asyncio.Protocol):
         self.closed: asyncio.Future[None] = self._loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # uvloop's transports have asyncio.Transport's methods but not its class.
+        self.transport = self.flow.transport = cast(asyncio.Transport, transport)
         self._server.connections.add(self)
         if self._server.closing:
-            self.pause_reading()
+            self.flow.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
@@ -232,15 +236,10 @@ class Connection(LineWriter, asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # Backpressure: a peer that does not read our responses gets no new requests read.
-        self.pause_reading()
+        self.flow.pause_writing()
 
     def resume_writing(self) -> None:
-        if not self._server.closing and self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
-
-    def pause_reading(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.pause_reading()
+        self.flow.resume_writing()
 
     def close(self) -> None:
         """Send what is buffered, then close (the transport flushes before it closes)."""
