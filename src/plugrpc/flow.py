@@ -14,68 +14,75 @@ call that crosses neither costs nothing.
 from __future__ import annotations
 
 import asyncio
+from typing import Final
+
+WRITE: Final = 1
+"""The transport's buffer is full: the peer is not reading our answers."""
+BUSY: Final = 2
+"""The connection has as many calls in flight as it may."""
+CLOSING: Final = 4
+"""The connection answers what it has, then closes: it is never read again."""
+_NAMES: Final = {WRITE: "write", BUSY: "busy", CLOSING: "closing"}
 
 
 class FlowControl:
     """Pauses and resumes reading on one transport for the reasons above."""
 
-    __slots__ = ("transport", "_write_paused", "_busy", "_closing", "_reading_paused")
+    __slots__ = ("transport", "_reasons", "_reading_paused")
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         """Set by the protocol's `connection_made`; nothing is paused before it."""
-        self._write_paused = False
-        self._busy = False
-        """Set while the connection has as many calls in flight as it may."""
-        self._closing = False
+        self._reasons = 0
         self._reading_paused = False
 
     def __repr__(self) -> str:
-        reasons = [name for name, on in (("write", self._write_paused), ("busy", self._busy),
-                                         ("closing", self._closing)) if on]
+        reasons = [name for bit, name in _NAMES.items() if self._reasons & bit]
         return f"<FlowControl {'paused: ' + ', '.join(reasons) if reasons else 'reading'}>"
 
     @property
     def busy(self) -> bool:
         """Whether reading is paused for too many calls in flight."""
-        return self._busy
+        return bool(self._reasons & BUSY)
 
     @property
     def reading(self) -> bool:
         return not self._reading_paused
 
-    # --- the reasons -----------------------------------------------------------------------
+    # --- the reasons, set and cleared one by one ------------------------------------------
 
     def pause_writing(self) -> None:
-        """The transport's buffer is full: the peer is not reading our answers."""
-        self._write_paused = True
-        self._update()
+        self._set(WRITE)
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        self._update()
+        self._clear(WRITE)
 
     def too_many(self) -> None:
         """The connection reached its in-flight limit."""
-        if not self._busy:
-            self._busy = True
-            self._update()
+        self._set(BUSY)
 
     def few_enough(self) -> None:
-        """The connection's calls in flight fell back below its resume mark."""
-        if self._busy:
-            self._busy = False
-            self._update()
+        """The connection's calls in flight fell back to its resume mark."""
+        self._clear(BUSY)
 
     def close(self) -> None:
-        """Stop reading for good: the connection answers what it has, then closes."""
-        self._closing = True
-        self._update()
+        """Stop reading for good."""
+        self._set(CLOSING)
 
     # --- the one place reading changes -----------------------------------------------------
 
+    def _set(self, reason: int) -> None:
+        if not self._reasons & reason:
+            self._reasons |= reason
+            self._update()
+
+    def _clear(self, reason: int) -> None:
+        if self._reasons & reason:
+            self._reasons &= ~reason
+            self._update()
+
     def _update(self) -> None:
-        pause = self._write_paused or self._busy or self._closing
+        pause = bool(self._reasons)
         if pause is self._reading_paused:
             return
         transport = self.transport
