@@ -72,31 +72,8 @@ def _has(module: str) -> bool:
         return False
 
 
-def _plugrpc_has(name: str) -> bool:
-    import plugrpc
-
-    return hasattr(plugrpc, name)
-
-
-def plugrpc_script() -> list[str]:
-    """How to run the `plugrpc` command with this interpreter."""
-    script = Path(sys.executable).with_name("plugrpc")
-    if script.exists():
-        return [os.fspath(script)]
-    return [sys.executable, "-c", "import sys; from plugrpc.tools.cli import main; sys.exit(main())"]
-
-
-def router_loop_option() -> str | None:
-    """Why `plugrpc run --loop asyncio` cannot be used, or None when the CLI has it."""
-    try:
-        out = subprocess.run(
-            [*plugrpc_script(), "run", "--help"], capture_output=True, text=True, timeout=30, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"`plugrpc run --help` failed: {exc}"
-    if "--loop" not in out.stdout:
-        return "`plugrpc run` has no --loop option yet"
-    return None
+PLUGRPC: Final = (sys.executable, "-m", "plugrpc")
+"""The `plugrpc` command line with this interpreter, whether or not its console script is installed."""
 
 
 TARGET_SCENARIOS: Final = frozenset({"conns-c1-100B", "conns-c64-100B"})
@@ -107,25 +84,20 @@ EXEC_ARG_REASON: Final = "core0 passes args in argv; Linux caps one argument at 
 
 def define_rows(which: set[str] | None = None) -> list[Row]:
     """Every row, with a skip reason where its prerequisites are missing on this machine."""
-    sdk = None if _plugrpc_has("serve") else "plugrpc.serve (the SDK) is not available yet"
-    cli = None if _has("plugrpc.tools.cli") else "the router CLI (plugrpc.cli) is not available yet"
-    router = sdk or cli
     rows = [
         Row("floor", "floor: uvloop NDJSON echo", 1, "bare", "echo", group="floor"),
         Row("proxy", "floor: naive line proxy -> echo", 2, "bare", "proxy", group="floor"),
         Row("bare_router", "floor: bare parsing router -> echo", 2, "bare", "bare-router", method="bench.echo",
             only=TARGET_SCENARIOS, only_reason="measured only where issue 8's targets are, to keep the run short",
             group="floor"),
-        Row("direct", "SDK plugin, direct", 1, "bare", "sdk", skip_reason=sdk, group="plugrpc"),
-        Row("router", "router + SDK plugin", 2, "bare", "router", method="bench.echo", skip_reason=router,
+        Row("direct", "SDK plugin, direct", 1, "bare", "sdk", group="plugrpc"),
+        Row("router", "router + SDK plugin", 2, "bare", "router", method="bench.echo",
             group="plugrpc"),
         Row("client", "router via plugrpc.Client", 2, "plugrpc.Client", "router", method="bench.echo",
-            skip_reason=router or (None if _plugrpc_has("Client") else "plugrpc.Client is not available yet"),
             group="plugrpc"),
         Row("router_asyncio", "router on asyncio loop", 2, "bare", "router-asyncio", method="bench.echo",
-            skip_reason=router or router_loop_option(), group="plugrpc"),
-        Row("jsonrpcserver", "jsonrpcserver.dispatch plugin", 1, "bare", "jsonrpcserver",
-            skip_reason=None if _has("jsonrpcserver") else "jsonrpcserver is not installed", group="alternatives"),
+            group="plugrpc"),
+        Row("jsonrpcserver", "jsonrpcserver.dispatch plugin", 1, "bare", "jsonrpcserver", group="alternatives"),
         Row("grpc", "gRPC (grpcio aio), unix", 1, "grpcio", "grpc",
             skip_reason=None if _has("grpc") else "grpcio is not installed (pip install -e '.[bench]')",
             group="alternatives"),
@@ -134,7 +106,8 @@ def define_rows(which: set[str] | None = None) -> list[Row]:
             group="alternatives"),
         Row("exec_c", "exec per call: C plugin", 1, "exec", None, pipelining=False, max_payload=EXEC_ARG_LIMIT,
             max_payload_reason=EXEC_ARG_REASON,
-            skip_reason=None if shutil.which("cc") else "no C compiler (cc) on this machine", group="exec"),
+            skip_reason=None if shutil.which("cc") else "no C compiler (cc) on this machine (apt-get install gcc)",
+            group="exec"),
         Row("exec_py", "exec per call: Python plugin", 1, "exec", None, pipelining=False,
             max_payload=EXEC_ARG_LIMIT, max_payload_reason=EXEC_ARG_REASON, group="exec"),
     ]
@@ -196,8 +169,8 @@ class Lab:
         self._images = 0
         self.stop_requested = False
         """Set on Ctrl-C / SIGTERM; every measurement checks it before it starts."""
-        self.router_argv_prefix: list[str] = []
-        """Prepended to the router's command line (the cProfile fallback of --profile)."""
+        self.router_command: tuple[str, ...] = PLUGRPC
+        """How the router is started (the cProfile fallback of --profile runs it under cProfile)."""
 
     def _sock(self, name: str) -> Path:
         return self.workdir / f"{name}.sock"
@@ -288,7 +261,7 @@ class Lab:
         run_dir = self.workdir / f"run{self._images}"
         run_dir.mkdir(mode=0o700)
         path = self._sock(name)
-        argv = [*self.router_argv_prefix, *plugrpc_script(), "run", "--root", os.fspath(image),
+        argv = [*self.router_command, "run", "--root", os.fspath(image),
                 "--socket", os.fspath(path)]
         if loop:
             argv += ["--loop", loop]

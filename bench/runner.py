@@ -34,7 +34,7 @@ from typing import Any, Final
 
 from .clients import NdjsonConnections
 from .procs import BenchError, cpu_seconds, machine_cpu, rss_kib
-from .rows import Lab, Row, plugrpc_script
+from .rows import PLUGRPC, Lab, Row
 
 KIB: Final = 1024
 MIB: Final = 1024 * 1024
@@ -431,9 +431,12 @@ def _time_per_call(fn: Callable[[], Any], seconds: float) -> float:
     return (now - start) / n
 
 
-def dispatch_candidates() -> dict[str, Callable[[], Any] | str]:
-    """In-process `request line -> response line` for each dispatcher, or why it is unavailable."""
+def dispatch_candidates() -> dict[str, Callable[[], Any]]:
+    """In-process `request line -> response line` for each dispatcher."""
     import orjson
+    from jsonrpcserver import Success, dispatch
+
+    from plugrpc.plugin import dispatch as sdk
 
     line = DISPATCH_REQUEST
     text = line.decode()
@@ -442,31 +445,19 @@ def dispatch_candidates() -> dict[str, Callable[[], Any] | str]:
         msg = orjson.loads(line)
         return orjson.dumps({"jsonrpc": "2.0", "result": msg["params"], "id": msg["id"]})
 
-    out: dict[str, Callable[[], Any] | str] = {"orjson envelope only (floor)": floor}
-    try:
-        from plugrpc.plugin import dispatch as sdk
-    except ImportError as exc:
-        out["plugrpc.dispatch (SDK)"] = f"plugrpc.dispatch is not available: {exc}"
-    else:
-        table = sdk.resolve({"echo": lambda data: {"data": data}})
+    table = sdk.resolve({"echo": lambda data: {"data": data}})
 
-        def plugrpc_dispatch() -> bytes:
-            outcome = sdk.dispatch(table, orjson.loads(line))
-            return sdk.encode(outcome)  # type: ignore[arg-type]
+    def plugrpc_dispatch() -> bytes:
+        outcome = sdk.dispatch(table, orjson.loads(line))
+        return sdk.encode(outcome)  # type: ignore[arg-type]
 
-        out["plugrpc.dispatch (SDK)"] = plugrpc_dispatch
-    try:
-        from jsonrpcserver import Success, dispatch
-    except ImportError as exc:
-        out["jsonrpcserver.dispatch"] = f"jsonrpcserver is not installed: {exc}"
-    else:
-        methods = {"echo": lambda data: Success({"data": data})}
+    methods = {"echo": lambda data: Success({"data": data})}
 
-        def jsonrpcserver_dispatch() -> str:
-            return dispatch(text, methods=methods)  # type: ignore[no-any-return]
+    def jsonrpcserver_dispatch() -> str:
+        return dispatch(text, methods=methods)  # type: ignore[no-any-return]
 
-        out["jsonrpcserver.dispatch"] = jsonrpcserver_dispatch
-    return out
+    return {"orjson envelope only (floor)": floor, "plugrpc.dispatch (SDK)": plugrpc_dispatch,
+            "jsonrpcserver.dispatch": jsonrpcserver_dispatch}
 
 
 def dispatch_round(seconds: float) -> dict[str, float | str]:
@@ -480,9 +471,6 @@ def dispatch_round(seconds: float) -> dict[str, float | str]:
     out: dict[str, float | str] = {}
     expected = {"jsonrpc": "2.0", "result": {"data": "x" * 40}, "id": 7}
     for name, fn in dispatch_candidates().items():
-        if isinstance(fn, str):
-            out[name] = fn
-            continue
         got = orjson.loads(fn())
         if got != expected:
             out[name] = f"wrong response: {got!r}"
@@ -648,7 +636,7 @@ async def syscalls_per_call(lab: Lab, results: Results, rows: Sequence[str] = ("
     """
     tracer = shutil.which("strace")
     if tracer is None:
-        results.profile["syscalls"] = {"skipped": "strace is not installed"}
+        results.profile["syscalls"] = {"skipped": "strace is not installed (apt-get install strace)"}
         return
     out: dict[str, Any] = {}
     live = {r.key: r for r in results.rows if r.skip_reason is None}
@@ -709,16 +697,11 @@ async def _cprofile_router(lab: Lab, results: Results) -> None:
     The binary stats stay in the work dir; the top functions go into the results.
     """
     path = lab.workdir / "router.pstats"
-    script = plugrpc_script()
-    if len(script) != 1:
-        results.profile = {"skipped": "no plugrpc console script to run under cProfile"}
-        return
-    original = lab.router_argv_prefix
-    lab.router_argv_prefix = [sys.executable, "-m", "cProfile", "-o", os.fspath(path)]
+    lab.router_command = (sys.executable, "-m", "cProfile", "-o", os.fspath(path), "-m", "plugrpc")
     try:
         server = await lab.start_router("router-profile", plugins=1)
     finally:
-        lab.router_argv_prefix = original
+        lab.router_command = PLUGRPC
     conns = await NdjsonConnections.open(server.path, 64, ["bench.echo"])
     try:
         log(f"[profile] cProfile on the router under 64 callers for {results.settings.profile_seconds:.0f}s")
