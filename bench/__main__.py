@@ -26,10 +26,13 @@ from typing import Any
 
 import uvloop
 
-from . import report
+from . import log, report
+from .memory import memory_phase
 from .procs import Fleet
+from .profiling import profile_router, syscalls_per_call
+from .rounds import Results, run_rounds
 from .rows import BENCH_DIR, Lab, define_rows
-from .runner import Results, Settings, log, memory_phase, profile_router, run_rounds, scenarios, syscalls_per_call
+from .settings import Settings, scenarios
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

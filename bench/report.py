@@ -521,7 +521,7 @@ def render(data: dict[str, Any]) -> str:
 
 
 def _size(n: int) -> str:
-    from .runner import size_label
+    from .settings import size_label
 
     return size_label(n).replace(" ", "")
 

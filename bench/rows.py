@@ -20,6 +20,7 @@ from typing import Any, Final, Protocol
 
 from .clients import ExecCalls, NdjsonConnections, PlugrpcConnections
 from .procs import BenchError, Child, Fleet, children_of, listening_socket, wait_connectable
+from .settings import Scenario
 
 BENCH_DIR: Final = Path(__file__).resolve().parent
 PLUGINS: Final = BENCH_DIR / "plugins"
@@ -117,6 +118,19 @@ def define_rows(which: set[str] | None = None) -> list[Row]:
             raise SystemExit(f"unknown rows: {', '.join(sorted(unknown))}; known: {', '.join(r.key for r in rows)}")
         rows = [r for r in rows if r.key in which]
     return rows
+
+
+def not_applicable(row: Row, scen: Scenario) -> str | None:
+    """Why `row` has no figure for `scen` by its nature (not a failure)."""
+    if row.client == "exec" and scen.callers > 1:
+        return "core0's exec model runs one process per call, sequentially"
+    if scen.mode == "pipe" and not row.pipelining:
+        return "HTTP/1.1 (aiohttp) has one call in flight per connection: no pipelining"
+    if row.max_payload is not None and scen.payload > row.max_payload:
+        return row.max_payload_reason
+    if row.only is not None and scen.key not in row.only:
+        return row.only_reason
+    return None
 
 
 PLUGIN_FILE: Final = "bench_plugin.py"
