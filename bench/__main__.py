@@ -31,7 +31,8 @@ from .memory import memory_phase
 from .procs import Fleet
 from .profiling import profile_router, syscalls_per_call
 from .rounds import Results, run_rounds
-from .rows import BENCH_DIR, Lab, define_rows
+from .rows import select_rows
+from .servers import BENCH_DIR, Lab
 from .settings import Settings, scenarios
 
 
@@ -113,11 +114,9 @@ def raise_fd_limit() -> None:
 
 async def measure_all(settings: Settings, rows_arg: str | None, results_dir: Path, stamp: str,
                       workdir: Path, fleet: Fleet) -> Results:
-    rows = define_rows(set(rows_arg.split(",")) if rows_arg else None)
-    results = Results(settings, rows, scenarios(settings))
-    for row in rows:
-        if row.skip_reason:
-            log(f"[setup] {row.key}: skipped: {row.skip_reason}")
+    results = Results(settings, select_rows(set(rows_arg.split(",")) if rows_arg else None), scenarios(settings))
+    for key, why in results.skipped.items():
+        log(f"[setup] {key}: skipped: {why}")
     lab = Lab(fleet, workdir)
     # Ctrl-C and SIGTERM (e.g. `timeout`) stop the run at once and clean up. The flag is checked
     # before every measurement too: Python 3.11's wait_for can swallow a cancellation that races

@@ -20,7 +20,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .procs import BenchError, cpu_seconds, machine_cpu, rss_kib
-from .rows import Lab, Row
+from .rows import Row
+from .servers import Lab
 from .settings import Scenario, Settings, payload_params
 
 
@@ -152,7 +153,8 @@ def rss_of(roles: dict[str, list[int]]) -> dict[str, int]:
 async def measure(lab: Lab, row: Row, scen: Scenario, settings: Settings) -> dict[str, Any]:
     """One window of `row` under `scen`, after checking that the echo comes back intact."""
     lab.check_stop()
-    conns, roles = await lab.open(row, scen.connections)
+    server = await lab.server(row.server)
+    conns = await row.client.open(server, scen.connections, row.method)
     try:
         params = payload_params(scen.payload)
         result = await asyncio.wait_for(conns.calls[0](params), 60)
@@ -163,7 +165,7 @@ async def measure(lab: Lab, row: Row, scen: Scenario, settings: Settings) -> dic
         calls = conns.calls
         for start in range(1, len(calls), 64):
             await asyncio.wait_for(asyncio.gather(*(c(params) for c in calls[start : start + 64])), 60)
-        return await drive(conns.calls, scen.callers, params, settings.warmup, settings.duration, roles,
-                           exec_children=row.client == "exec")
+        return await drive(conns.calls, scen.callers, params, settings.warmup, settings.duration, server.roles,
+                           exec_children=row.client.charges_children)
     finally:
         await conns.aclose()

@@ -8,14 +8,14 @@ floor and the proxy for scale, and the router with an image of several plugins, 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 from . import log
 from .clients import NdjsonConnections
 from .load import drive, rss_of
 from .rounds import Results
-from .rows import Lab
+from .rows import ECHO, PROXY
+from .servers import Lab, Router, Server, Spec
 from .settings import Settings, payload_params
 
 
@@ -28,28 +28,28 @@ async def _idle_connections(path: str, n: int, methods: list[str]) -> NdjsonConn
     return conns
 
 
+def _subjects(settings: Settings) -> list[tuple[str, Spec, list[str]]]:
+    """(row, server, methods) of each measured server: the floor and the proxy for scale, and the router
+    with an image of `rss_plugins` plugins (the RSS targets' figure)."""
+    router = Router("router-rss", plugins=settings.rss_plugins)
+    return [("floor", ECHO, ["echo"]), ("proxy", PROXY, ["echo"]), ("router", router, router.methods)]
+
+
 async def memory_phase(lab: Lab, results: Results) -> None:
     """RSS at rest, with `idle_conns` idle client connections, and under 64 callers, on fresh servers."""
     settings = results.settings
-    targets: list[tuple[str, str, Callable[[], Any]]] = [
-        ("floor", "echo", lambda: lab.server("echo")),
-        ("proxy", "proxy", lambda: lab.server("proxy")),
-    ]
-    router_row = next((r for r in results.rows if r.key == "router"), None)
-    if router_row is not None and router_row.skip_reason is None:
-        targets.append(("router", "router", lambda: lab.start_router("router-rss", plugins=settings.rss_plugins)))
-    elif router_row is not None:
-        results.rss["router"] = {"skipped": router_row.skip_reason}
-    rows = {r.key for r in results.rows}
-    load = max(c for c in settings.concurrency)
-    load = 64 if 64 in settings.concurrency else load
-    for key, _, start in targets:
-        if key not in rows:
+    selected = {r.key for r in results.rows}
+    load = 64 if 64 in settings.concurrency else max(settings.concurrency)
+    for key, spec, methods in _subjects(settings):
+        if key not in selected:
+            continue
+        if key in results.skipped:
+            results.rss[key] = {"skipped": results.skipped[key]}
             continue
         lab.check_stop()
         log(f"[memory] {key}: at rest, {settings.idle_conns} idle connections, {load} callers")
         try:
-            results.rss[key] = await _memory_of(start, key, settings, load)
+            results.rss[key] = await _memory_of(await lab.server(spec), spec, methods, settings, load)
         except Exception as exc:  # reported in the results, like a failed row
             results.rss[key] = {"error": f"{type(exc).__name__}: {exc}"}
             log(f"[memory] {key} FAILED: {exc}")
@@ -57,13 +57,11 @@ async def memory_phase(lab: Lab, results: Results) -> None:
             lab.stop_servers()
 
 
-async def _memory_of(start: Callable[[], Any], key: str, settings: Settings, load: int) -> dict[str, Any]:
-    server = await start()
-    n_plugins = settings.rss_plugins if key == "router" else 1
-    methods = [f"bench{i}.echo" for i in range(n_plugins)] if key == "router" else ["echo"]
+async def _memory_of(server: Server, spec: Spec, methods: list[str], settings: Settings,
+                     load: int) -> dict[str, Any]:
     await asyncio.sleep(0.5)
-    out: dict[str, Any] = {"plugins": n_plugins if key == "router" else None, "idle_connections": settings.idle_conns,
-                           "load_callers": load}
+    out: dict[str, Any] = {"plugins": spec.plugins if isinstance(spec, Router) else None,
+                           "idle_connections": settings.idle_conns, "load_callers": load}
     out["rest_kib"] = rss_of(server.roles())
     conns = await _idle_connections(server.path, settings.idle_conns, methods)
     try:
@@ -77,7 +75,6 @@ async def _memory_of(start: Callable[[], Any], key: str, settings: Settings, loa
                           server.roles)
     finally:
         await conns.aclose()
-    out["load_kib"] = {role: v for role, v in run["rss_kib"].items()}
+    out["load_kib"] = run["rss_kib"]
     out["load_throughput"] = run["throughput"]
     return out
-

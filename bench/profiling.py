@@ -22,7 +22,7 @@ from . import log
 from .clients import NdjsonConnections
 from .load import drive
 from .rounds import Results
-from .rows import PLUGRPC, Lab
+from .servers import Lab, Router
 from .settings import payload_params
 
 
@@ -36,7 +36,7 @@ async def profile_router(lab: Lab, results: Results, out_dir: Path, stamp: str) 
     """Sample the router and its plugin with py-spy under 64 callers (the brief) and 1 (the latency
     targets); cProfile when py-spy is missing."""
     settings = results.settings
-    row = next((r for r in results.rows if r.key == "router" and r.skip_reason is None), None)
+    row = results.live("router")
     if row is None:
         results.profile = {"skipped": "the router row did not run"}
         return
@@ -44,7 +44,7 @@ async def profile_router(lab: Lab, results: Results, out_dir: Path, stamp: str) 
     if spy is None:
         await _cprofile_router(lab, results)
         return
-    server = await lab.server("router")
+    server = await lab.server(row.server)
     pids = server.roles()
     targets = {"router": pids["router"][0]}
     if pids["plugin"]:
@@ -107,10 +107,9 @@ async def syscalls_per_call(lab: Lab, results: Results, rows: Sequence[str] = ("
         results.profile["syscalls"] = {"skipped": "strace is not installed (apt-get install strace)"}
         return
     out: dict[str, Any] = {}
-    live = {r.key: r for r in results.rows if r.skip_reason is None}
     for key in rows:
-        row = live.get(key)
-        if row is None or row.server is None:
+        row = results.live(key)
+        if row is None:
             continue
         server = await lab.server(row.server)
         front_role = next(iter(server.roles()))
@@ -165,18 +164,15 @@ async def _cprofile_router(lab: Lab, results: Results) -> None:
     The binary stats stay in the work dir; the top functions go into the results.
     """
     path = lab.workdir / "router.pstats"
-    lab.router_command = (sys.executable, "-m", "cProfile", "-o", os.fspath(path), "-m", "plugrpc")
-    try:
-        server = await lab.start_router("router-profile", plugins=1)
-    finally:
-        lab.router_command = PLUGRPC
+    spec = Router("router-profile", cprofile=os.fspath(path))
+    server = await lab.server(spec)
     conns = await NdjsonConnections.open(server.path, 64, ["bench.echo"])
     try:
         log(f"[profile] cProfile on the router under 64 callers for {results.settings.profile_seconds:.0f}s")
         run = await drive(conns.calls, 64, payload_params(100), 0.5, results.settings.profile_seconds, server.roles)
     finally:
         await conns.aclose()
-        lab.fleet.stop(server.front, grace=15)
+        lab.stop(spec, grace=15)  # cProfile writes its stats as the router exits
     import pstats
 
     stats = pstats.Stats(os.fspath(path))

@@ -18,7 +18,8 @@ from .dispatch import dispatch_round
 from .load import measure
 from .procs import BenchError
 from .report import us
-from .rows import Lab, Row, not_applicable
+from .rows import Row
+from .servers import Lab
 from .settings import Scenario, Settings
 
 
@@ -36,6 +37,15 @@ class Results:
     dispatch: dict[str, Any] = field(default_factory=dict)
     rss: dict[str, Any] = field(default_factory=dict)
     profile: dict[str, Any] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    """row key -> why it does not run: what its machine lacks, or that its server failed."""
+
+    def __post_init__(self) -> None:
+        self.skipped.update((r.key, why) for r in self.rows if (why := r.missing()))
+
+    def live(self, key: str) -> Row | None:
+        """The row `key`, if it is selected and still runs."""
+        return next((r for r in self.rows if r.key == key and r.key not in self.skipped), None)
 
     def record(self, row: Row, scen: Scenario, rnd: int, value: dict[str, Any] | None) -> None:
         per_round = self.rounds.setdefault(row.key, {}).setdefault(scen.key, [None] * self.settings.rounds)
@@ -44,8 +54,8 @@ class Results:
     def as_json(self) -> dict[str, Any]:
         return {
             "settings": asdict(self.settings),
-            "rows": {r.key: {"label": r.label, "hops": r.hops, "client": r.client, "group": r.group,
-                             "skipped": r.skip_reason} for r in self.rows},
+            "rows": {r.key: {"label": r.label, "hops": r.hops, "client": r.client.name,
+                             "skipped": self.skipped.get(r.key)} for r in self.rows},
             "scenarios": {s.key: asdict(s) for s in self.scenarios},
             "rounds": self.rounds,
             "errors": self.errors,
@@ -59,12 +69,12 @@ class Results:
 async def run_rounds(lab: Lab, results: Results) -> None:
     """Every applicable (row, scenario) once per round, rows rotated from round to round."""
     settings = results.settings
-    rows = [r for r in results.rows if r.skip_reason is None]
+    rows = [r for r in results.rows if r.key not in results.skipped]
     plan = []
     for scen in results.scenarios:
         runnable = []
         for row in rows:
-            reason = not_applicable(row, scen)
+            reason = row.not_applicable(scen)
             if reason:
                 results.not_applicable.setdefault(row.key, {})[scen.key] = reason
             else:
@@ -80,7 +90,7 @@ async def run_rounds(lab: Lab, results: Results) -> None:
             order = runnable[shift:] + runnable[:shift]
             for row in order:
                 done += 1
-                if row.skip_reason is not None:
+                if row.key in results.skipped:
                     continue
                 prefix = f"[round {rnd + 1}/{settings.rounds} {done:>4}/{total}] {row.key:15} {scen.describe()}"
                 try:
@@ -91,7 +101,7 @@ async def run_rounds(lab: Lab, results: Results) -> None:
                     results.record(row, scen, rnd, None)
                     log(f"{prefix}  FAILED: {message}")
                     if _server_gone(lab, row):
-                        row.skip_reason = f"its server failed: {message}"
+                        results.skipped[row.key] = f"its server failed: {message}"
                     continue
                 results.record(row, scen, rnd, value)
                 log(f"{prefix}  {value['throughput']:>9,.0f}/s  p50 {us(value['p50_us']):>8}"
@@ -134,8 +144,6 @@ async def measure_when_quiet(lab: Lab, row: Row, scen: Scenario, settings: Setti
 
 def _server_gone(lab: Lab, row: Row) -> bool:
     """True when the row's server can no longer be reached (it died or never started)."""
-    if row.server is None:
-        return False
     try:
         lab.check_alive(row.server)
     except BenchError:
