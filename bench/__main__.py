@@ -26,7 +26,7 @@ from typing import Any
 
 import uvloop
 
-from . import log, report
+from . import figures, log, report, targets
 from .memory import memory_phase
 from .procs import Fleet
 from .profiling import profile_router, syscalls_per_call
@@ -166,9 +166,9 @@ def main(argv: list[str] | None = None) -> int:
                             "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
                             "machine": host, **results.as_json()}
     json_path = results_dir / f"{stamp}.json"
-    data["previous"] = report.compare_previous(data, results_dir, json_path)
-    data["summary"] = report.summarize_all(data)
-    data["targets"] = report.evaluate_targets(data)
+    data["previous"] = targets.compare_previous(data, results_dir, json_path)
+    data["summary"] = figures.summarize_all(data)
+    data["targets"] = targets.evaluate_targets(data)
     json_path.write_text(json.dumps(data, indent=1))
     png_path = results_dir / f"{stamp}.png"
     no_plot = report.plot(data, png_path)

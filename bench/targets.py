@@ -1,0 +1,179 @@
+"""The targets the issues set for the router, each keyed by what it measures, and how a run is judged against them.
+
+A target is a figure of the run (mostly a ratio between two rows within each round) and a bound.
+Its per-round values are summarized as everywhere else; the repeatability target compares this
+run's key ratios with the previous full run's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from .figures import LAT1, MB, per_round, ratio, stat
+
+
+@dataclass(frozen=True)
+class Target:
+    issue: int
+    text: str
+    compute: Callable[[dict[str, Any]], tuple[dict[str, float] | None, str]]
+    """The figure's per-round summary (None: not measurable in this run) and how to read it."""
+    passes: Callable[[float], bool]
+    limit: str
+    reach: Callable[[dict[str, Any]], tuple[dict[str, float] | None, str]] | None = None
+    """The same figure for the bare parsing router: how close a router that only parses got."""
+
+
+def _r(num: str, den: str, scen: str, metric: str, den_scen: str | None = None) -> Callable[..., Any]:
+    def compute(data: dict[str, Any]) -> tuple[dict[str, float] | None, str]:
+        return ratio(data, num, den, scen, metric, den_scen), f"{num}/{den} {metric.removesuffix('_us')}"
+
+    return compute
+
+
+def _vs_proxy(issue: int, text: str, scen: str, metric: str, passes: Callable[[float], bool], limit: str) -> Target:
+    """A router / line proxy target, with the bare parsing router's own figure beside it."""
+    return Target(issue, text, _r("router", "proxy", scen, metric), passes, limit,
+                  reach=_r("bare_router", "proxy", scen, metric))
+
+
+def _dispatch_speedup(data: dict[str, Any]) -> tuple[dict[str, float] | None, str]:
+    vals = []
+    for rnd in data["dispatch"].get("rounds", []):
+        sdk, ref = rnd.get("plugrpc.dispatch (SDK)"), rnd.get("jsonrpcserver.dispatch")
+        if isinstance(sdk, float) and isinstance(ref, float):
+            vals.append(ref / sdk)
+    return stat(vals), "jsonrpcserver ns / SDK ns per dispatch"
+
+
+def _router_rss(data: dict[str, Any]) -> tuple[dict[str, float] | None, str]:
+    rss = data["rss"].get("router", {})
+    idle = rss.get("idle_kib", {}).get("router")
+    if idle is None:
+        return None, "router RSS"
+    mb = idle * 1024 / MB
+    return {"median": mb, "min": mb, "max": mb, "spread_pct": 0.0, "n": 1}, (
+        f"router MB with {rss.get('plugins')} plugins, {rss.get('idle_connections')} idle connections")
+
+
+def _holds(data: dict[str, Any]) -> tuple[dict[str, float] | None, str]:
+    return ratio(data, "router", "router", "conns-c256-100B", "throughput", "conns-c64-100B"), (
+        "router calls/s at 256 / at 64 callers")
+
+
+def _one_copy(data: dict[str, Any]) -> tuple[dict[str, float] | None, str]:
+    """Router CPU added by a 1 MiB payload, over the proxy's plus one parse and one copy of each message.
+
+    An estimate from CPU time: (router - proxy) extra CPU for 1 MiB over 100 B calls, divided by
+    the in-process cost of parsing the request and response lines and copying each once.
+    """
+    big, small = "conns-c1-1MiB", "conns-c1-100B"
+    budget = [r.get("payload_1mib_ns") for r in data["dispatch"].get("rounds", [])]
+    parse_copy = statistics.median([b for b in budget if isinstance(b, float)] or [math.nan])
+    vals = []
+    for rb, rs, pb, ps in zip(per_round(data, "router", big, "cpu_us_per_call.router"),
+                              per_round(data, "router", small, "cpu_us_per_call.router"),
+                              per_round(data, "proxy", big, "cpu_us_per_call.proxy"),
+                              per_round(data, "proxy", small, "cpu_us_per_call.proxy"), strict=False):
+        if None not in (rb, rs, pb, ps) and parse_copy == parse_copy:
+            extra = (rb - rs) - (pb - ps)  # type: ignore[operator]
+            vals.append(extra * 1000 / (2 * parse_copy))
+    return stat(vals), "router's extra CPU per 1 MiB call / (parse + copy of request and response)"
+
+
+def _repeat(data: dict[str, Any]) -> tuple[dict[str, float] | None, str]:
+    prev = data.get("previous")
+    if not prev:
+        return None, "no earlier full run in bench/results to compare with"
+    diffs = [abs(v["now"] / v["before"] - 1) * 100 for v in prev["ratios"].values() if v["before"]]
+    worst = max(diffs) if diffs else math.nan
+    return {"median": worst, "min": worst, "max": worst, "spread_pct": 0.0, "n": 1}, (
+        f"largest change (%) of {len(diffs)} key ratios vs {prev['file']}")
+
+
+TARGETS: Final = [
+    _vs_proxy(4, "router p50 <= 1.3x line proxy p50", LAT1, "p50_us", lambda v: v <= 1.3, "<= 1.3"),
+    _vs_proxy(4, "router throughput at 64 callers >= 1.0x line proxy", "conns-c64-100B", "throughput",
+              lambda v: v >= 1.0, ">= 1.0"),
+    Target(4, "router call >= 6x faster than exec per call (C plugin)", _r("exec_c", "router", LAT1, "p50_us"),
+           lambda v: v >= 6, ">= 6"),
+    Target(4, "SDK dispatch >= 30x faster than jsonrpcserver.dispatch", _dispatch_speedup, lambda v: v >= 30, ">= 30"),
+    Target(4, "router (2 hops) faster at p50 than gRPC unix (1 hop)", _r("grpc", "router", LAT1, "p50_us"),
+           lambda v: v > 1, "> 1"),
+    Target(4, "router RSS, 10 plugins + 1,000 idle connections <= 60 MB", _router_rss, lambda v: v <= 60, "<= 60"),
+    _vs_proxy(8, "router p50 <= 1.0x line proxy p50 (stretch 0.9x)", LAT1, "p50_us", lambda v: v <= 1.0, "<= 1.0"),
+    _vs_proxy(8, "router p99 <= 1.2x line proxy p99", LAT1, "p99_us", lambda v: v <= 1.2, "<= 1.2"),
+    _vs_proxy(8, "router throughput at 64 callers >= 1.4x line proxy", "conns-c64-100B", "throughput",
+              lambda v: v >= 1.4, ">= 1.4"),
+    Target(8, "router throughput at 256 callers holds (>= 0.95x its 64)", _holds, lambda v: v >= 0.95, ">= 0.95"),
+    Target(8, "router >= 4x faster p50 than gRPC", _r("grpc", "router", LAT1, "p50_us"), lambda v: v >= 4, ">= 4"),
+    Target(8, "router >= 10x gRPC throughput at 64 callers", _r("router", "grpc", "conns-c64-100B", "throughput"),
+           lambda v: v >= 10, ">= 10"),
+    Target(8, "router >= 2.5x faster p50 than aiohttp JSON-RPC", _r("http", "router", LAT1, "p50_us"),
+           lambda v: v >= 2.5, ">= 2.5"),
+    Target(8, "router >= 5x aiohttp throughput at 64 callers", _r("router", "http", "conns-c64-100B", "throughput"),
+           lambda v: v >= 5, ">= 5"),
+    Target(8, "plugrpc.Client p50 <= 1.1x bare client", _r("client", "router", LAT1, "p50_us"), lambda v: v <= 1.1,
+           "<= 1.1"),
+    Target(8, "plugrpc.Client throughput at 64 >= 1/1.1 of bare", _r("router", "client", "conns-c64-100B",
+           "throughput"), lambda v: v <= 1.1, "<= 1.1"),
+    Target(8, "router RSS, 10 plugins + 1,000 idle connections <= 40 MB", _router_rss, lambda v: v <= 40, "<= 40"),
+    Target(8, "1 MiB: router adds <= parse + one copy (CPU estimate)", _one_copy, lambda v: v <= 1.0, "<= 1.0"),
+    Target(8, "key ratios repeat within 10% of the previous full run", _repeat, lambda v: v <= 10, "<= 10"),
+]
+
+
+def evaluate_targets(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target as PASS / MISS with its median ratio and spread, or SKIP with the reason."""
+    out = []
+    for t in TARGETS:
+        value, what = t.compute(data)
+        if value is None:
+            out.append({"issue": t.issue, "target": t.text, "status": "SKIP", "what": what, "limit": t.limit})
+            continue
+        entry = {"issue": t.issue, "target": t.text, "status": "PASS" if t.passes(value["median"]) else "MISS",
+                 "value": value["median"], "min": value["min"], "max": value["max"], "what": what, "limit": t.limit}
+        reach = t.reach(data)[0] if t.reach is not None else None
+        if reach is not None:
+            entry["bare_router"] = reach["median"]
+        out.append(entry)
+    return out
+
+
+KEY_RATIOS: Final = {
+    "router/proxy p50": ("router", "proxy", LAT1, "p50_us"),
+    "router/proxy tput64": ("router", "proxy", "conns-c64-100B", "throughput"),
+    "grpc/router p50": ("grpc", "router", LAT1, "p50_us"),
+    "router/grpc tput64": ("router", "grpc", "conns-c64-100B", "throughput"),
+    "http/router p50": ("http", "router", LAT1, "p50_us"),
+    "client/router p50": ("client", "router", LAT1, "p50_us"),
+    "exec_c/router p50": ("exec_c", "router", LAT1, "p50_us"),
+}
+
+
+def compare_previous(data: dict[str, Any], results_dir: Path, this_file: Path | None) -> dict[str, Any] | None:
+    """Key ratios of this run next to the newest earlier full run's, for the repeatability target."""
+    if data["settings"]["mode"] != "full":
+        return None
+    candidates = sorted(p for p in results_dir.glob("*.json")
+                        if p != this_file and p.name != "latest.json" and "-profile-" not in p.name)
+    for path in reversed(candidates):
+        try:
+            before = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if before.get("settings", {}).get("mode") != "full" or "rounds" not in before:
+            continue
+        ratios = {}
+        for name, (a, b, scen, metric) in KEY_RATIOS.items():
+            now, then = ratio(data, a, b, scen, metric), ratio(before, a, b, scen, metric)
+            if now and then:
+                ratios[name] = {"now": now["median"], "before": then["median"]}
+        return {"file": path.name, "ratios": ratios}
+    return None
