@@ -200,7 +200,7 @@ def targets_block(data: dict[str, Any]) -> str:
     lines = ["Targets (ratios within each round, median over rounds; [min..max])"]
     quick = data["settings"]["mode"] != "full"
     for t in data["targets"]:
-        head = f"{t['status']:4}  issue {t['issue']}: {t['target']}"
+        head = f"{t['status']:4}  {t['id']}: {t['target']}"
         if t["status"] == "SKIP":
             lines.append(f"{head} -- not measured: {t['what']}")
         else:
@@ -208,7 +208,7 @@ def targets_block(data: dict[str, Any]) -> str:
             lines.append(f"{head} -- {t['value']:.2f} [{t['min']:.2f}..{t['max']:.2f}] (target {t['limit']}; "
                          f"{t['what']}{bare})")
     if quick:
-        lines.append(f"({data['settings']['mode']} run: too short to judge targets; issue 8 asks for a full run)")
+        lines.append(f"({data['settings']['mode']} run: too short to judge targets; they need a full run)")
     return "\n".join(lines)
 
 

@@ -20,7 +20,9 @@ from .figures import LAT1, MB, per_round, ratio, stat
 
 @dataclass(frozen=True)
 class Target:
-    issue: int
+    """A bound on one figure of a run, keyed by a short stable id of what it measures."""
+
+    id: str
     text: str
     compute: Callable[[dict[str, Any]], tuple[dict[str, float] | None, str]]
     """The figure's per-round summary (None: not measurable in this run) and how to read it."""
@@ -37,9 +39,9 @@ def _r(num: str, den: str, scen: str, metric: str, den_scen: str | None = None) 
     return compute
 
 
-def _vs_proxy(issue: int, text: str, scen: str, metric: str, passes: Callable[[float], bool], limit: str) -> Target:
+def _vs_proxy(key: str, text: str, scen: str, metric: str, passes: Callable[[float], bool], limit: str) -> Target:
     """A router / line proxy target, with the bare parsing router's own figure beside it."""
-    return Target(issue, text, _r("router", "proxy", scen, metric), passes, limit,
+    return Target(key, text, _r("router", "proxy", scen, metric), passes, limit,
                   reach=_r("bare_router", "proxy", scen, metric))
 
 
@@ -98,34 +100,44 @@ def _repeat(data: dict[str, Any]) -> tuple[dict[str, float] | None, str]:
 
 
 TARGETS: Final = [
-    _vs_proxy(4, "router p50 <= 1.3x line proxy p50", LAT1, "p50_us", lambda v: v <= 1.3, "<= 1.3"),
-    _vs_proxy(4, "router throughput at 64 callers >= 1.0x line proxy", "conns-c64-100B", "throughput",
-              lambda v: v >= 1.0, ">= 1.0"),
-    Target(4, "router call >= 6x faster than exec per call (C plugin)", _r("exec_c", "router", LAT1, "p50_us"),
-           lambda v: v >= 6, ">= 6"),
-    Target(4, "SDK dispatch >= 30x faster than jsonrpcserver.dispatch", _dispatch_speedup, lambda v: v >= 30, ">= 30"),
-    Target(4, "router (2 hops) faster at p50 than gRPC unix (1 hop)", _r("grpc", "router", LAT1, "p50_us"),
-           lambda v: v > 1, "> 1"),
-    Target(4, "router RSS, 10 plugins + 1,000 idle connections <= 60 MB", _router_rss, lambda v: v <= 60, "<= 60"),
-    _vs_proxy(8, "router p50 <= 1.0x line proxy p50 (stretch 0.9x)", LAT1, "p50_us", lambda v: v <= 1.0, "<= 1.0"),
-    _vs_proxy(8, "router p99 <= 1.2x line proxy p99", LAT1, "p99_us", lambda v: v <= 1.2, "<= 1.2"),
-    _vs_proxy(8, "router throughput at 64 callers >= 1.4x line proxy", "conns-c64-100B", "throughput",
-              lambda v: v >= 1.4, ">= 1.4"),
-    Target(8, "router throughput at 256 callers holds (>= 0.95x its 64)", _holds, lambda v: v >= 0.95, ">= 0.95"),
-    Target(8, "router >= 4x faster p50 than gRPC", _r("grpc", "router", LAT1, "p50_us"), lambda v: v >= 4, ">= 4"),
-    Target(8, "router >= 10x gRPC throughput at 64 callers", _r("router", "grpc", "conns-c64-100B", "throughput"),
-           lambda v: v >= 10, ">= 10"),
-    Target(8, "router >= 2.5x faster p50 than aiohttp JSON-RPC", _r("http", "router", LAT1, "p50_us"),
-           lambda v: v >= 2.5, ">= 2.5"),
-    Target(8, "router >= 5x aiohttp throughput at 64 callers", _r("router", "http", "conns-c64-100B", "throughput"),
-           lambda v: v >= 5, ">= 5"),
-    Target(8, "plugrpc.Client p50 <= 1.1x bare client", _r("client", "router", LAT1, "p50_us"), lambda v: v <= 1.1,
-           "<= 1.1"),
-    Target(8, "plugrpc.Client throughput at 64 >= 1/1.1 of bare", _r("router", "client", "conns-c64-100B",
-           "throughput"), lambda v: v <= 1.1, "<= 1.1"),
-    Target(8, "router RSS, 10 plugins + 1,000 idle connections <= 40 MB", _router_rss, lambda v: v <= 40, "<= 40"),
-    Target(8, "1 MiB: router adds <= parse + one copy (CPU estimate)", _one_copy, lambda v: v <= 1.0, "<= 1.0"),
-    Target(8, "key ratios repeat within 10% of the previous full run", _repeat, lambda v: v <= 10, "<= 10"),
+    _vs_proxy("router-p50-vs-proxy", "router p50 <= 1.3x line proxy p50", LAT1, "p50_us", lambda v: v <= 1.3,
+              "<= 1.3"),
+    _vs_proxy("router-tput64-vs-proxy", "router throughput at 64 callers >= 1.0x line proxy", "conns-c64-100B",
+              "throughput", lambda v: v >= 1.0, ">= 1.0"),
+    Target("router-p50-vs-exec-c", "router call >= 6x faster than exec per call (C plugin)",
+           _r("exec_c", "router", LAT1, "p50_us"), lambda v: v >= 6, ">= 6"),
+    Target("sdk-dispatch-vs-jsonrpcserver", "SDK dispatch >= 30x faster than jsonrpcserver.dispatch",
+           _dispatch_speedup, lambda v: v >= 30, ">= 30"),
+    Target("router-p50-vs-grpc", "router (2 hops) faster at p50 than gRPC unix (1 hop)",
+           _r("grpc", "router", LAT1, "p50_us"), lambda v: v > 1, "> 1"),
+    Target("router-rss-1000-idle", "router RSS, 10 plugins + 1,000 idle connections <= 60 MB", _router_rss,
+           lambda v: v <= 60, "<= 60"),
+    _vs_proxy("router-p50-vs-proxy-tight", "router p50 <= 1.0x line proxy p50 (stretch 0.9x)", LAT1, "p50_us",
+              lambda v: v <= 1.0, "<= 1.0"),
+    _vs_proxy("router-p99-vs-proxy", "router p99 <= 1.2x line proxy p99", LAT1, "p99_us", lambda v: v <= 1.2,
+              "<= 1.2"),
+    _vs_proxy("router-tput64-vs-proxy-tight", "router throughput at 64 callers >= 1.4x line proxy",
+              "conns-c64-100B", "throughput", lambda v: v >= 1.4, ">= 1.4"),
+    Target("router-tput256-vs-tput64", "router throughput at 256 callers holds (>= 0.95x its 64)", _holds,
+           lambda v: v >= 0.95, ">= 0.95"),
+    Target("router-p50-vs-grpc-tight", "router >= 4x faster p50 than gRPC", _r("grpc", "router", LAT1, "p50_us"),
+           lambda v: v >= 4, ">= 4"),
+    Target("router-tput64-vs-grpc", "router >= 10x gRPC throughput at 64 callers",
+           _r("router", "grpc", "conns-c64-100B", "throughput"), lambda v: v >= 10, ">= 10"),
+    Target("router-p50-vs-http", "router >= 2.5x faster p50 than aiohttp JSON-RPC",
+           _r("http", "router", LAT1, "p50_us"), lambda v: v >= 2.5, ">= 2.5"),
+    Target("router-tput64-vs-http", "router >= 5x aiohttp throughput at 64 callers",
+           _r("router", "http", "conns-c64-100B", "throughput"), lambda v: v >= 5, ">= 5"),
+    Target("client-p50-vs-bare", "plugrpc.Client p50 <= 1.1x bare client", _r("client", "router", LAT1, "p50_us"),
+           lambda v: v <= 1.1, "<= 1.1"),
+    Target("client-tput64-vs-bare", "plugrpc.Client throughput at 64 >= 1/1.1 of bare",
+           _r("router", "client", "conns-c64-100B", "throughput"), lambda v: v <= 1.1, "<= 1.1"),
+    Target("router-rss-1000-idle-tight", "router RSS, 10 plugins + 1,000 idle connections <= 40 MB", _router_rss,
+           lambda v: v <= 40, "<= 40"),
+    Target("router-1mib-cpu-vs-copy", "1 MiB: router adds <= parse + one copy (CPU estimate)", _one_copy,
+           lambda v: v <= 1.0, "<= 1.0"),
+    Target("ratios-repeat-vs-previous", "key ratios repeat within 10% of the previous full run", _repeat,
+           lambda v: v <= 10, "<= 10"),
 ]
 
 
@@ -135,9 +147,9 @@ def evaluate_targets(data: dict[str, Any]) -> list[dict[str, Any]]:
     for t in TARGETS:
         value, what = t.compute(data)
         if value is None:
-            out.append({"issue": t.issue, "target": t.text, "status": "SKIP", "what": what, "limit": t.limit})
+            out.append({"id": t.id, "target": t.text, "status": "SKIP", "what": what, "limit": t.limit})
             continue
-        entry = {"issue": t.issue, "target": t.text, "status": "PASS" if t.passes(value["median"]) else "MISS",
+        entry = {"id": t.id, "target": t.text, "status": "PASS" if t.passes(value["median"]) else "MISS",
                  "value": value["median"], "min": value["min"], "max": value["max"], "what": what, "limit": t.limit}
         reach = t.reach(data)[0] if t.reach is not None else None
         if reach is not None:
