@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report.render(data), end="")
     print(f"\nresults: {json_path}\nplot:    {no_plot or png_path}")
     if args.latest:
-        shutil.copyfile(json_path, results_dir / "latest.json")
+        shutil.copyfile(json_path, results_dir / targets.LATEST)
         if not no_plot:
             shutil.copyfile(png_path, results_dir / "latest.png")
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,9 @@ from pathlib import Path
 from typing import Any, Final
 
 from .figures import LAT1, MB, per_round, ratio, stat
+
+LATEST: Final = "latest.json"
+"""The saved run that git keeps (`python -m bench --latest` writes it): the others are git-ignored."""
 
 
 @dataclass(frozen=True)
@@ -91,8 +95,12 @@ def _one_copy(data: dict[str, Any]) -> tuple[dict[str, float] | None, str]:
 
 def _repeat(data: dict[str, Any]) -> tuple[dict[str, float] | None, str]:
     prev = data.get("previous")
+    if data["settings"]["mode"] != "full":
+        return None, "only a full run is compared with the previous one"
     if not prev:
-        return None, "no earlier full run in bench/results to compare with"
+        return None, "this run was not compared with an earlier one"
+    if prev["file"] is None:
+        return None, f"no earlier full run in {prev['searched']} to compare with"
     diffs = [abs(v["now"] / v["before"] - 1) * 100 for v in prev["ratios"].values() if v["before"]]
     worst = max(diffs) if diffs else math.nan
     return {"median": worst, "min": worst, "max": worst, "spread_pct": 0.0, "n": 1}, (
@@ -169,23 +177,44 @@ KEY_RATIOS: Final = {
 }
 
 
-def compare_previous(data: dict[str, Any], results_dir: Path, this_file: Path | None) -> dict[str, Any] | None:
-    """Key ratios of this run next to the newest earlier full run's, for the repeatability target."""
-    if data["settings"]["mode"] != "full":
+def compare_previous(data: dict[str, Any], results_dir: Path, this_file: Path | None) -> dict[str, Any]:
+    """Key ratios of this run next to the previous full run's, for the repeatability target, or where none was.
+
+    The previous full run is the newest earlier one in `results_dir`, latest.json included: it is
+    the one result file git keeps, so in a fresh checkout it is the only one there.
+    """
+    found = _previous_full_run(data["timestamp"], results_dir, this_file)
+    if found is None:
+        return {"file": None, "searched": os.fspath(results_dir)}
+    name, before = found
+    ratios = {}
+    for key, (a, b, scen, metric) in KEY_RATIOS.items():
+        now, then = ratio(data, a, b, scen, metric), ratio(before, a, b, scen, metric)
+        if now and then:
+            ratios[key] = {"now": now["median"], "before": then["median"]}
+    return {"file": name, "timestamp": before["timestamp"], "ratios": ratios}
+
+
+def _previous_full_run(timestamp: str, results_dir: Path, this_file: Path | None) -> tuple[str, dict[str, Any]] | None:
+    """(file name, data) of the newest full run in `results_dir` made before `timestamp`."""
+    stamped = sorted((p for p in results_dir.glob("*.json")
+                      if p != this_file and p.name != LATEST and "-profile-" not in p.name), reverse=True)
+    best: tuple[str, dict[str, Any]] | None = None
+    for path in [results_dir / LATEST, *stamped]:
+        run = _load_run(path)
+        if run is None or run["timestamp"] >= timestamp or run["settings"].get("mode") != "full":
+            continue
+        if best is None or run["timestamp"] > best[1]["timestamp"]:
+            best = path.name, run
+        if path.name != LATEST:
+            break  # timestamped names sort as their runs do: the first full one is the newest
+    return best
+
+
+def _load_run(path: Path) -> dict[str, Any] | None:
+    """A saved run, or None when `path` is missing or is not one."""
+    try:
+        run = json.loads(path.read_text())
+    except (OSError, ValueError):
         return None
-    candidates = sorted(p for p in results_dir.glob("*.json")
-                        if p != this_file and p.name != "latest.json" and "-profile-" not in p.name)
-    for path in reversed(candidates):
-        try:
-            before = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if before.get("settings", {}).get("mode") != "full" or "rounds" not in before:
-            continue
-        ratios = {}
-        for name, (a, b, scen, metric) in KEY_RATIOS.items():
-            now, then = ratio(data, a, b, scen, metric), ratio(before, a, b, scen, metric)
-            if now and then:
-                ratios[name] = {"now": now["median"], "before": then["median"]}
-        return {"file": path.name, "ratios": ratios}
-    return None
+    return run if isinstance(run, dict) and {"timestamp", "settings", "rounds"} <= run.keys() else None

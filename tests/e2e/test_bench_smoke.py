@@ -172,3 +172,24 @@ def test_saved_runs_are_judged_again_with_targets_keyed_by_what_they_measure(tmp
         printed = [m.group(2) for line in lines if (m := TARGET_LINE.match(line))]
         assert printed == ids, lines
         assert "issue " not in proc.stdout.split("\nTargets (", 1)[1]
+
+
+def test_repeat_check_compares_with_the_previous_full_run_latest_json_included(tmp_path: Path) -> None:
+    """latest.json is committed (the other results are git-ignored), so it is often the only earlier full run."""
+    (tmp_path / "latest.json").write_text(json.dumps(_run(Settings(), [1.2] * 3, "2026-05-01T00:00:00+00:00")))
+    (tmp_path / "20260401T000000Z.json").write_text(json.dumps(_run(Settings(), [2.0] * 3,
+                                                                     "2026-04-01T00:00:00+00:00")))
+    (tmp_path / "20260515T000000Z.json").write_text(json.dumps(_run(Settings.quick(), [2.0] * 2,
+                                                                     "2026-05-15T00:00:00+00:00")))
+    now = _run(Settings(), [1.26] * 3)
+    now["previous"] = targets.compare_previous(now, tmp_path, tmp_path / "20260601T000000Z.json")
+    assert now["previous"]["file"] == "latest.json"
+    assert now["previous"]["ratios"]["router/proxy p50"] == pytest.approx({"now": 1.26, "before": 1.2})
+    [line] = [line for line in _target_lines(now) if line.split()[1] == "ratios-repeat-vs-previous:"]
+    assert line.startswith("PASS") and "latest.json" in line
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    now["previous"] = targets.compare_previous(now, empty, empty / "20260601T000000Z.json")
+    [line] = [line for line in _target_lines(now) if line.split()[1] == "ratios-repeat-vs-previous:"]
+    assert f"no earlier full run in {empty}" in line and not line.startswith(("PASS", "MISS"))
