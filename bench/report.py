@@ -198,17 +198,15 @@ def dispatch_table(data: dict[str, Any]) -> str:
 
 def targets_block(data: dict[str, Any]) -> str:
     lines = ["Targets (ratios within each round, median over rounds; [min..max])"]
-    quick = data["settings"]["mode"] != "full"
     for t in data["targets"]:
-        head = f"{t['status']:4}  {t['id']}: {t['target']}"
+        head = f"{t['status']:10}  {t['id']}: {t['target']}"
         if t["status"] == "SKIP":
             lines.append(f"{head} -- not measured: {t['what']}")
-        else:
-            bare = f"; bare parsing router {t['bare_router']:.2f}" if "bare_router" in t else ""
-            lines.append(f"{head} -- {t['value']:.2f} [{t['min']:.2f}..{t['max']:.2f}] (target {t['limit']}; "
-                         f"{t['what']}{bare})")
-    if quick:
-        lines.append(f"({data['settings']['mode']} run: too short to judge targets; they need a full run)")
+            continue
+        bare = f"; bare parsing router {t['bare_router']:.2f}" if "bare_router" in t else ""
+        line = (f"{head} -- {t['value']:.2f} [{t['min']:.2f}..{t['max']:.2f}] (target {t['limit']}; "
+                f"{t['what']}{bare})")
+        lines.append(f"{line} -- not judged: {t['not_judged']}" if "not_judged" in t else line)
     return "\n".join(lines)
 
 

@@ -2,7 +2,9 @@
 
 A target is a figure of the run (mostly a ratio between two rows within each round) and a bound.
 Its per-round values are summarized as everywhere else; the repeatability target compares this
-run's key ratios with the previous full run's.
+run's key ratios with the previous full run's. A run too short for a figure (`--quick`, `--tiny`:
+few rounds of short windows, where one scheduler hiccup moves a ratio by half) shows the figure
+but does not judge it: only a run with a full run's rounds and windows says PASS or MISS.
 """
 
 from __future__ import annotations
@@ -17,9 +19,43 @@ from pathlib import Path
 from typing import Any, Final
 
 from .figures import LAT1, MB, per_round, ratio, stat
+from .settings import Settings
 
+FULL: Final = Settings()
+"""What a full run measures: the yardstick of whether a run can judge a target."""
+MIN_ROUNDS: Final = 3
+"""A verdict from fewer rounds would be one noisy round's."""
 LATEST: Final = "latest.json"
 """The saved run that git keeps (`python -m bench --latest` writes it): the others are git-ignored."""
+
+
+def too_short(settings: dict[str, Any]) -> str | None:
+    """Why a run's windows are too few or too short to judge a timed figure, or None."""
+    if settings["rounds"] >= MIN_ROUNDS and settings["duration"] >= FULL.duration and settings["warmup"] >= FULL.warmup:
+        return None
+    rounds = settings["rounds"]
+    return (f"{settings['mode']} run, {rounds} round{'s' * (rounds != 1)} of {settings['duration']:g} s windows "
+            f"(a verdict needs {MIN_ROUNDS}+ rounds of {FULL.duration:g} s)")
+
+
+def _windows_too_short(data: dict[str, Any]) -> str | None:
+    return too_short(data["settings"])
+
+
+def _dispatch_too_short(data: dict[str, Any]) -> str | None:
+    settings = data["settings"]
+    if settings["dispatch_seconds"] < FULL.dispatch_seconds:
+        return (f"{settings['mode']} run, {settings['dispatch_seconds']:g} s of dispatch timing per round "
+                f"(a verdict needs {FULL.dispatch_seconds:g} s)")
+    return too_short(settings)
+
+
+def _rss_too_small(data: dict[str, Any]) -> str | None:
+    rss = data["rss"].get("router", {})
+    plugins, idle = rss.get("plugins") or 0, rss.get("idle_connections") or 0
+    if plugins >= FULL.rss_plugins and idle >= FULL.idle_conns:
+        return None
+    return f"the target is for {FULL.rss_plugins} plugins and {FULL.idle_conns:,} idle connections"
 
 
 @dataclass(frozen=True)
@@ -34,6 +70,8 @@ class Target:
     limit: str
     reach: Callable[[dict[str, Any]], tuple[dict[str, float] | None, str]] | None = None
     """The same figure for the bare parsing router: how close a router that only parses got."""
+    cannot_judge: Callable[[dict[str, Any]], str | None] = _windows_too_short
+    """Why this run's figure is no ground for a verdict (None: it is)."""
 
 
 def _r(num: str, den: str, scen: str, metric: str, den_scen: str | None = None) -> Callable[..., Any]:
@@ -95,8 +133,6 @@ def _one_copy(data: dict[str, Any]) -> tuple[dict[str, float] | None, str]:
 
 def _repeat(data: dict[str, Any]) -> tuple[dict[str, float] | None, str]:
     prev = data.get("previous")
-    if data["settings"]["mode"] != "full":
-        return None, "only a full run is compared with the previous one"
     if not prev:
         return None, "this run was not compared with an earlier one"
     if prev["file"] is None:
@@ -115,11 +151,11 @@ TARGETS: Final = [
     Target("router-p50-vs-exec-c", "router call >= 6x faster than exec per call (C plugin)",
            _r("exec_c", "router", LAT1, "p50_us"), lambda v: v >= 6, ">= 6"),
     Target("sdk-dispatch-vs-jsonrpcserver", "SDK dispatch >= 30x faster than jsonrpcserver.dispatch",
-           _dispatch_speedup, lambda v: v >= 30, ">= 30"),
+           _dispatch_speedup, lambda v: v >= 30, ">= 30", cannot_judge=_dispatch_too_short),
     Target("router-p50-vs-grpc", "router (2 hops) faster at p50 than gRPC unix (1 hop)",
            _r("grpc", "router", LAT1, "p50_us"), lambda v: v > 1, "> 1"),
     Target("router-rss-1000-idle", "router RSS, 10 plugins + 1,000 idle connections <= 60 MB", _router_rss,
-           lambda v: v <= 60, "<= 60"),
+           lambda v: v <= 60, "<= 60", cannot_judge=_rss_too_small),
     _vs_proxy("router-p50-vs-proxy-tight", "router p50 <= 1.0x line proxy p50 (stretch 0.9x)", LAT1, "p50_us",
               lambda v: v <= 1.0, "<= 1.0"),
     _vs_proxy("router-p99-vs-proxy", "router p99 <= 1.2x line proxy p99", LAT1, "p99_us", lambda v: v <= 1.2,
@@ -141,7 +177,7 @@ TARGETS: Final = [
     Target("client-tput64-vs-bare", "plugrpc.Client throughput at 64 >= 1/1.1 of bare",
            _r("router", "client", "conns-c64-100B", "throughput"), lambda v: v <= 1.1, "<= 1.1"),
     Target("router-rss-1000-idle-tight", "router RSS, 10 plugins + 1,000 idle connections <= 40 MB", _router_rss,
-           lambda v: v <= 40, "<= 40"),
+           lambda v: v <= 40, "<= 40", cannot_judge=_rss_too_small),
     Target("router-1mib-cpu-vs-copy", "1 MiB: router adds <= parse + one copy (CPU estimate)", _one_copy,
            lambda v: v <= 1.0, "<= 1.0"),
     Target("ratios-repeat-vs-previous", "key ratios repeat within 10% of the previous full run", _repeat,
@@ -150,15 +186,20 @@ TARGETS: Final = [
 
 
 def evaluate_targets(data: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each target as PASS / MISS with its median ratio and spread, or SKIP with the reason."""
+    """Each target as PASS / MISS with its median and [min..max], NOT JUDGED (with why) when the run is too short
+    for a verdict, or SKIP when it has no such figure."""
     out = []
     for t in TARGETS:
         value, what = t.compute(data)
         if value is None:
             out.append({"id": t.id, "target": t.text, "status": "SKIP", "what": what, "limit": t.limit})
             continue
-        entry = {"id": t.id, "target": t.text, "status": "PASS" if t.passes(value["median"]) else "MISS",
-                 "value": value["median"], "min": value["min"], "max": value["max"], "what": what, "limit": t.limit}
+        why_not = t.cannot_judge(data)
+        status = "NOT JUDGED" if why_not else "PASS" if t.passes(value["median"]) else "MISS"
+        entry = {"id": t.id, "target": t.text, "status": status, "value": value["median"], "min": value["min"],
+                 "max": value["max"], "what": what, "limit": t.limit}
+        if why_not:
+            entry["not_judged"] = why_not
         reach = t.reach(data)[0] if t.reach is not None else None
         if reach is not None:
             entry["bare_router"] = reach["median"]
@@ -196,18 +237,18 @@ def compare_previous(data: dict[str, Any], results_dir: Path, this_file: Path | 
 
 
 def _previous_full_run(timestamp: str, results_dir: Path, this_file: Path | None) -> tuple[str, dict[str, Any]] | None:
-    """(file name, data) of the newest full run in `results_dir` made before `timestamp`."""
+    """(file name, data) of the newest run in `results_dir` made before `timestamp` that is long enough to judge."""
     stamped = sorted((p for p in results_dir.glob("*.json")
                       if p != this_file and p.name != LATEST and "-profile-" not in p.name), reverse=True)
     best: tuple[str, dict[str, Any]] | None = None
     for path in [results_dir / LATEST, *stamped]:
         run = _load_run(path)
-        if run is None or run["timestamp"] >= timestamp or run["settings"].get("mode") != "full":
+        if run is None or run["timestamp"] >= timestamp or too_short(run["settings"]):
             continue
         if best is None or run["timestamp"] > best[1]["timestamp"]:
             best = path.name, run
         if path.name != LATEST:
-            break  # timestamped names sort as their runs do: the first full one is the newest
+            break  # timestamped names sort as their runs do: the first one long enough is the newest
     return best
 
 
