@@ -55,12 +55,18 @@ def median(data: dict[str, Any], row: str, scen: str, metric: str) -> float | No
     return None if s is None else s["median"]
 
 
-def ratio(data: dict[str, Any], num: str, den: str, scen: str, metric: str,
-          den_scen: str | None = None) -> dict[str, float] | None:
-    """`num / den` within each round (paired, so drift between rounds cancels), then summarized."""
+def paired(data: dict[str, Any], num: str, den: str, scen: str, metric: str,
+           den_scen: str | None = None) -> list[float]:
+    """`num / den` within each round where both have the figure (paired, so drift between rounds cancels)."""
     a = per_round(data, num, scen, metric)
     b = per_round(data, den, den_scen or scen, metric)
-    return stat([x / y for x, y in zip(a, b, strict=False) if x is not None and y])
+    return [x / y for x, y in zip(a, b, strict=False) if x is not None and y]
+
+
+def ratio(data: dict[str, Any], num: str, den: str, scen: str, metric: str,
+          den_scen: str | None = None) -> dict[str, float] | None:
+    """`num / den` within each round, summarized over the rounds."""
+    return stat(paired(data, num, den, scen, metric, den_scen))
 
 
 SUMMARY_METRICS: Final = ("p50_us", "p90_us", "p99_us", "p999_us", "throughput", "client_cpu_us_per_call")

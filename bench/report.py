@@ -197,14 +197,16 @@ def dispatch_table(data: dict[str, Any]) -> str:
 
 
 def targets_block(data: dict[str, Any]) -> str:
-    lines = ["Targets (ratios within each round, median over rounds; [min..max])"]
+    lines = ["Targets (ratios within each round, median over rounds; [min..max]; PASS: the median and most rounds "
+             "hold)"]
     for t in data["targets"]:
         head = f"{t['status']:10}  {t['id']}: {t['target']}"
         if t["status"] == "SKIP":
             lines.append(f"{head} -- not measured: {t['what']}")
             continue
         bare = f"; bare parsing router {t['bare_router']:.2f}" if "bare_router" in t else ""
-        line = (f"{head} -- {t['value']:.2f} [{t['min']:.2f}..{t['max']:.2f}] (target {t['limit']}; "
+        held = "one measurement" if t["rounds"] is None else f"held in {t['held']}/{t['rounds']} rounds"
+        line = (f"{head} -- {t['value']:.2f} [{t['min']:.2f}..{t['max']:.2f}], {held} (target {t['limit']}; "
                 f"{t['what']}{bare})")
         lines.append(f"{line} -- not judged: {t['not_judged']}" if "not_judged" in t else line)
     return "\n".join(lines)

@@ -203,3 +203,23 @@ def test_quick_run_judges_no_target_on_its_short_windows() -> None:
     assert judged and all("RSS" in line for line in judged), judged
     p50 = next(line for line in lines if "router p50 <= 1.3x line proxy p50" in line)
     assert "not judged" in p50.lower() and "quick run" in p50
+
+
+@pytest.mark.parametrize(("router_x_proxy", "verdict", "held"), [
+    ([1.0, 1.0, 1.5, 1.5], "MISS", "held in 2/4 rounds"),  # the median (1.25) is within 1.3, only half the rounds are
+    ([1.0, 1.0, 1.0, 1.5, 1.5], "PASS", "held in 3/5 rounds"),
+    ([1.0, 1.0, 1.5, 1.5, 1.5], "MISS", "held in 2/5 rounds"),
+])
+def test_target_passes_only_when_its_median_and_most_rounds_hold(router_x_proxy: list[float], verdict: str,
+                                                                 held: str) -> None:
+    lines = _target_lines(_run(Settings(), router_x_proxy))
+    line = next(line for line in lines if line.split()[1] == "router-p50-vs-proxy:")
+    assert line.startswith(verdict) and held in line, line
+
+
+def test_a_failed_round_counts_as_not_held() -> None:
+    data = _run(Settings(), [1.0, 1.0, 1.0, 1.0])
+    for scenario in data["rounds"]["router"].values():
+        scenario[0] = scenario[1] = scenario[2] = None  # the router failed in 3 of the 4 rounds
+    line = next(line for line in _target_lines(data) if line.split()[1] == "router-p50-vs-proxy:")
+    assert line.startswith("MISS") and "held in 1/4 rounds" in line, line
