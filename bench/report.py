@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 from collections.abc import Sequence
@@ -299,7 +300,9 @@ def _size(n: int) -> str:
 def plot(data: dict[str, Any], path: Path) -> str | None:
     """Latency percentiles at c=1, throughput (both connection modes) and p99 by concurrency.
 
-    Returns None, or why there is no plot. Shaded bands span the min..max over rounds.
+    Returns None, or why there is no plot. Shaded bands span the min..max over rounds. A figure a
+    row does not have is a gap in its curve, never a line drawn across it; the legends sit outside
+    the panels, where they hide no curve.
     """
     try:
         import matplotlib
@@ -310,49 +313,52 @@ def plot(data: dict[str, Any], path: Path) -> str | None:
         return "matplotlib is not installed (pip install -e '.[bench]')"
     rows = [k for k in _live_rows(data) if summary(data, k, LAT1, "p50_us")]
     fig, axes = plt.subplots(2, 2, figsize=(16, 11))
-    ax = axes[0][0]
-    pcts = [("p50_us", "p50"), ("p90_us", "p90"), ("p99_us", "p99"), ("p999_us", "p99.9")]
-    width = 0.8 / len(pcts)
-    for i, (metric, name) in enumerate(pcts):
-        vals = [median(data, k, LAT1, metric) or 0 for k in rows]
-        ax.bar([x + i * width for x in range(len(rows))], vals, width, label=name)
-    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(rows))], rows, rotation=30, ha="right")
-    ax.set_yscale("log")
-    ax.set_ylabel("latency (µs, log)")
-    ax.set_title("Latency at concurrency 1, 100 B (median over rounds)")
-    ax.grid(True, axis="y", which="both", alpha=0.3)
-    ax.legend()
+    _latency_bars(axes[0][0], data, rows)
     conc = data["settings"]["concurrency"]
     colors = {k: f"C{i % 10}" for i, k in enumerate(rows)}
     panels = ((axes[0][1], "conns", "throughput", "Throughput, one connection per caller (calls/s)"),
               (axes[1][0], "pipe", "throughput", "Throughput, all callers on one pipelined connection (calls/s)"),
               (axes[1][1], "conns", "p99_us", "p99 latency, one connection per caller (µs)"))
+    curves: dict[str, Any] = {}
     for ax, mode, metric, title in panels:
         for key in rows:
-            xs, mid, lo, hi = [], [], [], []
-            for c in conc:
-                st = summary(data, key, LAT1 if c == 1 else f"{mode}-c{c}-100B", metric)
-                if st is not None:
-                    xs.append(c)
-                    mid.append(st["median"])
-                    lo.append(st["min"])
-                    hi.append(st["max"])
-            if len(xs) > 1:
-                bold = key in ("floor", "proxy", "router")
-                ax.plot(xs, mid, marker="o", color=colors[key], label=key, linewidth=2.5 if bold else 1.2)
-                ax.fill_between(xs, lo, hi, color=colors[key], alpha=0.12)
+            points = [summary(data, key, LAT1 if c == 1 else f"{mode}-c{c}-100B", metric) for c in conc]
+            if sum(p is not None for p in points) < 2:
+                continue  # only the c=1 figure (exec rows): no curve
+            # NaN where the row has no figure: matplotlib breaks the line and the band there.
+            mid, lo, hi = ([math.nan if p is None else p[k] for p in points] for k in ("median", "min", "max"))
+            bold = key in ("floor", "proxy", "router")
+            curves[key], = ax.plot(conc, mid, marker="o", color=colors[key], label=key, linewidth=2.5 if bold else 1.2)
+            ax.fill_between(conc, lo, hi, color=colors[key], alpha=0.12)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks(conc, [str(c) for c in conc])
         ax.set_xlabel("concurrent callers")
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8, ncol=2)
+    # One legend for the three curve panels (a row has the same colour in each), below them all.
+    labels = [k for k in rows if k in curves]
+    fig.legend([curves[k] for k in labels], labels, loc="lower center", ncol=min(len(labels), 6) or 1, fontsize=9)
     fig.suptitle(f"plugrpc bench: {machine_line(data)}", fontsize=8, wrap=True)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return None
+
+
+def _latency_bars(ax: Any, data: dict[str, Any], rows: list[str]) -> None:
+    """p50..p99.9 at c=1 per row, log scale; the percentiles' legend between the title and the bars."""
+    pcts = [("p50_us", "p50"), ("p90_us", "p90"), ("p99_us", "p99"), ("p999_us", "p99.9")]
+    width = 0.8 / len(pcts)
+    for i, (metric, name) in enumerate(pcts):
+        vals = [median(data, k, LAT1, metric) or math.nan for k in rows]
+        ax.bar([x + i * width for x in range(len(rows))], vals, width, label=name)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(rows))], rows, rotation=30, ha="right")
+    ax.set_yscale("log")
+    ax.set_ylabel("latency (µs, log)")
+    ax.set_title("Latency at concurrency 1, 100 B (median over rounds)", pad=26)
+    ax.grid(True, axis="y", which="both", alpha=0.3)
+    ax.legend(ncol=len(pcts), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ checks the report's verdicts on made-up runs whose figures are known.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -223,3 +224,42 @@ def test_a_failed_round_counts_as_not_held() -> None:
         scenario[0] = scenario[1] = scenario[2] = None  # the router failed in 3 of the 4 rounds
     line = next(line for line in _target_lines(data) if line.split()[1] == "router-p50-vs-proxy:")
     assert line.startswith("MISS") and "held in 1/4 rounds" in line, line
+
+
+def test_plot_breaks_lines_at_missing_points_and_keeps_legends_off_the_curves(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("matplotlib")  # the bench extra
+    from matplotlib.figure import Figure
+
+    data = _run(Settings(), [1.1] * 3)
+    data["settings"]["concurrency"] = concurrency = [1, 8, 64]
+    for mode in ("conns", "pipe"):
+        for callers in (8, 64):
+            data["scenarios"][f"{mode}-c{callers}-100B"] = {"mode": mode, "callers": callers, "payload": 100}
+        for row in ("floor", "proxy"):  # the router has no c=8 figure, as bare_router in a real run
+            data["rounds"][row][f"{mode}-c8-100B"] = [_window(200, 60_000)] * 3
+        for row in ("floor", "proxy", "router"):
+            data["rounds"][row].setdefault(f"{mode}-c64-100B", [_window(1000, 90_000)] * 3)
+    drawn: list[tuple[Figure, Any]] = []
+    savefig = Figure.savefig
+
+    def keep(fig: Figure, *args: Any, **kwargs: Any) -> None:
+        savefig(fig, *args, **kwargs)
+        drawn.append((fig, fig.canvas.get_renderer()))
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    assert report.plot(data, tmp_path / "run.png") is None
+    [(fig, renderer)] = drawn
+    curves = [line for ax in fig.axes for line in ax.get_lines()]
+    assert {line.get_label() for line in curves} >= {"floor", "proxy", "router"}
+    for line in curves:
+        points = list(zip(line.get_xdata(), line.get_ydata(), strict=True))
+        # matplotlib draws a segment between neighbouring points unless one is NaN (y != y)
+        segments = [(a[0], b[0]) for a, b in itertools.pairwise(points) if a[1] == a[1] and b[1] == b[1]]
+        assert all(concurrency.index(b) == concurrency.index(a) + 1 for a, b in segments), (
+            f"{line.get_label()} is drawn across a missing point: {points}")
+    legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+    assert legends
+    for legend in legends:
+        box = legend.get_window_extent(renderer)
+        assert not any(box.overlaps(ax.get_window_extent(renderer)) for ax in fig.axes), "a legend covers a panel"
