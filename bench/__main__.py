@@ -26,10 +26,14 @@ from typing import Any
 
 import uvloop
 
-from . import report
+from . import figures, log, report, targets
+from .memory import memory_phase
 from .procs import Fleet
-from .rows import BENCH_DIR, Lab, define_rows
-from .runner import Results, Settings, log, memory_phase, profile_router, run_rounds, scenarios, syscalls_per_call
+from .profiling import profile_router, syscalls_per_call
+from .rounds import Results, run_rounds
+from .rows import select_rows
+from .servers import BENCH_DIR, Lab
+from .settings import Settings, scenarios
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -110,11 +114,9 @@ def raise_fd_limit() -> None:
 
 async def measure_all(settings: Settings, rows_arg: str | None, results_dir: Path, stamp: str,
                       workdir: Path, fleet: Fleet) -> Results:
-    rows = define_rows(set(rows_arg.split(",")) if rows_arg else None)
-    results = Results(settings, rows, scenarios(settings))
-    for row in rows:
-        if row.skip_reason:
-            log(f"[setup] {row.key}: skipped: {row.skip_reason}")
+    results = Results(settings, select_rows(set(rows_arg.split(",")) if rows_arg else None), scenarios(settings))
+    for key, why in results.skipped.items():
+        log(f"[setup] {key}: skipped: {why}")
     lab = Lab(fleet, workdir)
     # Ctrl-C and SIGTERM (e.g. `timeout`) stop the run at once and clean up. The flag is checked
     # before every measurement too: Python 3.11's wait_for can swallow a cancellation that races
@@ -164,16 +166,16 @@ def main(argv: list[str] | None = None) -> int:
                             "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
                             "machine": host, **results.as_json()}
     json_path = results_dir / f"{stamp}.json"
-    data["previous"] = report.compare_previous(data, results_dir, json_path)
-    data["summary"] = report.summarize_all(data)
-    data["targets"] = report.evaluate_targets(data)
+    data["previous"] = targets.compare_previous(data, results_dir, json_path)
+    data["summary"] = figures.summarize_all(data)
+    data["targets"] = targets.evaluate_targets(data)
     json_path.write_text(json.dumps(data, indent=1))
     png_path = results_dir / f"{stamp}.png"
     no_plot = report.plot(data, png_path)
     print(report.render(data), end="")
     print(f"\nresults: {json_path}\nplot:    {no_plot or png_path}")
     if args.latest:
-        shutil.copyfile(json_path, results_dir / "latest.json")
+        shutil.copyfile(json_path, results_dir / targets.LATEST)
         if not no_plot:
             shutil.copyfile(png_path, results_dir / "latest.png")
     return 0

@@ -236,15 +236,20 @@ async def serve_router(upstream: str) -> None:
         raise SystemExit("the echo closed the bare router's connection")
 
 
-async def serve(factory: Any, stop: asyncio.Event | None = None) -> None:
-    """Serve fd 3 with `factory` until SIGTERM or SIGINT (or until `stop` is set)."""
+async def until_signalled(stop: asyncio.Event | None = None) -> None:
+    """Return on SIGTERM or SIGINT (or once `stop` is set): how every bench server is told to finish."""
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = await loop.create_unix_server(factory, sock=inherited_socket(), backlog=4096)
+    await stop.wait()
+
+
+async def serve(factory: Any, stop: asyncio.Event | None = None) -> None:
+    """Serve fd 3 with `factory` until SIGTERM or SIGINT (or until `stop` is set)."""
+    server = await asyncio.get_running_loop().create_unix_server(factory, sock=inherited_socket(), backlog=4096)
     async with server:
-        await stop.wait()
+        await until_signalled(stop)
 
 
 def main() -> None:

@@ -14,13 +14,21 @@ import functools
 import os
 import subprocess
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from plugrpc import wire
 
 from .procs import BenchError
 
 Call = Callable[[Any], Awaitable[Any]]
+
+
+class Connections(Protocol):
+    """What every client gives the load generator: one call per connection, and a way to close them all."""
+
+    calls: list[Call]
+
+    async def aclose(self) -> None: ...
 
 
 class CallFailed(BenchError):

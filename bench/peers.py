@@ -10,8 +10,6 @@ both here; the clients below are what a user of each would write.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -20,20 +18,13 @@ import uvloop
 
 from plugrpc.wire import DEFAULT_MAX_LINE
 
+from .baselines import inherited_socket, until_signalled
 from .clients import CallFailed
 
 GRPC_SERVICE: Final = "bench.Bench"
 GRPC_METHOD: Final = f"/{GRPC_SERVICE}/Echo"
 HTTP_URL: Final = "http://bench/"
 """aiohttp needs a URL even over a unix socket; the host is never resolved."""
-
-
-async def _until_signalled() -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
 
 
 async def serve_grpc(path: str) -> None:
@@ -54,14 +45,12 @@ async def serve_grpc(path: str) -> None:
     server.add_generic_rpc_handlers((handler,))
     server.add_insecure_port(f"unix:{path}")
     await server.start()
-    await _until_signalled()
+    await until_signalled()
     await server.stop(0.5)
 
 
 async def serve_http() -> None:
     from aiohttp import web
-
-    from bench.baselines import inherited_socket
 
     async def rpc(request: web.Request) -> web.Response:
         msg = orjson.loads(await request.read())
@@ -74,7 +63,7 @@ async def serve_http() -> None:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.SockSite(runner, inherited_socket(), backlog=4096).start()
-    await _until_signalled()
+    await until_signalled()
     await runner.cleanup()
 
 

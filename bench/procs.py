@@ -103,33 +103,31 @@ class Fleet:
 
     def stop(self, child: Child, grace: float = 5.0) -> None:
         """SIGTERM, then SIGKILL after `grace` seconds; waits for the exit either way."""
-        if child.alive():
-            with contextlib.suppress(ProcessLookupError):
-                child.popen.send_signal(signal.SIGTERM)
-            try:
-                child.popen.wait(grace)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    child.popen.kill()
-                child.popen.wait(5)
+        _terminate([child], grace)
         with contextlib.suppress(ValueError):
             self.children.remove(child)
 
     def stop_all(self, grace: float = 5.0) -> None:
         """Stop every child still registered, newest first (a proxy before its upstream)."""
-        live = [c for c in self.children if c.alive()]
-        for child in live:
-            with contextlib.suppress(ProcessLookupError):
-                child.popen.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for child in reversed(live):
-            try:
-                child.popen.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    child.popen.kill()
-                child.popen.wait(5)
+        _terminate(self.children, grace)
         self.children.clear()
+
+
+def _terminate(children: Sequence[Child], grace: float) -> None:
+    """SIGTERM to every live child, then SIGKILL to any still running `grace` seconds later; waits for each exit,
+    newest first."""
+    live = [c for c in children if c.alive()]
+    for child in live:
+        with contextlib.suppress(ProcessLookupError):
+            child.popen.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for child in reversed(live):
+        try:
+            child.popen.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                child.popen.kill()
+            child.popen.wait(5)
 
 
 def listening_socket(path: Path) -> socket.socket:

@@ -1,7 +1,8 @@
-"""Turn a bench run into figures: medians and spreads, ratios to the floor rows, targets, tables, JSON, PNG.
+"""Turn a bench run into tables, the targets' verdicts and a PNG; `python -m bench.report FILE` renders a saved run.
 
 Everything here reads the results dictionary (the JSON file's content), so a saved run can be
-rendered again: `python -m bench.report bench/results/latest.json [--png out.png]`.
+rendered again, its targets judged again by this version's targets:
+`python -m bench.report bench/results/latest.json [--png out.png]`.
 """
 
 from __future__ import annotations
@@ -11,244 +12,13 @@ import json
 import math
 import os
 import statistics
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
-MB: Final = 1_000_000
-PAIRS: Final = ("floor", "proxy")
-LAT1: Final = "conns-c1-100B"
-
-
-# --- statistics ------------------------------------------------------------------------------
-
-
-def stat(values: Sequence[float]) -> dict[str, float] | None:
-    """Median, min, max and spread ((max - min) / median, in %) of per-round values."""
-    vals = [v for v in values if v is not None and not math.isnan(v)]
-    if not vals:
-        return None
-    med = statistics.median(vals)
-    spread = 100 * (max(vals) - min(vals)) / med if med else 0.0
-    return {"median": med, "min": min(vals), "max": max(vals), "spread_pct": spread, "n": len(vals)}
-
-
-def per_round(data: dict[str, Any], row: str, scen: str, metric: str) -> list[float | None]:
-    """One value per round (None where that round failed or the row has no such scenario)."""
-    rounds = data["rounds"].get(row, {}).get(scen)
-    if not rounds:
-        return []
-    return [None if r is None else _metric(r, metric) for r in rounds]
-
-
-def _metric(entry: dict[str, Any], metric: str) -> float | None:
-    if "." in metric:
-        group, key = metric.split(".", 1)
-        value = entry.get(group, {}).get(key)
-        return None if value is None else float(value)
-    return float(entry[metric])
-
-
-def summary(data: dict[str, Any], row: str, scen: str, metric: str) -> dict[str, float] | None:
-    return stat([v for v in per_round(data, row, scen, metric) if v is not None])
-
-
-def median(data: dict[str, Any], row: str, scen: str, metric: str) -> float | None:
-    s = summary(data, row, scen, metric)
-    return None if s is None else s["median"]
-
-
-def ratio(data: dict[str, Any], num: str, den: str, scen: str, metric: str,
-          den_scen: str | None = None) -> dict[str, float] | None:
-    """`num / den` within each round (paired, so drift between rounds cancels), then summarized."""
-    a = per_round(data, num, scen, metric)
-    b = per_round(data, den, den_scen or scen, metric)
-    return stat([x / y for x, y in zip(a, b, strict=False) if x is not None and y])
-
-
-SUMMARY_METRICS: Final = ("p50_us", "p90_us", "p99_us", "p999_us", "throughput", "client_cpu_us_per_call")
-
-
-def summarize_all(data: dict[str, Any]) -> dict[str, Any]:
-    """Medians, spreads and ratios to the floor rows for every (row, scenario): the JSON's "summary"."""
-    out: dict[str, Any] = {}
-    for row, scens in data["rounds"].items():
-        for scen, rounds in scens.items():
-            entry: dict[str, Any] = {m: summary(data, row, scen, m) for m in SUMMARY_METRICS}
-            roles = next((r["cpu_us_per_call"].keys() for r in rounds if r), [])
-            entry["cpu_us_per_call"] = {role: summary(data, row, scen, f"cpu_us_per_call.{role}") for role in roles}
-            entry["ratios"] = {base: {m: ratio(data, row, base, scen, m) for m in ("p50_us", "p99_us", "throughput")}
-                               for base in PAIRS if base in data["rounds"]}
-            out.setdefault(row, {})[scen] = entry
-    return out
-
-
-# --- targets ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Target:
-    issue: int
-    text: str
-    compute: Callable[[dict[str, Any]], tuple[dict[str, float] | None, str]]
-    """The figure's per-round summary (None: not measurable in this run) and how to read it."""
-    passes: Callable[[float], bool]
-    limit: str
-    reach: Callable[[dict[str, Any]], tuple[dict[str, float] | None, str]] | None = None
-    """The same figure for the bare parsing router: how close a router that only parses got."""
-
-
-def _r(num: str, den: str, scen: str, metric: str, den_scen: str | None = None) -> Callable[..., Any]:
-    def compute(data: dict[str, Any]) -> tuple[dict[str, float] | None, str]:
-        return ratio(data, num, den, scen, metric, den_scen), f"{num}/{den} {metric.removesuffix('_us')}"
-
-    return compute
-
-
-def _vs_proxy(issue: int, text: str, scen: str, metric: str, passes: Callable[[float], bool], limit: str) -> Target:
-    """A router / line proxy target, with the bare parsing router's own figure beside it."""
-    return Target(issue, text, _r("router", "proxy", scen, metric), passes, limit,
-                  reach=_r("bare_router", "proxy", scen, metric))
-
-
-def _dispatch_speedup(data: dict[str, Any]) -> tuple[dict[str, float] | None, str]:
-    vals = []
-    for rnd in data["dispatch"].get("rounds", []):
-        sdk, ref = rnd.get("plugrpc.dispatch (SDK)"), rnd.get("jsonrpcserver.dispatch")
-        if isinstance(sdk, float) and isinstance(ref, float):
-            vals.append(ref / sdk)
-    return stat(vals), "jsonrpcserver ns / SDK ns per dispatch"
-
-
-def _router_rss(data: dict[str, Any]) -> tuple[dict[str, float] | None, str]:
-    rss = data["rss"].get("router", {})
-    idle = rss.get("idle_kib", {}).get("router")
-    if idle is None:
-        return None, "router RSS"
-    mb = idle * 1024 / MB
-    return {"median": mb, "min": mb, "max": mb, "spread_pct": 0.0, "n": 1}, (
-        f"router MB with {rss.get('plugins')} plugins, {rss.get('idle_connections')} idle connections")
-
-
-def _holds(data: dict[str, Any]) -> tuple[dict[str, float] | None, str]:
-    return ratio(data, "router", "router", "conns-c256-100B", "throughput", "conns-c64-100B"), (
-        "router calls/s at 256 / at 64 callers")
-
-
-def _one_copy(data: dict[str, Any]) -> tuple[dict[str, float] | None, str]:
-    """Router CPU added by a 1 MiB payload, over the proxy's plus one parse and one copy of each message.
-
-    An estimate from CPU time: (router - proxy) extra CPU for 1 MiB over 100 B calls, divided by
-    the in-process cost of parsing the request and response lines and copying each once.
-    """
-    big, small = "conns-c1-1MiB", "conns-c1-100B"
-    budget = [r.get("payload_1mib_ns") for r in data["dispatch"].get("rounds", [])]
-    parse_copy = statistics.median([b for b in budget if isinstance(b, float)] or [math.nan])
-    vals = []
-    for rb, rs, pb, ps in zip(per_round(data, "router", big, "cpu_us_per_call.router"),
-                              per_round(data, "router", small, "cpu_us_per_call.router"),
-                              per_round(data, "proxy", big, "cpu_us_per_call.proxy"),
-                              per_round(data, "proxy", small, "cpu_us_per_call.proxy"), strict=False):
-        if None not in (rb, rs, pb, ps) and parse_copy == parse_copy:
-            extra = (rb - rs) - (pb - ps)  # type: ignore[operator]
-            vals.append(extra * 1000 / (2 * parse_copy))
-    return stat(vals), "router's extra CPU per 1 MiB call / (parse + copy of request and response)"
-
-
-def _repeat(data: dict[str, Any]) -> tuple[dict[str, float] | None, str]:
-    prev = data.get("previous")
-    if not prev:
-        return None, "no earlier full run in bench/results to compare with"
-    diffs = [abs(v["now"] / v["before"] - 1) * 100 for v in prev["ratios"].values() if v["before"]]
-    worst = max(diffs) if diffs else math.nan
-    return {"median": worst, "min": worst, "max": worst, "spread_pct": 0.0, "n": 1}, (
-        f"largest change (%) of {len(diffs)} key ratios vs {prev['file']}")
-
-
-TARGETS: Final = [
-    _vs_proxy(4, "router p50 <= 1.3x line proxy p50", LAT1, "p50_us", lambda v: v <= 1.3, "<= 1.3"),
-    _vs_proxy(4, "router throughput at 64 callers >= 1.0x line proxy", "conns-c64-100B", "throughput",
-              lambda v: v >= 1.0, ">= 1.0"),
-    Target(4, "router call >= 6x faster than exec per call (C plugin)", _r("exec_c", "router", LAT1, "p50_us"),
-           lambda v: v >= 6, ">= 6"),
-    Target(4, "SDK dispatch >= 30x faster than jsonrpcserver.dispatch", _dispatch_speedup, lambda v: v >= 30, ">= 30"),
-    Target(4, "router (2 hops) faster at p50 than gRPC unix (1 hop)", _r("grpc", "router", LAT1, "p50_us"),
-           lambda v: v > 1, "> 1"),
-    Target(4, "router RSS, 10 plugins + 1,000 idle connections <= 60 MB", _router_rss, lambda v: v <= 60, "<= 60"),
-    _vs_proxy(8, "router p50 <= 1.0x line proxy p50 (stretch 0.9x)", LAT1, "p50_us", lambda v: v <= 1.0, "<= 1.0"),
-    _vs_proxy(8, "router p99 <= 1.2x line proxy p99", LAT1, "p99_us", lambda v: v <= 1.2, "<= 1.2"),
-    _vs_proxy(8, "router throughput at 64 callers >= 1.4x line proxy", "conns-c64-100B", "throughput",
-              lambda v: v >= 1.4, ">= 1.4"),
-    Target(8, "router throughput at 256 callers holds (>= 0.95x its 64)", _holds, lambda v: v >= 0.95, ">= 0.95"),
-    Target(8, "router >= 4x faster p50 than gRPC", _r("grpc", "router", LAT1, "p50_us"), lambda v: v >= 4, ">= 4"),
-    Target(8, "router >= 10x gRPC throughput at 64 callers", _r("router", "grpc", "conns-c64-100B", "throughput"),
-           lambda v: v >= 10, ">= 10"),
-    Target(8, "router >= 2.5x faster p50 than aiohttp JSON-RPC", _r("http", "router", LAT1, "p50_us"),
-           lambda v: v >= 2.5, ">= 2.5"),
-    Target(8, "router >= 5x aiohttp throughput at 64 callers", _r("router", "http", "conns-c64-100B", "throughput"),
-           lambda v: v >= 5, ">= 5"),
-    Target(8, "plugrpc.Client p50 <= 1.1x bare client", _r("client", "router", LAT1, "p50_us"), lambda v: v <= 1.1,
-           "<= 1.1"),
-    Target(8, "plugrpc.Client throughput at 64 >= 1/1.1 of bare", _r("router", "client", "conns-c64-100B",
-           "throughput"), lambda v: v <= 1.1, "<= 1.1"),
-    Target(8, "router RSS, 10 plugins + 1,000 idle connections <= 40 MB", _router_rss, lambda v: v <= 40, "<= 40"),
-    Target(8, "1 MiB: router adds <= parse + one copy (CPU estimate)", _one_copy, lambda v: v <= 1.0, "<= 1.0"),
-    Target(8, "key ratios repeat within 10% of the previous full run", _repeat, lambda v: v <= 10, "<= 10"),
-]
-
-
-def evaluate_targets(data: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each target as PASS / MISS with its median ratio and spread, or SKIP with the reason."""
-    out = []
-    for t in TARGETS:
-        value, what = t.compute(data)
-        if value is None:
-            out.append({"issue": t.issue, "target": t.text, "status": "SKIP", "what": what, "limit": t.limit})
-            continue
-        entry = {"issue": t.issue, "target": t.text, "status": "PASS" if t.passes(value["median"]) else "MISS",
-                 "value": value["median"], "min": value["min"], "max": value["max"], "what": what, "limit": t.limit}
-        reach = t.reach(data)[0] if t.reach is not None else None
-        if reach is not None:
-            entry["bare_router"] = reach["median"]
-        out.append(entry)
-    return out
-
-
-KEY_RATIOS: Final = {
-    "router/proxy p50": ("router", "proxy", LAT1, "p50_us"),
-    "router/proxy tput64": ("router", "proxy", "conns-c64-100B", "throughput"),
-    "grpc/router p50": ("grpc", "router", LAT1, "p50_us"),
-    "router/grpc tput64": ("router", "grpc", "conns-c64-100B", "throughput"),
-    "http/router p50": ("http", "router", LAT1, "p50_us"),
-    "client/router p50": ("client", "router", LAT1, "p50_us"),
-    "exec_c/router p50": ("exec_c", "router", LAT1, "p50_us"),
-}
-
-
-def compare_previous(data: dict[str, Any], results_dir: Path, this_file: Path | None) -> dict[str, Any] | None:
-    """Key ratios of this run next to the newest earlier full run's, for the repeatability target."""
-    if data["settings"]["mode"] != "full":
-        return None
-    candidates = sorted(p for p in results_dir.glob("*.json")
-                        if p != this_file and p.name != "latest.json" and "-profile-" not in p.name)
-    for path in reversed(candidates):
-        try:
-            before = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if before.get("settings", {}).get("mode") != "full" or "rounds" not in before:
-            continue
-        ratios = {}
-        for name, (a, b, scen, metric) in KEY_RATIOS.items():
-            now, then = ratio(data, a, b, scen, metric), ratio(before, a, b, scen, metric)
-            if now and then:
-                ratios[name] = {"now": now["median"], "before": then["median"]}
-        return {"file": path.name, "ratios": ratios}
-    return None
-
-
-# --- tables ----------------------------------------------------------------------------------
+from .figures import LAT1, MB, median, ratio, stat, summary
+from .settings import size_label
+from .targets import evaluate_targets
 
 
 def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]], note: str = "") -> str:
@@ -428,18 +198,18 @@ def dispatch_table(data: dict[str, Any]) -> str:
 
 
 def targets_block(data: dict[str, Any]) -> str:
-    lines = ["Targets (ratios within each round, median over rounds; [min..max])"]
-    quick = data["settings"]["mode"] != "full"
+    lines = ["Targets (ratios within each round, median over rounds; [min..max]; PASS: the median and most rounds "
+             "hold)"]
     for t in data["targets"]:
-        head = f"{t['status']:4}  issue {t['issue']}: {t['target']}"
+        head = f"{t['status']:10}  {t['id']}: {t['target']}"
         if t["status"] == "SKIP":
             lines.append(f"{head} -- not measured: {t['what']}")
-        else:
-            bare = f"; bare parsing router {t['bare_router']:.2f}" if "bare_router" in t else ""
-            lines.append(f"{head} -- {t['value']:.2f} [{t['min']:.2f}..{t['max']:.2f}] (target {t['limit']}; "
-                         f"{t['what']}{bare})")
-    if quick:
-        lines.append(f"({data['settings']['mode']} run: too short to judge targets; issue 8 asks for a full run)")
+            continue
+        bare = f"; bare parsing router {t['bare_router']:.2f}" if "bare_router" in t else ""
+        held = "one measurement" if t["rounds"] is None else f"held in {t['held']}/{t['rounds']} rounds"
+        line = (f"{head} -- {t['value']:.2f} [{t['min']:.2f}..{t['max']:.2f}], {held} (target {t['limit']}; "
+                f"{t['what']}{bare})")
+        lines.append(f"{line} -- not judged: {t['not_judged']}" if "not_judged" in t else line)
     return "\n".join(lines)
 
 
@@ -521,8 +291,6 @@ def render(data: dict[str, Any]) -> str:
 
 
 def _size(n: int) -> str:
-    from .runner import size_label
-
     return size_label(n).replace(" ", "")
 
 
@@ -532,7 +300,9 @@ def _size(n: int) -> str:
 def plot(data: dict[str, Any], path: Path) -> str | None:
     """Latency percentiles at c=1, throughput (both connection modes) and p99 by concurrency.
 
-    Returns None, or why there is no plot. Shaded bands span the min..max over rounds.
+    Returns None, or why there is no plot. Shaded bands span the min..max over rounds. A figure a
+    row does not have is a gap in its curve, never a line drawn across it; the legends sit outside
+    the panels, where they hide no curve.
     """
     try:
         import matplotlib
@@ -543,49 +313,52 @@ def plot(data: dict[str, Any], path: Path) -> str | None:
         return "matplotlib is not installed (pip install -e '.[bench]')"
     rows = [k for k in _live_rows(data) if summary(data, k, LAT1, "p50_us")]
     fig, axes = plt.subplots(2, 2, figsize=(16, 11))
-    ax = axes[0][0]
-    pcts = [("p50_us", "p50"), ("p90_us", "p90"), ("p99_us", "p99"), ("p999_us", "p99.9")]
-    width = 0.8 / len(pcts)
-    for i, (metric, name) in enumerate(pcts):
-        vals = [median(data, k, LAT1, metric) or 0 for k in rows]
-        ax.bar([x + i * width for x in range(len(rows))], vals, width, label=name)
-    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(rows))], rows, rotation=30, ha="right")
-    ax.set_yscale("log")
-    ax.set_ylabel("latency (µs, log)")
-    ax.set_title("Latency at concurrency 1, 100 B (median over rounds)")
-    ax.grid(True, axis="y", which="both", alpha=0.3)
-    ax.legend()
+    _latency_bars(axes[0][0], data, rows)
     conc = data["settings"]["concurrency"]
     colors = {k: f"C{i % 10}" for i, k in enumerate(rows)}
     panels = ((axes[0][1], "conns", "throughput", "Throughput, one connection per caller (calls/s)"),
               (axes[1][0], "pipe", "throughput", "Throughput, all callers on one pipelined connection (calls/s)"),
               (axes[1][1], "conns", "p99_us", "p99 latency, one connection per caller (µs)"))
+    curves: dict[str, Any] = {}
     for ax, mode, metric, title in panels:
         for key in rows:
-            xs, mid, lo, hi = [], [], [], []
-            for c in conc:
-                st = summary(data, key, LAT1 if c == 1 else f"{mode}-c{c}-100B", metric)
-                if st is not None:
-                    xs.append(c)
-                    mid.append(st["median"])
-                    lo.append(st["min"])
-                    hi.append(st["max"])
-            if len(xs) > 1:
-                bold = key in ("floor", "proxy", "router")
-                ax.plot(xs, mid, marker="o", color=colors[key], label=key, linewidth=2.5 if bold else 1.2)
-                ax.fill_between(xs, lo, hi, color=colors[key], alpha=0.12)
+            points = [summary(data, key, LAT1 if c == 1 else f"{mode}-c{c}-100B", metric) for c in conc]
+            if sum(p is not None for p in points) < 2:
+                continue  # only the c=1 figure (exec rows): no curve
+            # NaN where the row has no figure: matplotlib breaks the line and the band there.
+            mid, lo, hi = ([math.nan if p is None else p[k] for p in points] for k in ("median", "min", "max"))
+            bold = key in ("floor", "proxy", "router")
+            curves[key], = ax.plot(conc, mid, marker="o", color=colors[key], label=key, linewidth=2.5 if bold else 1.2)
+            ax.fill_between(conc, lo, hi, color=colors[key], alpha=0.12)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks(conc, [str(c) for c in conc])
         ax.set_xlabel("concurrent callers")
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8, ncol=2)
+    # One legend for the three curve panels (a row has the same colour in each), below them all.
+    labels = [k for k in rows if k in curves]
+    fig.legend([curves[k] for k in labels], labels, loc="lower center", ncol=min(len(labels), 6) or 1, fontsize=9)
     fig.suptitle(f"plugrpc bench: {machine_line(data)}", fontsize=8, wrap=True)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return None
+
+
+def _latency_bars(ax: Any, data: dict[str, Any], rows: list[str]) -> None:
+    """p50..p99.9 at c=1 per row, log scale; the percentiles' legend between the title and the bars."""
+    pcts = [("p50_us", "p50"), ("p90_us", "p90"), ("p99_us", "p99"), ("p999_us", "p99.9")]
+    width = 0.8 / len(pcts)
+    for i, (metric, name) in enumerate(pcts):
+        vals = [median(data, k, LAT1, metric) or math.nan for k in rows]
+        ax.bar([x + i * width for x in range(len(rows))], vals, width, label=name)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(rows))], rows, rotation=30, ha="right")
+    ax.set_yscale("log")
+    ax.set_ylabel("latency (µs, log)")
+    ax.set_title("Latency at concurrency 1, 100 B (median over rounds)", pad=26)
+    ax.grid(True, axis="y", which="both", alpha=0.3)
+    ax.legend(ncol=len(pcts), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
 
 
 def main() -> None:

@@ -1,24 +1,39 @@
-"""`make bench` must not rot: its tiny mode runs on the baselines in seconds, and Ctrl-C leaves nothing behind.
+"""`make bench` must not rot: its tiny mode runs on the baselines in seconds, and Ctrl-C leaves nothing behind;
+the report judges a run's targets as it says it does.
 
 No timing is asserted: the bench is where speed is measured, this only proves the harness runs
-end to end (servers, load generator, memory phase, dispatch, report, JSON) and cleans up.
+end to end (servers, load generator, memory phase, dispatch, report, JSON) and cleans up, and
+checks the report's verdicts on made-up runs whose figures are known.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from util import REPO
 
+sys.path.insert(0, os.fspath(REPO))  # bench/ runs from the checkout; it is not installed
+
+from bench import report, targets
+from bench.settings import Settings
+
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the bench reads /proc (Linux)")
+
+LAT1, C64 = "conns-c1-100B", "conns-c64-100B"
+TARGET_LINE = re.compile(r"^(PASS|MISS|SKIP|NOT JUDGED) +([a-z0-9-]+): ")
 
 
 def _bench(*args: str, **kwargs: object) -> subprocess.Popen[str]:
@@ -90,3 +105,161 @@ def test_ctrl_c_stops_servers_and_removes_sockets(tmp_path: Path) -> None:
     assert not Path(workdir).exists()
     assert not _processes_mentioning(workdir)
     assert not list(tmp_path.glob("*.json")), "an interrupted run writes no results"
+
+
+# --- the report, on made-up runs ---------------------------------------------------------------
+
+
+def _window(p50: float, throughput: float) -> dict[str, Any]:
+    """One measured window, as the load generator records it (bench.load.drive)."""
+    return {"calls": 1000, "seconds": 0.4, "throughput": throughput, "p50_us": p50, "p90_us": p50, "p99_us": p50,
+            "p999_us": p50, "max_us": p50, "mean_us": p50, "cpu_us_per_call": {"server": 10.0},
+            "client_cpu_us_per_call": 5.0, "rss_kib": {"server": 20_000}, "other_cpu_pct": 0.0, "steal_pct": 0.0,
+            "discarded": []}
+
+
+def _run(settings: Settings, router_x_proxy: Sequence[float],
+         timestamp: str = "2026-06-01T00:00:00+00:00") -> dict[str, Any]:
+    """A saved run of the floor, the proxy and the router, with the router `router_x_proxy[i]` times slower
+    than the proxy in round i (at c=1 and at c=64), the dispatch and RSS figures of a good run."""
+    n = len(router_x_proxy)
+    settings = replace(settings, rounds=n, concurrency=(1, 64), payloads=(100,))
+
+    def row(p50: float, throughput: float, factors: Sequence[float]) -> dict[str, list[dict[str, Any]]]:
+        return {LAT1: [_window(p50 * f, throughput / f) for f in factors],
+                C64: [_window(10 * p50 * f, 5 * throughput / f) for f in factors]}
+
+    rounds = {"floor": row(40, 20_000, [1.0] * n), "proxy": row(80, 12_000, [1.0] * n),
+              "router": row(80, 12_000, router_x_proxy)}
+    return {
+        "timestamp": timestamp, "commit": "0000000", "dirty": False,
+        "machine": {"cpu": "test", "cores": 2, "python": "3", "loop": "uvloop", "platform": "test",
+                    "loadavg_at_start": 0.0, "pinning": "none"},
+        "settings": asdict(settings),
+        "rows": {k: {"label": k, "hops": 1 if k == "floor" else 2, "client": "bare", "skipped": None} for k in rounds},
+        "scenarios": {LAT1: {"mode": "conns", "callers": 1, "payload": 100},
+                      C64: {"mode": "conns", "callers": 64, "payload": 100}},
+        "rounds": rounds, "errors": {}, "not_applicable": {},
+        "dispatch": {"rounds": [{"plugrpc.dispatch (SDK)": 1000.0, "jsonrpcserver.dispatch": 75_000.0,
+                                 "payload_1mib_ns": 2e6}] * n},
+        "rss": {"router": {"plugins": 10, "idle_connections": 1000, "load_callers": 64, "rest_kib": {"router": 28_000},
+                           "idle_kib": {"router": 29_000}, "load_kib": {"router": 29_500},
+                           "load_throughput": 50_000.0}},
+        "profile": {}, "previous": None,
+    }
+
+
+def _target_lines(data: dict[str, Any]) -> list[str]:
+    """The target lines `python -m bench` prints for `data`."""
+    data["targets"] = targets.evaluate_targets(data)
+    block = report.render(data).split("\nTargets (", 1)[1]
+    return [line for line in block.splitlines()[1:] if not line.startswith("(")]
+
+
+def test_saved_runs_are_judged_again_with_targets_keyed_by_what_they_measure(tmp_path: Path) -> None:
+    """Older saved runs (their targets carry issue numbers) render with each target's id in their place."""
+    older = _run(Settings(), [1.1] * 3)
+    older["targets"] = [{"issue": 4, "target": "router p50 <= 1.3x line proxy p50", "status": "PASS", "value": 1.1,
+                         "min": 1.1, "max": 1.1, "what": "router/proxy p50", "limit": "<= 1.3"}]
+    path = tmp_path / "older.json"
+    path.write_text(json.dumps(older))
+    ids = [t.id for t in targets.TARGETS]
+    assert len(set(ids)) == len(ids)
+    for saved in (path, REPO / "bench" / "results" / "latest.json"):
+        proc = subprocess.run([sys.executable, "-m", "bench.report", os.fspath(saved)], cwd=REPO, capture_output=True,
+                              text=True, timeout=60, check=False)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        lines = proc.stdout.split("\nTargets (", 1)[1].splitlines()[1:]
+        printed = [m.group(2) for line in lines if (m := TARGET_LINE.match(line))]
+        assert printed == ids, lines
+        assert "issue " not in proc.stdout.split("\nTargets (", 1)[1]
+
+
+def test_repeat_check_compares_with_the_previous_full_run_latest_json_included(tmp_path: Path) -> None:
+    """latest.json is committed (the other results are git-ignored), so it is often the only earlier full run."""
+    (tmp_path / "latest.json").write_text(json.dumps(_run(Settings(), [1.2] * 3, "2026-05-01T00:00:00+00:00")))
+    (tmp_path / "20260401T000000Z.json").write_text(json.dumps(_run(Settings(), [2.0] * 3,
+                                                                     "2026-04-01T00:00:00+00:00")))
+    (tmp_path / "20260515T000000Z.json").write_text(json.dumps(_run(Settings.quick(), [2.0] * 2,
+                                                                     "2026-05-15T00:00:00+00:00")))
+    now = _run(Settings(), [1.26] * 3)
+    now["previous"] = targets.compare_previous(now, tmp_path, tmp_path / "20260601T000000Z.json")
+    assert now["previous"]["file"] == "latest.json"
+    assert now["previous"]["ratios"]["router/proxy p50"] == pytest.approx({"now": 1.26, "before": 1.2})
+    [line] = [line for line in _target_lines(now) if line.split()[1] == "ratios-repeat-vs-previous:"]
+    assert line.startswith("PASS") and "latest.json" in line
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    now["previous"] = targets.compare_previous(now, empty, empty / "20260601T000000Z.json")
+    [line] = [line for line in _target_lines(now) if line.split()[1] == "ratios-repeat-vs-previous:"]
+    assert f"no earlier full run in {empty}" in line and not line.startswith(("PASS", "MISS"))
+
+
+def test_quick_run_judges_no_target_on_its_short_windows() -> None:
+    """2 rounds of 0.12 s windows say nothing about a 1.3x bound: such targets are "not judged", never PASS/MISS;
+    the router's RSS with 1,000 idle connections is measured as in a full run, so it is judged."""
+    lines = _target_lines(_run(Settings.quick(), [1.0, 2.0]))
+    judged = [line for line in lines if line.startswith(("PASS", "MISS"))]
+    assert judged and all("RSS" in line for line in judged), judged
+    p50 = next(line for line in lines if "router p50 <= 1.3x line proxy p50" in line)
+    assert "not judged" in p50.lower() and "quick run" in p50
+
+
+@pytest.mark.parametrize(("router_x_proxy", "verdict", "held"), [
+    ([1.0, 1.0, 1.5, 1.5], "MISS", "held in 2/4 rounds"),  # the median (1.25) is within 1.3, only half the rounds are
+    ([1.0, 1.0, 1.0, 1.5, 1.5], "PASS", "held in 3/5 rounds"),
+    ([1.0, 1.0, 1.5, 1.5, 1.5], "MISS", "held in 2/5 rounds"),
+])
+def test_target_passes_only_when_its_median_and_most_rounds_hold(router_x_proxy: list[float], verdict: str,
+                                                                 held: str) -> None:
+    lines = _target_lines(_run(Settings(), router_x_proxy))
+    line = next(line for line in lines if line.split()[1] == "router-p50-vs-proxy:")
+    assert line.startswith(verdict) and held in line, line
+
+
+def test_a_failed_round_counts_as_not_held() -> None:
+    data = _run(Settings(), [1.0, 1.0, 1.0, 1.0])
+    for scenario in data["rounds"]["router"].values():
+        scenario[0] = scenario[1] = scenario[2] = None  # the router failed in 3 of the 4 rounds
+    line = next(line for line in _target_lines(data) if line.split()[1] == "router-p50-vs-proxy:")
+    assert line.startswith("MISS") and "held in 1/4 rounds" in line, line
+
+
+def test_plot_breaks_lines_at_missing_points_and_keeps_legends_off_the_curves(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("matplotlib")  # the bench extra
+    from matplotlib.figure import Figure
+
+    data = _run(Settings(), [1.1] * 3)
+    data["settings"]["concurrency"] = concurrency = [1, 8, 64]
+    for mode in ("conns", "pipe"):
+        for callers in (8, 64):
+            data["scenarios"][f"{mode}-c{callers}-100B"] = {"mode": mode, "callers": callers, "payload": 100}
+        for row in ("floor", "proxy"):  # the router has no c=8 figure, as bare_router in a real run
+            data["rounds"][row][f"{mode}-c8-100B"] = [_window(200, 60_000)] * 3
+        for row in ("floor", "proxy", "router"):
+            data["rounds"][row].setdefault(f"{mode}-c64-100B", [_window(1000, 90_000)] * 3)
+    drawn: list[tuple[Figure, Any]] = []
+    savefig = Figure.savefig
+
+    def keep(fig: Figure, *args: Any, **kwargs: Any) -> None:
+        savefig(fig, *args, **kwargs)
+        drawn.append((fig, fig.canvas.get_renderer()))
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    assert report.plot(data, tmp_path / "run.png") is None
+    [(fig, renderer)] = drawn
+    curves = [line for ax in fig.axes for line in ax.get_lines()]
+    assert {line.get_label() for line in curves} >= {"floor", "proxy", "router"}
+    for line in curves:
+        points = list(zip(line.get_xdata(), line.get_ydata(), strict=True))
+        # matplotlib draws a segment between neighbouring points unless one is NaN (y != y)
+        segments = [(a[0], b[0]) for a, b in itertools.pairwise(points) if a[1] == a[1] and b[1] == b[1]]
+        assert all(concurrency.index(b) == concurrency.index(a) + 1 for a, b in segments), (
+            f"{line.get_label()} is drawn across a missing point: {points}")
+    legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+    assert legends
+    for legend in legends:
+        box = legend.get_window_extent(renderer)
+        assert not any(box.overlaps(ax.get_window_extent(renderer)) for ax in fig.axes), "a legend covers a panel"

@@ -1,0 +1,171 @@
+"""The load generator: closed-loop callers, one measuring window, and the CPU and memory it cost each process.
+
+N callers each loop `t0 = now; await call(params); record(now - t0)`, on N connections
+("conns") or all on one pipelined connection ("pipe"). After a warm-up, a timed window counts
+completed calls (throughput) and keeps their latencies (percentiles); the CPU time of each
+server process (utime+stime from /proc) and of this process over the window, divided by the
+calls, gives CPU per call. The garbage collector of the load generator is paused during a
+window, the same for every row. On 2 cores client and servers share the CPUs alike for every
+row: ratios between rows are what the bench is for, not absolute times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import resource
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .procs import BenchError, cpu_seconds, machine_cpu, rss_kib
+from .rows import Row
+from .servers import Lab
+from .settings import Scenario, Settings, payload_params
+
+
+class _Window:
+    """Flags the callers read at each call: recording, and time to stop."""
+
+    __slots__ = ("recording", "stop")
+
+    def __init__(self) -> None:
+        self.recording = False
+        self.stop = False
+
+
+async def _caller(call: Callable[[Any], Any], params: Any, window: _Window, latencies: list[int]) -> None:
+    clock = time.perf_counter_ns
+    append = latencies.append
+    while not window.stop:
+        t0 = clock()
+        await call(params)
+        t1 = clock()
+        if window.recording:
+            append(t1 - t0)
+
+
+def percentile(sorted_ns: Sequence[int], q: float) -> float:
+    """Nearest-rank percentile in microseconds."""
+    n = len(sorted_ns)
+    idx = min(n - 1, max(0, -(-int(q * n * 1000) // 1000) - 1))
+    return sorted_ns[idx] / 1000
+
+
+async def drive(
+    calls: Sequence[Callable[[Any], Any]],
+    callers: int,
+    params: Any,
+    warmup: float,
+    duration: float,
+    roles: Callable[[], dict[str, list[int]]],
+    exec_children: bool = False,
+) -> dict[str, Any]:
+    """Run `callers` closed-loop callers over `calls` and measure one window."""
+    window = _Window()
+    latencies: list[int] = []
+    tasks = [asyncio.ensure_future(_caller(calls[i % len(calls)], params, window, latencies)) for i in range(callers)]
+    try:
+        await asyncio.sleep(warmup)
+        _raise_failed(tasks)
+        pids = roles()
+        gc.disable()
+        cpu0 = {role: _cpu(ps) for role, ps in pids.items()}
+        self0 = resource.getrusage(resource.RUSAGE_SELF)
+        kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        host0 = machine_cpu()
+        t0 = time.perf_counter()
+        window.recording = True
+        await asyncio.sleep(duration)
+        window.recording = False
+        elapsed = time.perf_counter() - t0
+        host1 = machine_cpu()
+        self1 = resource.getrusage(resource.RUSAGE_SELF)
+        kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu1 = {role: _cpu(ps) for role, ps in pids.items()}
+        rss = rss_of(pids)
+        window.stop = True
+        await asyncio.wait_for(asyncio.gather(*tasks), 60)
+    finally:
+        gc.enable()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    n = len(latencies)
+    if n == 0:
+        raise BenchError(f"no call completed within {duration:.2f}s")
+    latencies.sort()
+    cpu = {role: (cpu1[role] - cpu0[role]) / n * 1e6 for role in pids}
+    if exec_children:
+        cpu["plugin"] = (_usage(kids1) - _usage(kids0)) / n * 1e6
+    ours = sum(cpu1[r] - cpu0[r] for r in pids) + _usage(self1) - _usage(self0) + _usage(kids1) - _usage(kids0)
+    capacity = host1[2] - host0[2] or 1.0
+    return {
+        "calls": n,
+        "seconds": round(elapsed, 4),
+        "throughput": n / elapsed,
+        "p50_us": percentile(latencies, 0.50),
+        "p90_us": percentile(latencies, 0.90),
+        "p99_us": percentile(latencies, 0.99),
+        "p999_us": percentile(latencies, 0.999),
+        "max_us": latencies[-1] / 1000,
+        "mean_us": sum(latencies) / n / 1000,
+        "cpu_us_per_call": cpu,
+        "client_cpu_us_per_call": (_usage(self1) - _usage(self0)) / n * 1e6,
+        "rss_kib": rss,
+        # What else ran on the machine during the window (other sessions, the kernel), in % of all CPUs.
+        "other_cpu_pct": max(0.0, 100 * (host1[0] - host0[0] - ours) / capacity),
+        "steal_pct": 100 * (host1[1] - host0[1]) / capacity,
+    }
+
+
+def _raise_failed(tasks: Sequence[asyncio.Future[Any]]) -> None:
+    for t in tasks:
+        if t.done() and not t.cancelled() and t.exception() is not None:
+            raise t.exception()  # type: ignore[misc]
+
+
+def _usage(ru: resource.struct_rusage) -> float:
+    return ru.ru_utime + ru.ru_stime
+
+
+def _cpu(pids: list[int]) -> float:
+    total = 0.0
+    for p in pids:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            total += cpu_seconds(p)
+    return total
+
+
+def _rss(pid: int) -> int:
+    try:
+        return rss_kib(pid)
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+
+
+def rss_of(roles: dict[str, list[int]]) -> dict[str, int]:
+    """RSS in KiB of each role, summed over its processes (0 for one that has exited)."""
+    return {role: sum(_rss(p) for p in pids) for role, pids in roles.items()}
+
+
+async def measure(lab: Lab, row: Row, scen: Scenario, settings: Settings) -> dict[str, Any]:
+    """One window of `row` under `scen`, after checking that the echo comes back intact."""
+    lab.check_stop()
+    server = await lab.server(row.server)
+    conns = await row.client.open(server, scen.connections, row.method)
+    try:
+        params = payload_params(scen.payload)
+        result = await asyncio.wait_for(conns.calls[0](params), 60)
+        if result != params:
+            raise BenchError(f"{row.key}: echo came back different ({str(result)[:80]})")
+        # One call on every connection first: connecting (gRPC's HTTP/2 handshake, aiohttp's lazy
+        # connect) is not what a row measures.
+        calls = conns.calls
+        for start in range(1, len(calls), 64):
+            await asyncio.wait_for(asyncio.gather(*(c(params) for c in calls[start : start + 64])), 60)
+        return await drive(conns.calls, scen.callers, params, settings.warmup, settings.duration, server.roles,
+                           exec_children=row.client.charges_children)
+    finally:
+        await conns.aclose()

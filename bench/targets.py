@@ -1,0 +1,270 @@
+"""The targets the issues set for the router, each keyed by what it measures, and how a run is judged against them.
+
+A target is a figure of the run (mostly a ratio between two rows within each round) and a bound.
+It passes when its median over the rounds is within the bound and so is a majority of the rounds
+(a round without the figure does not hold): on a shared machine a median can sit just inside a
+bound that half the rounds miss. The RSS and repeatability targets are one measurement each; the
+latter compares this run's key ratios with the previous full run's. A run too short for a figure
+(`--quick`, `--tiny`: few rounds of short windows, where one scheduler hiccup moves a ratio by
+half) shows the figure but does not judge it: only a full run's rounds and windows say PASS or MISS.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from .figures import LAT1, MB, paired, per_round, ratio, stat
+from .settings import Settings
+
+FULL: Final = Settings()
+"""What a full run measures: the yardstick of whether a run can judge a target."""
+MIN_ROUNDS: Final = 3
+"""A verdict from fewer rounds would be one noisy round's."""
+LATEST: Final = "latest.json"
+"""The saved run that git keeps (`python -m bench --latest` writes it): the others are git-ignored."""
+
+
+def too_short(settings: dict[str, Any]) -> str | None:
+    """Why a run's windows are too few or too short to judge a timed figure, or None."""
+    if settings["rounds"] >= MIN_ROUNDS and settings["duration"] >= FULL.duration and settings["warmup"] >= FULL.warmup:
+        return None
+    rounds = settings["rounds"]
+    return (f"{settings['mode']} run, {rounds} round{'s' * (rounds != 1)} of {settings['duration']:g} s windows "
+            f"(a verdict needs {MIN_ROUNDS}+ rounds of {FULL.duration:g} s)")
+
+
+def _windows_too_short(data: dict[str, Any]) -> str | None:
+    return too_short(data["settings"])
+
+
+def _dispatch_too_short(data: dict[str, Any]) -> str | None:
+    settings = data["settings"]
+    if settings["dispatch_seconds"] < FULL.dispatch_seconds:
+        return (f"{settings['mode']} run, {settings['dispatch_seconds']:g} s of dispatch timing per round "
+                f"(a verdict needs {FULL.dispatch_seconds:g} s)")
+    return too_short(settings)
+
+
+def _rss_too_small(data: dict[str, Any]) -> str | None:
+    rss = data["rss"].get("router", {})
+    plugins, idle = rss.get("plugins") or 0, rss.get("idle_connections") or 0
+    if plugins >= FULL.rss_plugins and idle >= FULL.idle_conns:
+        return None
+    return f"the target is for {FULL.rss_plugins} plugins and {FULL.idle_conns:,} idle connections"
+
+
+Figure = Callable[[dict[str, Any]], tuple[list[float], str]]
+"""A target's figure in a run: its values (one per round that has it; none: not measured) and how to read it."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A bound on one figure of a run, keyed by a short stable id of what it measures."""
+
+    id: str
+    text: str
+    compute: Figure
+    passes: Callable[[float], bool]
+    limit: str
+    reach: Figure | None = None
+    """The same figure for the bare parsing router: how close a router that only parses got."""
+    cannot_judge: Callable[[dict[str, Any]], str | None] = _windows_too_short
+    """Why this run's figure is no ground for a verdict (None: it is)."""
+    per_round: bool = True
+    """False: one measurement per run, not one per round."""
+
+
+def _r(num: str, den: str, scen: str, metric: str, den_scen: str | None = None) -> Figure:
+    def compute(data: dict[str, Any]) -> tuple[list[float], str]:
+        return paired(data, num, den, scen, metric, den_scen), f"{num}/{den} {metric.removesuffix('_us')}"
+
+    return compute
+
+
+def _vs_proxy(key: str, text: str, scen: str, metric: str, passes: Callable[[float], bool], limit: str) -> Target:
+    """A router / line proxy target, with the bare parsing router's own figure beside it."""
+    return Target(key, text, _r("router", "proxy", scen, metric), passes, limit,
+                  reach=_r("bare_router", "proxy", scen, metric))
+
+
+def _dispatch_speedup(data: dict[str, Any]) -> tuple[list[float], str]:
+    vals = []
+    for rnd in data["dispatch"].get("rounds", []):
+        sdk, ref = rnd.get("plugrpc.dispatch (SDK)"), rnd.get("jsonrpcserver.dispatch")
+        if isinstance(sdk, float) and isinstance(ref, float):
+            vals.append(ref / sdk)
+    return vals, "jsonrpcserver ns / SDK ns per dispatch"
+
+
+def _router_rss(data: dict[str, Any]) -> tuple[list[float], str]:
+    rss = data["rss"].get("router", {})
+    idle = rss.get("idle_kib", {}).get("router")
+    if idle is None:
+        return [], "router RSS"
+    return [idle * 1024 / MB], (
+        f"router MB with {rss.get('plugins')} plugins, {rss.get('idle_connections')} idle connections")
+
+
+def _holds(data: dict[str, Any]) -> tuple[list[float], str]:
+    return paired(data, "router", "router", "conns-c256-100B", "throughput", "conns-c64-100B"), (
+        "router calls/s at 256 / at 64 callers")
+
+
+def _one_copy(data: dict[str, Any]) -> tuple[list[float], str]:
+    """Router CPU added by a 1 MiB payload, over the proxy's plus one parse and one copy of each message.
+
+    An estimate from CPU time: (router - proxy) extra CPU for 1 MiB over 100 B calls, divided by
+    the in-process cost of parsing the request and response lines and copying each once.
+    """
+    big, small = "conns-c1-1MiB", "conns-c1-100B"
+    budget = [r.get("payload_1mib_ns") for r in data["dispatch"].get("rounds", [])]
+    parse_copy = statistics.median([b for b in budget if isinstance(b, float)] or [math.nan])
+    vals = []
+    for rb, rs, pb, ps in zip(per_round(data, "router", big, "cpu_us_per_call.router"),
+                              per_round(data, "router", small, "cpu_us_per_call.router"),
+                              per_round(data, "proxy", big, "cpu_us_per_call.proxy"),
+                              per_round(data, "proxy", small, "cpu_us_per_call.proxy"), strict=False):
+        if None not in (rb, rs, pb, ps) and parse_copy == parse_copy:
+            extra = (rb - rs) - (pb - ps)  # type: ignore[operator]
+            vals.append(extra * 1000 / (2 * parse_copy))
+    return vals, "router's extra CPU per 1 MiB call / (parse + copy of request and response)"
+
+
+def _repeat(data: dict[str, Any]) -> tuple[list[float], str]:
+    prev = data.get("previous")
+    if not prev:
+        return [], "this run was not compared with an earlier one"
+    if prev["file"] is None:
+        return [], f"no earlier full run in {prev['searched']} to compare with"
+    diffs = [abs(v["now"] / v["before"] - 1) * 100 for v in prev["ratios"].values() if v["before"]]
+    return [max(diffs)] if diffs else [], f"largest change (%) of {len(diffs)} key ratios vs {prev['file']}"
+
+
+TARGETS: Final = [
+    _vs_proxy("router-p50-vs-proxy", "router p50 <= 1.3x line proxy p50", LAT1, "p50_us", lambda v: v <= 1.3,
+              "<= 1.3"),
+    _vs_proxy("router-tput64-vs-proxy", "router throughput at 64 callers >= 1.0x line proxy", "conns-c64-100B",
+              "throughput", lambda v: v >= 1.0, ">= 1.0"),
+    Target("router-p50-vs-exec-c", "router call >= 6x faster than exec per call (C plugin)",
+           _r("exec_c", "router", LAT1, "p50_us"), lambda v: v >= 6, ">= 6"),
+    Target("sdk-dispatch-vs-jsonrpcserver", "SDK dispatch >= 30x faster than jsonrpcserver.dispatch",
+           _dispatch_speedup, lambda v: v >= 30, ">= 30", cannot_judge=_dispatch_too_short),
+    Target("router-p50-vs-grpc", "router (2 hops) faster at p50 than gRPC unix (1 hop)",
+           _r("grpc", "router", LAT1, "p50_us"), lambda v: v > 1, "> 1"),
+    Target("router-rss-1000-idle", "router RSS, 10 plugins + 1,000 idle connections <= 60 MB", _router_rss,
+           lambda v: v <= 60, "<= 60", cannot_judge=_rss_too_small, per_round=False),
+    _vs_proxy("router-p50-vs-proxy-tight", "router p50 <= 1.0x line proxy p50 (stretch 0.9x)", LAT1, "p50_us",
+              lambda v: v <= 1.0, "<= 1.0"),
+    _vs_proxy("router-p99-vs-proxy", "router p99 <= 1.2x line proxy p99", LAT1, "p99_us", lambda v: v <= 1.2,
+              "<= 1.2"),
+    _vs_proxy("router-tput64-vs-proxy-tight", "router throughput at 64 callers >= 1.4x line proxy",
+              "conns-c64-100B", "throughput", lambda v: v >= 1.4, ">= 1.4"),
+    Target("router-tput256-vs-tput64", "router throughput at 256 callers holds (>= 0.95x its 64)", _holds,
+           lambda v: v >= 0.95, ">= 0.95"),
+    Target("router-p50-vs-grpc-tight", "router >= 4x faster p50 than gRPC", _r("grpc", "router", LAT1, "p50_us"),
+           lambda v: v >= 4, ">= 4"),
+    Target("router-tput64-vs-grpc", "router >= 10x gRPC throughput at 64 callers",
+           _r("router", "grpc", "conns-c64-100B", "throughput"), lambda v: v >= 10, ">= 10"),
+    Target("router-p50-vs-http", "router >= 2.5x faster p50 than aiohttp JSON-RPC",
+           _r("http", "router", LAT1, "p50_us"), lambda v: v >= 2.5, ">= 2.5"),
+    Target("router-tput64-vs-http", "router >= 5x aiohttp throughput at 64 callers",
+           _r("router", "http", "conns-c64-100B", "throughput"), lambda v: v >= 5, ">= 5"),
+    Target("client-p50-vs-bare", "plugrpc.Client p50 <= 1.1x bare client", _r("client", "router", LAT1, "p50_us"),
+           lambda v: v <= 1.1, "<= 1.1"),
+    Target("client-tput64-vs-bare", "plugrpc.Client throughput at 64 >= 1/1.1 of bare",
+           _r("router", "client", "conns-c64-100B", "throughput"), lambda v: v <= 1.1, "<= 1.1"),
+    Target("router-rss-1000-idle-tight", "router RSS, 10 plugins + 1,000 idle connections <= 40 MB", _router_rss,
+           lambda v: v <= 40, "<= 40", cannot_judge=_rss_too_small, per_round=False),
+    Target("router-1mib-cpu-vs-copy", "1 MiB: router adds <= parse + one copy (CPU estimate)", _one_copy,
+           lambda v: v <= 1.0, "<= 1.0"),
+    Target("ratios-repeat-vs-previous", "key ratios repeat within 10% of the previous full run", _repeat,
+           lambda v: v <= 10, "<= 10", per_round=False),
+]
+
+
+def evaluate_targets(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target as PASS / MISS with its median, [min..max] and how many rounds held, NOT JUDGED (with why) when
+    the run is too short for a verdict, or SKIP when it has no such figure."""
+    return [judge(t, data) for t in TARGETS]
+
+
+def judge(t: Target, data: dict[str, Any]) -> dict[str, Any]:
+    """One target's verdict: PASS needs the median within the bound and a majority of the rounds."""
+    values, what = t.compute(data)
+    summary = stat(values)
+    if summary is None:
+        return {"id": t.id, "target": t.text, "status": "SKIP", "what": what, "limit": t.limit}
+    rounds = data["settings"]["rounds"] if t.per_round else 1
+    held = sum(1 for v in values if t.passes(v))
+    why_not = t.cannot_judge(data)
+    status = "NOT JUDGED" if why_not else "PASS" if t.passes(summary["median"]) and 2 * held > rounds else "MISS"
+    entry = {"id": t.id, "target": t.text, "status": status, "value": summary["median"], "min": summary["min"],
+             "max": summary["max"], "held": held, "rounds": rounds if t.per_round else None, "what": what,
+             "limit": t.limit}
+    if why_not:
+        entry["not_judged"] = why_not
+    reach = stat(t.reach(data)[0]) if t.reach is not None else None
+    if reach is not None:
+        entry["bare_router"] = reach["median"]
+    return entry
+
+
+KEY_RATIOS: Final = {
+    "router/proxy p50": ("router", "proxy", LAT1, "p50_us"),
+    "router/proxy tput64": ("router", "proxy", "conns-c64-100B", "throughput"),
+    "grpc/router p50": ("grpc", "router", LAT1, "p50_us"),
+    "router/grpc tput64": ("router", "grpc", "conns-c64-100B", "throughput"),
+    "http/router p50": ("http", "router", LAT1, "p50_us"),
+    "client/router p50": ("client", "router", LAT1, "p50_us"),
+    "exec_c/router p50": ("exec_c", "router", LAT1, "p50_us"),
+}
+
+
+def compare_previous(data: dict[str, Any], results_dir: Path, this_file: Path | None) -> dict[str, Any]:
+    """Key ratios of this run next to the previous full run's, for the repeatability target, or where none was.
+
+    The previous full run is the newest earlier one in `results_dir`, latest.json included: it is
+    the one result file git keeps, so in a fresh checkout it is the only one there.
+    """
+    found = _previous_full_run(data["timestamp"], results_dir, this_file)
+    if found is None:
+        return {"file": None, "searched": os.fspath(results_dir)}
+    name, before = found
+    ratios = {}
+    for key, (a, b, scen, metric) in KEY_RATIOS.items():
+        now, then = ratio(data, a, b, scen, metric), ratio(before, a, b, scen, metric)
+        if now and then:
+            ratios[key] = {"now": now["median"], "before": then["median"]}
+    return {"file": name, "timestamp": before["timestamp"], "ratios": ratios}
+
+
+def _previous_full_run(timestamp: str, results_dir: Path, this_file: Path | None) -> tuple[str, dict[str, Any]] | None:
+    """(file name, data) of the newest run in `results_dir` made before `timestamp` that is long enough to judge."""
+    stamped = sorted((p for p in results_dir.glob("*.json")
+                      if p != this_file and p.name != LATEST and "-profile-" not in p.name), reverse=True)
+    best: tuple[str, dict[str, Any]] | None = None
+    for path in [results_dir / LATEST, *stamped]:
+        run = _load_run(path)
+        if run is None or run["timestamp"] >= timestamp or too_short(run["settings"]):
+            continue
+        if best is None or run["timestamp"] > best[1]["timestamp"]:
+            best = path.name, run
+        if path.name != LATEST:
+            break  # timestamped names sort as their runs do: the first one long enough is the newest
+    return best
+
+
+def _load_run(path: Path) -> dict[str, Any] | None:
+    """A saved run, or None when `path` is missing or is not one."""
+    try:
+        run = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return run if isinstance(run, dict) and {"timestamp", "settings", "rounds"} <= run.keys() else None
