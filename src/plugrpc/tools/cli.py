@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
                           f"(default: {DEFAULT_MAX_LINE} = {DEFAULT_MAX_LINE >> 20} MiB; at least 1024)")
     run.add_argument("--shutdown-grace", type=float, default=None, metavar="SECONDS",
                      help="time in-flight calls get on shutdown (default 10)")
+    run.add_argument("--event-queue", type=int, default=None, metavar="EVENTS",
+                     help="events a subscriber that does not read may have waiting before newer ones are dropped "
+                          "(and counted: its next event says how many; default 1000)")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                      help="least severe log records shown, plugins' output included (default: info)")
     run.add_argument("--log-json", action="store_true", help="log JSON lines instead of text")
@@ -103,6 +106,8 @@ def _config(args: argparse.Namespace) -> Config:
         options["max_line"] = args.max_line
     if args.shutdown_grace is not None:
         options["shutdown_grace"] = args.shutdown_grace
+    if args.event_queue is not None:
+        options["event_queue"] = args.event_queue
     return Config(**options)
 
 
