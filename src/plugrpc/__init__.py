@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 # Names are imported on first use: a plugin process that only needs `serve` must not pay for
 # importing the router, the supervisor and the clients at every (re)start.
 _WHERE = {
-    "call": "plugin.talk", "emit": "plugin.talk", "progress": "plugin.talk", "run": "tools.api", "BlockingClient": "client.blocking", "Client": "client.aio",
+    "call": "plugin.talk", "emit": "plugin.talk", "progress": "plugin.talk",
+    "run": "tools.api", "BlockingClient": "client.blocking", "Client": "client.aio",
     "Config": "config", "serve": "plugin.sdk", "threaded": "plugin.sdk", **{name: "errors" for name in (
         "CallTimeout", "ConfigError", "ConnectError", "ConnectionLost", "ManifestError", "MessageTooLarge",
         "Overloaded", "PluginUnavailable", "PlugrpcError", "RpcError")},

@@ -123,7 +123,7 @@ class Upstream(LineWriter, asyncio.Protocol):
             if call is None:
                 if type(uid) is int and self.abandoned.pop(uid, None) is not None:
                     continue
-                if uid is None and type(msg) is dict and "method" in msg and "id" not in msg:  # a notification: rpc.event, rpc.progress
+                if uid is None and type(msg) is dict and "method" in msg and "id" not in msg:  # rpc.event, ...
                     pool.notified(self, msg)
                     continue
                 self.reset(f"sent something that answers no call it was given: {line[:200]!r}")
