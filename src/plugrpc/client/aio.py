@@ -278,7 +278,7 @@ class _Connection(LineWriter, asyncio.Protocol):
             if not future.done():
                 future.set_exception(ConnectionLost(self.lost, self._peer_error))
         for sub in self.subscriptions.values():
-            sub.end(ConnectionLost(self.lost, self._peer_error))
+            sub._end(ConnectionLost(self.lost, self._peer_error))
         self._closed.set_result(None)
 
     def data_received(self, data: bytes) -> None:
@@ -329,7 +329,7 @@ class _Connection(LineWriter, asyncio.Protocol):
                 sid = params["subscription"]
                 sub = self.subscriptions.get(sid)
                 if sub is not None:
-                    sub.put(params)
+                    sub._put(params)
                 elif self.subscribing and sum(map(len, self.early.values())) < EARLY_LIMIT:
                     self.early.setdefault(sid, []).append(params)
             elif method == "rpc.progress":

@@ -111,14 +111,14 @@ class Subscription:
         self.id, self._conn = result["subscription"], conn
         conn.subscriptions[self.id] = self
         for params in conn.early.pop(self.id, ()):  # sent right after the answer, before we saw it
-            self.put(params)
+            self._put(params)
         if not conn.subscribing:
             conn.early.clear()
 
     async def close(self) -> None:
         """Unsubscribe; iterating then ends once the events already here are taken."""
         conn, self._conn = self._conn, None
-        self.end(StopAsyncIteration())
+        self._end(StopAsyncIteration())
         if conn is None or self.id is None or conn.subscriptions.pop(self.id, None) is None:
             return
         if conn.lost is None:
@@ -126,7 +126,7 @@ class Subscription:
 
     # --- fed by the connection -------------------------------------------------------------
 
-    def put(self, params: dict[str, Any]) -> None:
+    def _put(self, params: dict[str, Any]) -> None:
         """An `rpc.event`'s params for this subscription."""
         dropped = params.get("dropped", 0)
         if len(self._events) >= self.maxsize:
@@ -136,7 +136,7 @@ class Subscription:
         self._missed = 0
         self._wake()
 
-    def end(self, why: BaseException) -> None:
+    def _end(self, why: BaseException) -> None:
         """No more events: closed (StopAsyncIteration) or the connection was lost."""
         if self._ended is None:
             self._ended = why
