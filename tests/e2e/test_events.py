@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 import plugrpc
+from event_plugins import EMITTER, EMITTER_EXPORTS, RAW, RAW_EXPORTS
 from plugrpc.testing import RouterProcess, write_image
 
-from event_plugins import EMITTER, EMITTER_EXPORTS, RAW, RAW_EXPORTS
 from reliability_plugins import FULL, figure
 from util import AsyncRawConn, RawConn, req, until, wait_until
 
@@ -339,7 +339,8 @@ async def test_progress_outside_a_handler_says_where_to_call_it(router: RouterPr
 
 async def test_a_plugin_calls_another_through_the_router_under_its_exports(
         plugrpc_image: Image, plugrpc_router: Router) -> None:
-    router = plugrpc_router(plugrpc_image({"a": emitter([]), "b": ("b.py", EMITTER, ["pid", "emit"], {"events": ["x"]})}))
+    b = ("b.py", EMITTER, ["pid", "emit"], {"events": ["x"]})
+    router = plugrpc_router(plugrpc_image({"a": emitter([]), "b": b}))
     async with plugrpc.Client(router.socket, timeout=30) as c, c.subscribe("b.x") as sub:
         b_pid = next(p["pid"] for p in await c.raw("router.plugins") if p["name"] == "b")
         assert await c.raw("a.call", ["b.pid"]) == b_pid
