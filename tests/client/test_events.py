@@ -10,11 +10,10 @@ from typing import Any
 import pytest
 
 import plugrpc
+from event_plugins import EMITTER, EMITTER_EXPORTS
 from plugrpc.client.aio import _Connection
 from plugrpc.client.events import Event, Subscription
 from plugrpc.testing import RouterProcess
-
-from event_plugins import EMITTER, EMITTER_EXPORTS
 
 WAIT = 10.0
 
