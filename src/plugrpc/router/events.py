@@ -7,10 +7,12 @@ patterns reaches it as `rpc.event` with the plugin's `seq`, in order, at most on
 
 What it costs, and who pays:
 - a client that never subscribed has no state here; its connection's `events` stays None;
-- an event is encoded once: the line of subscription id S is the same bytes object for every
-  connection whose subscription is numbered S (ids count per connection, so most are 1), and it
-  is queued on each connection's `LineWriter`, whose lines of one loop turn leave in one write;
-- the subscriptions a name reaches are found once per name, then looked up, until they change.
+- an event is encoded once, and subscriptions that share their patterns and their id (ids
+  count per connection, so most are 1) share it further: they form a `Flock`, which keeps the
+  lines of a loop turn once for all of them and, at the end of the turn (it is a writer of the
+  router's `Outbox`), queues them joined on each member's `LineWriter`: a subscriber costs one
+  queued chunk per turn, however many events the turn had;
+- the flocks a name reaches are found once per name, then looked up, until subscriptions change.
 
 A subscriber that does not read never slows anyone: once its transport's buffer is full
 (`pause_writing`), its events wait in a backlog of at most `Config.event_queue` lines; what
@@ -30,6 +32,7 @@ from typing import Any, Final, NamedTuple
 import orjson
 
 from .. import codes
+from ..outbox import Outbox
 from ..patterns import Matcher, name_problem, pattern_problem
 from ..wire import dumps, error_response, result_response
 from .front import Batch, FrontProtocol
@@ -67,24 +70,68 @@ Listener = Callable[[Event], None]
 class Subscription:
     """One `router.subscribe` of one connection: its patterns, and what it missed since its last event."""
 
-    __slots__ = ("id", "outlet", "matcher", "progress", "dropped", "head")
+    __slots__ = ("id", "outlet", "patterns", "progress", "dropped", "head")
 
-    def __init__(self, id: int, outlet: Outlet, patterns: list[str], progress: bool) -> None:
+    def __init__(self, id: int, outlet: Outlet, patterns: tuple[str, ...], progress: bool) -> None:
         self.id = id
         self.outlet = outlet
-        self.matcher = Matcher(patterns)
+        self.patterns = patterns
         self.progress = progress
         self.dropped = 0
         """Events that overflowed the backlog since this subscription's last one: its next says so."""
         self.head = _HEAD % id
 
     def __repr__(self) -> str:
-        return f"<Subscription {self.id} {list(self.matcher.patterns)!r}{' progress' if self.progress else ''}>"
+        return f"<Subscription {self.id} {list(self.patterns)!r}{' progress' if self.progress else ''}>"
 
     def line(self, body: bytes) -> bytes:
         """This subscription's `rpc.event` line for an event's body, with the count it missed if any."""
         dropped, self.dropped = self.dropped, 0
         return self.head + (_DROPPED % dropped if dropped else b"") + body[1:] + _END
+
+
+class Flock:
+    """Subscriptions with the same patterns and the same id: the same lines reach them all, so the same bytes.
+
+    A writer of the router's `Outbox`: the lines of one loop turn are kept once, and leave at the
+    end of the turn, joined, queued on each member's connection. A member that is paused, or that
+    missed events, takes them one by one instead (`Outlet.hold`).
+    """
+
+    __slots__ = ("hub", "key", "matcher", "members", "lines", "bodies")
+
+    def __init__(self, hub: EventHub, key: tuple[tuple[str, ...], int]) -> None:
+        self.hub = hub
+        self.key = key
+        self.matcher = Matcher(key[0])
+        self.members: list[Subscription] = []
+        self.lines: list[bytes] = []
+        """This turn's lines (of the members' id)..."""
+        self.bodies: list[bytes] = []
+        """...and the same events' bodies, for a member that needs a line of its own."""
+
+    def __repr__(self) -> str:
+        return f"<Flock {list(self.key[0])!r} id={self.key[1]} members={len(self.members)} waiting={len(self.lines)}>"
+
+    def add(self, line: bytes, body: bytes) -> None:
+        if not self.lines:
+            self.hub.outbox.add(self)
+        self.lines.append(line)
+        self.bodies.append(body)
+
+    def flush(self) -> None:
+        lines, bodies = self.lines, self.bodies
+        if not lines:
+            return
+        self.lines, self.bodies = [], []
+        data = lines[0] if len(lines) == 1 else b"".join(lines)
+        for sub in self.members:
+            outlet = sub.outlet
+            if outlet.paused or sub.dropped:
+                for body in bodies:
+                    outlet.hold(sub, body)
+            else:
+                outlet.front.queue(data)
 
 
 class Outlet:
@@ -136,13 +183,14 @@ class Outlet:
 class EventHub:
     """Every subscription of every client connection, and the events and progress that go to them."""
 
-    def __init__(self, queue_limit: int) -> None:
+    def __init__(self, queue_limit: int, outbox: Outbox) -> None:
         self.queue_limit = queue_limit
         """Lines a paused connection may have waiting before its events are dropped (`Config.event_queue`)."""
-        self.subscriptions: list[Subscription] = []
-        """Those with patterns, in the order they came."""
-        self._routes: dict[str, list[Subscription]] = {}
-        """Full event name -> the subscriptions it reaches; emptied whenever subscriptions change."""
+        self.outbox = outbox
+        self.flocks: dict[tuple[tuple[str, ...], int], Flock] = {}
+        """The subscriptions with patterns, by their patterns and id."""
+        self._routes: dict[str, list[Flock]] = {}
+        """Full event name -> the flocks it reaches; emptied whenever subscriptions change."""
         self._seq: dict[str, int] = {}
         self._listeners: list[Listener] = []
         self._warned: dict[str, set[str]] = {}
@@ -152,7 +200,11 @@ class EventHub:
         self.dropped = 0
 
     def __repr__(self) -> str:
-        return f"<EventHub {len(self.subscriptions)} subscriptions, {sum(self.emitted.values())} events>"
+        return f"<EventHub {self.subscriptions()} subscriptions, {sum(self.emitted.values())} events>"
+
+    def subscriptions(self) -> int:
+        """Subscriptions with patterns, of every connection."""
+        return sum(len(flock.members) for flock in self.flocks.values())
 
     # --- built-ins: router.subscribe, router.unsubscribe -----------------------------------
 
@@ -173,15 +225,19 @@ class EventHub:
         if len(outlet.subs) >= MAX_SUBSCRIPTIONS:
             return error_response(call.id, codes.OVERLOADED, data={
                 "reason": f"a connection may hold {MAX_SUBSCRIPTIONS} subscriptions; router.unsubscribe some first"})
-        patterns, progress = list(params.get("events", ())), bool(params.get("progress", False))
+        patterns, progress = tuple(dict.fromkeys(params.get("events", ()))), bool(params.get("progress", False))
         sub = Subscription(outlet.next_id, outlet, patterns, progress)
         outlet.next_id += 1
         outlet.subs[sub.id] = sub
         if progress:
             outlet.progress += 1
         if patterns:
-            self.subscriptions.append(sub)
-            self._routes.clear()
+            key = (patterns, sub.id)
+            flock = self.flocks.get(key)
+            if flock is None:
+                flock = self.flocks[key] = Flock(self, key)
+                self._routes.clear()
+            flock.members.append(sub)
         return result_response(call.id, {"subscription": sub.id})
 
     def unsubscribe(self, call: Call) -> Message:
@@ -202,15 +258,18 @@ class EventHub:
     def _end(self, sub: Subscription) -> None:
         if sub.progress:
             sub.outlet.progress -= 1
-        if sub.matcher.patterns:
-            self.subscriptions.remove(sub)
-            self._routes.clear()
+        if sub.patterns:
+            key = (sub.patterns, sub.id)
+            flock = self.flocks[key]
+            flock.members.remove(sub)
+            if not flock.members:
+                del self.flocks[key]
+                self._routes.clear()
 
     def forget(self, outlet: Outlet) -> None:
         """Every subscription of a connection that closed."""
-        if any(sub.matcher.patterns for sub in outlet.subs.values()):
-            self.subscriptions = [s for s in self.subscriptions if s.outlet is not outlet]
-            self._routes.clear()
+        for sub in outlet.subs.values():
+            self._end(sub)
 
     # --- from plugins ----------------------------------------------------------------------
 
@@ -223,10 +282,10 @@ class EventHub:
         seq = self._seq[plugin] = self._seq.get(plugin, 0) + 1
         self.emitted[plugin] = self.emitted.get(plugin, 0) + 1
         full = f"{plugin}.{name}"
-        subs = self._routes.get(full)
-        if subs is None:
-            subs = self._route(full)
-        if not subs and not self._listeners:
+        flocks = self._routes.get(full)
+        if flocks is None:
+            flocks = self._route(full)
+        if not flocks and not self._listeners:
             return
         data = params.get("data")
         try:
@@ -237,20 +296,17 @@ class EventHub:
         if self._listeners:
             self._tell(Event(plugin, name, data, seq, body))
         lines: dict[int, bytes] = {}
-        for sub in subs:
-            outlet = sub.outlet
-            if outlet.paused or sub.dropped:
-                outlet.hold(sub, body)
-                continue
-            line = lines.get(sub.id)
+        for flock in flocks:
+            sid = flock.key[1]
+            line = lines.get(sid)
             if line is None:
-                line = lines[sub.id] = sub.head + body[1:] + _END
-            outlet.front.queue(line)
+                line = lines[sid] = _HEAD % sid + body[1:] + _END
+            flock.add(line, body)
 
-    def _route(self, full: str) -> list[Subscription]:
-        subs = [sub for sub in self.subscriptions if sub.matcher(full)]
-        self._routes[full] = subs
-        return subs
+    def _route(self, full: str) -> list[Flock]:
+        flocks = [flock for flock in self.flocks.values() if flock.matcher(full)]
+        self._routes[full] = flocks
+        return flocks
 
     def _refuse(self, plugin: str, declared: Matcher, params: Any, name: Any) -> None:
         """Why an `rpc.event` is dropped: not of the contract's shape, or a name the manifest does not declare."""
@@ -309,7 +365,7 @@ class EventHub:
 
     def status(self) -> dict[str, Any]:
         """Figures for `router.stats`."""
-        return {"subscriptions": len(self.subscriptions), "emitted": sum(self.emitted.values()),
+        return {"subscriptions": self.subscriptions(), "emitted": sum(self.emitted.values()),
                 "rejected": sum(self.rejected.values()), "dropped": self.dropped}
 
 

@@ -246,7 +246,7 @@ class PluginPool:
         self._capacity = spec.max_inflight or sys.maxsize
         self._max_pending = spec.max_pending
         self._track_idle = spec.idle_stop > 0
-        self.events = events if events is not None else EventHub(1000)
+        self.events = events if events is not None else EventHub(1000, outbox)
         self.declared = Matcher(spec.events)
         """The event names the manifest lets the plugin emit."""
         # state

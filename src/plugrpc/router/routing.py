@@ -77,7 +77,7 @@ class Router:
         self.retiring: set[Plugin] = set()
         """Records replaced or removed by a reload, finishing their calls before they stop."""
         self.clients: set[Peer] = set()
-        self.events = EventHub(config.event_queue)
+        self.events = EventHub(config.event_queue, self.outbox)
         """Subscriptions, and the events and progress plugins send them (router/events.py)."""
         self.started = time.monotonic()
         self.builtins = Builtins(self)
