@@ -7,6 +7,10 @@ else queues it for the end of the loop turn, so a busy client gets one write per
 Backpressure both ways, decided by one `FlowControl`: a client that stops reading stops being
 read from, and so does a client with `max_inflight_per_client` calls in flight, until half of
 them are answered, whether they came one by one or in batches.
+
+Notifications to the client (events and progress, once it subscribed: router/events.py) leave
+through the same writer; while the client does not read, its events wait in the bounded backlog
+of its `Outlet` instead of the transport's buffer.
 """
 
 from __future__ import annotations
