@@ -19,7 +19,7 @@ import plugrpc
 from event_plugins import EMITTER, EMITTER_EXPORTS, RAW, RAW_EXPORTS
 from plugrpc.testing import RouterProcess, write_image
 
-from reliability_plugins import FULL, figure
+from reliability_plugins import FULL, figure, rss_mib
 from util import AsyncRawConn, RawConn, req, until, wait_until
 
 Image = Callable[..., Path]
@@ -185,6 +185,7 @@ async def test_a_stuck_subscriber_loses_events_counted_and_slows_nobody(
         await asyncio.gather(*(subscribe(r, {"events": ["em.>"]}) for r in readers))
         async with plugrpc.Client(router.socket, timeout=30) as c:
             slowest = 0.0
+            rss_before = rss_mib(router.pid)
             for burst in range(bursts):
                 started = time.monotonic()
                 assert await c.raw("em.emit", ["tick", per_burst, size]) == per_burst
@@ -194,6 +195,7 @@ async def test_a_stuck_subscriber_loses_events_counted_and_slows_nobody(
                 expected = list(range(burst * per_burst + 1, (burst + 1) * per_burst + 1))
                 assert all([e["seq"] for e in g] == expected and "dropped" not in g[-1] for g in got)
             stats = (await c.raw("router.stats"))["events"]
+            rss_after = rss_mib(router.pid)
             assert slowest < FAST
             # The stuck one reads at last: what its buffers and backlog held (the router reads its request
             # only once it reads again, and answers it after the backlog), then the next event says how
@@ -211,6 +213,7 @@ async def test_a_stuck_subscriber_loses_events_counted_and_slows_nobody(
             assert "dropped" not in stuck.recv()["params"]
         figure(f"stuck_subscriber_dropped_{subscribers}", stats["dropped"], "events", of=bursts * per_burst)
         figure(f"stuck_subscriber_slowest_call_{subscribers}", slowest * 1000, "ms")
+        figure(f"stuck_subscriber_router_rss_{subscribers}", rss_after - rss_before, "MiB", before=rss_before)
     finally:
         stuck.close()
         await asyncio.gather(*(r.close() for r in readers))
