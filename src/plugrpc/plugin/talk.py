@@ -189,15 +189,15 @@ def progress(value: Any) -> None:
     or once the call is answered. Raises RuntimeError outside a handler.
     """
     current = CURRENT.get()
-    if current is None:
-        if not PLUGIN.on_loop() or INLINE.conn is None:
-            raise RuntimeError("plugrpc.progress() reports on the call a handler serves: call it inside the handler "
-                               "(plain, async or @threaded), not from another task or thread")
-        current = Current(INLINE.conn, INLINE.id)
-    if current.id is NOID:
-        return  # a notification: nobody waits for it
-    PLUGIN.post(current.conn.send, dumps({"jsonrpc": "2.0", "method": "rpc.progress",
-                                          "params": {"id": current.id, "value": value}}))
+    if current is not None:
+        conn, id = current
+    elif (conn := INLINE.conn) is not None and PLUGIN.on_loop():  # type: ignore[assignment]
+        id = INLINE.id
+    else:
+        raise RuntimeError("plugrpc.progress() reports on the call a handler serves: call it inside the handler "
+                           "(plain, async or @threaded), not from another task or thread")
+    if id is not NOID:  # else a notification: nobody waits for it
+        PLUGIN.post(conn.send, dumps({"jsonrpc": "2.0", "method": "rpc.progress", "params": {"id": id, "value": value}}))
 
 
 async def call(method: str, params: Any = None, *, timeout: float | None = None) -> Any:
