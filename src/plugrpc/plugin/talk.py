@@ -197,7 +197,8 @@ def progress(value: Any) -> None:
         raise RuntimeError("plugrpc.progress() reports on the call a handler serves: call it inside the handler "
                            "(plain, async or @threaded), not from another task or thread")
     if id is not NOID:  # else a notification: nobody waits for it
-        PLUGIN.post(conn.send, dumps({"jsonrpc": "2.0", "method": "rpc.progress", "params": {"id": id, "value": value}}))
+        line = dumps({"jsonrpc": "2.0", "method": "rpc.progress", "params": {"id": id, "value": value}})
+        PLUGIN.post(conn.send, line)
 
 
 async def call(method: str, params: Any = None, *, timeout: float | None = None) -> Any:
