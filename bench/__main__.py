@@ -31,7 +31,7 @@ from .memory import memory_phase
 from .procs import Fleet
 from .profiling import profile_router, syscalls_per_call
 from .rounds import Results, run_rounds
-from .rows import select_rows
+from .rows import select_fanouts, select_rows
 from .servers import BENCH_DIR, Lab
 from .settings import Settings, scenarios
 
@@ -114,7 +114,8 @@ def raise_fd_limit() -> None:
 
 async def measure_all(settings: Settings, rows_arg: str | None, results_dir: Path, stamp: str,
                       workdir: Path, fleet: Fleet) -> Results:
-    results = Results(settings, select_rows(set(rows_arg.split(",")) if rows_arg else None), scenarios(settings))
+    which = set(rows_arg.split(",")) if rows_arg else None
+    results = Results(settings, select_rows(which), scenarios(settings), fanouts=select_fanouts(which))
     for key, why in results.skipped.items():
         log(f"[setup] {key}: skipped: {why}")
     lab = Lab(fleet, workdir)

@@ -1,10 +1,10 @@
 """The clients the load generator drives, all behind one shape: `calls[i](params) -> awaitable result`.
 
 `NdjsonConnections` is the bench's own bare client (asyncio.Protocol, orjson, pipelined,
-responses matched by id) and the one client of every NDJSON row, so those rows differ only in
-the server side. `PlugrpcConnections` is `plugrpc.Client`, measured against it on the same
-router. `ExecCalls` runs a core0-style plugin once per call. The peers' clients are in
-bench.peers.
+responses matched by id; the notifications of a subscribed connection counted and dropped) and
+the one client of every NDJSON row, so those rows differ only in the server side.
+`PlugrpcConnections` is `plugrpc.Client`, measured against it on the same router. `ExecCalls`
+runs a core0-style plugin once per call. The peers' clients are in bench.peers.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import functools
 import os
 import subprocess
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from plugrpc import wire
 
@@ -38,7 +38,7 @@ class CallFailed(BenchError):
 class NdjsonConnection(asyncio.Protocol):
     """One pipelined NDJSON JSON-RPC connection; `call` returns a future for the result."""
 
-    __slots__ = ("method", "_loop", "_transport", "_splitter", "_pending", "_next_id", "_lost")
+    __slots__ = ("method", "_loop", "_transport", "_splitter", "_pending", "_next_id", "_lost", "notifications")
 
     def __init__(self, method: str) -> None:
         self.method = method
@@ -48,6 +48,8 @@ class NdjsonConnection(asyncio.Protocol):
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._next_id = 0
         self._lost: asyncio.Future[None] = self._loop.create_future()
+        self.notifications = 0
+        """Lines without an id (progress, events) a subscribed connection got."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
@@ -57,7 +59,11 @@ class NdjsonConnection(asyncio.Protocol):
         loads = wire.loads
         for line in self._splitter.feed(data):
             msg = loads(line)
-            fut = pending.pop(msg["id"])
+            try:
+                fut = pending.pop(msg["id"])
+            except KeyError:  # a notification (costs nothing until one comes: only subscribed rows get them)
+                self.notifications += 1
+                continue
             if "result" in msg:
                 fut.set_result(msg["result"])
             else:
@@ -73,13 +79,17 @@ class NdjsonConnection(asyncio.Protocol):
 
     def call(self, params: Any) -> asyncio.Future[Any]:
         """Send one request now; the future resolves to its result."""
+        return self.ask(self.method, params)
+
+    def ask(self, method: str, params: Any) -> asyncio.Future[Any]:
+        """`call`, of another method."""
         transport = self._transport
         if transport is None or transport.is_closing():
             raise CallFailed("connection is closed")
         self._next_id = call_id = self._next_id + 1
         fut = self._loop.create_future()
         self._pending[call_id] = fut
-        transport.write(wire.dumps({"jsonrpc": "2.0", "method": self.method, "params": params, "id": call_id}))
+        transport.write(wire.dumps({"jsonrpc": "2.0", "method": method, "params": params, "id": call_id}))
         return fut
 
     async def aclose(self) -> None:
@@ -88,8 +98,11 @@ class NdjsonConnection(asyncio.Protocol):
             await asyncio.wait_for(asyncio.shield(self._lost), 5)
 
 
-async def open_ndjson(path: str, method: str, attempts: int = 200) -> NdjsonConnection:
-    """Connect a bare client to a unix socket, retrying while the server's listen backlog is full.
+P = TypeVar("P", bound=asyncio.Protocol)
+
+
+async def open_unix(path: str, factory: Callable[[], P], attempts: int = 200) -> P:
+    """Connect a protocol to a unix socket, retrying while the server's listen backlog is full.
 
     A unix socket refuses a connect with EAGAIN (not a wait) when its backlog is full, as in a
     burst of hundreds of connects; a client retries shortly after, as the kernel asks.
@@ -97,13 +110,18 @@ async def open_ndjson(path: str, method: str, attempts: int = 200) -> NdjsonConn
     loop = asyncio.get_running_loop()
     for _ in range(attempts - 1):
         try:
-            _, conn = await loop.create_unix_connection(functools.partial(NdjsonConnection, method), path)
+            _, conn = await loop.create_unix_connection(factory, path)
         except BlockingIOError:
             await asyncio.sleep(0.005)
             continue
         return conn
-    _, conn = await loop.create_unix_connection(functools.partial(NdjsonConnection, method), path)
+    _, conn = await loop.create_unix_connection(factory, path)
     return conn
+
+
+async def open_ndjson(path: str, method: str) -> NdjsonConnection:
+    """A bare client connection whose calls are to `method`."""
+    return await open_unix(path, functools.partial(NdjsonConnection, method))
 
 
 class NdjsonConnections:

@@ -16,8 +16,8 @@ import contextlib
 import gc
 import resource
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, NamedTuple
 
 from .procs import BenchError, cpu_seconds, machine_cpu, rss_kib
 from .rows import Row
@@ -53,6 +53,20 @@ def percentile(sorted_ns: Sequence[int], q: float) -> float:
     return sorted_ns[idx] / 1000
 
 
+class _Usage(NamedTuple):
+    """CPU time so far of each role's processes, of this process and its children, and of the machine."""
+
+    roles: dict[str, float]
+    ours: resource.struct_rusage
+    kids: resource.struct_rusage
+    host: tuple[float, float, float]
+
+
+def _usage_of(pids: dict[str, list[int]]) -> _Usage:
+    return _Usage({role: _cpu(ps) for role, ps in pids.items()}, resource.getrusage(resource.RUSAGE_SELF),
+                  resource.getrusage(resource.RUSAGE_CHILDREN), machine_cpu())
+
+
 async def drive(
     calls: Sequence[Callable[[Any], Any]],
     callers: int,
@@ -71,19 +85,13 @@ async def drive(
         _raise_failed(tasks)
         pids = roles()
         gc.disable()
-        cpu0 = {role: _cpu(ps) for role, ps in pids.items()}
-        self0 = resource.getrusage(resource.RUSAGE_SELF)
-        kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        host0 = machine_cpu()
+        before = _usage_of(pids)
         t0 = time.perf_counter()
         window.recording = True
         await asyncio.sleep(duration)
         window.recording = False
         elapsed = time.perf_counter() - t0
-        host1 = machine_cpu()
-        self1 = resource.getrusage(resource.RUSAGE_SELF)
-        kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu1 = {role: _cpu(ps) for role, ps in pids.items()}
+        after = _usage_of(pids)
         rss = rss_of(pids)
         window.stop = True
         await asyncio.wait_for(asyncio.gather(*tasks), 60)
@@ -92,15 +100,35 @@ async def drive(
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    n = len(latencies)
-    if n == 0:
+    if not latencies:
         raise BenchError(f"no call completed within {duration:.2f}s")
-    latencies.sort()
-    cpu = {role: (cpu1[role] - cpu0[role]) / n * 1e6 for role in pids}
+    return _figures(sorted(latencies), elapsed, before, after, rss, len(latencies), exec_children)
+
+
+async def drive_inside(call: Callable[[str, Any], Awaitable[Any]], params: Any, warmup: float, duration: float,
+                       roles: Callable[[], dict[str, list[int]]]) -> dict[str, Any]:
+    """The p2p row: the closed loop of one caller runs inside the relay plugin (`relay.loop`), which times
+    its own calls as `drive` does; CPU is read around the whole loop and shared out over all its calls."""
+    pids = roles()
+    before = _usage_of(pids)
+    out = await asyncio.wait_for(call("relay.loop", {"params": params, "warmup": warmup, "seconds": duration}),
+                                 warmup + duration + 60)
+    after = _usage_of(pids)
+    if not out["latencies"]:
+        raise BenchError(f"the relay completed no call within {duration:.2f}s")
+    return _figures(sorted(out["latencies"]), out["seconds"], before, after, rss_of(pids), out["calls"])
+
+
+def _figures(latencies: list[int], elapsed: float, before: _Usage, after: _Usage, rss: dict[str, int],
+             cpu_calls: int, exec_children: bool = False) -> dict[str, Any]:
+    """A window's figures from its sorted latencies (ns) and the CPU used over `cpu_calls` calls."""
+    n = len(latencies)
+    cpu = {role: (after.roles[role] - before.roles[role]) / cpu_calls * 1e6 for role in before.roles}
     if exec_children:
-        cpu["plugin"] = (_usage(kids1) - _usage(kids0)) / n * 1e6
-    ours = sum(cpu1[r] - cpu0[r] for r in pids) + _usage(self1) - _usage(self0) + _usage(kids1) - _usage(kids0)
-    capacity = host1[2] - host0[2] or 1.0
+        cpu["plugin"] = (_usage(after.kids) - _usage(before.kids)) / cpu_calls * 1e6
+    ours = (sum(after.roles.values()) - sum(before.roles.values()) + _usage(after.ours) - _usage(before.ours)
+            + _usage(after.kids) - _usage(before.kids))
+    capacity = after.host[2] - before.host[2] or 1.0
     return {
         "calls": n,
         "seconds": round(elapsed, 4),
@@ -112,11 +140,11 @@ async def drive(
         "max_us": latencies[-1] / 1000,
         "mean_us": sum(latencies) / n / 1000,
         "cpu_us_per_call": cpu,
-        "client_cpu_us_per_call": (_usage(self1) - _usage(self0)) / n * 1e6,
+        "client_cpu_us_per_call": (_usage(after.ours) - _usage(before.ours)) / cpu_calls * 1e6,
         "rss_kib": rss,
         # What else ran on the machine during the window (other sessions, the kernel), in % of all CPUs.
-        "other_cpu_pct": max(0.0, 100 * (host1[0] - host0[0] - ours) / capacity),
-        "steal_pct": 100 * (host1[1] - host0[1]) / capacity,
+        "other_cpu_pct": max(0.0, 100 * (after.host[0] - before.host[0] - ours) / capacity),
+        "steal_pct": 100 * (after.host[1] - before.host[1]) / capacity,
     }
 
 
@@ -157,6 +185,8 @@ async def measure(lab: Lab, row: Row, scen: Scenario, settings: Settings) -> dic
     conns = await row.client.open(server, scen.connections, row.method)
     try:
         params = payload_params(scen.payload)
+        if row.client.inside:
+            return await drive_inside(conns.conns[0].ask, params, settings.warmup, settings.duration, server.roles)
         result = await asyncio.wait_for(conns.calls[0](params), 60)
         if result != params:
             raise BenchError(f"{row.key}: echo came back different ({str(result)[:80]})")

@@ -197,6 +197,41 @@ def dispatch_table(data: dict[str, Any]) -> str:
                  ["dispatcher", "per call", "spread", "x SDK"], rows)
 
 
+def events_table(data: dict[str, Any]) -> str:
+    """The fan-out rows, the calls they are compared with, and the progress and p2p rows against their yardsticks."""
+    rounds = data.get("fanout", {}).get("rounds", [])
+    rows = []
+    for key in data.get("fanouts", {}):
+        entries = [r[key] for r in rounds if "subscribers" in r.get(key, {})]
+        if not entries:
+            error = next((r[key]["error"] for r in rounds if "error" in r.get(key, {})), "not measured")
+            rows.append([key, error[:60], "", "", "", ""])
+            continue
+        med = {m: stat([e[m] for e in entries]) for m in ("deliveries_per_s", "events_per_s", "p50_us", "p99_us")}
+        rows.append([f"{key} ({entries[0]['subscribers']} subscribers)", rate(med["deliveries_per_s"]["median"]),
+                     rate(med["events_per_s"]["median"]), us(med["p50_us"]["median"]), us(med["p99_us"]["median"]),
+                     spread(med["deliveries_per_s"])])
+    calls = stat([r["calls100"]["throughput"] for r in rounds if "throughput" in r.get("calls100", {})])
+    if calls is not None:
+        rows.append([f"calls100 ({rounds[0]['calls100']['callers']} callers, calls/s)", rate(calls["median"]), "", "",
+                     "", spread(calls)])
+    lines = []
+    if rows:
+        lines.append(table(f"Events: one plugin emitting bursts of events to its subscribers (median of {len(rounds)} "
+                           "rounds)", ["row", "deliveries/s", "events/s", "p50 emit->delivery", "p99", "spread"], rows,
+                           "deliveries count each event once per subscriber; the latencies are of one event at a "
+                           "time; calls100: the same plugin answering 100 callers on their own connections"))
+    for num, den, what in (("progress", "router", "progress per call (each call reports once to a subscribed caller)"),
+                           ("p2p", "client", "a plugin-to-plugin call (plugrpc.call) vs plugrpc.Client's call")):
+        p50 = ratio(data, num, den, LAT1, "p50_us")
+        if p50 is not None:
+            tput = ratio(data, num, den, "conns-c64-100B", "throughput")
+            mine, theirs = us(median(data, num, LAT1, "p50_us")), us(median(data, den, LAT1, "p50_us"))
+            lines.append(f"{what}: p50 {mine} vs {theirs} ({times(p50)} {den}, {spread(p50)})"
+                         + (f"; throughput at 64 callers {times(tput)} {den}" if tput is not None else ""))
+    return "\n".join(lines)
+
+
 def targets_block(data: dict[str, Any]) -> str:
     lines = ["Targets (ratios within each round, median over rounds; [min..max]; PASS: the median and most rounds "
              "hold)"]
@@ -286,6 +321,7 @@ def background_line(data: dict[str, Any]) -> str:
 def render(data: dict[str, Any]) -> str:
     blocks = [machine_line(data), background_line(data), latency_table(data), load_table(data, "conns"),
               load_table(data, "pipe"), payload_table(data), cpu_table(data), rss_table(data), dispatch_table(data),
+              events_table(data),
               skipped_block(data), profile_block(data), targets_block(data)]
     return "\n\n".join(b for b in blocks if b) + "\n"
 

@@ -15,10 +15,11 @@ from typing import Any
 
 from . import log
 from .dispatch import dispatch_round
+from .fanout import fanout_round
 from .load import measure
 from .procs import BenchError
 from .report import us
-from .rows import Row
+from .rows import Fanout, Row
 from .servers import Lab
 from .settings import Scenario, Settings
 
@@ -39,6 +40,9 @@ class Results:
     profile: dict[str, Any] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     """row key -> why it does not run: what its machine lacks, or that its server failed."""
+    fanouts: list[Fanout] = field(default_factory=list)
+    fanout: dict[str, Any] = field(default_factory=dict)
+    """"rounds": one entry per round, fan-out row key (and "calls100") -> its figures (bench.fanout)."""
 
     def __post_init__(self) -> None:
         self.skipped.update((r.key, why) for r in self.rows if (why := r.missing()))
@@ -56,6 +60,8 @@ class Results:
             "settings": asdict(self.settings),
             "rows": {r.key: {"label": r.label, "hops": r.hops, "client": r.client.name,
                              "skipped": self.skipped.get(r.key)} for r in self.rows},
+            "fanouts": {f.key: {"label": f.label, "subscribers": f.subscribers} for f in self.fanouts},
+            "fanout": self.fanout,
             "scenarios": {s.key: asdict(s) for s in self.scenarios},
             "rounds": self.rounds,
             "errors": self.errors,
@@ -107,6 +113,12 @@ async def run_rounds(lab: Lab, results: Results) -> None:
                 log(f"{prefix}  {value['throughput']:>9,.0f}/s  p50 {us(value['p50_us']):>8}"
                     f"  p99 {us(value['p99_us']):>8}  other CPU {value['other_cpu_pct']:3.0f}%")
         results.dispatch.setdefault("rounds", []).append(dispatch_round(settings.dispatch_seconds))
+        try:
+            fanned = await fanout_round(lab, results.fanouts, settings)
+        except Exception as exc:  # its server failed: reported, and the run goes on
+            fanned = {"error": f"{type(exc).__name__}: {exc}"}
+            log(f"[fanout] FAILED: {exc}")
+        results.fanout.setdefault("rounds", []).append(fanned)
         log(f"[round {rnd + 1}/{settings.rounds}] done in {time.monotonic() - started:.0f}s")
 
 

@@ -9,6 +9,7 @@ filled in with a figure.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import shutil
 from collections.abc import Awaitable, Callable
@@ -30,6 +31,8 @@ class Client:
     """(server, connections, method) -> the connections."""
     charges_children: bool = False
     """Its calls run as this process's children (exec): their CPU is the plugin's."""
+    inside: bool = False
+    """The load runs inside the relay plugin, which times its own calls (bench.load.drive_inside)."""
 
 
 async def _bare(server: Server, n: int, method: str) -> Connections:
@@ -52,12 +55,26 @@ async def _exec(server: Server, n: int, method: str) -> Connections:
     return ExecCalls(server.command)
 
 
+async def _progress(server: Server, n: int, method: str) -> Connections:
+    conns = await NdjsonConnections.open(server.path, n, [method])
+    try:
+        await asyncio.gather(*(c.ask("router.subscribe", {"progress": True}) for c in conns.conns))
+    except BaseException:
+        await conns.aclose()
+        raise
+    return conns
+
+
 BARE: Final = Client("bare", _bare)
 """The bench's own NDJSON client (bench.clients), the same for every NDJSON row."""
 PLUGRPC_CLIENT: Final = Client("plugrpc.Client", _plugrpc)
 GRPCIO: Final = Client("grpcio", _grpc)
 AIOHTTP: Final = Client("aiohttp", _http)
 EXEC: Final = Client("exec", _exec, charges_children=True)
+PROGRESS: Final = Client("bare, progress", _progress)
+"""The bare client, each connection subscribed to progress first (`router.subscribe {"progress": true}`)."""
+PLUGRPC_CALL: Final = Client("plugrpc.call, in a plugin", _bare, inside=True)
+"""One caller inside the relay plugin, started by a bare client's call to `relay.loop`."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +96,8 @@ NO_PIPELINING: Final = Cannot(lambda s: s.mode == "pipe",
                               "HTTP/1.1 (aiohttp) has one call in flight per connection: no pipelining")
 TARGETS_ONLY: Final = Cannot(lambda s: s.key not in TARGET_SCENARIOS,
                              "measured only where the router-vs-proxy targets are, to keep the run short")
+ONE_CALLER: Final = Cannot(lambda s: s.key != "conns-c1-100B",
+                           "one caller inside the plugin, 100 B: the call the client row makes at c=1")
 
 
 @dataclass(frozen=True)
@@ -123,7 +142,7 @@ class Row:
 
 ECHO: Final = Fd3("echo", ("-m", "bench.baselines", "echo"))
 PROXY: Final = Fd3("proxy", ("-m", "bench.baselines", "proxy"), upstream=ECHO)
-ROUTER: Final = Router("router")
+ROUTER: Final = Router("router", relay=True)
 
 ROWS: Final = (
     Row("floor", "floor: uvloop NDJSON echo", 1, ECHO),
@@ -135,6 +154,10 @@ ROWS: Final = (
     Row("router", "router + SDK plugin", 2, ROUTER, method="bench.echo"),
     Row("client", "router via plugrpc.Client", 2, ROUTER, PLUGRPC_CLIENT, method="bench.echo"),
     Row("router_asyncio", "router on asyncio loop", 2, Router("router-asyncio", loop="asyncio"), method="bench.echo"),
+    Row("progress", "router + SDK plugin reporting progress once", 2, ROUTER, PROGRESS, method="bench.progress_echo",
+        cannot=(TARGETS_ONLY,)),
+    Row("p2p", "plugin -> router -> SDK plugin (plugrpc.call)", 2, ROUTER, PLUGRPC_CALL, method="bench.echo",
+        cannot=(ONE_CALLER,)),
     Row("jsonrpcserver", "jsonrpcserver.dispatch plugin", 1,
         Fd3("jsonrpcserver", (str(PLUGINS / "jsonrpcserver_echo.py"),), role="plugin")),
     Row("grpc", "gRPC (grpcio aio), unix", 1, OwnSocket("grpc", ("-m", "bench.peers", "grpc")), GRPCIO,
@@ -150,11 +173,37 @@ ROWS: Final = (
 )
 
 
+@dataclass(frozen=True)
+class Fanout:
+    """A fan-out row: the router row's plugin emits bursts of events to `subscribers` connections
+    (bench.fanout), measured in every round beside the call rows."""
+
+    key: str
+    label: str
+    subscribers: int
+    server: Spec = ROUTER
+
+
+FANOUTS: Final = (
+    Fanout("fanout1", "one plugin emitting to 1 subscriber", 1),
+    Fanout("fanout100", "one plugin emitting to 100 subscribers", 100),
+    Fanout("fanout1000", "one plugin emitting to 1,000 subscribers", 1000),
+)
+CALLS100: Final = 100
+"""Callers of the same plugin, on their own connections, that the fan-out to 100 subscribers is compared with."""
+
+
 def select_rows(which: set[str] | None = None) -> list[Row]:
     """The rows named in `which` (all of them for None), in table order."""
     if which is None:
         return list(ROWS)
-    unknown = which - {r.key for r in ROWS}
+    known = [r.key for r in ROWS] + [f.key for f in FANOUTS]
+    unknown = which - set(known)
     if unknown:
-        raise SystemExit(f"unknown rows: {', '.join(sorted(unknown))}; known: {', '.join(r.key for r in ROWS)}")
+        raise SystemExit(f"unknown rows: {', '.join(sorted(unknown))}; known: {', '.join(known)}")
     return [r for r in ROWS if r.key in which]
+
+
+def select_fanouts(which: set[str] | None = None) -> list[Fanout]:
+    """The fan-out rows named in `which` (all of them for None), in table order."""
+    return [f for f in FANOUTS if which is None or f.key in which]

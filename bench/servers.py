@@ -31,6 +31,7 @@ PLUGRPC: Final = (sys.executable, "-m", "plugrpc")
 """The `plugrpc` command line with this interpreter, whether or not its console script is installed."""
 PLUGIN_FILE: Final = "bench_plugin.py"
 """What the SDK echo plugin is called in a router's image, so its processes can be told from the router's others."""
+RELAY_FILE: Final = "bench_relay.py"
 
 Roles = Callable[[], dict[str, list[int]]]
 """The processes to charge a row's CPU and memory to, by role (looked up when asked: a plugin may restart)."""
@@ -114,6 +115,8 @@ class Router:
     """`--loop` (None: the router's default)."""
     cprofile: str | None = None
     """Run the router under cProfile, writing its stats here (the --profile fallback without py-spy)."""
+    relay: bool = False
+    """Also a plugin `relay` that calls `bench.echo` through the router (the p2p row's load generator)."""
 
     @property
     def methods(self) -> list[str]:
@@ -121,7 +124,7 @@ class Router:
         return ["bench.echo"] if self.plugins == 1 else [f"bench{i}.echo" for i in range(self.plugins)]
 
     async def start(self, lab: Lab) -> Server:
-        image = sdk_image(lab.fresh_dir(f"{self.name}-image"), self.plugins)
+        image = sdk_image(lab.fresh_dir(f"{self.name}-image"), self.plugins, self.relay)
         path = lab.socket(self.name)
         command = PLUGRPC if self.cprofile is None else (sys.executable, "-m", "cProfile", "-o", self.cprofile,
                                                          "-m", "plugrpc")
@@ -134,7 +137,7 @@ class Router:
 
         def roles() -> dict[str, list[int]]:
             kids = children_of(child.pid)
-            plugins = [p for p in kids if _runs(p, PLUGIN_FILE)]
+            plugins = [p for p in kids if _runs(p, PLUGIN_FILE) or _runs(p, RELAY_FILE)]
             helpers = [p for p in kids if p not in plugins]
             out = {"router": [child.pid], "plugin": plugins}
             if helpers:
@@ -176,15 +179,18 @@ def _runs(pid: int, name: str) -> bool:
         return False
 
 
-def sdk_image(root: Path, plugins: int) -> Path:
-    """An image with `plugins` copies of the SDK echo plugin, named bench (or bench0..benchN-1)."""
-    script = root / PLUGIN_FILE
-    shutil.copyfile(PLUGINS / "sdk_echo.py", script)
-    script.chmod(0o755)
+def sdk_image(root: Path, plugins: int, relay: bool = False) -> Path:
+    """An image with `plugins` copies of the SDK echo plugin, named bench (or bench0..benchN-1), and the relay."""
+    for source, name in (("sdk_echo.py", PLUGIN_FILE), ("relay.py", RELAY_FILE)):
+        script = root / name
+        shutil.copyfile(PLUGINS / source, script)
+        script.chmod(0o755)
     names = ["bench"] if plugins == 1 else [f"bench{i}" for i in range(plugins)]
-    (root / ".plugin.toml").write_text(
-        "".join(f'[plugin.{n}]\npath = "{PLUGIN_FILE}"\nexports = ["echo"]\n\n' for n in names)
-    )
+    manifest = "".join(f'[plugin.{n}]\npath = "{PLUGIN_FILE}"\nexports = ["echo", "progress_echo", "burst"]\n'
+                       f'events = ["tick"]\n\n' for n in names)
+    if relay:
+        manifest += f'[plugin.relay]\npath = "{RELAY_FILE}"\nexports = ["loop"]\n'
+    (root / ".plugin.toml").write_text(manifest)
     return root
 
 

@@ -25,6 +25,8 @@ class Settings:
     payloads: tuple[int, ...] = (100, 10 * KIB, MIB)
     idle_conns: int = 1000
     rss_plugins: int = 10
+    max_subscribers: int = 1000
+    """The most subscribers a fan-out row has (tiny runs cap the 1,000)."""
     dispatch_seconds: float = 0.2
     profile: bool = False
     profile_seconds: float = 5.0
@@ -45,7 +47,7 @@ class Settings:
     def tiny(cls) -> Settings:
         """Seconds, for the smoke test: every code path, no meaningful figure."""
         return cls(rounds=1, warmup=0.02, duration=0.05, concurrency=(1, 8), payloads=(100, 10 * KIB),
-                   idle_conns=20, rss_plugins=2, dispatch_seconds=0.02, retries=0, mode="tiny")
+                   idle_conns=20, rss_plugins=2, max_subscribers=20, dispatch_seconds=0.02, retries=0, mode="tiny")
 
 
 @dataclass(frozen=True)

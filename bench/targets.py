@@ -137,6 +137,16 @@ def _one_copy(data: dict[str, Any]) -> tuple[list[float], str]:
     return vals, "router's extra CPU per 1 MiB call / (parse + copy of request and response)"
 
 
+def _fanout(data: dict[str, Any]) -> tuple[list[float], str]:
+    """Deliveries per second to 100 subscribers over calls per second of 100 callers, within each round."""
+    vals = []
+    for rnd in data.get("fanout", {}).get("rounds", []):
+        fan, calls = rnd.get("fanout100", {}), rnd.get("calls100", {})
+        if fan.get("subscribers") == 100 and fan.get("deliveries_per_s") and calls.get("throughput"):
+            vals.append(fan["deliveries_per_s"] / calls["throughput"])
+    return vals, "fanout100 deliveries/s / calls/s of 100 callers"
+
+
 def _repeat(data: dict[str, Any]) -> tuple[list[float], str]:
     prev = data.get("previous")
     if not prev:
@@ -186,6 +196,10 @@ TARGETS: Final = [
            lambda v: v <= 1.0, "<= 1.0"),
     Target("ratios-repeat-vs-previous", "key ratios repeat within 10% of the previous full run", _repeat,
            lambda v: v <= 10, "<= 10", per_round=False),
+    Target("fanout100-vs-calls100", "fan-out to 100 subscribers delivers >= 50x the events/s of 100 separate calls",
+           _fanout, lambda v: v >= 50, ">= 50"),
+    Target("p2p-call-vs-client-call", "a plugin-to-plugin call costs <= 1.2x a client call through the router",
+           _r("p2p", "client", LAT1, "p50_us"), lambda v: v <= 1.2, "<= 1.2"),
 ]
 
 

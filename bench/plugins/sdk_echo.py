@@ -2,10 +2,14 @@
 """The bench's SDK plugin: `echo(data)` returns `{"data": data}`, served by `plugrpc.serve`.
 
 The router rows run it as `[plugin.bench] path = "bench_plugin.py"`, the direct row with a
-listening socket as fd 3, exactly as the runtime would.
+listening socket as fd 3, exactly as the runtime would. `progress_echo` is `echo` reporting
+progress once (the progress row); `burst(n, size)` emits `n` events `tick` at once, each with
+the time it was emitted (the fan-out rows).
 """
 
 from __future__ import annotations
+
+import time
 
 import plugrpc
 
@@ -14,5 +18,17 @@ def echo(data: str) -> dict[str, str]:
     return {"data": data}
 
 
+def progress_echo(data: str) -> dict[str, str]:
+    plugrpc.progress(0.5)
+    return {"data": data}
+
+
+def burst(n: int, size: int) -> int:
+    pad = "x" * size
+    for _ in range(n):
+        plugrpc.emit("tick", {"t": time.monotonic_ns(), "pad": pad})
+    return n
+
+
 if __name__ == "__main__":
-    plugrpc.serve({"echo": echo})
+    plugrpc.serve({"echo": echo, "progress_echo": progress_echo, "burst": burst})

@@ -1,6 +1,7 @@
 """plugrpc: plugins as persistent JSON-RPC 2.0 servers behind a multiplexing router.
 
-Plugin side: `plugrpc.serve({"version": version})`. Client side:
+Plugin side: `plugrpc.serve({"version": version})`; in its handlers `plugrpc.emit(name, data)`,
+`plugrpc.progress(value)` and `await plugrpc.call("other.method", params)`. Client side:
 `async with plugrpc.Client() as c: await c.raw("ovs.version", {})`, or `BlockingClient` in
 scripts. A router: `plugrpc.run(plugrpc.Config(root="image/"))` or `plugrpc run` on the
 command line.
@@ -30,12 +31,14 @@ if TYPE_CHECKING:
         RpcError,
     )
     from .plugin.sdk import serve, threaded
-    from .tools.api import call, run
+    from .plugin.talk import call, emit, progress
+    from .tools.api import run
 
 # Names are imported on first use: a plugin process that only needs `serve` must not pay for
 # importing the router, the supervisor and the clients at every (re)start.
 _WHERE = {
-    "call": "tools.api", "run": "tools.api", "BlockingClient": "client.blocking", "Client": "client.aio",
+    "call": "plugin.talk", "emit": "plugin.talk", "progress": "plugin.talk",
+    "run": "tools.api", "BlockingClient": "client.blocking", "Client": "client.aio",
     "Config": "config", "serve": "plugin.sdk", "threaded": "plugin.sdk", **{name: "errors" for name in (
         "CallTimeout", "ConfigError", "ConnectError", "ConnectionLost", "ManifestError", "MessageTooLarge",
         "Overloaded", "PluginUnavailable", "PlugrpcError", "RpcError")},
@@ -67,6 +70,8 @@ __all__ = [
     "RpcError",
     "__version__",
     "call",
+    "emit",
+    "progress",
     "run",
     "serve",
     "threaded",

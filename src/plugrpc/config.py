@@ -132,6 +132,8 @@ class Config:
     """Calls one client connection may have in flight before the router stops reading from it."""
     shutdown_grace: float = 10.0
     """Seconds in-flight calls get to finish on SIGTERM/SIGINT before plugins are stopped."""
+    event_queue: int = 1000
+    """Events a subscribed connection that does not read may have waiting; newer ones are dropped (and counted)."""
     loop: LoopName = "auto"
     log_level: str = "info"
     log_json: bool = False
@@ -146,6 +148,8 @@ class Config:
                               f"got {self.socket_mode:o}")
         if self.max_inflight_per_client < 1:
             raise ConfigError("max_inflight_per_client must be at least 1")
+        if self.event_queue < 1:
+            raise ConfigError(f"--event-queue (event_queue) must be at least 1, got {self.event_queue}")
         if self.shutdown_grace < 0:
             raise ConfigError(f"--shutdown-grace (shutdown_grace) must be 0 or more seconds, got {self.shutdown_grace}")
 

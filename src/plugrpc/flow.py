@@ -46,6 +46,11 @@ class FlowControl:
         return bool(self._reasons & BUSY)
 
     @property
+    def write_paused(self) -> bool:
+        """Whether the peer is not reading what we write (the transport's buffer is full)."""
+        return bool(self._reasons & WRITE)
+
+    @property
     def reading(self) -> bool:
         return not self._reading_paused
 

@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Any, Final, Literal
 
 from .errors import ManifestError
+from .patterns import pattern_problem
 
 MANIFEST_NAME: Final = ".plugin.toml"
 NAME_RE: Final = re.compile(r"[A-Za-z0-9_-]+")
@@ -58,6 +59,8 @@ class PluginSpec:
     """Stop the process after this many idle seconds (0: never); it starts again on the next call."""
     grace: float = 5.0
     """Seconds between SIGTERM and SIGKILL when stopping."""
+    events: tuple[str, ...] = ()
+    """Patterns of the event names the plugin may emit (`port.*`); others are dropped."""
     digest: str = ""
     """Hash of the executable when loaded: a rebuilt plugin counts as changed on reload."""
 
@@ -133,6 +136,9 @@ def _plugin(name: str, table: Any, root: Path, file: str) -> PluginSpec:
             values[key] = _FIELDS[key](raw)
         except (TypeError, ValueError) as exc:
             raise fail(str(exc), key) from None
+    if values.get("events") and values.get("mode") == "exec":
+        raise fail("an exec plugin runs once per call and has no connection to emit events on; "
+                   "remove `events` or use mode = \"rpc\"", "events")
     values["path"] = path = _confine(values["path"], root, fail)
     with open(path, "rb") as f:
         digest = hashlib.file_digest(f, "blake2b").hexdigest()
@@ -178,6 +184,15 @@ def _exports(value: Any) -> tuple[str, ...]:
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate names in {list(names)!r}")
     return names
+
+
+def _events(value: Any) -> tuple[str, ...]:
+    patterns = _str_tuple(value)
+    for pattern in patterns:
+        problem = pattern_problem(pattern)
+        if problem is not None:
+            raise ValueError(f"{problem} (event names without the plugin's name: 'port.added', 'port.*')")
+    return patterns
 
 
 def _env(value: Any) -> Mapping[str, str]:
@@ -228,4 +243,5 @@ _FIELDS: Final[dict[str, Callable[[Any], Any]]] = {
     "lazy": _bool,
     "idle_stop": _number(0),
     "grace": _number(0),
+    "events": _events,
 }

@@ -10,7 +10,8 @@ import pytest
 
 from plugrpc import codes
 from plugrpc.client.aio import Client
-from plugrpc.client.blocking import BlockingClient
+from plugrpc.client.blocking import BlockingClient, BlockingSubscription
+from plugrpc.client.events import Subscription
 from plugrpc.errors import CallTimeout, ConnectError, ConnectionLost, RpcError
 
 from util import WAIT, BasicPlugin, wait_until
@@ -26,12 +27,18 @@ def plugin_socket(plugrpc_tmp: Path) -> Iterator[Path]:
         plugin.stop()
 
 
+TWINS = {"BlockingSubscription": "Subscription"}
+"""What a blocking method returns where its async twin returns the async class."""
+
+
 def public_methods(cls: type) -> dict[str, inspect.Signature]:
-    return {
+    signatures = {
         name: inspect.signature(member)
         for name, member in inspect.getmembers(cls, inspect.isfunction)
         if not name.startswith("_")
     }
+    return {name: sig.replace(return_annotation=TWINS.get(sig.return_annotation, sig.return_annotation))
+            for name, sig in signatures.items()}
 
 
 def test_same_methods_as_client() -> None:
@@ -39,6 +46,14 @@ def test_same_methods_as_client() -> None:
     assert public_methods(BlockingClient) == public_methods(Client)
     assert inspect.signature(BlockingClient) == inspect.signature(Client)
     assert hasattr(BlockingClient, "__enter__") and hasattr(Client, "__aenter__")
+
+
+def test_same_methods_as_subscription() -> None:
+    """The blocking subscription forwards every method of Subscription, and iterates as it does."""
+    assert public_methods(BlockingSubscription).keys() == public_methods(Subscription).keys() == {"start", "close"}
+    for sync, name in (("__enter__", "__aenter__"), ("__exit__", "__aexit__"), ("__iter__", "__aiter__"),
+                       ("__next__", "__anext__")):
+        assert hasattr(BlockingSubscription, sync) and hasattr(Subscription, name)
 
 
 def test_calls_from_plain_sync_code(plugin_socket: Path) -> None:

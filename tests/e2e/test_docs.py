@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 import sys
@@ -89,3 +91,41 @@ def test_the_operators_log_sample_is_what_the_router_writes(default_router: Rout
     for line in sample.splitlines():
         assert normal(line, "/run/user/1000/plugrpc/router.sock") in written, (
             f"the sample's line {line!r} is not what the router writes")
+
+
+def test_the_events_walkthrough_of_the_authors_guide_works_as_written(
+        plugrpc_tmp: Path, plugrpc_router: Callable[..., RouterProcess]) -> None:
+    """The guide's two plugins and manifest as an image; its subscriber script prints what it says, the
+    progress script prints what it says, and the plugin that calls the other answers what it says."""
+    section = AUTHORS.split("## Events, progress and calls to other plugins", 1)[1].split("\n## ", 1)[0]
+    python = blocks(section, "python")
+    root = plugrpc_tmp / "guide"
+    for code in (c for c in python if "plugrpc.serve(" in c):
+        path = root / code.splitlines()[1].removeprefix("# ")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(code)
+        path.chmod(0o755)
+    (manifest,) = (b for b in blocks(section, "toml") if "events =" in b)
+    (root / ".plugin.toml").write_text(manifest)
+    router = plugrpc_router(root)
+    env = {**os.environ, "PLUGRPC_ROUTER": str(router.socket)}
+    (subscriber,) = (c for c in python if "subscribe(" in c)
+    (progress,) = (c for c in python if "progress=print" in c)
+    printer = subprocess.Popen([sys.executable, "-c", subscriber], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        with router.client() as c:
+            wait_until(lambda: c.raw("router.stats")["events"]["subscriptions"] == 1, "the script to subscribe")
+            call = re.search(r"\$ plugrpc call (ports\.add_port) '(.*)'", section)
+            assert call is not None
+            assert c.raw(call.group(1), json.loads(call.group(2))) == 1
+            assert printer.stdout is not None
+            assert f"`{printer.stdout.readline().strip()}`" in section  # "ports.port.added {'port': 'eth9'} 1"
+            summary = re.search(r"\$ plugrpc call inventory.summary\n(.*)\n", section)
+            assert summary is not None and c.raw("inventory.summary") == json.loads(summary.group(1))
+        out = subprocess.run([sys.executable, "-c", progress], env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert "prints " + ", ".join(f"`{line}`" for line in out.stdout.splitlines()[:3]) in " ".join(section.split())
+        assert f"`{out.stdout.splitlines()[3]}`" in section
+    finally:
+        printer.kill()
+        printer.communicate()

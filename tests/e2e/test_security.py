@@ -284,9 +284,11 @@ def test_plugin_environment_is_exactly_the_contract(plugrpc_image: Image, plugrp
     router = plugrpc_router(root, env=secrets)
     with router.client() as c:
         env = c.raw("a.environ")
-    allowed = {"PATH", "HOME", "LANG", "LC_ALL", "TZ", "PLUGRPC_PLUGIN", "PLUGRPC_SOCKET", "GIVEN", "ASKED"}
+    allowed = {"PATH", "HOME", "LANG", "LC_ALL", "TZ", "PLUGRPC_PLUGIN", "PLUGRPC_SOCKET", "PLUGRPC_ROUTER", "GIVEN",
+               "ASKED"}
     assert set(env) <= allowed, set(env) - allowed
     assert env["GIVEN"] == "1" and env["ASKED"] == "ok" and env["PLUGRPC_PLUGIN"] == "a"
+    assert env["PLUGRPC_ROUTER"] == str(router.socket)  # the front socket, to call other plugins through
     assert env["PATH"].split(os.pathsep)[0] == os.path.dirname(sys.executable)
 
 

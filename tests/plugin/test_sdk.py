@@ -7,7 +7,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,12 @@ import plugrpc
 from plugrpc import codes
 from plugrpc.config import bind_socket
 from plugrpc.errors import ConfigError
+from plugrpc.plugin import talk
 from plugrpc.plugin.dispatch import resolve
 from plugrpc.plugin.sdk import Connection, _Server, serve
 from plugrpc.testing import wait_for_socket
 
-from util import PLUGINS, WAIT, RawConn, req, wait_until
+from util import NOTIFY, PLUGINS, WAIT, RawConn, req, until, wait_until
 
 BASIC = PLUGINS / "sdk_basic.py"
 
@@ -443,3 +445,109 @@ def test_a_plugin_process_loads_only_the_plugin_side(
     loaded = plugrpc_plugin(script, ["modules"]).raw("mods.modules")
     assert "plugrpc.plugin.sdk" in loaded
     assert not [name for name in loaded if name.split(".")[1:2] in (["router"], ["process"], ["client"], ["tools"])]
+
+
+# --- what a plugin says of its own accord (plugin/talk.py) --------------------------------------
+
+
+def steps(n: int) -> int:
+    for i in range(n):
+        plugrpc.progress(i)
+    return n
+
+
+async def asteps(n: int) -> int:
+    for i in range(n):
+        plugrpc.progress(i)
+        await asyncio.sleep(0)
+    return n
+
+
+@plugrpc.threaded
+def tsteps(n: int) -> int:
+    return steps(n)
+
+
+def lines_of(transport: FakeTransport) -> list[Any]:
+    return [orjson.loads(line) for data in transport.writes for line in data.splitlines()]
+
+
+class TestTalk:
+    @pytest.fixture
+    async def plugin(self) -> AsyncIterator[_Server]:
+        server = _Server(resolve({"steps": steps, "asteps": asteps, "tsteps": tsteps}), 1 << 20)
+        talk.PLUGIN.__init__()  # type: ignore[misc]  # what other tests' connections left: this process is no plugin
+        talk.attach(asyncio.get_running_loop())
+        try:
+            yield server
+        finally:
+            await talk.detach()
+            talk.PLUGIN.__init__()  # type: ignore[misc]
+
+    def connect(self, server: _Server) -> tuple[Connection, FakeTransport]:
+        conn, transport = Connection(server), FakeTransport()
+        conn.connection_made(transport)
+        return conn, transport
+
+    async def test_events_before_a_connection_wait_for_the_first_one_boundedly(self, plugin: _Server) -> None:
+        for i in range(talk.PENDING_LIMIT + 5):
+            plugrpc.emit("early", i)
+        assert talk.PLUGIN.dropped == 5
+        _, transport = self.connect(plugin)
+        await asyncio.sleep(0)
+        sent = lines_of(transport)
+        assert [m["params"]["data"] for m in sent] == list(range(5, talk.PENDING_LIMIT + 5))
+        assert sent[0] == {"jsonrpc": "2.0", "method": "rpc.event", "params": {"name": "early", "data": 5}}
+
+    async def test_events_leave_on_one_connection_and_move_when_it_closes(self, plugin: _Server) -> None:
+        first, one = self.connect(plugin)
+        second, two = self.connect(plugin)
+        plugrpc.emit("a.b", {"x": 1})
+        threading.Thread(target=plugrpc.emit, args=("from.thread",)).start()
+        await until(lambda: len(lines_of(one)) == 2, "both events on the first connection")
+        assert not two.writes
+        first.connection_lost(None)
+        plugrpc.emit("after")
+        await asyncio.sleep(0)
+        assert [m["params"]["name"] for m in lines_of(two)] == ["after"]
+
+    async def test_bad_events_raise_where_they_are_emitted(self, plugin: _Server) -> None:
+        with pytest.raises(ValueError, match="not an event name"):
+            plugrpc.emit("a..b")
+        with pytest.raises(ValueError, match="non-empty string"):
+            plugrpc.emit(7)  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            plugrpc.emit("ok", object())
+
+    @pytest.mark.parametrize("method", ["steps", "asteps", "tsteps"])
+    async def test_progress_goes_out_before_the_answer_on_the_call_s_connection(self, plugin: _Server,
+                                                                                method: str) -> None:
+        conn, transport = self.connect(plugin)
+        other, quiet = self.connect(plugin)
+        conn.data_received(orjson.dumps(req(method, [3], id="c")) + b"\n" + orjson.dumps(req(method, [1])) + b"\n")
+        await until(lambda: len(lines_of(transport)) == 6, "three progress lines and two answers")
+        got = lines_of(transport)
+        assert [m for m in got if "method" in m and m["params"]["id"] == "c"] == [
+            {"jsonrpc": "2.0", "method": "rpc.progress", "params": {"id": "c", "value": i}} for i in range(3)]
+        assert got.index({"jsonrpc": "2.0", "result": 3, "id": "c"}) > max(
+            i for i, m in enumerate(got) if m.get("params", {}).get("id") == "c")
+        assert not quiet.writes
+        # a notification reports to nobody: only the answer of the call after it follows
+        conn.data_received(orjson.dumps(req(method, [2], id=NOTIFY)) + b"\n" + orjson.dumps(req(method, [0], id="e"))
+                           + b"\n")
+        await until(lambda: len(lines_of(transport)) == 7, "the answer to the last call")
+        assert lines_of(transport)[6:] == [{"jsonrpc": "2.0", "result": 0, "id": "e"}]
+
+    async def test_progress_outside_a_handler_raises(self, plugin: _Server) -> None:
+        with pytest.raises(RuntimeError, match="inside the handler"):
+            plugrpc.progress(1)
+        assert talk.INLINE.conn is None  # a connection sets it only while it dispatches
+
+    async def test_detach_closes_the_client_of_call(self, plugin: _Server, plugrpc_tmp: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("PLUGRPC_ROUTER", str(plugrpc_tmp / "none.sock"))
+        with pytest.raises(plugrpc.ConnectError, match="plugrpc run"):
+            await plugrpc.call("a.b")
+        assert talk.PLUGIN.client is not None
+        await talk.detach()
+        assert talk.PLUGIN.client is None

@@ -55,6 +55,12 @@ inherit_env = ["HOME"]
     assert (spec.timeout, spec.pool_size, spec.max_inflight, spec.max_pending) == (2.0, 3, 1, 50)
     assert (spec.restart, spec.lazy, spec.idle_stop, spec.grace) == ("on-failure", True, 1.5, 0.5)
     assert spec.exported == frozenset({"a", "b.c"})
+    assert spec.events == ()
+
+
+def test_events_declare_what_a_plugin_may_emit(tmp_path: Path) -> None:
+    root = image(tmp_path, '[plugin.p]\npath = "bin/p"\nexports = []\nevents = ["port.*", "build.>", "up"]\n')
+    assert load_manifest(root).plugins["p"].events == ("port.*", "build.>", "up")
 
 
 @pytest.mark.parametrize(("body", "key", "words"), [
@@ -68,6 +74,10 @@ inherit_env = ["HOME"]
     ('path = "bin/p"\nexports = ["rpc.discover"]', "exports", "reserved"),
     ('exports = ["a"]', "path", "missing"),
     ('path = "bin/p"', "exports", "missing"),
+    ('path = "bin/p"\nexports = ["a"]\nevents = "port.*"', "events", "array of strings"),
+    ('path = "bin/p"\nexports = ["a"]\nevents = ["port..x"]', "events", "not a pattern"),
+    ('path = "bin/p"\nexports = ["a"]\nevents = [">.x"]', "events", "only be the last token"),
+    ('path = "bin/p"\nexports = ["a"]\nmode = "exec"\nevents = ["x"]', "events", "no connection to emit"),
 ])
 def test_errors_name_plugin_and_key(tmp_path: Path, body: str, key: str, words: str) -> None:
     root = image(tmp_path, f"[plugin.p]\n{body}\n")

@@ -2,6 +2,9 @@
 
     async with Client(path) as c:
         await c.raw("ovs.version", {})      # core0's container.raw, over JSON-RPC
+        await c.raw("build.run", {}, progress=print)           # with the plugin's rpc.progress
+        async with c.subscribe("ovs.port.*") as events:       # events (client/events.py)
+            async for ev in events: ...
 
 One connection carries many concurrent calls, pipelined and matched by id. Requests are built
 with jsonrpcclient's `request_pure` (with our own integer ids); an error response goes through
@@ -12,11 +15,13 @@ loop turn leave in one write.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
@@ -29,6 +34,7 @@ from ..config import default_socket
 from ..errors import CallTimeout, ConnectError, ConnectionLost, RpcError, rpc_error
 from ..outbox import LineWriter, Outbox
 from ..wire import DEFAULT_MAX_LINE, JSONDecodeError, LineSplitter, LineTooLong, dumps, loads
+from .events import MAXSIZE, Subscription
 
 __all__ = ["Client"]
 
@@ -45,6 +51,11 @@ FLUSH_EVERY: Final = 64
 """Requests queued in one loop turn leave in one write, but a big burst leaves every 64 lines,
 so the peer starts on it while the rest is still being queued (measured: less CPU and wall
 time than one write per call or per turn at 10-1000 concurrent calls)."""
+EARLY_LIMIT: Final = 10_000
+"""Events kept for subscriptions whose `router.subscribe` answer is still on its way."""
+
+Progress = Callable[[Any], Any]
+"""`raw(..., progress=fn)`: called with each value the plugin reports (an awaitable it returns is run)."""
 
 
 class Client:
@@ -94,20 +105,23 @@ class Client:
                 sock.close()
                 raise
 
-    async def raw(self, method: str, params: Any = None, *, timeout: float | None = None) -> Any:
+    async def raw(self, method: str, params: Any = None, *, timeout: float | None = None,
+                  progress: Progress | None = None) -> Any:
         """Call `method` with `params` (object or array) and return its result.
 
         Raises RpcError (the subclass for its code) on a JSON-RPC error, CallTimeout after
         `timeout` (default: the client's), ConnectionLost if the connection goes first.
         The timeout is a parameter (not `asyncio.timeout`) so BlockingClient callers have one
-        too; it costs one timer handle.
+        too; it costs one timer handle. With `progress`, each `plugrpc.progress(value)` of the
+        handler calls `progress(value)` before the result comes (the connection asks the
+        router for progress, once, on the first such call).
         """
         conn = self._conn
-        if conn is None:
-            await self.connect()
-            conn = self._conn
-            assert conn is not None
+        if conn is None or progress is not None:
+            conn = await self._connection(progress is not None)
         id = next(self._ids)
+        if progress is not None:
+            conn.progress[id] = progress
         future = conn.call(id, dumps(request_pure(self._ids, method, params, id)))
         if timeout is None:
             timeout = self.timeout
@@ -122,6 +136,30 @@ class Client:
         finally:
             if expiry is not None:
                 expiry.cancel()
+            if progress is not None:
+                conn.progress.pop(id, None)
+
+    def subscribe(self, *patterns: str, maxsize: int = MAXSIZE) -> Subscription:
+        """Events whose name (`plugin.event`) matches a pattern, in `async with` ... `async for ev in ...`.
+
+        Patterns are NATS-style: `*` is one token, `>` (last) one or more: `"ovs.port.*"`,
+        `"demo.>"`, `">"` for all. Each `Event` has `name`, `data`, `seq` and `dropped`. At most
+        `maxsize` events wait for the reader; see `plugrpc.client.events`.
+        """
+        return Subscription(self, patterns, maxsize)
+
+    async def _connection(self, progress: bool = False) -> _Connection:
+        """The connection, opened if need be; with `progress`, once it asked the router for progress."""
+        if self._conn is None:
+            await self.connect()
+        conn = self._conn
+        assert conn is not None
+        if progress and not conn.progress_on:
+            async with self._connect_lock:
+                if not conn.progress_on:
+                    await self.raw("router.subscribe", {"progress": True})
+                    conn.progress_on = True
+        return conn
 
     async def notify(self, method: str, params: Any = None) -> None:
         """Send a notification: no response, no error, even if `method` does not exist."""
@@ -192,6 +230,15 @@ class _Connection(LineWriter, asyncio.Protocol):
         self._peer_error: RpcError | None = None
         """The last error the peer sent about no call in particular, often why it then closes."""
         self._closed: asyncio.Future[None] = loop.create_future()
+        # notifications (client/events.py): none come before the router is asked for them
+        self.subscriptions: dict[int, Subscription] = {}
+        self.subscribing = 0
+        """`router.subscribe` calls on their way: events for a number not known yet wait in `early`."""
+        self.early: dict[int, list[dict[str, Any]]] = {}
+        self.progress: dict[int, Progress] = {}
+        """Calls made with `progress=`, by id."""
+        self.progress_on = False
+        self._tasks: set[asyncio.Future[Any]] = set()
 
     def call(self, id: int, line: bytes) -> asyncio.Future[Any]:
         """Queue a request and return the future its response will resolve."""
@@ -230,6 +277,8 @@ class _Connection(LineWriter, asyncio.Protocol):
         for future in pending.values():
             if not future.done():
                 future.set_exception(ConnectionLost(self.lost, self._peer_error))
+        for sub in self.subscriptions.values():
+            sub._end(ConnectionLost(self.lost, self._peer_error))
         self._closed.set_result(None)
 
     def data_received(self, data: bytes) -> None:
@@ -256,6 +305,9 @@ class _Connection(LineWriter, asyncio.Protocol):
         try:
             future = self.pending.pop(msg["id"], None)
         except (KeyError, TypeError) as exc:  # not an object, no id, or an id no call can have
+            if type(msg) is dict and "method" in msg and "id" not in msg:
+                self._notified(msg)
+                return
             self._fail(f"the peer sent a malformed response {msg!r:.300}: {exc!r}")
             return
         if future is None:
@@ -267,6 +319,36 @@ class _Connection(LineWriter, asyncio.Protocol):
             future.set_result(msg["result"])
         else:
             future.set_exception(_error(msg))
+
+    def _notified(self, msg: dict[str, Any]) -> None:
+        """A notification from the router: an event for a subscription, or progress of a call."""
+        method = msg["method"]
+        params: Any = msg.get("params")  # any JSON: a malformed one raises below and is ignored
+        try:
+            if method == "rpc.event":
+                sid = params["subscription"]
+                sub = self.subscriptions.get(sid)
+                if sub is not None:
+                    sub._put(params)
+                elif self.subscribing and sum(map(len, self.early.values())) < EARLY_LIMIT:
+                    self.early.setdefault(sid, []).append(params)
+            elif method == "rpc.progress":
+                callback = self.progress.get(params["id"])
+                if callback is not None:
+                    self._report(callback, params["value"])
+        except (KeyError, TypeError):
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("ignored a malformed notification: %r", msg)
+
+    def _report(self, callback: Progress, value: Any) -> None:
+        try:
+            outcome = callback(value)
+            if inspect.isawaitable(outcome):
+                task = asyncio.ensure_future(outcome)
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        except Exception:
+            log.exception("a progress callback failed")
 
     def _unmatched(self, msg: dict[str, Any]) -> None:
         """A response to no call of ours: a call we gave up on, or an error about no request (id null)."""

@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
 from ..config import loop_factory
 from ..errors import ConnectionLost
-from .aio import CLOSED, Client
+from .aio import CLOSED, Client, Progress
+from .events import MAXSIZE, Event, Subscription
 
 __all__ = ["BlockingClient"]
 
@@ -48,9 +49,14 @@ class BlockingClient:
         """See `Client.connect`."""
         self._portal(self._client.connect())
 
-    def raw(self, method: str, params: Any = None, *, timeout: float | None = None) -> Any:
-        """See `Client.raw`."""
-        return self._portal(self._client.raw(method, params, timeout=timeout))
+    def raw(self, method: str, params: Any = None, *, timeout: float | None = None,
+            progress: Progress | None = None) -> Any:
+        """See `Client.raw`; `progress` is called on the client's loop thread."""
+        return self._portal(self._client.raw(method, params, timeout=timeout, progress=progress))
+
+    def subscribe(self, *patterns: str, maxsize: int = MAXSIZE) -> BlockingSubscription:
+        """See `Client.subscribe`: `with c.subscribe("ovs.>") as events: for ev in events: ...`."""
+        return BlockingSubscription(self._client.subscribe(*patterns, maxsize=maxsize), self._portal)
 
     def notify(self, method: str, params: Any = None) -> None:
         """See `Client.notify`."""
@@ -78,3 +84,41 @@ class BlockingClient:
         except BaseException:
             future.cancel()
             raise
+
+
+class BlockingSubscription:
+    """Blocking twin of `Subscription`: each method runs the same-named coroutine through the client's portal."""
+
+    def __init__(self, subscription: Subscription, portal: Callable[[Coroutine[Any, Any, Any]], Any]) -> None:
+        self._subscription = subscription
+        self._portal = portal
+
+    def __repr__(self) -> str:
+        return f"<BlockingSubscription {self._subscription!r}>"
+
+    def __enter__(self) -> BlockingSubscription:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[Event]:
+        return self
+
+    def __next__(self) -> Event:
+        try:
+            event: Event = self._portal(self._subscription.__anext__())
+        except StopAsyncIteration:
+            raise StopIteration from None
+        return event
+
+    def start(self) -> None:
+        """See `Subscription.start`."""
+        self._portal(self._subscription.start())
+
+    def close(self) -> None:
+        """See `Subscription.close`."""
+        self._portal(self._subscription.close())

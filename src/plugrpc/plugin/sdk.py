@@ -38,8 +38,10 @@ from ..wire import (
     too_large_line,
     valid_id,
 )
+from . import talk
 from .discovery import discover_document
 from .dispatch import Handler, Outcome, dispatch, encode, resolve, threaded
+from .talk import CURRENT, INLINE, Current
 
 __all__ = ["serve", "threaded"]
 
@@ -126,6 +128,7 @@ class _Server:
         """Startup, main loop (wait for a signal), shutdown: read top to bottom."""
         loop = asyncio.get_running_loop()
         # Keep the backlog the runtime listened with: asyncio would listen again with only 100.
+        talk.attach(loop)
         server = await loop.create_unix_server(lambda: Connection(self), sock=sock, backlog=BACKLOG)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
@@ -138,6 +141,7 @@ class _Server:
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
+            await talk.detach()
 
     def _on_signal(self, signum: int) -> None:
         if not self._stop.is_set():
@@ -195,9 +199,12 @@ class Connection(LineWriter, asyncio.Protocol):
         self._server.connections.add(self)
         if self._server.closing:
             self.flow.close()
+        talk.opened(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._server.connections.discard(self)
+        connections = self._server.connections
+        connections.discard(self)
+        talk.closed(self, lambda: next(iter(connections), None))
         # Nobody is left to read these answers (the router sends rpc.cancel for the same reason).
         # EOF counts too: a half-close looks the same as a peer gone, and a gone peer's calls must end.
         self.cancel_all()
@@ -212,19 +219,23 @@ class Connection(LineWriter, asyncio.Protocol):
             lines, too_long = exc.lines, True  # the complete requests before it are still answered
         answers: list[bytes] = []
         answer = answers.append
-        for line in lines:
-            try:
-                msg = loads(line)
-            except JSONDecodeError as exc:
-                answer(parse_error_line(exc))
-                continue
-            outcome = dispatch(self._table, msg)
-            if outcome is None:
-                continue
-            if type(outcome) is dict or type(outcome) is list:
-                answer(encode(outcome))
-            else:
-                self._start(outcome, msg.get("id", NOID) if type(msg) is dict else NOID)
+        INLINE.conn = self  # the connection of the inline handlers run below, for plugrpc.progress
+        try:
+            for line in lines:
+                try:
+                    msg = loads(line)
+                except JSONDecodeError as exc:
+                    answer(parse_error_line(exc))
+                    continue
+                outcome = dispatch(self._table, msg)
+                if outcome is None:
+                    continue
+                if type(outcome) is dict or type(outcome) is list:
+                    answer(encode(outcome))
+                else:
+                    self._start(outcome, msg.get("id", NOID) if type(msg) is dict else NOID)
+        finally:
+            INLINE.conn = None
         if too_long:
             answer(too_large_line(self._splitter.max_line))
         # Everything answered inline while handling this chunk leaves in one write, at once:
@@ -257,18 +268,19 @@ class Connection(LineWriter, asyncio.Protocol):
 
     def _start(self, pending: Outcome, id: Any) -> None:
         key = id if id is not NOID and id not in self.running else object()
-        self.running[key] = self._loop.create_task(self._complete(pending, key))
+        self.running[key] = self._loop.create_task(self._complete(pending, key, id))
 
-    async def _complete(self, pending: Any, key: Any) -> None:
+    async def _complete(self, pending: Any, key: Any, id: Any) -> None:
+        CURRENT.set(Current(self, id))  # in this task's context only: the call plugrpc.progress reports on
         try:
             outcome = await pending
         finally:
             del self.running[key]
         if outcome is not None:
-            self._send(encode(outcome))
+            self.send(encode(outcome))
 
-    def _send(self, line: bytes) -> None:
-        """Queue an async completion; those of one loop turn leave in one write."""
+    def send(self, line: bytes) -> None:
+        """Queue a line (an async completion, an event, progress); those of one loop turn leave in one write."""
         if self.transport is not None and not self.transport.is_closing():
             self.queue(line)
 

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Final
 
 from ..manifest import PluginSpec
@@ -42,6 +43,11 @@ def plugin_env(spec: PluginSpec, extra: Mapping[str, str] | None = None) -> dict
     if extra:
         env.update(extra)
     return env
+
+
+def router_env(front: Path | None) -> dict[str, str]:
+    """`PLUGRPC_ROUTER`, the router's front socket, through which a plugin calls other plugins."""
+    return {} if front is None else {"PLUGRPC_ROUTER": os.fspath(front)}
 
 
 def die_with_parent(parent_pid: int) -> None:

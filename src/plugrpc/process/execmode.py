@@ -26,7 +26,7 @@ from ..errors import CallTimeout, MessageTooLarge, Overloaded, PluginUnavailable
 from ..manifest import PluginSpec
 from ..wire import LineSplitter
 from .child import OnLine, describe_exit, terminate
-from .env import die_with_parent, log_line, plugin_env
+from .env import die_with_parent, log_line, plugin_env, router_env
 from .logbook import Logbook
 from .reaper import reaper
 
@@ -207,7 +207,8 @@ class ExecPlugin:
         "_closing",
     )
 
-    def __init__(self, spec: PluginSpec, root: Path, *, max_output: int = MAX_OUTPUT) -> None:
+    def __init__(self, spec: PluginSpec, root: Path, *, max_output: int = MAX_OUTPUT,
+                 router_socket: Path | None = None) -> None:
         self.spec = spec
         self.name = spec.name
         # counters for status()
@@ -218,7 +219,7 @@ class ExecPlugin:
         # resolved once, not per call
         self._argv: tuple[str, ...] = (str(spec.path), *spec.args)
         self._cwd = str(root)
-        self._env = plugin_env(spec)
+        self._env = plugin_env(spec, router_env(router_socket))
         self._limit = spec.max_inflight if spec.max_inflight > 0 else (os.cpu_count() or 1) * 4
         self._max_output = max_output
         # state

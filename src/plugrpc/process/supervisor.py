@@ -25,7 +25,7 @@ from typing import Any, Final
 from .. import config
 from ..manifest import PluginSpec
 from .child import Child, ExecFailed, above_stdio, describe_exit, terminate
-from .env import plugin_env
+from .env import plugin_env, router_env
 from .logbook import Logbook
 
 BACKOFF_BASE: Final = 0.1
@@ -90,6 +90,7 @@ class Supervisor:
         stable_after: float = STABLE_AFTER,
         backoff_base: float = BACKOFF_BASE,
         backoff_cap: float = BACKOFF_CAP,
+        router_socket: Path | None = None,
     ) -> None:
         self.spec = spec
         self.root = Path(root)
@@ -100,6 +101,8 @@ class Supervisor:
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
         self._extra = {"plugin": spec.name}
+        self._router_socket = router_socket
+        """The front socket, as PLUGRPC_ROUTER in the plugin's environment (None: not set)."""
 
         # What callers read.
         self.state = PluginState.STOPPED
@@ -339,6 +342,7 @@ class Supervisor:
                 "PLUGRPC_SOCKET": str(self.socket_path),
                 "LISTEN_FDS": "1",
                 "LISTEN_FDNAMES": spec.name,
+                **router_env(self._router_socket),
             },
         )
         try:

@@ -33,6 +33,8 @@ BUILTIN_DOCS: Final = {
     "stats": "Call counts, errors and latency percentiles, in total and per plugin.",
     "health": "ok when every plugin is running, starting, or stopped until its next call; else degraded.",
     "reload": "Re-read the manifest; start, swap and stop plugins as it says. Same as SIGHUP.",
+    "subscribe": 'Ask for notifications on this connection: {"events": ["ovs.port.*"], "progress": true}.',
+    "unsubscribe": 'End a subscription: {"subscription": S}.',
 }
 
 
@@ -79,6 +81,10 @@ class Builtins(_Tasks):
             reply(call, result_response(call.id, self.plugins()))
         elif call.method == "stats":
             reply(call, result_response(call.id, self.stats()))
+        elif call.method == "subscribe":
+            reply(call, self.router.events.subscribe(call))
+        elif call.method == "unsubscribe":
+            reply(call, self.router.events.unsubscribe(call))
         else:
             reply(call, result_response(call.id, self.health()))
 
@@ -104,6 +110,7 @@ class Builtins(_Tasks):
             "errors": sum(p.get("errors", 0) for p in plugins.values()),
             "plugins": {name: {k: p.get(k) for k in ("calls", "errors", "timeouts", "inflight", "p50_ms", "p99_ms")}
                         for name, p in plugins.items()},
+            "events": router.events.status(),
         }
 
     def health(self) -> dict[str, Any]:
@@ -143,7 +150,8 @@ class RpcBuiltins(_Tasks):
         docs = await asyncio.gather(*(self._plugin_methods(name) for name in names))
         methods = [m for doc in docs for m in doc]
         methods += [{"name": f"router.{m}", "params": [], "description": BUILTIN_DOCS[m]} for m in sorted(BUILTIN_DOCS)]
-        doc = {"openrpc": "1.2.6", "info": {"title": "plugrpc router", "version": __version__}, "methods": methods}
+        doc = {"openrpc": "1.2.6", "info": {"title": "plugrpc router", "version": __version__}, "methods": methods,
+               "x-events": {name: [f"{name}.{p}" for p in router.manifest.plugins[name].events] for name in names}}
         reply(call, result_response(call.id, doc))
 
     async def _plugin_methods(self, name: str) -> list[dict[str, Any]]:

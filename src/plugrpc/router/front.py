@@ -7,6 +7,10 @@ else queues it for the end of the loop turn, so a busy client gets one write per
 Backpressure both ways, decided by one `FlowControl`: a client that stops reading stops being
 read from, and so does a client with `max_inflight_per_client` calls in flight, until half of
 them are answered, whether they came one by one or in batches.
+
+Notifications to the client (events and progress, once it subscribed: router/events.py) leave
+through the same writer; while the client does not read, its events wait in the bounded backlog
+of its `Outlet` instead of the transport's buffer.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import asyncio
 import logging
 import socket
 import struct
-from typing import Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import orjson
 
@@ -36,6 +40,9 @@ from ..wire import (
 )
 from .interfaces import Call, Dispatch, Message
 
+if TYPE_CHECKING:
+    from .events import Outlet
+
 log = logging.getLogger("plugrpc.front")
 _PEERCRED: Final = struct.Struct("3i")
 _NEWLINE: Final = orjson.OPT_APPEND_NEWLINE
@@ -48,7 +55,7 @@ class FrontProtocol(LineWriter, asyncio.Protocol):
     """A client connection to the router; the `Sink` of the calls it makes one by one."""
 
     __slots__ = ("router", "outbox", "handle", "limit", "resume_at", "allow_uids", "transport", "flow",
-                 "splitter", "_out", "calls", "_closing")
+                 "splitter", "_out", "calls", "_closing", "events")
 
     def __init__(self, router: Dispatch, config: Config) -> None:
         # shared by every connection
@@ -67,6 +74,8 @@ class FrontProtocol(LineWriter, asyncio.Protocol):
         """Calls of this client still in flight: cancelled if it disconnects."""
         self._closing = False
         """Set after an oversized line: answer what is in flight, then close."""
+        self.events: Outlet | None = None
+        """Its subscriptions (router/events.py), once it asks for notifications: until then, none reach it."""
 
     # --- connection ----------------------------------------------------------------------
 
@@ -82,6 +91,8 @@ class FrontProtocol(LineWriter, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.router.clients.discard(self)
+        if self.events is not None:
+            self.events.close()
         if self.calls:
             cancel = self.router.cancel
             for call in self.calls:
@@ -204,9 +215,13 @@ class FrontProtocol(LineWriter, asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.flow.pause_writing()
+        if self.events is not None:
+            self.events.pause()  # events wait in its bounded backlog, not in the transport's buffer
 
     def resume_writing(self) -> None:
         self.flow.resume_writing()
+        if self.events is not None:
+            self.events.resume()
 
 
 class Batch:

@@ -9,6 +9,11 @@ move between them in `_assign()`, which does no I/O.
 
 A call is retried on another connection only while it is waiting. Once written, a plugin's
 death fails it at once with -32001 (DESIGN.md, "Router"): it may have run, and must not run twice.
+
+A running plugin always has a connection open, calls or not, so that it can emit events: the
+pool opens one when the plugin starts running and again after losing it. Notifications a plugin
+sends (`rpc.event`, `rpc.progress`) go to the `EventHub`; they are told apart from answers only
+after a line answers no call, so the answers' path does not look for them.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ import orjson
 from .. import codes
 from ..manifest import PluginSpec
 from ..outbox import LineWriter, Outbox
+from ..patterns import Matcher
 from ..process.supervisor import PluginState, Supervisor
 from ..wire import JSONDecodeError, LineSplitter, LineTooLong, dumps, error_response, loads
+from .events import EventHub
 from .interfaces import NOPARAMS, Call, Message, Sink, clock
 from .stats import BUCKET_OF, TABLE_LIMIT, CallStats, bucket
 
@@ -36,6 +43,8 @@ ABANDONED_RETENTION: Final = 60.0
 """Seconds a given-up call's id is remembered, so a late response is dropped, not taken as garbage."""
 CONNECT_RETRY: Final = 0.05
 """Seconds before retrying a connect the kernel refused (backlog full, socket being replaced)."""
+REOPEN_CAP: Final = 5.0
+"""Most seconds between reopening the kept connection of a running plugin that keeps losing it."""
 _RUNNING: Final = PluginState.RUNNING
 _NEWLINE: Final = orjson.OPT_APPEND_NEWLINE
 _dumps = orjson.dumps
@@ -113,6 +122,9 @@ class Upstream(LineWriter, asyncio.Protocol):
             call = pending.pop(uid, None) if type(uid) is int else None
             if call is None:
                 if type(uid) is int and self.abandoned.pop(uid, None) is not None:
+                    continue
+                if uid is None and type(msg) is dict and "method" in msg and "id" not in msg:  # rpc.event, ...
+                    pool.notified(self, msg)
                     continue
                 self.reset(f"sent something that answers no call it was given: {line[:200]!r}")
                 return
@@ -222,7 +234,7 @@ class PluginPool:
     """Calls to one `mode = "rpc"` plugin, over its connections (see the module docstring)."""
 
     def __init__(self, spec: PluginSpec, socket_path: Path, supervisor: Supervisor, outbox: Outbox,
-                 max_line: int) -> None:
+                 max_line: int, events: EventHub | None = None) -> None:
         # configuration
         self.spec = spec
         self.name = spec.name
@@ -234,6 +246,9 @@ class PluginPool:
         self._capacity = spec.max_inflight or sys.maxsize
         self._max_pending = spec.max_pending
         self._track_idle = spec.idle_stop > 0
+        self.events = events if events is not None else EventHub(1000, outbox)
+        self.declared = Matcher(spec.events)
+        """The event names the manifest lets the plugin emit."""
         # state
         self.conns: list[Upstream] = []
         self.waiting: deque[Call] = deque()
@@ -246,6 +261,8 @@ class PluginPool:
         self._tasks: set[asyncio.Task[None]] = set()
         self.closed = False
         self._loop = asyncio.get_running_loop()
+        self._reopen_delay = CONNECT_RETRY
+        """Seconds before reopening the kept connection after losing it; doubles while it keeps being lost."""
 
     def __repr__(self) -> str:
         ready = sum(1 for c in self.conns if c.transport is not None)
@@ -339,6 +356,9 @@ class PluginPool:
             self.fail(call, codes.PLUGIN_UNAVAILABLE, reason)
         if self.waiting and not self.closed:
             self._run_assign()
+        elif not self.conns and not self.closed:
+            self._loop.call_later(self._reopen_delay, self._keep_open)
+            self._reopen_delay = min(self._reopen_delay * 2, REOPEN_CAP)
 
     # --- assignment (no I/O) and its effects ---------------------------------------------
 
@@ -405,6 +425,42 @@ class PluginPool:
             self._loop.call_later(CONNECT_RETRY, self._run_assign)
             return
         self.fail_waiting(f"cannot connect to the plugin's socket: {exc.strerror or exc}")
+
+    # --- what the plugin says of its own accord ------------------------------------------
+
+    def notified(self, conn: Upstream, msg: dict[str, Any]) -> None:
+        """A notification from the plugin on `conn`: an event, or progress of a call written to `conn`.
+
+        Anything else is dropped and logged once; the connection is never reset for it.
+        """
+        method, params = msg.get("method"), msg.get("params")
+        if msg.get("jsonrpc") != "2.0":
+            self.events.reject(self.name, "jsonrpc", f'sent a notification without "jsonrpc": "2.0": {msg!r:.200}')
+        elif method == "rpc.event":
+            self.events.emit(self.name, self.declared, params)
+        elif method != "rpc.progress":
+            self.events.reject(self.name, f"method:{method!r:.100}", f"sent a notification the router does not "
+                               f"take ({method!r:.100}; a plugin may send rpc.event and rpc.progress)")
+        elif type(params) is not dict or "value" not in params or type(params.get("id")) is not int:
+            self.events.reject(self.name, "malformed-progress", 'sent an rpc.progress whose params are not '
+                               f'{{"id": <the id of the request>, "value": ...}}: {params!r:.200}')
+        elif (call := conn.pending.get(params["id"])) is None:
+            self.events.reject(self.name, "progress-id", f"sent rpc.progress for id {params['id']}, which is not in "
+                               "flight on that connection (answered already, or never sent)")
+        else:
+            self.events.progress(call, params["value"])
+
+    def state_changed(self, state: PluginState) -> None:
+        """The supervisor's state changed: a plugin that starts running gets its kept connection."""
+        if state is _RUNNING:
+            self.events.started(self.name)
+            self._reopen_delay = CONNECT_RETRY
+            self._keep_open()
+
+    def _keep_open(self) -> None:
+        """Open the connection a running plugin emits events on, unless it has one (DESIGN.md, "Events")."""
+        if not self.conns and not self.closed and self.supervisor.state is _RUNNING:
+            self._run_assign()
 
     # --- supervision and housekeeping ----------------------------------------------------
 

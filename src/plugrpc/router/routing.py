@@ -27,6 +27,7 @@ from ..process.runtime_dir import RuntimeDir
 from ..process.supervisor import GIVEN_UP, Supervisor
 from ..wire import error_response, reply_id, request_problem
 from .builtins import Builtins
+from .events import EventHub
 from .exec_target import ExecTarget
 from .interfaces import NOPARAMS, Call, Message, Peer, PluginTarget, Sink, Target, clock
 from .memory import release_free_memory
@@ -54,6 +55,7 @@ class Plugin:
         status: dict[str, Any] = sup.status() if sup is not None else {"pid": None, "restarts": 0}
         status.update(self.target.status())
         status["exports"] = list(self.spec.exports)
+        status["events"] = list(self.spec.events)
         return status
 
     async def stop(self) -> None:
@@ -75,6 +77,8 @@ class Router:
         self.retiring: set[Plugin] = set()
         """Records replaced or removed by a reload, finishing their calls before they stop."""
         self.clients: set[Peer] = set()
+        self.events = EventHub(config.event_queue, self.outbox)
+        """Subscriptions, and the events and progress plugins send them (router/events.py)."""
         self.started = time.monotonic()
         self.builtins = Builtins(self)
         self.routes: dict[str, Target] = {}
@@ -99,11 +103,12 @@ class Router:
 
     async def _create(self, spec: PluginSpec) -> Plugin:
         """A plugin's record with its process started; calls are routed to it once it is published."""
+        front = self.config.socket.absolute()  # PLUGRPC_ROUTER: plugins call other plugins through it
         if spec.mode == "exec":
-            return Plugin(spec, ExecTarget(ExecPlugin(spec, self.manifest.root)))
+            return Plugin(spec, ExecTarget(ExecPlugin(spec, self.manifest.root, router_socket=front)))
         sock = self._free_socket(spec.name)
-        sup = Supervisor(spec, self.manifest.root, sock)
-        plugin = Plugin(spec, PluginPool(spec, sock, sup, self.outbox, self.config.max_line), sup, sock)
+        sup = Supervisor(spec, self.manifest.root, sock, router_socket=front)
+        plugin = Plugin(spec, PluginPool(spec, sock, sup, self.outbox, self.config.max_line, self.events), sup, sock)
         sup.on_state = lambda _: self._on_state(plugin)
         await sup.start()
         return plugin
@@ -260,6 +265,8 @@ class Router:
         sup = plugin.supervisor
         assert sup is not None
         log.info("%s", sup.state.value, extra={"plugin": sup.spec.name, "pid": sup.pid})
+        if isinstance(plugin.target, PluginPool):
+            plugin.target.state_changed(sup.state)
         if sup.state in GIVEN_UP:
             # Calls parked in the socket backlog would wait for their timeout: fail them now.
             plugin.target.fail_all(sup.unavailable_reason())

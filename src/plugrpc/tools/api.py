@@ -1,5 +1,5 @@
 """What the command line does, as plain functions: `run()` a router, `call()` a method,
-`status()` and `reload()` of a running router, `new()` plugin skeletons.
+`status()` and `reload()` of a running router, its `events()`, `new()` plugin skeletons.
 
 The CLI only parses arguments and calls these (as uvicorn's `main` calls `run()`), so
 everything it does is reachable from Python and testable without a shell.
@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from .. import logs
 from ..client.aio import Client
+from ..client.blocking import BlockingClient
+from ..client.events import Event
 from ..config import Config
 from ..router.server import Server
 from .scaffold import Scaffold, new_plugin
@@ -50,6 +53,15 @@ def reload(*, socket: str | os.PathLike[str] | None = None, timeout: float | Non
     """
     outcome: dict[str, list[str]] = call("router.reload", socket=socket, timeout=timeout)
     return outcome
+
+
+def events(*patterns: str, socket: str | os.PathLike[str] | None = None) -> Iterator[Event]:
+    """Every event whose name matches one of `patterns`, as it comes, until the caller stops iterating.
+
+    Raises RpcError (-32602) for a bad pattern, ConnectionLost when the router goes away.
+    """
+    with BlockingClient(socket) as client, client.subscribe(*patterns) as subscription:
+        yield from subscription
 
 
 def new(name: str, directory: str | os.PathLike[str] = ".") -> Scaffold:

@@ -4,12 +4,14 @@
     plugrpc call   [--socket PATH] METHOD [PARAMS]    call a method, print its result as JSON
     plugrpc status [--socket PATH] [--json]           a table of the plugins of a running router
     plugrpc reload [--socket PATH] [--json]           make a running router re-read its manifest
+    plugrpc events [--socket PATH] [PATTERN ...]      print events as they come, one JSON line each
     plugrpc new    NAME [--dir DIR]                   write a plugin skeleton, its manifest entry, a test
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
                           f"(default: {DEFAULT_MAX_LINE} = {DEFAULT_MAX_LINE >> 20} MiB; at least 1024)")
     run.add_argument("--shutdown-grace", type=float, default=None, metavar="SECONDS",
                      help="time in-flight calls get on shutdown (default 10)")
+    run.add_argument("--event-queue", type=int, default=None, metavar="EVENTS",
+                     help="events a subscriber that does not read may have waiting before newer ones are dropped "
+                          "(and counted: its next event says how many; default 1000)")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                      help="least severe log records shown, plugins' output included (default: info)")
     run.add_argument("--log-json", action="store_true", help="log JSON lines instead of text")
@@ -83,6 +88,15 @@ def _parser() -> argparse.ArgumentParser:
                         help="give up waiting after this long (default: wait until draining is done)")
     reload.add_argument("--json", action="store_true", help="print the outcome as JSON")
 
+    events = sub.add_parser("events", help="print the events plugins emit, one JSON line each, until Ctrl-C",
+                            description="Subscribe to events whose name (PLUGIN.EVENT) matches a pattern and print "
+                                        "each as a JSON line: name, data, seq (counting up per plugin) and dropped "
+                                        "(events missed before it, when there were). Runs until Ctrl-C.")
+    events.add_argument("--socket", type=Path, default=None, help=socket_help)
+    events.add_argument("patterns", metavar="PATTERN", nargs="*", default=[">"],
+                        help="NATS-style: '*' is one token, '>' (last) one or more, e.g. 'ovs.port.*' 'demo.>' "
+                             "(default: '>', every event)")
+
     new = sub.add_parser("new", help="write a Python plugin skeleton, its manifest entry and a test",
                          description="Writes DIR/plugins/NAME.py, appends [plugin.NAME] to DIR/.plugin.toml "
                                      "(creating it if needed) and writes DIR/tests/test_NAME.py, which passes as "
@@ -103,6 +117,8 @@ def _config(args: argparse.Namespace) -> Config:
         options["max_line"] = args.max_line
     if args.shutdown_grace is not None:
         options["shutdown_grace"] = args.shutdown_grace
+    if args.event_queue is not None:
+        options["event_queue"] = args.event_queue
     return Config(**options)
 
 
@@ -158,6 +174,19 @@ def _reload(args: argparse.Namespace) -> int:
     return 0
 
 
+def _events(args: argparse.Namespace) -> int:
+    out = sys.stdout.buffer
+    try:
+        for event in api.events(*args.patterns, socket=args.socket):
+            out.write(orjson.dumps(event.to_json()) + b"\n")
+            out.flush()
+    except RpcError as exc:
+        return _print_error(exc)
+    except BrokenPipeError:  # `plugrpc events | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit cannot fail
+    return 0
+
+
 def _new(args: argparse.Namespace) -> int:
     try:
         made = api.new(args.name, args.dir)
@@ -173,7 +202,7 @@ def _new(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"call": _call, "status": _status, "reload": _reload, "new": _new}
+COMMANDS = {"call": _call, "status": _status, "reload": _reload, "events": _events, "new": _new}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,10 +8,14 @@
 //      pipelined; answer each one with its `id` as soon as it is done, in any order. A request
 //      without an `id` is a notification: run it, send nothing. An array is a batch.
 //   3. SIGTERM: stop taking requests, finish the ones in flight, exit.
+//   4. Events: a notification `rpc.event` with params {name, data}, written on any connection the
+//      router opened (it keeps one open), reaches every client that subscribed to PLUGIN.name;
+//      the manifest declares the names (`events = ["greeted"]`), others are dropped.
 //   stdout and stderr go to the router's log, tagged with the plugin's name.
 //
 //   plugrpc call node.add '[1, 2]'                 -> 3
-//   plugrpc call node.greet '{"name": "Ada"}'      -> "Hello, Ada!"
+//   plugrpc call node.greet '{"name": "Ada"}'      -> "Hello, Ada!"  (and the event node.greeted)
+//   plugrpc events 'node.>'                        -> {"name":"node.greeted","data":{"name":"Ada"},"seq":1}
 //   plugrpc call node.sleep '[0.5]'                -> 0.5 (other calls keep flowing meanwhile)
 //   plugrpc call node.add '["1", 2]'               -> error -32602
 "use strict";
@@ -43,7 +47,10 @@ const METHODS = {
     params: ["name", "greeting"],
     required: 1,
     description: "Greet someone by name.",
-    run: (name, greeting = "Hello") => `${greeting}, ${name}!`,
+    run(name, greeting = "Hello") {
+      emit("greeted", { name });
+      return `${greeting}, ${name}!`;
+    },
   },
   sleep: {
     params: ["seconds"],
@@ -129,6 +136,14 @@ async function handleLine(line) {
 const sockets = new Set();
 let inflight = 0;
 let stopping = false;
+
+// An event goes out on any open connection from the router: it needs no request and gets no answer.
+function emit(name, data) {
+  const line = JSON.stringify({ jsonrpc: "2.0", method: "rpc.event", params: { name, data } }) + "\n";
+  for (const sock of sockets) {
+    if (!sock.destroyed) return void sock.write(line);
+  }
+}
 
 // Once nothing is in flight, close every connection after its last response is flushed;
 // with no server, sockets or timers left, Node exits (status 0) on its own.
