@@ -197,7 +197,7 @@ class FrontProtocol(LineWriter, asyncio.Protocol):
         calls.discard(call)
         if self._closing:
             self._close_when_done()
-        elif len(calls) <= self.resume_at and self.flow.busy:
+        elif len(calls) == self.resume_at:  # one at a time down from the limit: it passes here
             self.flow.few_enough()
 
     # --- backpressure --------------------------------------------------------------------
