@@ -178,17 +178,23 @@ class FrontProtocol(LineWriter, asyncio.Protocol):
             self.flow.too_many()
 
     def deliver(self, call: Call, msg: Message) -> None:
-        """An answer for one of our calls: restore the client's id and send it (see outbox.py)."""
+        """An answer for one of our calls: restore the client's id and send it (see outbox.py).
+
+        `finished`, inlined for the common case: this runs once per call.
+        """
         msg["id"] = call.id
         try:
             line = _dumps(msg, option=_NEWLINE)
         except orjson.JSONEncodeError as exc:
             line = _dumps(_unencodable(msg, exc), option=_NEWLINE)
-        if len(self.calls) > 1:  # more answers may come for this client in this turn: one write for them all
+        calls = self.calls
+        calls.discard(call)
+        if calls:  # more answers may come for this client in this turn: one write for them all
             self.queue(line)
         else:
             self.write_now(line)
-        self.finished(call)
+        if self._closing or len(calls) == self.resume_at:
+            self._left_flight(len(calls))
 
     def reply(self, msg: Message) -> None:
         """An answer the router made itself (errors, built-ins)."""
@@ -203,12 +209,16 @@ class FrontProtocol(LineWriter, asyncio.Protocol):
         return False
 
     def finished(self, call: Call) -> None:
-        """`call` has left flight, answered or cancelled: the one place the in-flight count falls."""
+        """`call` has left flight, answered or cancelled (`deliver` does this itself)."""
         calls = self.calls
         calls.discard(call)
+        self._left_flight(len(calls))
+
+    def _left_flight(self, inflight: int) -> None:
+        """After a call left flight: close once the last one is answered, or read again at the resume mark."""
         if self._closing:
             self._close_when_done()
-        elif len(calls) <= self.resume_at and self.flow.busy:
+        elif inflight == self.resume_at:  # one at a time down from the limit: it passes here
             self.flow.few_enough()
 
     # --- backpressure --------------------------------------------------------------------

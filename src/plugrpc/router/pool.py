@@ -112,6 +112,7 @@ class Upstream(LineWriter, asyncio.Protocol):
             return
         pending = self.pending
         pool = self.pool
+        now = clock()  # when these answers arrived: one clock read for the whole chunk
         for line in lines:
             try:
                 msg = loads(line)
@@ -136,7 +137,7 @@ class Upstream(LineWriter, asyncio.Protocol):
                     return
                 msg = response
             pool.inflight -= 1
-            pool.finish(call, msg)
+            pool.finish(call, msg, now)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -282,14 +283,15 @@ class PluginPool:
             sup.ensure_running()
         if self._track_idle:
             sup.touch()
-        if self.inflight + len(self.waiting) >= self._max_pending:
+        waiting = self.waiting
+        if self.inflight + len(waiting) >= self._max_pending:
             self.fail(call, codes.OVERLOADED, f"plugin {self.name} has {self.spec.max_pending} calls pending")
             return
         conn = self._fast
-        if conn is not None and not self.waiting and len(conn.pending) < self._capacity:
+        if conn is not None and not waiting and len(conn.pending) < self._capacity:
             conn.send(call)
             return
-        self.waiting.append(call)
+        waiting.append(call)
         self._run_assign()
 
     def notify(self, method: str, params: Any, sink: Sink | None = None) -> None:
@@ -309,8 +311,8 @@ class PluginPool:
 
     # --- completion ----------------------------------------------------------------------
 
-    def finish(self, call: Call, msg: Message) -> None:
-        """Deliver the answer of a written call that has just left flight."""
+    def finish(self, call: Call, msg: Message, now: float) -> None:
+        """Deliver the answer, which arrived at `now`, of a written call that has just left flight."""
         sink = call.sink
         if sink is not None:
             call.sink = None
@@ -319,7 +321,7 @@ class PluginPool:
             stats = self.stats
             if "error" in msg:
                 stats.errors += 1
-            us = int((clock() - call.started) * 1_000_000)
+            us = int((now - call.started) * 1_000_000)
             stats.hist[BUCKET_OF[us] if us < TABLE_LIMIT else bucket(us)] += 1
         if self.waiting:
             self._run_assign()
