@@ -28,6 +28,7 @@ import uvloop
 
 from . import figures, log, report, targets
 from .memory import memory_phase
+from .plugin_cost import plugin_cost_phase
 from .procs import Fleet
 from .profiling import profile_router, syscalls_per_call
 from .rounds import Results, run_rounds
@@ -137,6 +138,7 @@ async def measure_all(settings: Settings, rows_arg: str | None, results_dir: Pat
         await syscalls_per_call(lab, results)
     lab.stop_servers()
     await memory_phase(lab, results)
+    await plugin_cost_phase(lab, results)
     return results
 
 
