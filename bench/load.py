@@ -1,7 +1,8 @@
 """The load generator: closed-loop callers, one measuring window, and the CPU and memory it cost each process.
 
 N callers each loop `t0 = now; await call(params); record(now - t0)`, on N connections
-("conns") or all on one pipelined connection ("pipe"). After a warm-up, a timed window counts
+("conns") or all on one pipelined connection ("pipe"); a synchronous library's callers are
+threads, each looping on its blocking call, as its users run them. After a warm-up, a timed window counts
 completed calls (throughput) and keeps their latencies (percentiles); the CPU time of each
 server process (utime+stime from /proc) and of this process over the window, divided by the
 calls, gives CPU per call. The garbage collector of the load generator is paused during a

@@ -38,6 +38,37 @@ PYRO_POOL: Final = 1024
 """Pyro5's thread server refuses connections beyond its pool ("no free workers"); the run opens up to 256."""
 
 
+class _BlockingConnections:
+    """`n` connections of a synchronous library, all opened before the window (the ones opened are closed again
+    when one fails); a subclass says how to open, call on and close one."""
+
+    def __init__(self, n: int) -> None:
+        self._conns: list[Any] = []
+        try:
+            for _ in range(n):
+                self._conns.append(self._open())
+        except BaseException:
+            self._close()
+            raise
+        self.calls: list[Callable[[Any], Any]] = [self._caller(c) for c in self._conns]
+
+    def _open(self) -> Any:
+        raise NotImplementedError
+
+    def _caller(self, conn: Any) -> Callable[[Any], Any]:
+        raise NotImplementedError
+
+    def _close_one(self, conn: Any) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        for c in self._conns:
+            self._close_one(c)
+
+    async def aclose(self) -> None:
+        self._close()
+
+
 # --- rpyc ------------------------------------------------------------------------------------
 
 
@@ -54,24 +85,20 @@ def serve_rpyc(path: str) -> None:
     ThreadedServer(EchoService, socket_path=path, protocol_config={"sync_request_timeout": BLOCKING_TIMEOUT}).start()
 
 
-class RpycConnections:
+class RpycConnections(_BlockingConnections):
     """`n` rpyc connections; in the pipelined mode (n=1) every caller thread shares the one connection, which
     rpyc supports: each waits for its own reply while the others' requests are in flight."""
 
     def __init__(self, path: str, n: int) -> None:
+        self._path = path
+        super().__init__(n)
+
+    def _open(self) -> Any:
         from rpyc.utils.factory import unix_connect
 
-        self._conns: list[Any] = []
-        try:
-            for _ in range(n):
-                self._conns.append(unix_connect(path, config={"sync_request_timeout": BLOCKING_TIMEOUT}))
-        except BaseException:
-            self._close()
-            raise
-        self.calls: list[Callable[[Any], Any]] = [self._caller(c) for c in self._conns]
+        return unix_connect(self._path, config={"sync_request_timeout": BLOCKING_TIMEOUT})
 
-    @staticmethod
-    def _caller(conn: Any) -> Callable[[Any], Any]:
+    def _caller(self, conn: Any) -> Callable[[Any], Any]:
         echo = conn.root.echo  # one round trip here rather than one more per call
 
         def call(params: dict[str, str]) -> dict[str, str]:
@@ -79,12 +106,8 @@ class RpycConnections:
 
         return call
 
-    def _close(self) -> None:
-        for c in self._conns:
-            c.close()
-
-    async def aclose(self) -> None:
-        self._close()
+    def _close_one(self, conn: Any) -> None:
+        conn.close()
 
 
 # --- Pyro5 -----------------------------------------------------------------------------------
@@ -92,7 +115,8 @@ class RpycConnections:
 
 def _pyro_config() -> None:
     """Measured here at one caller (p50): marshal 85 us, json 93 us, serpent (the default) 131 us with the thread
-    server; the multiplex server was slower with each (126-157 us)."""
+    server; the multiplex server was slower with each (126-157 us), and at 64 callers no faster (both 11,000-15,000
+    calls/s, on a machine shared with other work)."""
     from Pyro5.api import config
 
     config.SERIALIZER = "marshal"
@@ -116,26 +140,22 @@ def serve_pyro5(path: str) -> None:
     daemon.requestLoop()  # until SIGTERM's default action ends the process
 
 
-class PyroConnections:
+class PyroConnections(_BlockingConnections):
     """`n` Pyro5 proxies, each its own connection, connected before the window."""
 
     def __init__(self, path: str, n: int) -> None:
+        _pyro_config()
+        self._uri = f"PYRO:{PYRO_OBJECT}@./u:{path}"
+        super().__init__(n)
+
+    def _open(self) -> Any:
         import Pyro5.api
 
-        _pyro_config()
-        self._proxies: list[Any] = []
-        try:
-            for _ in range(n):
-                proxy = Pyro5.api.Proxy(f"PYRO:{PYRO_OBJECT}@./u:{path}")
-                proxy._pyroBind()
-                self._proxies.append(proxy)
-        except BaseException:
-            self._close()
-            raise
-        self.calls: list[Callable[[Any], Any]] = [self._caller(p) for p in self._proxies]
+        proxy = Pyro5.api.Proxy(self._uri)
+        proxy._pyroBind()
+        return proxy
 
-    @staticmethod
-    def _caller(proxy: Any) -> Callable[[Any], Any]:
+    def _caller(self, proxy: Any) -> Callable[[Any], Any]:
         echo = proxy.echo
 
         def call(params: Any) -> Any:
@@ -146,13 +166,9 @@ class PyroConnections:
 
         return call
 
-    def _close(self) -> None:
-        for p in self._proxies:
-            p._pyroClaimOwnership()
-            p._pyroRelease()
-
-    async def aclose(self) -> None:
-        self._close()
+    def _close_one(self, proxy: Any) -> None:
+        proxy._pyroClaimOwnership()
+        proxy._pyroRelease()
 
 
 # --- grpclib ---------------------------------------------------------------------------------
