@@ -405,7 +405,9 @@ def plot(data: dict[str, Any], path: Path) -> str | None:
     fig, axes = plt.subplots(2, 2, figsize=(16, 11))
     _latency_bars(axes[0][0], data, rows)
     conc = data["settings"]["concurrency"]
-    colors = {k: f"C{i % 10}" for i, k in enumerate(rows)}
+    # tab20's strong colours first, then its light ones: more rows than the default cycle's ten, none alike.
+    palette = [*plt.cm.tab20.colors[::2], *plt.cm.tab20.colors[1::2]]
+    colors = {k: palette[i % len(palette)] for i, k in enumerate(rows)}
     panels = ((axes[0][1], "conns", "throughput", "Throughput, one connection per caller (calls/s)"),
               (axes[1][0], "pipe", "throughput", "Throughput, all callers on one pipelined connection (calls/s)"),
               (axes[1][1], "conns", "p99_us", "p99 latency, one connection per caller (µs)"))
