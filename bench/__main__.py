@@ -1,6 +1,6 @@
 """`python -m bench` (`make bench`): measure every row, print the tables, write JSON and a PNG.
 
-    python -m bench               full run (under ten minutes on 2 cores)
+    python -m bench               full run (11-13 minutes on 2 cores)
     python -m bench --quick       every row at smaller counts, about a minute
     python -m bench --profile     also sample the router under 64 callers (py-spy, else cProfile)
     python -m bench --tiny --rows floor,proxy --results /tmp/x   seconds; what the smoke test runs

@@ -73,7 +73,8 @@ class _BlockingConnections:
 
 
 def serve_rpyc(path: str) -> None:
-    """rpyc's ThreadedServer; its ThreadPoolServer answered a call in about 100 ms here (its poll interval)."""
+    """rpyc's ThreadedServer; its ThreadPoolServer answered a call in about 100 ms here (its poll interval), and
+    rpyc (6.0) has no asyncio server."""
     import rpyc
     from rpyc.utils.server import ThreadedServer
 
