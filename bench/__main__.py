@@ -1,6 +1,6 @@
 """`python -m bench` (`make bench`): measure every row, print the tables, write JSON and a PNG.
 
-    python -m bench               full run (under ten minutes on 2 cores)
+    python -m bench               full run (11-13 minutes on 2 cores)
     python -m bench --quick       every row at smaller counts, about a minute
     python -m bench --profile     also sample the router under 64 callers (py-spy, else cProfile)
     python -m bench --tiny --rows floor,proxy --results /tmp/x   seconds; what the smoke test runs
@@ -28,6 +28,7 @@ import uvloop
 
 from . import figures, log, report, targets
 from .memory import memory_phase
+from .plugin_cost import plugin_cost_phase
 from .procs import Fleet
 from .profiling import profile_router, syscalls_per_call
 from .rounds import Results, run_rounds
@@ -138,6 +139,7 @@ async def measure_all(settings: Settings, rows_arg: str | None, results_dir: Pat
         await syscalls_per_call(lab, results)
     lab.stop_servers()
     await memory_phase(lab, results)
+    await plugin_cost_phase(lab, results)
     return results
 
 

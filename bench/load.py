@@ -1,7 +1,8 @@
 """The load generator: closed-loop callers, one measuring window, and the CPU and memory it cost each process.
 
 N callers each loop `t0 = now; await call(params); record(now - t0)`, on N connections
-("conns") or all on one pipelined connection ("pipe"). After a warm-up, a timed window counts
+("conns") or all on one pipelined connection ("pipe"); a synchronous library's callers are
+threads, each looping on its blocking call, as its users run them. After a warm-up, a timed window counts
 completed calls (throughput) and keeps their latencies (percentiles); the CPU time of each
 server process (utime+stime from /proc) and of this process over the window, divided by the
 calls, gives CPU per call. The garbage collector of the load generator is paused during a
@@ -17,6 +18,7 @@ import gc
 import resource
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 from .procs import BenchError, cpu_seconds, machine_cpu, rss_kib
@@ -44,6 +46,29 @@ async def _caller(call: Callable[[Any], Any], params: Any, window: _Window, late
         t1 = clock()
         if window.recording:
             append(t1 - t0)
+
+
+def _blocking_caller(call: Callable[[Any], Any], params: Any, window: _Window, latencies: list[int]) -> None:
+    """`_caller` for a synchronous library, in a thread of its own: how a user runs its callers."""
+    clock = time.perf_counter_ns
+    append = latencies.append
+    while not window.stop:
+        t0 = clock()
+        call(params)
+        t1 = clock()
+        if window.recording:
+            append(t1 - t0)
+
+
+def _start_callers(calls: Sequence[Callable[[Any], Any]], callers: int, params: Any, window: _Window,
+                   latencies: list[int], threads: ThreadPoolExecutor | None) -> list[asyncio.Future[Any]]:
+    """The callers as tasks, or (a blocking client) as threads, one per caller, each a future to wait for."""
+    if threads is None:
+        return [asyncio.ensure_future(_caller(calls[i % len(calls)], params, window, latencies))
+                for i in range(callers)]
+    loop = asyncio.get_running_loop()
+    return [loop.run_in_executor(threads, _blocking_caller, calls[i % len(calls)], params, window, latencies)
+            for i in range(callers)]
 
 
 def percentile(sorted_ns: Sequence[int], q: float) -> float:
@@ -75,11 +100,14 @@ async def drive(
     duration: float,
     roles: Callable[[], dict[str, list[int]]],
     exec_children: bool = False,
+    blocking: bool = False,
 ) -> dict[str, Any]:
-    """Run `callers` closed-loop callers over `calls` and measure one window."""
+    """Run `callers` closed-loop callers over `calls` and measure one window (`blocking`: calls that block, each
+    caller in a thread of its own while this loop only keeps the time)."""
     window = _Window()
     latencies: list[int] = []
-    tasks = [asyncio.ensure_future(_caller(calls[i % len(calls)], params, window, latencies)) for i in range(callers)]
+    threads = ThreadPoolExecutor(callers, thread_name_prefix="bench-caller") if blocking else None
+    tasks = _start_callers(calls, callers, params, window, latencies, threads)
     try:
         await asyncio.sleep(warmup)
         _raise_failed(tasks)
@@ -97,9 +125,12 @@ async def drive(
         await asyncio.wait_for(asyncio.gather(*tasks), 60)
     finally:
         gc.enable()
+        window.stop = True  # a thread cannot be cancelled: it stops after its call in flight
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if threads is not None:
+            threads.shutdown(wait=False)
     if not latencies:
         raise BenchError(f"no call completed within {duration:.2f}s")
     return _figures(sorted(latencies), elapsed, before, after, rss, len(latencies), exec_children)
@@ -178,6 +209,11 @@ def rss_of(roles: dict[str, list[int]]) -> dict[str, int]:
     return {role: sum(_rss(p) for p in pids) for role, pids in roles.items()}
 
 
+def _once(call: Callable[[Any], Any], params: Any, blocking: bool) -> Awaitable[Any]:
+    """One call to await; a blocking client's runs in a worker thread, so the loop (and its timeouts) go on."""
+    return asyncio.to_thread(call, params) if blocking else call(params)  # type: ignore[no-any-return]
+
+
 async def measure(lab: Lab, row: Row, scen: Scenario, settings: Settings) -> dict[str, Any]:
     """One window of `row` under `scen`, after checking that the echo comes back intact."""
     lab.check_stop()
@@ -187,15 +223,16 @@ async def measure(lab: Lab, row: Row, scen: Scenario, settings: Settings) -> dic
         params = payload_params(scen.payload)
         if row.client.inside:
             return await drive_inside(conns.conns[0].ask, params, settings.warmup, settings.duration, server.roles)
-        result = await asyncio.wait_for(conns.calls[0](params), 60)
+        blocking = row.client.blocking
+        result = await asyncio.wait_for(_once(conns.calls[0], params, blocking), 60)
         if result != params:
             raise BenchError(f"{row.key}: echo came back different ({str(result)[:80]})")
         # One call on every connection first: connecting (gRPC's HTTP/2 handshake, aiohttp's lazy
         # connect) is not what a row measures.
         calls = conns.calls
         for start in range(1, len(calls), 64):
-            await asyncio.wait_for(asyncio.gather(*(c(params) for c in calls[start : start + 64])), 60)
+            await asyncio.wait_for(asyncio.gather(*(_once(c, params, blocking) for c in calls[start : start + 64])), 60)
         return await drive(conns.calls, scen.callers, params, settings.warmup, settings.duration, server.roles,
-                           exec_children=row.client.charges_children)
+                           exec_children=row.client.charges_children, blocking=blocking)
     finally:
         await conns.aclose()

@@ -18,7 +18,7 @@ from typing import Any
 
 from .figures import LAT1, MB, median, ratio, stat, summary
 from .settings import size_label
-from .targets import evaluate_targets
+from .targets import REPEAT_PCT, evaluate_targets
 
 
 def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]], note: str = "") -> str:
@@ -241,10 +241,99 @@ def targets_block(data: dict[str, Any]) -> str:
             lines.append(f"{head} -- not measured: {t['what']}")
             continue
         bare = f"; bare parsing router {t['bare_router']:.2f}" if "bare_router" in t else ""
-        held = "one measurement" if t["rounds"] is None else f"held in {t['held']}/{t['rounds']} rounds"
+        of = t.get("of", "rounds")
+        held = "one measurement" if t["rounds"] is None else f"held in {t['held']}/{t['rounds']} {of}"
         line = (f"{head} -- {t['value']:.2f} [{t['min']:.2f}..{t['max']:.2f}], {held} (target {t['limit']}; "
                 f"{t['what']}{bare})")
         lines.append(f"{line} -- not judged: {t['not_judged']}" if "not_judged" in t else line)
+    return "\n".join(lines)
+
+
+PEERS = ("rpyc", "pyro5", "grpclib", "grpc", "http")
+"""The rows a Python user would pick instead of plugrpc for process-to-process calls, beside the router."""
+
+
+def _x(v: dict[str, float] | None) -> str:
+    return "-" if v is None else f"{v['median']:.2f}x [{v['min']:.2f}..{v['max']:.2f}]"
+
+
+def peers_table(data: dict[str, Any]) -> str:
+    """Each peer next to the router (2 hops): how much faster the router is at p50 and how many times its
+    throughput at 64 callers, as ratios within each round."""
+    peers = [k for k in PEERS if k in data["rounds"]]
+    if not peers or "router" not in data["rounds"]:
+        return ""
+    conc = data["settings"]["concurrency"]
+    c64 = 64 if 64 in conc else max(conc)
+    conns, pipe = f"conns-c{c64}-100B", f"pipe-c{c64}-100B"
+    rows = [[_label(data, "router"), us(median(data, "router", LAT1, "p50_us")), "", rate(median(data, "router",
+             conns, "throughput")), "", rate(median(data, "router", pipe, "throughput"))]]
+    for key in peers:
+        rows.append([_label(data, key), us(median(data, key, LAT1, "p50_us")),
+                     _x(ratio(data, key, "router", LAT1, "p50_us")), rate(median(data, key, conns, "throughput")),
+                     _x(ratio(data, "router", key, conns, "throughput")), rate(median(data, key, pipe, "throughput"))])
+    return table("The peers a Python user would pick, beside the router (ratios within each round: median "
+                 "[min..max])", ["row (hops)", "p50 c=1", "router faster at p50", f"calls/s c={c64}",
+                                 f"router x calls/s c={c64}", f"pipelined c={c64}"], rows,
+                 "each on a unix socket, 100 B; rpyc and Pyro5 callers are threads (synchronous libraries), "
+                 "the others asyncio tasks")
+
+
+def _runs_cells(values: list[float], runs: list[dict[str, Any]], digits: int) -> list[str]:
+    """Median, min..max and how many starts gave the figure."""
+    s = stat(values)
+    if s is None:
+        return ["-", "-", f"0/{len(runs)}"]
+    return [f"{s['median']:.{digits}f}", f"{s['min']:.{digits}f}..{s['max']:.{digits}f}", f"{len(values)}/{len(runs)}"]
+
+
+def plugin_cost_table(data: dict[str, Any]) -> str:
+    """What a plugin costs to keep: one plugin's start-up and idle RSS, `plugrpc run` with many (bench.plugin_cost)."""
+    cost = data.get("plugin_cost") or {}
+    rows = []
+    for key, m in (cost.get("plugins") or {}).items():
+        runs = m["runs"]
+        ok = [r for r in m["runs"] if "error" not in r]
+        rows.append([f"{key} plugin: exec to first answer (ms)",
+                     *_runs_cells([r["first_answer_ms"] for r in ok], m["runs"], 0)])
+        rows.append([f"{key} plugin: RSS idle after it (MB)",
+                     *_runs_cells([r["idle_rss_kib"] * 1024 / MB for r in ok], m["runs"], 1)])
+    start = cost.get("start")
+    if start:
+        runs, n = start["runs"], start["plugins"]
+        ok = [r for r in runs if "error" not in r]
+        rows.append([f"plugrpc run, {n} SDK plugins: exec to all answered (s)",
+                     *_runs_cells([r["all_answered_s"] for r in ok], runs, 2)])
+        rows.append(["  ... to the front socket accepting (s)", *_runs_cells([r["connected_s"] for r in ok], runs, 2)])
+        rows.append(["  ... to the first plugin answering (s)",
+                     *_runs_cells([r["first_answer_s"] for r in ok], runs, 2)])
+        rows.append([f"  router RSS, {n} plugins idle (MB)",
+                     *_runs_cells([r["rss_kib"]["router"] * 1024 / MB for r in ok], runs, 1)])
+        rows.append(["  one plugin's RSS among them (MB, median)", *_runs_cells(
+            [r["plugin_rss_kib_median"] * 1024 / MB for r in ok if r["plugin_rss_kib_median"]], runs, 1)])
+    if not rows:
+        return ""
+    errors = [f"FAILED  {key} start {i + 1}: {r['error'][:300]}" for key, m in (cost.get("plugins") or {}).items()
+              for i, r in enumerate(m["runs"]) if "error" in r]
+    if start:
+        errors += [f"FAILED  plugrpc run start {i + 1}: {r['error'][:300]}" for i, r in enumerate(start["runs"])
+                   if "error" in r]
+    return table("Plugins that cost little to keep (fresh processes; times from the exec of the command)",
+                 ["what", "median", "min..max", "starts ok"], rows, "\n".join(errors))
+
+
+def repeat_block(data: dict[str, Any]) -> str:
+    """Each key ratio beside the previous full run's, so a reader sees which row moved."""
+    prev = data.get("previous")
+    if not prev or not prev.get("ratios"):
+        return ""
+    lines = [f"Key ratios, previous full run ({prev['file']}, {prev.get('timestamp', '?')}) -> this run "
+             f"(a change beyond {REPEAT_PCT:g}% is marked)"]
+    width = max(len(k) for k in prev["ratios"])
+    for key, v in prev["ratios"].items():
+        change = 100 * (v["now"] / v["before"] - 1) if v["before"] else math.nan
+        mark = "  <- moved" if abs(change) > REPEAT_PCT else ""
+        lines.append(f"  {key:{width}}  {v['before']:8.2f} -> {v['now']:8.2f}  {change:+6.1f}%{mark}")
     return "\n".join(lines)
 
 
@@ -321,8 +410,8 @@ def background_line(data: dict[str, Any]) -> str:
 def render(data: dict[str, Any]) -> str:
     blocks = [machine_line(data), background_line(data), latency_table(data), load_table(data, "conns"),
               load_table(data, "pipe"), payload_table(data), cpu_table(data), rss_table(data), dispatch_table(data),
-              events_table(data),
-              skipped_block(data), profile_block(data), targets_block(data)]
+              events_table(data), peers_table(data), plugin_cost_table(data),
+              skipped_block(data), profile_block(data), targets_block(data), repeat_block(data)]
     return "\n\n".join(b for b in blocks if b) + "\n"
 
 
@@ -351,7 +440,9 @@ def plot(data: dict[str, Any], path: Path) -> str | None:
     fig, axes = plt.subplots(2, 2, figsize=(16, 11))
     _latency_bars(axes[0][0], data, rows)
     conc = data["settings"]["concurrency"]
-    colors = {k: f"C{i % 10}" for i, k in enumerate(rows)}
+    # tab20's strong colours first, then its light ones: more rows than the default cycle's ten, none alike.
+    palette = [*plt.cm.tab20.colors[::2], *plt.cm.tab20.colors[1::2]]
+    colors = {k: palette[i % len(palette)] for i, k in enumerate(rows)}
     panels = ((axes[0][1], "conns", "throughput", "Throughput, one connection per caller (calls/s)"),
               (axes[1][0], "pipe", "throughput", "Throughput, all callers on one pipelined connection (calls/s)"),
               (axes[1][1], "conns", "p99_us", "p99 latency, one connection per caller (µs)"))

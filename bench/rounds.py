@@ -38,6 +38,8 @@ class Results:
     dispatch: dict[str, Any] = field(default_factory=dict)
     rss: dict[str, Any] = field(default_factory=dict)
     profile: dict[str, Any] = field(default_factory=dict)
+    plugin_cost: dict[str, Any] = field(default_factory=dict)
+    """What a plugin costs to keep: one plugin's start-up and idle RSS, `plugrpc run` with many (bench.plugin_cost)."""
     skipped: dict[str, str] = field(default_factory=dict)
     """row key -> why it does not run: what its machine lacks, or that its server failed."""
     fanouts: list[Fanout] = field(default_factory=list)
@@ -69,6 +71,7 @@ class Results:
             "dispatch": self.dispatch,
             "rss": self.rss,
             "profile": self.profile,
+            "plugin_cost": self.plugin_cost,
         }
 
 

@@ -18,6 +18,7 @@ from typing import Final
 
 from .clients import Connections, ExecCalls, NdjsonConnections, PlugrpcConnections
 from .peers import GrpcConnections, HttpConnections
+from .pypeers import GrpclibConnections, PyroConnections, RpycConnections
 from .servers import BENCH_DIR, PLUGINS, Exec, Fd3, OwnSocket, Router, Server, Spec
 from .settings import KIB, Scenario
 
@@ -33,6 +34,8 @@ class Client:
     """Its calls run as this process's children (exec): their CPU is the plugin's."""
     inside: bool = False
     """The load runs inside the relay plugin, which times its own calls (bench.load.drive_inside)."""
+    blocking: bool = False
+    """Its calls block (a synchronous library): each caller is a thread of its own, as a user runs them."""
 
 
 async def _bare(server: Server, n: int, method: str) -> Connections:
@@ -65,6 +68,18 @@ async def _progress(server: Server, n: int, method: str) -> Connections:
     return conns
 
 
+async def _rpyc(server: Server, n: int, method: str) -> Connections:
+    return RpycConnections(server.path, n)
+
+
+async def _pyro5(server: Server, n: int, method: str) -> Connections:
+    return PyroConnections(server.path, n)
+
+
+async def _grpclib(server: Server, n: int, method: str) -> Connections:
+    return GrpclibConnections(server.path, n)
+
+
 BARE: Final = Client("bare", _bare)
 """The bench's own NDJSON client (bench.clients), the same for every NDJSON row."""
 PLUGRPC_CLIENT: Final = Client("plugrpc.Client", _plugrpc)
@@ -75,6 +90,9 @@ PROGRESS: Final = Client("bare, progress", _progress)
 """The bare client, each connection subscribed to progress first (`router.subscribe {"progress": true}`)."""
 PLUGRPC_CALL: Final = Client("plugrpc.call, in a plugin", _bare, inside=True)
 """One caller inside the relay plugin, started by a bare client's call to `relay.loop`."""
+RPYC: Final = Client("rpyc", _rpyc, blocking=True)
+PYRO5: Final = Client("Pyro5", _pyro5, blocking=True)
+GRPCLIB: Final = Client("grpclib", _grpclib)
 
 
 @dataclass(frozen=True)
@@ -94,10 +112,16 @@ ARGV_CAP: Final = Cannot(lambda s: s.payload > EXEC_ARG_LIMIT,
                          "core0 passes args in argv; Linux caps one argument at 128 KiB (MAX_ARG_STRLEN)")
 NO_PIPELINING: Final = Cannot(lambda s: s.mode == "pipe",
                               "HTTP/1.1 (aiohttp) has one call in flight per connection: no pipelining")
+PYRO_ONE_CALL: Final = Cannot(lambda s: s.mode == "pipe",
+                               "a Pyro5 proxy belongs to one thread and carries one call at a time: no pipelining")
 TARGETS_ONLY: Final = Cannot(lambda s: s.key not in TARGET_SCENARIOS,
                              "measured only where the router-vs-proxy targets are, to keep the run short")
 ONE_CALLER: Final = Cannot(lambda s: s.key != "conns-c1-100B",
                            "one caller inside the plugin, 100 B: the call the client row makes at c=1")
+PEER_SCENARIOS: Final = TARGET_SCENARIOS | {"pipe-c64-100B"}
+PEER_TARGETS_ONLY: Final = Cannot(lambda s: s.key not in PEER_SCENARIOS,
+                                  "measured only at 1 and 64 callers, 100 B, where the router-vs-peer targets are, "
+                                  "to keep the run short")
 
 
 @dataclass(frozen=True)
@@ -114,6 +138,9 @@ def _importable(module: str) -> bool:
 
 GRPC_INSTALLED: Final = Need(lambda: _importable("grpc"), "grpcio is not installed (pip install -e '.[bench]')")
 AIOHTTP_INSTALLED: Final = Need(lambda: _importable("aiohttp"), "aiohttp is not installed (pip install -e '.[bench]')")
+RPYC_INSTALLED: Final = Need(lambda: _importable("rpyc"), "rpyc is not installed (pip install -e '.[bench]')")
+PYRO5_INSTALLED: Final = Need(lambda: _importable("Pyro5"), "Pyro5 is not installed (pip install -e '.[bench]')")
+GRPCLIB_INSTALLED: Final = Need(lambda: _importable("grpclib"), "grpclib is not installed (pip install -e '.[bench]')")
 C_COMPILER: Final = Need(lambda: shutil.which("cc") is not None,
                          "no C compiler (cc) on this machine (apt-get install gcc)")
 
@@ -166,6 +193,12 @@ ROWS: Final = (
     Row("http", "HTTP JSON-RPC (aiohttp), unix", 1,
         Fd3("http", ("-m", "bench.peers", "http"), role="server", check=None), AIOHTTP,
         cannot=(NO_PIPELINING,), needs=(AIOHTTP_INSTALLED,)),
+    Row("rpyc", "rpyc ThreadedServer, unix", 1, OwnSocket("rpyc", ("-m", "bench.pypeers", "rpyc")), RPYC,
+        cannot=(PEER_TARGETS_ONLY,), needs=(RPYC_INSTALLED,)),
+    Row("pyro5", "Pyro5 thread server, unix", 1, OwnSocket("pyro5", ("-m", "bench.pypeers", "pyro5")), PYRO5,
+        cannot=(PYRO_ONE_CALL, PEER_TARGETS_ONLY), needs=(PYRO5_INSTALLED,)),
+    Row("grpclib", "gRPC (grpclib, pure Python), unix", 1, OwnSocket("grpclib", ("-m", "bench.pypeers", "grpclib")),
+        GRPCLIB, cannot=(PEER_TARGETS_ONLY,), needs=(GRPCLIB_INSTALLED,)),
     Row("exec_c", "exec per call: C plugin", 1, Exec("exec-c", BENCH_DIR / "exec_c" / "plugin.c"), EXEC,
         cannot=(SEQUENTIAL, ARGV_CAP), needs=(C_COMPILER,)),
     Row("exec_py", "exec per call: Python plugin", 1, Exec("exec-py", PLUGINS / "exec_echo.py"), EXEC,

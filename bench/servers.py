@@ -121,7 +121,7 @@ class Router:
     @property
     def methods(self) -> list[str]:
         """One echo method per plugin: `bench.echo`, or `bench0.echo`..."""
-        return ["bench.echo"] if self.plugins == 1 else [f"bench{i}.echo" for i in range(self.plugins)]
+        return sdk_methods(self.plugins)
 
     async def start(self, lab: Lab) -> Server:
         image = sdk_image(lab.fresh_dir(f"{self.name}-image"), self.plugins, self.relay)
@@ -134,17 +134,7 @@ class Router:
         env = dict(os.environ, XDG_RUNTIME_DIR=os.fspath(lab.fresh_dir(f"{self.name}-run")))
         child = lab.fleet.spawn(self.name, argv, env=env)
         await wait_connectable(path, child)
-
-        def roles() -> dict[str, list[int]]:
-            kids = children_of(child.pid)
-            plugins = [p for p in kids if _runs(p, PLUGIN_FILE) or _runs(p, RELAY_FILE)]
-            helpers = [p for p in kids if p not in plugins]
-            out = {"router": [child.pid], "plugin": plugins}
-            if helpers:
-                out["router helpers"] = helpers  # e.g. its watchdog process, charged separately
-            return out
-
-        server = Server(os.fspath(path), child, roles)
+        server = Server(os.fspath(path), child, lambda: router_roles(child.pid))
         for method in self.methods:
             await lab.check_echo(server, method)
         return server
@@ -166,6 +156,17 @@ class Exec:
         return Server("", None, _no_roles, command)
 
 
+def router_roles(pid: int) -> dict[str, list[int]]:
+    """The processes of the router `pid` by role: itself, its SDK plugins (echo, relay), and any other child it runs."""
+    kids = children_of(pid)
+    plugins = [p for p in kids if _runs(p, PLUGIN_FILE) or _runs(p, RELAY_FILE)]
+    helpers = [p for p in kids if p not in plugins]
+    out = {"router": [pid], "plugin": plugins}
+    if helpers:
+        out["router helpers"] = helpers  # e.g. its watchdog process, charged separately
+    return out
+
+
 def _no_roles() -> dict[str, list[int]]:
     return {}
 
@@ -179,15 +180,23 @@ def _runs(pid: int, name: str) -> bool:
         return False
 
 
+def _sdk_names(plugins: int) -> list[str]:
+    return ["bench"] if plugins == 1 else [f"bench{i}" for i in range(plugins)]
+
+
+def sdk_methods(plugins: int) -> list[str]:
+    """The echo method of each plugin of `sdk_image(root, plugins)`."""
+    return [f"{n}.echo" for n in _sdk_names(plugins)]
+
+
 def sdk_image(root: Path, plugins: int, relay: bool = False) -> Path:
     """An image with `plugins` copies of the SDK echo plugin, named bench (or bench0..benchN-1), and the relay."""
     for source, name in (("sdk_echo.py", PLUGIN_FILE), ("relay.py", RELAY_FILE)):
         script = root / name
         shutil.copyfile(PLUGINS / source, script)
         script.chmod(0o755)
-    names = ["bench"] if plugins == 1 else [f"bench{i}" for i in range(plugins)]
     manifest = "".join(f'[plugin.{n}]\npath = "{PLUGIN_FILE}"\nexports = ["echo", "progress_echo", "burst"]\n'
-                       f'events = ["tick"]\n\n' for n in names)
+                       f'events = ["tick"]\n\n' for n in _sdk_names(plugins))
     if relay:
         manifest += f'[plugin.relay]\npath = "{RELAY_FILE}"\nexports = ["loop"]\n'
     (root / ".plugin.toml").write_text(manifest)

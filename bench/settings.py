@@ -36,18 +36,28 @@ class Settings:
     """...at most this many times per measurement..."""
     retry_seconds: float = 90.0
     """...and for at most this many seconds over the whole run."""
+    plugin_starts: int = 5
+    """Starts of one SDK plugin (each to its first answer, then idle for its RSS)..."""
+    start_plugins: int = 100
+    """...the SDK plugins of the image `plugrpc run` starts..."""
+    start_runs: int = 3
+    """...that many times, each bounded: a run gives up when not all answered within `start_bound` seconds."""
+    start_bound: float = 30.0
+    idle_settle: float = 0.5
+    """Seconds a process that has answered is left alone before its RSS counts as idle."""
     mode: str = "full"
 
     @classmethod
     def quick(cls, profile: bool = False) -> Settings:
         return cls(rounds=2, warmup=0.05, duration=0.12, dispatch_seconds=0.05, profile=profile,
-                   profile_seconds=2.0, retries=1, retry_seconds=15.0, mode="quick")
+                   profile_seconds=2.0, retries=1, retry_seconds=15.0, plugin_starts=3, start_runs=1, mode="quick")
 
     @classmethod
     def tiny(cls) -> Settings:
         """Seconds, for the smoke test: every code path, no meaningful figure."""
         return cls(rounds=1, warmup=0.02, duration=0.05, concurrency=(1, 8), payloads=(100, 10 * KIB),
-                   idle_conns=20, rss_plugins=2, max_subscribers=20, dispatch_seconds=0.02, retries=0, mode="tiny")
+                   idle_conns=20, rss_plugins=2, max_subscribers=20, dispatch_seconds=0.02, retries=0,
+                   plugin_starts=1, start_plugins=3, start_runs=1, idle_settle=0.2, mode="tiny")
 
 
 @dataclass(frozen=True)

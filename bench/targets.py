@@ -4,7 +4,9 @@ A target is a figure of the run (mostly a ratio between two rows within each rou
 It passes when its median over the rounds is within the bound and so is a majority of the rounds
 (a round without the figure does not hold): on a shared machine a median can sit just inside a
 bound that half the rounds miss. The RSS and repeatability targets are one measurement each; the
-latter compares this run's key ratios with the previous full run's. A run too short for a figure
+latter compares this run's key ratios with the previous full run's. What a plugin costs to keep
+(bench.plugin_cost) is measured a few times outside the rounds: its median and most of its starts
+must hold. A run too short for a figure
 (`--quick`, `--tiny`: few rounds of short windows, where one scheduler hiccup moves a ratio by
 half) shows the figure but does not judge it: only a full run's rounds and windows say PASS or MISS.
 """
@@ -29,6 +31,9 @@ MIN_ROUNDS: Final = 3
 """A verdict from fewer rounds would be one noisy round's."""
 LATEST: Final = "latest.json"
 """The saved run that git keeps (`python -m bench --latest` writes it): the others are git-ignored."""
+REPEAT_PCT: Final = 15.0
+"""Key ratios must repeat within this many % of the previous full run (or the note says which row moved, and why)."""
+C64: Final = "conns-c64-100B"
 
 
 def too_short(settings: dict[str, Any]) -> str | None:
@@ -79,6 +84,9 @@ class Target:
     """Why this run's figure is no ground for a verdict (None: it is)."""
     per_round: bool = True
     """False: one measurement per run, not one per round."""
+    samples: Callable[[dict[str, Any]], int] | None = None
+    """A figure measured several times outside the rounds (starts of a plugin): how many times this run tried,
+    each failed try not holding (None: `per_round` says)."""
 
 
 def _r(num: str, den: str, scen: str, metric: str, den_scen: str | None = None) -> Figure:
@@ -147,6 +155,56 @@ def _fanout(data: dict[str, Any]) -> tuple[list[float], str]:
     return vals, "fanout100 deliveries/s / calls/s of 100 callers"
 
 
+def _plugin_runs(data: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    """The starts of one plugin on its own (bench.plugin_cost), failed ones included."""
+    return data.get("plugin_cost", {}).get("plugins", {}).get(key, {}).get("runs", [])
+
+
+def _fleet_runs(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The starts of `plugrpc run` on an image of many SDK plugins, failed ones included."""
+    return data.get("plugin_cost", {}).get("start", {}).get("runs", [])
+
+
+def _idle_rss(key: str) -> Figure:
+    def compute(data: dict[str, Any]) -> tuple[list[float], str]:
+        runs = _plugin_runs(data, key)
+        return [r["idle_rss_kib"] * 1024 / MB for r in runs if "idle_rss_kib" in r], (
+            f"{key} plugin's MB, idle after its first answer, over {len(runs)} starts")
+
+    return compute
+
+
+def _fleet_started(data: dict[str, Any]) -> tuple[list[float], str]:
+    start = data.get("plugin_cost", {}).get("start", {})
+    return [r["all_answered_s"] for r in _fleet_runs(data) if "all_answered_s" in r], (
+        f"s from the exec of plugrpc run until all {start.get('plugins')} plugins answered, "
+        f"over {len(_fleet_runs(data))} starts")
+
+
+def _fleet_router_rss(data: dict[str, Any]) -> tuple[list[float], str]:
+    start = data.get("plugin_cost", {}).get("start", {})
+    return [r["rss_kib"]["router"] * 1024 / MB for r in _fleet_runs(data) if "rss_kib" in r], (
+        f"router MB with {start.get('plugins')} plugins, all answered and idle")
+
+
+def _fleet_too_small(data: dict[str, Any]) -> str | None:
+    plugins = data.get("plugin_cost", {}).get("start", {}).get("plugins") or 0
+    return None if plugins >= FULL.start_plugins else f"the target is for {FULL.start_plugins} plugins"
+
+
+def _fleet_too_few(data: dict[str, Any]) -> str | None:
+    runs = len(_fleet_runs(data))
+    if runs >= MIN_ROUNDS:
+        return _fleet_too_small(data)
+    return (f"{data['settings']['mode']} run, {runs} start{'s' * (runs != 1)} of plugrpc run (a verdict takes the "
+            f"median of {MIN_ROUNDS}+)")
+
+
+def _judged_always(data: dict[str, Any]) -> str | None:
+    """RSS of one idle plugin does not depend on the run's length: every run judges it."""
+    return None
+
+
 def _repeat(data: dict[str, Any]) -> tuple[list[float], str]:
     prev = data.get("previous")
     if not prev:
@@ -194,12 +252,37 @@ TARGETS: Final = [
            lambda v: v <= 40, "<= 40", cannot_judge=_rss_too_small, per_round=False),
     Target("router-1mib-cpu-vs-copy", "1 MiB: router adds <= parse + one copy (CPU estimate)", _one_copy,
            lambda v: v <= 1.0, "<= 1.0"),
-    Target("ratios-repeat-vs-previous", "key ratios repeat within 10% of the previous full run", _repeat,
-           lambda v: v <= 10, "<= 10", per_round=False),
+    Target("router-p50-vs-bare-router", "features nearly free: router p50 <= 1.10x the bare parsing router's",
+           _r("router", "bare_router", LAT1, "p50_us"), lambda v: v <= 1.10, "<= 1.10"),
+    Target("router-tput64-vs-bare-router",
+           "features nearly free: router throughput at 64 callers >= 0.90x the bare parsing router's",
+           _r("router", "bare_router", C64, "throughput"), lambda v: v >= 0.90, ">= 0.90"),
+    Target("router-p50-vs-rpyc", "router (2 hops) >= 1.5x faster at p50 than rpyc (1 hop)",
+           _r("rpyc", "router", LAT1, "p50_us"), lambda v: v >= 1.5, ">= 1.5"),
+    Target("router-p50-vs-pyro5", "router (2 hops) >= 2.5x faster at p50 than Pyro5 (1 hop)",
+           _r("pyro5", "router", LAT1, "p50_us"), lambda v: v >= 2.5, ">= 2.5"),
+    Target("router-tput64-vs-rpyc", "router >= 10x rpyc throughput at 64 callers",
+           _r("router", "rpyc", C64, "throughput"), lambda v: v >= 10, ">= 10"),
+    Target("router-tput64-vs-pyro5", "router >= 10x Pyro5 throughput at 64 callers",
+           _r("router", "pyro5", C64, "throughput"), lambda v: v >= 10, ">= 10"),
+    Target("sdk-plugin-rss-idle", "an idle SDK plugin (the bench's sdk_echo) RSS <= 15 MB", _idle_rss("sdk_echo"),
+           lambda v: v <= 15, "<= 15", cannot_judge=_judged_always, per_round=False,
+           samples=lambda d: len(_plugin_runs(d, "sdk_echo"))),
+    Target("ovs-plugin-rss-idle", "the bundled ovs plugin, idle, RSS <= 15 MB", _idle_rss("ovs"),
+           lambda v: v <= 15, "<= 15", cannot_judge=_judged_always, per_round=False,
+           samples=lambda d: len(_plugin_runs(d, "ovs"))),
+    Target("plugins-100-start", "100 SDK plugins all answering <= 3 s after plugrpc run starts", _fleet_started,
+           lambda v: v <= 3, "<= 3", cannot_judge=_fleet_too_few, per_round=False,
+           samples=lambda d: len(_fleet_runs(d))),
+    Target("router-rss-100-plugins", "router RSS with 100 SDK plugins <= 40 MB", _fleet_router_rss,
+           lambda v: v <= 40, "<= 40", cannot_judge=_fleet_too_small, per_round=False,
+           samples=lambda d: len(_fleet_runs(d))),
     Target("fanout100-vs-calls100", "fan-out to 100 subscribers delivers >= 50x the events/s of 100 separate calls",
            _fanout, lambda v: v >= 50, ">= 50"),
     Target("p2p-call-vs-client-call", "a plugin-to-plugin call costs <= 1.2x a client call through the router",
            _r("p2p", "client", LAT1, "p50_us"), lambda v: v <= 1.2, "<= 1.2"),
+    Target("ratios-repeat-vs-previous", f"key ratios repeat within {REPEAT_PCT:g}% of the previous full run", _repeat,
+           lambda v: v <= REPEAT_PCT, f"<= {REPEAT_PCT:g}", per_round=False),
 ]
 
 
@@ -216,12 +299,17 @@ def judge(t: Target, data: dict[str, Any]) -> dict[str, Any]:
     if summary is None:
         return {"id": t.id, "target": t.text, "status": "SKIP", "what": what, "limit": t.limit}
     rounds = data["settings"]["rounds"] if t.per_round else 1
+    if t.samples is not None:
+        rounds = t.samples(data)
     held = sum(1 for v in values if t.passes(v))
     why_not = t.cannot_judge(data)
     status = "NOT JUDGED" if why_not else "PASS" if t.passes(summary["median"]) and 2 * held > rounds else "MISS"
     entry = {"id": t.id, "target": t.text, "status": status, "value": summary["median"], "min": summary["min"],
-             "max": summary["max"], "held": held, "rounds": rounds if t.per_round else None, "what": what,
-             "limit": t.limit}
+             "max": summary["max"], "held": held, "rounds": rounds if t.per_round or t.samples else None,
+             "what": what, "limit": t.limit}
+    if t.samples is not None:
+        entry["of"] = "starts"
+
     if why_not:
         entry["not_judged"] = why_not
     reach = stat(t.reach(data)[0]) if t.reach is not None else None
@@ -238,6 +326,14 @@ KEY_RATIOS: Final = {
     "http/router p50": ("http", "router", LAT1, "p50_us"),
     "client/router p50": ("client", "router", LAT1, "p50_us"),
     "exec_c/router p50": ("exec_c", "router", LAT1, "p50_us"),
+    "router/bare_router p50": ("router", "bare_router", LAT1, "p50_us"),
+    "router/bare_router tput64": ("router", "bare_router", C64, "throughput"),
+    "rpyc/router p50": ("rpyc", "router", LAT1, "p50_us"),
+    "router/rpyc tput64": ("router", "rpyc", C64, "throughput"),
+    "pyro5/router p50": ("pyro5", "router", LAT1, "p50_us"),
+    "router/pyro5 tput64": ("router", "pyro5", C64, "throughput"),
+    "grpclib/router p50": ("grpclib", "router", LAT1, "p50_us"),
+    "router/grpclib tput64": ("router", "grpclib", C64, "throughput"),
 }
 
 

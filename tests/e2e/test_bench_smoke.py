@@ -8,6 +8,7 @@ checks the report's verdicts on made-up runs whose figures are known.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
@@ -27,8 +28,9 @@ from util import REPO
 
 sys.path.insert(0, os.fspath(REPO))  # bench/ runs from the checkout; it is not installed
 
-from bench import report, targets
-from bench.settings import Settings
+from bench import report, rows, targets
+from bench.rounds import Results
+from bench.settings import Scenario, Settings
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the bench reads /proc (Linux)")
 
@@ -60,15 +62,20 @@ def _processes_mentioning(text: str) -> list[int]:
     return found
 
 
-def test_tiny_run_on_baselines(tmp_path: Path) -> None:
-    proc = _bench("--tiny", "--rows", "floor,proxy", "--results", str(tmp_path))
+def _tiny_run(rows: str, results: Path) -> tuple[dict[str, Any], str, str]:
+    """`python -m bench --tiny --rows ROWS`: its saved run, stdout and stderr (it must succeed)."""
+    proc = _bench("--tiny", "--rows", rows, "--results", str(results))
     try:
         out, err = proc.communicate(timeout=50)
     finally:
         proc.kill()
     assert proc.returncode == 0, err[-3000:]
-    [result] = tmp_path.glob("*.json")
-    data = json.loads(result.read_text())
+    [result] = results.glob("*.json")
+    return json.loads(result.read_text()), out, err
+
+
+def test_tiny_run_on_baselines(tmp_path: Path) -> None:
+    data, out, err = _tiny_run("floor,proxy", tmp_path)
     assert data["settings"]["mode"] == "tiny"
     for row in ("floor", "proxy"):
         for scenario, rounds in data["rounds"][row].items():
@@ -152,7 +159,7 @@ def _run(settings: Settings, router_x_proxy: Sequence[float],
 def _target_lines(data: dict[str, Any]) -> list[str]:
     """The target lines `python -m bench` prints for `data`."""
     data["targets"] = targets.evaluate_targets(data)
-    block = report.render(data).split("\nTargets (", 1)[1]
+    block = report.render(data).split("\nTargets (", 1)[1].split("\n\n", 1)[0]  # the key ratios' block follows
     return [line for line in block.splitlines()[1:] if not line.startswith("(")]
 
 
@@ -263,3 +270,178 @@ def test_plot_breaks_lines_at_missing_points_and_keeps_legends_off_the_curves(tm
     for legend in legends:
         box = legend.get_window_extent(renderer)
         assert not any(box.overlaps(ax.get_window_extent(renderer)) for ax in fig.axes), "a legend covers a panel"
+
+
+# --- the peers a Python user would pick, and what a plugin costs to keep -----------------------
+
+PEER_ROWS = ("rpyc", "pyro5", "grpclib")
+
+
+def _missing_peers() -> list[str]:
+    """What to install for each peer row that cannot run here."""
+    return [why for row in rows.ROWS if row.key in PEER_ROWS and (why := row.missing())]
+
+
+def test_tiny_run_measures_the_peers_and_what_plugins_cost(tmp_path: Path) -> None:
+    """The peers run in the same rounds as the router; one plugin's start-up and idle RSS and `plugrpc run`'s start
+    of an image of SDK plugins come after them, in the output and the JSON, with their targets."""
+    data, out, _ = _tiny_run("bare_router,direct,router,rpyc,pyro5,grpclib", tmp_path)
+    for key in PEER_ROWS:
+        if data["rows"][key]["skipped"]:  # the bench extra is not installed: the row says what to install
+            assert "pip install -e '.[bench]'" in data["rows"][key]["skipped"]
+            assert f"SKIPPED {key}: " in out
+            continue
+        [window] = data["rounds"][key][LAT1]
+        assert window is not None and window["calls"] > 0 and window["p50_us"] > 0, data["errors"]
+        assert window["cpu_us_per_call"]["server"] >= 0
+        assert f"{key} (1h)" in out.split("The peers a Python user would pick", 1)[1]
+    assert "pipe-c8-100B" in data["not_applicable"]["pyro5"], "a Pyro5 proxy carries one call at a time"
+
+    cost = data["plugin_cost"]
+    for plugin in ("sdk_echo", "ovs"):
+        [start] = cost["plugins"][plugin]["runs"]
+        assert 0 < start["first_answer_ms"] < 30_000 and start["idle_rss_kib"] > 1000, start
+    assert cost["start"]["plugins"] == Settings.tiny().start_plugins
+    [run] = cost["start"]["runs"]
+    assert 0 < run["connected_s"] <= run["first_answer_s"] <= run["all_answered_s"] < cost["start"]["bound_s"], run
+    assert run["plugin_processes"] == cost["start"]["plugins"] and run["rss_kib"]["router"] > 1000
+    assert "Plugins that cost little to keep" in out and "exec to all answered" in out
+
+    verdicts = {t["id"]: t for t in data["targets"]}
+    assert verdicts["router-p50-vs-bare-router"]["status"] == "NOT JUDGED"  # tiny windows
+    assert verdicts["sdk-plugin-rss-idle"]["status"] in ("PASS", "MISS")  # RSS is judged in any run
+    assert verdicts["sdk-plugin-rss-idle"]["of"] == "starts"
+    assert verdicts["plugins-100-start"]["status"] == "NOT JUDGED"
+    assert verdicts["router-rss-100-plugins"]["not_judged"] == "the target is for 100 plugins"
+
+
+async def _measured(row_key: str, scenario: Scenario, tmp_path: Path) -> dict[str, Any]:
+    from bench.load import measure
+    from bench.procs import Fleet
+    from bench.servers import Lab
+
+    fleet = Fleet(tmp_path)
+    try:
+        [row] = rows.select_rows({row_key})
+        return await asyncio.wait_for(measure(Lab(fleet, tmp_path), row, scenario, Settings.tiny()), 30)
+    finally:
+        fleet.stop_all()
+
+
+@pytest.mark.parametrize(("row_key", "mode"), [("rpyc", "conns"), ("rpyc", "pipe"), ("pyro5", "conns")])
+async def test_blocking_peers_run_a_thread_per_caller(row_key: str, mode: str, tmp_path: Path) -> None:
+    """rpyc and Pyro5 block in their calls: each caller is a thread of its own, on its own connection or (rpyc,
+    pipelined) all on one, and every call is checked to come back intact before the window."""
+    if _missing_peers():
+        pytest.skip(f"the bench extra is not installed: {_missing_peers()}")
+    window = await _measured(row_key, Scenario(mode, 4, 100), tmp_path)
+    assert window["calls"] > 0 and window["p50_us"] > 0
+    assert window["client_cpu_us_per_call"] > 0
+
+
+def test_a_peer_whose_library_is_missing_is_skipped_with_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = rows.importlib.util.find_spec
+    monkeypatch.setattr(rows.importlib.util, "find_spec", lambda name: None if name == "Pyro5" else real(name))
+    results = Results(Settings.tiny(), rows.select_rows({"pyro5", "floor"}), [])
+    assert results.skipped == {"pyro5": "Pyro5 is not installed (pip install -e '.[bench]')"}
+    data = _run(Settings(), [1.0] * 3)
+    data["rows"]["pyro5"] = {"label": "Pyro5", "hops": 1, "client": "Pyro5", "skipped": results.skipped["pyro5"]}
+    assert "SKIPPED pyro5: Pyro5 is not installed (pip install -e '.[bench]')" in report.render(
+        {**data, "targets": targets.evaluate_targets(data)})
+
+
+def _with_peers(data: dict[str, Any], p50: dict[str, float], tput64: dict[str, float]) -> dict[str, Any]:
+    """`data` with more rows, each at the given p50 (c=1) and throughput (64 callers) in every round."""
+    n = data["settings"]["rounds"]
+    for key in p50:
+        data["rows"][key] = {"label": key, "hops": 2 if key == "bare_router" else 1, "client": key, "skipped": None}
+        data["rounds"][key] = {LAT1: [_window(p50[key], 1e6 / p50[key])] * n,
+                               C64: [_window(64e6 / tput64[key], tput64[key])] * n}
+    return data
+
+
+def _verdict(data: dict[str, Any], target_id: str) -> str:
+    return next(line for line in _target_lines(data) if (m := TARGET_LINE.match(line)) and m.group(2) == target_id)
+
+
+def test_router_against_the_bare_router_and_the_peers() -> None:
+    """The router's p50 (80 us) and 64-caller throughput (60,000/s) against rows whose figures are known."""
+    data = _with_peers(_run(Settings(), [1.0] * 3),
+                       p50={"bare_router": 75, "rpyc": 160, "pyro5": 160, "grpclib": 400},
+                       tput64={"bare_router": 70_000, "rpyc": 5_000, "pyro5": 7_000, "grpclib": 3_000})
+    expected = {"router-p50-vs-bare-router": ("PASS", "1.07"), "router-tput64-vs-bare-router": ("MISS", "0.86"),
+                "router-p50-vs-rpyc": ("PASS", "2.00"), "router-p50-vs-pyro5": ("MISS", "2.00"),
+                "router-tput64-vs-rpyc": ("PASS", "12.00"), "router-tput64-vs-pyro5": ("MISS", "8.57")}
+    for target_id, (status, value) in expected.items():
+        line = _verdict(data, target_id)
+        assert line.startswith(status) and f"-- {value} " in line and "held in " in line, line
+    peers = report.peers_table(data)
+    grpclib = next(line for line in peers.splitlines() if line.startswith("grpclib (1h)"))
+    assert "5.00x [5.00..5.00]" in grpclib and "20.00x [20.00..20.00]" in grpclib, peers  # reported, no target
+    assert not any(t.id.endswith("-grpclib") for t in targets.TARGETS)
+
+
+def _plugin_cost(sdk_mb: Sequence[float | None], start_s: Sequence[float | None], plugins: int = 100,
+                 router_mb: float = 30.0) -> dict[str, Any]:
+    """What bench.plugin_cost records, a None in a list being a failed start."""
+    def one(mb: float | None) -> dict[str, Any]:
+        return {"error": "no answer"} if mb is None else {"first_answer_ms": 90.0, "idle_rss_kib": mb * 1e6 / 1024}
+
+    def fleet(s: float | None) -> dict[str, Any]:
+        if s is None:
+            return {"error": "gave up"}
+        return {"connected_s": 0.1, "first_answer_s": s / 2, "all_answered_s": s, "plugin_processes": plugins,
+                "rss_kib": {"router": router_mb * 1e6 / 1024, "plugin": plugins * 25_000},
+                "plugin_rss_kib_median": 25_000}
+
+    return {"plugins": {"sdk_echo": {"runs": [one(v) for v in sdk_mb]}, "ovs": {"runs": [one(14.0)]}},
+            "start": {"plugins": plugins, "bound_s": 30.0, "runs": [fleet(v) for v in start_s]}}
+
+
+@pytest.mark.parametrize(("sdk_mb", "verdict", "held"), [
+    ([14.0, 14.0, 30.0], "PASS", "held in 2/3 starts"),
+    ([14.0, 14.0, None, None, 14.0], "PASS", "held in 3/5 starts"),
+    ([14.0, 14.0, None, None, None], "MISS", "held in 2/5 starts"),  # the median of the answers is 14, but 3 failed
+    ([16.0, 16.0, 14.0], "MISS", "held in 1/3 starts"),
+])
+def test_plugin_rss_passes_when_its_median_and_most_starts_hold(sdk_mb: list[float | None], verdict: str,
+                                                                held: str) -> None:
+    data = _run(Settings(), [1.0] * 3)
+    data["plugin_cost"] = _plugin_cost(sdk_mb, [2.5, 2.8, 3.5])
+    line = _verdict(data, "sdk-plugin-rss-idle")
+    assert line.startswith(verdict) and held in line, line
+    assert _verdict(data, "ovs-plugin-rss-idle").startswith("PASS")
+    start = _verdict(data, "plugins-100-start")
+    assert start.startswith("PASS") and "-- 2.80 [2.50..3.50], held in 2/3 starts" in start, start
+    assert _verdict(data, "router-rss-100-plugins").startswith("PASS")
+    table = report.plugin_cost_table(data)
+    assert "plugrpc run, 100 SDK plugins: exec to all answered (s)" in table and "2.80" in table, table
+
+
+def test_plugrpc_run_start_needs_100_plugins_and_a_few_starts_to_be_judged() -> None:
+    quick = _run(Settings.quick(), [1.0] * 2)
+    quick["plugin_cost"] = _plugin_cost([14.0], [2.0])
+    assert "quick run, 1 start of plugrpc run" in _verdict(quick, "plugins-100-start")
+    assert _verdict(quick, "router-rss-100-plugins").startswith("PASS")  # RSS does not need the median of a few
+    small = _run(Settings(), [1.0] * 3)
+    small["plugin_cost"] = _plugin_cost([14.0], [0.3, 0.3, 0.3], plugins=3)
+    for target_id in ("plugins-100-start", "router-rss-100-plugins"):
+        line = _verdict(small, target_id)
+        assert line.startswith("NOT JUDGED") and "the target is for 100 plugins" in line, line
+    failed = _run(Settings(), [1.0] * 3)
+    failed["plugin_cost"] = _plugin_cost([14.0], [None, None, 2.0])
+    assert _verdict(failed, "plugins-100-start").startswith("MISS")
+    assert "FAILED  plugrpc run start 1: gave up" in report.plugin_cost_table(failed)
+
+
+@pytest.mark.parametrize(("now", "verdict"), [(1.14, "PASS"), (1.16, "MISS")])
+def test_repeat_check_allows_15_percent_and_says_which_ratio_moved(tmp_path: Path, now: float, verdict: str) -> None:
+    (tmp_path / "latest.json").write_text(json.dumps(_run(Settings(), [1.0] * 3, "2026-05-01T00:00:00+00:00")))
+    data = _run(Settings(), [now] * 3)
+    data["previous"] = targets.compare_previous(data, tmp_path, tmp_path / "20260601T000000Z.json")
+    assert _verdict(data, "ratios-repeat-vs-previous").startswith(verdict)
+    block = report.repeat_block(data)
+    p50 = next(line for line in block.splitlines() if "router/proxy p50" in line)
+    assert "1.00 ->" in p50 and f"{now:.2f}" in p50 and f"+{(now - 1) * 100:.1f}%" in p50, block
+    assert ("<- moved" in p50) == (verdict == "MISS"), p50
+    assert "latest.json" in block.splitlines()[0]
