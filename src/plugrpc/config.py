@@ -135,6 +135,14 @@ class Config:
     loop: LoopName = "auto"
     log_level: str = "info"
     log_json: bool = False
+    nats: str | None = None
+    """`--nats URL`: also serve on NATS (router/nats_bridge.py); None: the unix socket only."""
+    name: str | None = None
+    """`--name`: the router's name on NATS (default: the host name); set once `nats` is."""
+    nats_creds: Path | None = None
+    """`--nats-creds FILE`: a NATS credentials file (JWT and NKey seed)."""
+    nats_ca: Path | None = None
+    """`--nats-ca FILE`: a CA (PEM) to trust for `tls://` servers, beside the system's."""
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -148,6 +156,11 @@ class Config:
             raise ConfigError("max_inflight_per_client must be at least 1")
         if self.shutdown_grace < 0:
             raise ConfigError(f"--shutdown-grace (shutdown_grace) must be 0 or more seconds, got {self.shutdown_grace}")
+        if self.nats is not None:
+            from .nats_link import router_name, servers  # only routers on NATS load it
+
+            servers(self.nats)
+            self.name = router_name(self.name)
 
     def bind_socket(self) -> Socket:
         """Create the socket's private directory (when it is the default one) and bind it."""
