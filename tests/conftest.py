@@ -6,10 +6,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+
+from util import NatsServer
 
 LEFTOVERS = re.compile(r"plugrpc-\d+(-\w+)?|prpc-\w+|sup-\w+|exec\w+")
 """What the suite's routers (runtime and default socket directories), fixtures and tests create in /tmp."""
@@ -52,3 +56,20 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 _BEFORE = pytest.StashKey[set[str]]()
+
+
+@pytest.fixture
+def nats_server(plugrpc_tmp: Path) -> Iterator[Callable[..., NatsServer]]:
+    """Factory: `nats_server(config="...")` runs a real nats-server on 127.0.0.1 (stopped at teardown)."""
+    servers: list[NatsServer] = []
+
+    def start(config: str = "", start: bool = True) -> NatsServer:
+        server = NatsServer(plugrpc_tmp, config, start)
+        servers.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.stop(signal.SIGKILL)

@@ -7,8 +7,10 @@ loads it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import re
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -32,6 +34,8 @@ ANY: Final = "plugrpc.any."
 """`plugrpc.any.PLUGIN`: any router that runs PLUGIN (queue group `plugrpc`: NATS picks one)."""
 NO_RESPONDERS: Final = "503"
 """The Status header NATS answers a request with when nobody subscribes to its subject."""
+FIRST_CONNECT: Final = 5.0
+"""Seconds a caller's first connect may take (twice per server, a second apart, is usually well under it)."""
 INSTALL: Final = "NATS support needs nats-py: pip install 'plugrpc[nats]'"
 
 
@@ -47,6 +51,15 @@ def servers(url: str) -> list[str]:
     if not urls or bad:
         raise ConfigError(f"a NATS URL starts with nats:// or tls:// (several: comma-separated), got {url!r}")
     return urls
+
+
+def redacted(url: str) -> str:
+    """`url` fit for logs and error messages: a password or token in it replaced with `***`."""
+    return _SECRET.sub(lambda m: f"{m[1]}{m[2] + ':' if m[3] is not None else ''}***@", url)
+
+
+_SECRET: Final = re.compile(r"(\w+://)([^:/@,]*)(?::([^/@,]*))?@")
+"""`scheme://user:password@` or `scheme://token@`."""
 
 
 def router_name(name: str | None) -> str:
@@ -143,7 +156,10 @@ async def connect(url: str, *, creds: str | os.PathLike[str] | None = None, ca: 
     kwargs.update(_security(urls, creds, ca))
     nc = Nats()
     try:
-        await nc.connect(urls, **kwargs)
+        if forever:
+            await nc.connect(urls, **kwargs)
+        else:  # nats-py can wait for ever on a TLS handshake the server gave up on
+            await asyncio.wait_for(nc.connect(urls, **kwargs), FIRST_CONNECT)
     except BaseException:  # refused, or cancelled while retrying: stop what it started
         with contextlib.suppress(Exception):
             await nc.close()

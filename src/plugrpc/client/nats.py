@@ -28,7 +28,16 @@ from jsonrpcclient.requests import notification, request_pure
 from .. import codes
 from ..errors import ConfigError, ConnectError, ConnectionLost, MessageTooLarge, PluginUnavailable, RpcError
 from ..manifest import NAME_RE, RESERVED_NAMES
-from ..nats_link import NO_RESPONDERS, SERVICE, any_subject, call_subject, connect, is_nats_url, no_responders_reason
+from ..nats_link import (
+    NO_RESPONDERS,
+    SERVICE,
+    any_subject,
+    call_subject,
+    connect,
+    is_nats_url,
+    no_responders_reason,
+    redacted,
+)
 from ..wire import JSONDecodeError, loads
 from .aio import CLOSED, Client, _error, _expire
 
@@ -79,7 +88,7 @@ class NatsClient(Client):
         nc = self._nc
         state = "unconnected" if nc is None else "open" if nc.is_connected else "reconnecting"
         to = f" router={self.router}" if self.router else ""
-        return f"<NatsClient {self.url}{to} {state} pending={len(self._pending)}>"
+        return f"<NatsClient {redacted(self.url)}{to} {state} pending={len(self._pending)}>"
 
     async def connect(self) -> None:
         """Connect to NATS (calls do it on first use); raises ConnectError if no server answers."""
@@ -95,7 +104,7 @@ class NatsClient(Client):
                 raise
             except Exception as exc:
                 why = self._last_error or exc
-                raise ConnectError(f"cannot connect to NATS at {self.url}: {why}; start nats-server there, "
+                raise ConnectError(f"cannot connect to NATS at {redacted(self.url)}: {why}; start nats-server there, "
                                    "or check the URL and credentials") from exc
             self._prefix = nc.new_inbox() + "."
             await nc.subscribe(self._prefix + "*", cb=self._on_reply)
@@ -142,6 +151,8 @@ class NatsClient(Client):
                 try:
                     msg = await sub.next_msg(timeout=left if not found else min(left, FLEET_QUIET))
                 except Exception:  # nats-py's timeout: no more answers
+                    break
+                if not msg.data:  # NATS's "no responders": no router at all
                     break
                 info = loads(msg.data)
                 name = info.get("metadata", {}).get("name") if isinstance(info, dict) else None
@@ -195,7 +206,7 @@ class NatsClient(Client):
                           f"{nc.max_payload} bytes"})
         if not nc.is_connected:
             raise PluginUnavailable(codes.PLUGIN_UNAVAILABLE, _UNAVAILABLE, {
-                "reason": f"not connected to NATS at {self.url} (reconnecting); the call was not sent"})
+                "reason": f"not connected to NATS at {redacted(self.url)} (reconnecting); the call was not sent"})
         token = str(id)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
@@ -242,7 +253,8 @@ class NatsClient(Client):
         if self._closed or (self._nc is not None and self._nc.is_closed):
             return ConnectionLost(CLOSED)
         return PluginUnavailable(codes.PLUGIN_UNAVAILABLE, _UNAVAILABLE, {
-            "reason": f"NATS at {self.url} did not take the request ({exc or type(exc).__name__}); it was not sent"})
+            "reason": f"NATS at {redacted(self.url)} did not take the request ({exc or type(exc).__name__}); "
+                      "it was not sent"})
 
     def _fail_pending(self, error: Any, subject: str | None = None) -> None:
         """Fail the calls waiting (those sent to `subject` only, when given) with `error(subject)`."""

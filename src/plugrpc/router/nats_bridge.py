@@ -50,7 +50,7 @@ from nats.nuid import NUID
 from .. import __version__, codes
 from ..config import Config
 from ..manifest import RESERVED_NAMES
-from ..nats_link import QUEUE, SERVICE, any_subject, call_subject, connect
+from ..nats_link import QUEUE, SERVICE, any_subject, call_subject, connect, redacted
 from ..wire import JSONDecodeError, error_response, loads, request_problem
 from .front import Batch, _unencodable
 from .interfaces import Call, Message, Sink
@@ -186,7 +186,7 @@ class NatsBridge:
         self.max_payload = self.nc.max_payload
         self._said.clear()
         self.connected.set()
-        log.info("joined NATS at %s", self.nc.connected_url.netloc if self.nc.connected_url else self.url)
+        log.info("joined NATS at %s", redacted(self.url))
 
     async def _on_disconnected(self) -> None:
         self.connected.clear()
@@ -210,7 +210,7 @@ class NatsBridge:
         self._said.add(text)
         if self.nc is None:
             log.warning("cannot reach NATS at %s (%s): serving the unix socket, joining NATS as soon as it answers",
-                        self.url, text)
+                        redacted(self.url), text)
         else:
             log.warning("NATS: %s", text)
 
@@ -453,7 +453,17 @@ class Endpoint:
     def stats(self) -> dict[str, Any]:
         return {"name": self.name, "subject": self.subject, "queue_group": QUEUE, "num_requests": self.requests,
                 "num_errors": self.errors, "last_error": self.last_error, "processing_time": self.processing_ns,
-                "average_processing_time": self.processing_ns // self.requests if self.requests else 0}
+                "average_processing_time": self.processing_ns // self.requests if self.requests else 0,
+                "data": self.data()}
+
+    def data(self) -> dict[str, Any]:
+        """ADR-32's free `data`: the plugin's figures in the router (all callers), or the bridge's in-flight count."""
+        bridge = self.bridge
+        plugin = bridge.router.plugins.get(self.only) if self.only is not None else None
+        if plugin is None:
+            return {"inflight": bridge.inflight, "limit": bridge.limit}
+        status = plugin.status()
+        return {key: status.get(key) for key in ("state", "inflight", "calls", "errors", "p50_ms", "p99_ms")}
 
 
 class Service:
