@@ -48,20 +48,27 @@ so the peer starts on it while the rest is still being queued (measured: less CP
 time than one write per call or per turn at 10-1000 concurrent calls)."""
 
 
-class Client:
+class _ByTarget:
+    """Makes `Client(target)` a `NatsClient` (client/nats.py) when the target is a NATS URL.
+
+    A base class of its own, so that `Client`'s signature stays its `__init__`'s.
+    """
+
+    def __new__(cls, path: str | os.PathLike[str] | None = None, *args: Any, **options: Any) -> Any:
+        if cls is Client and is_nats_url(path):
+            from .nats import NatsClient  # only callers of NATS load nats-py
+
+            return super().__new__(NatsClient)
+        return super().__new__(cls)
+
+
+class Client(_ByTarget):
     """An async JSON-RPC client on one unix-socket connection; safe for many concurrent calls.
 
     `Client("nats://host:4222", router=NAME)` is a `NatsClient` (client/nats.py): the same calls
     through a fleet of routers on NATS, to router NAME or (no router) to any that runs the plugin;
     `creds` (a NATS credentials file) and `ca` (a CA to trust for `tls://`) are for NATS only.
     """
-
-    def __new__(cls, path: str | os.PathLike[str] | None = None, **options: Any) -> Client:
-        if cls is Client and is_nats_url(path):
-            from .nats import NatsClient  # only callers of NATS load nats-py
-
-            return super().__new__(NatsClient)
-        return super().__new__(cls)
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, timeout: float | None = None,
                  router: str | None = None, creds: str | os.PathLike[str] | None = None,

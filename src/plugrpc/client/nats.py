@@ -181,6 +181,8 @@ class NatsClient(Client):
     # --- internals ---------------------------------------------------------------------------
 
     async def _connection(self) -> Nats:
+        if self._closed:
+            raise ConnectionLost(CLOSED)
         if self._nc is None:
             await self.connect()
         assert self._nc is not None
