@@ -285,8 +285,18 @@ PERMISSIONS = """
 accounts {
   FLEET {
     users = [
-      # the routers: subscribe to their subjects, answer on any reply subject
-      {user: router, password: router-secret}
+      # each router: its own plugrpc.call subject, every plugrpc.any one, the Services API; it publishes
+      # nothing but answers (allow_responses), so it cannot pose as another router
+      {user: c1, password: c1-secret, permissions: {
+        subscribe: {allow: ["plugrpc.call.c1", "plugrpc.any.>", "$SRV.>"]}
+        publish: {allow: ["$SRV.none"]}
+        allow_responses: true
+      }}
+      {user: c2, password: c2-secret, permissions: {
+        subscribe: {allow: ["plugrpc.call.c2", "plugrpc.any.>", "$SRV.>"]}
+        publish: {allow: ["$SRV.none"]}
+        allow_responses: true
+      }}
       # an operator: may call every router
       {user: ops, password: ops-secret}
       # team A: router c1 by name, plugin ovs on any router, the Services API; nothing else
@@ -298,12 +308,14 @@ accounts {
   }
 }
 """
+"""The worked example of docs/fleet.md ("Who may call what"), as it is there."""
 
 
 async def test_subject_permissions_decide_which_routers_an_account_may_call(nats_server: Nats,
                                                                            plugrpc_router: Router) -> None:
     nats = nats_server(PERMISSIONS)
-    start_fleet(nats, plugrpc_router, EXAMPLE_ROOT, ["c1", "c2"], url=nats.url_for("router", "router-secret"))
+    for name in ("c1", "c2"):
+        start_fleet(nats, plugrpc_router, EXAMPLE_ROOT, [name], url=nats.url_for(name, f"{name}-secret"))
     async with NatsClient(nats.url_for("ops", "ops-secret"), timeout=TIMEOUT) as ops, \
             NatsClient(nats.url_for("team-a", "a-secret"), timeout=TIMEOUT) as team:
         assert isinstance(ops, NatsClient) and isinstance(team, NatsClient)
@@ -328,7 +340,7 @@ async def test_subject_permissions_decide_which_routers_an_account_may_call(nats
         async with NatsClient(ops.url, router="c2", timeout=TIMEOUT) as c2_ops:
             assert await c2_ops.raw("ovs.version") == "1.0alpha"
         assert await call_requests(ops.url, "c2") == 1
-    with pytest.raises(plugrpc.ConnectError, match="(?i)authorization violation") as refused:
+    with pytest.raises(plugrpc.ConnectError, match="(?i)authorization") as refused:
         await NatsClient(nats.url_for("team-a", "wrong")).connect()
     assert "wrong" not in str(refused.value) and "team-a:***@" in str(refused.value)  # no password in messages
 
