@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -31,7 +32,7 @@ from plugrpc.config import EXAMPLE_ROOT
 from plugrpc.testing import RouterProcess
 
 from reliability_plugins import FULL, figure
-from util import NatsServer, until, wait_until
+from util import REPO, NatsServer, until, wait_until
 
 Image = Callable[..., Path]
 Router = Callable[..., RouterProcess]
@@ -56,6 +57,7 @@ def seen():
 
 plugrpc.serve({"work": work, "seen": seen})
 '''
+GUIDE = (REPO / "docs" / "fleet.md").read_text()
 TIMEOUT = 2.0
 """The callers' timeout: a call at a router that died is given up on after this long."""
 FAST = 5.0
@@ -151,6 +153,21 @@ def test_two_routers_called_by_name_and_by_plugin_from_the_command_line(nats_ser
     # The unix socket serves as before.
     with routers["c1"].client() as c:
         assert c.raw("ovs.version") == "1.0alpha"
+
+
+def test_the_guides_python_example_runs_as_written(nats_server: Nats, plugrpc_router: Router) -> None:
+    nats = nats_server()
+    start_fleet(nats, plugrpc_router, EXAMPLE_ROOT, ["c1", "c2"])
+    [code] = [block for block in re.findall(r"```python\n(.*?)```", GUIDE, re.S) if "Client(" in block]
+
+    def run() -> subprocess.CompletedProcess[str] | None:
+        done = subprocess.run([sys.executable, "-c", code.replace("nats://127.0.0.1:4222", nats.url)],
+                              capture_output=True, text=True, timeout=60, check=False)
+        return done if done.returncode == 0 else None  # until both routers are on NATS
+
+    done = wait_until(run, "the guide's example to run", 30)
+    assert done.stdout == ("1.0alpha\n[1, 2, 3]\n1.0alpha\n"
+                           "{'status': 'ok', 'plugins': {'ovs': 'running', 'demo': 'running', 'node': 'stopped'}}\n")
 
 
 # --- balancing and a router killed -9 ------------------------------------------------------------------
@@ -309,6 +326,10 @@ accounts {
 }
 """
 """The worked example of docs/fleet.md ("Who may call what"), as it is there."""
+
+
+def test_the_guides_permissions_example_is_the_one_tested() -> None:
+    assert PERMISSIONS.strip() in GUIDE
 
 
 async def test_subject_permissions_decide_which_routers_an_account_may_call(nats_server: Nats,
