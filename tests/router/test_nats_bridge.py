@@ -173,3 +173,16 @@ async def test_a_flood_is_bounded_by_the_in_flight_limit_and_every_request_is_an
         assert stats["peak"] <= limit  # never more in flight from NATS than a socket client may have
         assert stats["calls"] == len(answered)  # what was refused never reached the plugin
         assert server.bridge is not None and server.bridge.inflight == 0
+
+
+async def test_a_router_joining_with_a_name_already_taken_says_so(nats_url: str, plugrpc_image: Image,
+                                                                  plugrpc_tmp: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    root = plugrpc_image({"a": ("a.py", ECHO, ECHO_EXPORTS)})
+    second = plugrpc_tmp / "second"
+    second.mkdir()
+    async with router_on(nats_url, root, plugrpc_tmp):
+        assert "another router is on NATS" not in caplog.text
+        async with router_on(nats_url, root, second):
+            pass
+    assert "another router is on NATS as t1" in caplog.text and "give each router its own --name" in caplog.text

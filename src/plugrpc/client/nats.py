@@ -19,7 +19,6 @@ import asyncio
 import itertools
 import logging
 import os
-import time
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
@@ -30,13 +29,13 @@ from ..errors import ConfigError, ConnectError, ConnectionLost, MessageTooLarge,
 from ..manifest import NAME_RE, RESERVED_NAMES
 from ..nats_link import (
     NO_RESPONDERS,
-    SERVICE,
     any_subject,
     call_subject,
     connect,
     is_nats_url,
     no_responders_reason,
     redacted,
+    services,
 )
 from ..wire import JSONDecodeError, loads
 from .aio import CLOSED, Client, _error, _expire
@@ -52,9 +51,7 @@ log = logging.getLogger("plugrpc.client")
 NATS_TIMEOUT: Final = 60.0
 """Seconds a call over NATS waits when neither the client nor the call sets a timeout."""
 FLEET_WAIT: Final = 2.0
-"""Seconds `routers()` listens for the Services API's answers at most..."""
-FLEET_QUIET: Final = 0.25
-"""...and once one came, until this long passes without another."""
+"""Seconds `routers()` listens for the Services API's answers at most."""
 _UNAVAILABLE: Final = codes.MESSAGES[codes.PLUGIN_UNAVAILABLE]
 
 
@@ -140,26 +137,7 @@ class NatsClient(Client):
 
     async def routers(self, wait: float = FLEET_WAIT) -> list[dict[str, Any]]:
         """The Services API's INFO of every router on NATS (one per router name), sorted by name."""
-        nc = await self._connection()
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox)
-        found: dict[str, dict[str, Any]] = {}
-        try:
-            await nc.publish(f"$SRV.INFO.{SERVICE}", b"", reply=inbox)
-            deadline = time.monotonic() + wait
-            while (left := deadline - time.monotonic()) > 0:
-                try:
-                    msg = await sub.next_msg(timeout=left if not found else min(left, FLEET_QUIET))
-                except Exception:  # nats-py's timeout: no more answers
-                    break
-                if not msg.data:  # NATS's "no responders": no router at all
-                    break
-                info = loads(msg.data)
-                name = info.get("metadata", {}).get("name") if isinstance(info, dict) else None
-                if isinstance(name, str):
-                    found[name] = info
-        finally:
-            await sub.unsubscribe()
+        found = {info["metadata"]["name"]: info for info in await services(await self._connection(), "INFO", wait)}
         return [found[name] for name in sorted(found)]
 
     async def fleet(self, wait: float = FLEET_WAIT) -> list[dict[str, Any]]:

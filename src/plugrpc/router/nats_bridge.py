@@ -50,7 +50,7 @@ from nats.nuid import NUID
 from .. import __version__, codes
 from ..config import Config
 from ..manifest import RESERVED_NAMES
-from ..nats_link import QUEUE, SERVICE, any_subject, call_subject, connect, redacted
+from ..nats_link import QUEUE, SERVICE, any_subject, call_subject, connect, redacted, services
 from ..wire import JSONDecodeError, error_response, loads, request_problem
 from .front import Batch, _unencodable
 from .interfaces import Call, Message, Sink
@@ -73,6 +73,10 @@ PING_TYPE: Final = "io.nats.micro.v1.ping_response"
 INFO_TYPE: Final = "io.nats.micro.v1.info_response"
 STATS_TYPE: Final = "io.nats.micro.v1.stats_response"
 VERBS: Final = ("PING", "INFO", "STATS")
+NAME_CHECK: Final = 0.5
+"""Seconds a joining router listens for others with its name, at most (none at all: no wait)."""
+RETRY: Final = 1.0
+"""Seconds before registering again after the connection went while subscribing."""
 CLOSE_WAIT: Final = 2.0
 """Seconds shutdown waits for the last answers to leave before it closes the connection."""
 _dumps = orjson.dumps
@@ -94,6 +98,7 @@ class NatsBridge:
         self.limit = config.max_inflight_per_client
         self.resume_at = self.limit // 2
         self.max_line = config.max_line
+        self.grace = config.shutdown_grace
         # the connection
         self.nc: Nats | None = None
         self.max_payload = 1 << 20
@@ -123,16 +128,38 @@ class NatsBridge:
         """Connect in the background (retrying every second while NATS is away) and register."""
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._run()), loop.create_task(self._publisher())]
+        for task in self._tasks:
+            task.add_done_callback(_log_failure)
 
     async def _run(self) -> None:
         self.nc = await connect(self.url, creds=self.creds, ca=self.ca, name=f"plugrpc router {self.name}",
                                 forever=True, error_cb=self._on_error, disconnected_cb=self._on_disconnected,
                                 reconnected_cb=self._on_reconnected)
         self._joined()
+        await self._check_name()
         while True:
             self._changed.clear()
-            await self._register()
+            try:
+                await self._register()
+            except NatsError as exc:  # the connection went while subscribing: again once it is back
+                log.warning("could not register on NATS (%s); trying again", exc)
+                self._changed.set()
+                await asyncio.sleep(RETRY)
             await self._changed.wait()
+
+    async def _check_name(self) -> None:
+        """NAME must be unique in the fleet: say so loudly when another router already answers as NAME."""
+        assert self.nc is not None
+        try:
+            others = await services(self.nc, "PING", NAME_CHECK)
+        except NatsError as exc:
+            log.debug("could not ask NATS for other routers: %s", exc)
+            return
+        for other in others:
+            if other["metadata"]["name"] == self.name:
+                log.error("another router is on NATS as %s (host %s): calls to plugrpc.call.%s go to either of "
+                          "them; give each router its own --name", self.name, other["metadata"].get("host"),
+                          self.name)
 
     async def _register(self) -> None:
         """Serve the router's plugins as they are now: a new service instance, then stop the previous one."""
@@ -163,7 +190,10 @@ class NatsBridge:
         self._tasks[0].cancel()
         await asyncio.gather(self._tasks[0], return_exceptions=True)
         if self.service is not None:
-            await self.service.stop()
+            try:  # what the subscriptions hold is still served, for as long as calls get to finish
+                await asyncio.wait_for(self.service.stop(), self.grace)
+            except TimeoutError:
+                log.warning("left NATS with requests still queued (--shutdown-grace)")
 
     async def aclose(self) -> None:
         """Shutdown, once the router has answered everything: send the last answers, leave NATS."""
@@ -346,6 +376,13 @@ class NatsBridge:
                     await nc.publish(to, body)
                 except NatsError:  # closed, or its buffer for an outage is full: the caller times out
                     self._unsent += 1
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """The bridge's tasks run for the router's life: one that fails says so (the socket serves on)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the NATS bridge stopped: %r; the unix socket still serves", task.exception(),
+                  exc_info=task.exception())
 
 
 class NatsRequest:

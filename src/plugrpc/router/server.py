@@ -145,10 +145,12 @@ class Server:
 
 def _nats_bridge() -> type[NatsBridge]:
     """The NATS bridge class, imported only by routers that use it; without nats-py, say what to install."""
+    from ..nats_link import INSTALL, lacks_nats
+
     try:
         from .nats_bridge import NatsBridge
-    except ImportError:
-        from ..nats_link import INSTALL
-
+    except ModuleNotFoundError as exc:
+        if not lacks_nats(exc):
+            raise
         raise ConfigError(INSTALL) from None
     return NatsBridge
