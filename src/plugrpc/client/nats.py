@@ -79,7 +79,8 @@ class NatsClient(Client):
         self._ids = itertools.count(1)
         self._closed = False
         self._connect_lock = asyncio.Lock()
-        self._last_error: Exception | None = None
+        self._errors: list[Exception] = []
+        """What nats-py reported while connecting, for the ConnectError if it fails."""
 
     def __repr__(self) -> str:
         nc = self._nc
@@ -100,7 +101,7 @@ class NatsClient(Client):
             except ConfigError:
                 raise
             except Exception as exc:
-                why = self._last_error or exc
+                why = "; then ".join(dict.fromkeys(map(str, self._errors))) or str(exc)
                 raise ConnectError(f"cannot connect to NATS at {redacted(self.url)}: {why}; start nats-server there, "
                                    "or check the URL and credentials") from exc
             self._prefix = nc.new_inbox() + "."
@@ -253,7 +254,8 @@ class NatsClient(Client):
 
     async def _on_error(self, exc: Exception) -> None:
         """nats-py's asynchronous errors: a publish the account may not make fails its calls at once."""
-        self._last_error = exc
+        if self._nc is None:
+            self._errors.append(exc)
         text = str(exc)
         if "permissions violation for publish to" in text:  # nats-py lowercases the server's -ERR
             subject = text.rsplit(" ", 1)[-1].strip("'\"")
