@@ -374,7 +374,7 @@ class NatsBridge:
             for to, body in out:
                 try:
                     await nc.publish(to, body)
-                except NatsError:  # closed, or its buffer for an outage is full: the caller times out
+                except (NatsError, OSError, ValueError):  # closed, or its outage buffer full: the caller times out
                     self._unsent += 1
 
 
