@@ -180,7 +180,7 @@ async def _fleet_start(lab: Lab, settings: Settings, name: str) -> dict[str, Any
         finally:
             await conns.aclose()
         await asyncio.sleep(settings.idle_settle)
-        roles = router_roles(child.pid)
+        roles = router_roles([child.pid])
         rss = rss_of(roles)
         plugin_rss = [rss_kib(p) for p in roles["plugin"]]
     finally:

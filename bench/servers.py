@@ -134,7 +134,7 @@ class Router:
         env = dict(os.environ, XDG_RUNTIME_DIR=os.fspath(lab.fresh_dir(f"{self.name}-run")))
         child = lab.fleet.spawn(self.name, argv, env=env)
         await wait_connectable(path, child)
-        server = Server(os.fspath(path), child, lambda: router_roles(child.pid))
+        server = Server(os.fspath(path), child, lambda: router_roles([child.pid]))
         for method in self.methods:
             await lab.check_echo(server, method)
         return server
@@ -156,12 +156,12 @@ class Exec:
         return Server("", None, _no_roles, command)
 
 
-def router_roles(pid: int) -> dict[str, list[int]]:
-    """The processes of the router `pid` by role: itself, its SDK plugins (echo, relay), and any other child it runs."""
-    kids = children_of(pid)
+def router_roles(routers: list[int]) -> dict[str, list[int]]:
+    """The processes of routers and what they started: the routers, their SDK plugins (echo, relay), their helpers."""
+    kids = [p for pid in routers for p in children_of(pid)]
     plugins = [p for p in kids if _runs(p, PLUGIN_FILE) or _runs(p, RELAY_FILE)]
     helpers = [p for p in kids if p not in plugins]
-    out = {"router": [pid], "plugin": plugins}
+    out = {"router": list(routers), "plugin": plugins}
     if helpers:
         out["router helpers"] = helpers  # e.g. its watchdog process, charged separately
     return out

@@ -281,6 +281,13 @@ TARGETS: Final = [
            _fanout, lambda v: v >= 50, ">= 50"),
     Target("p2p-call-vs-client-call", "a plugin-to-plugin call costs <= 1.2x a client call through the router",
            _r("p2p", "client", LAT1, "p50_us"), lambda v: v <= 1.2, "<= 1.2"),
+    # NATS (issue 14): ratios to the NATS floor (bare nats-py request-reply to a bare responder) in the same round.
+    Target("nats-router-p50-vs-floor", "router over NATS p50 <= 1.3x the NATS floor p50",
+           _r("nats_router", "nats_floor", LAT1, "p50_us"), lambda v: v <= 1.3, "<= 1.3"),
+    Target("nats-router-tput64-vs-floor", "router over NATS throughput at 64 callers >= 0.8x the NATS floor's",
+           _r("nats_router", "nats_floor", "conns-c64-100B", "throughput"), lambda v: v >= 0.8, ">= 0.8"),
+    Target("nats-any3-tput64-vs-one", "3 routers behind plugrpc.any lose nothing against one router (64 callers)",
+           _r("nats_any3", "nats_router", "conns-c64-100B", "throughput"), lambda v: v >= 1.0, ">= 1.0"),
     Target("ratios-repeat-vs-previous", f"key ratios repeat within {REPEAT_PCT:g}% of the previous full run", _repeat,
            lambda v: v <= REPEAT_PCT, f"<= {REPEAT_PCT:g}", per_round=False),
 ]

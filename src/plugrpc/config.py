@@ -137,6 +137,14 @@ class Config:
     loop: LoopName = "auto"
     log_level: str = "info"
     log_json: bool = False
+    nats: str | None = None
+    """`--nats URL`: also serve on NATS (router/nats_bridge.py); None: the unix socket only."""
+    name: str | None = None
+    """`--name`: the router's name on NATS (default: the host name); set once `nats` is."""
+    nats_creds: Path | None = None
+    """`--nats-creds FILE`: a NATS credentials file (JWT and NKey seed)."""
+    nats_ca: Path | None = None
+    """`--nats-ca FILE`: a CA (PEM) to trust for `tls://` servers, beside the system's."""
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -152,6 +160,14 @@ class Config:
             raise ConfigError(f"--event-queue (event_queue) must be at least 1, got {self.event_queue}")
         if self.shutdown_grace < 0:
             raise ConfigError(f"--shutdown-grace (shutdown_grace) must be 0 or more seconds, got {self.shutdown_grace}")
+        if self.nats is not None:
+            from .nats_link import router_name, servers  # only routers on NATS load it
+
+            servers(self.nats)
+            self.name = router_name(self.name)
+            for option, path in (("--nats-creds", self.nats_creds), ("--nats-ca", self.nats_ca)):
+                if path is not None and not Path(path).is_file():
+                    raise ConfigError(f"{option}: no such file: {path}")
 
     def bind_socket(self) -> Socket:
         """Create the socket's private directory (when it is the default one) and bind it."""

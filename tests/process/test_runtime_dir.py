@@ -13,7 +13,7 @@ from plugrpc.process.runtime_dir import RuntimeDir, remove_stale
 from plugrpc.testing import RouterProcess
 
 from plugin_sources import OVS
-from util import WAIT
+from util import WAIT, wait_until
 
 
 def test_runtime_dir_is_private_named_after_its_router_and_removable(plugrpc_tmp: Path) -> None:
@@ -57,7 +57,9 @@ def test_a_router_killed_with_sigkill_has_its_directory_removed_by_the_next(
     second = RouterProcess(root, plugrpc_tmp / "two.sock", env={"XDG_RUNTIME_DIR": str(xdg)}).wait_ready()
     try:
         assert not left[0].exists()
-        assert "removed 1 runtime directory left by routers that were killed" in second.log()
+        # The socket accepts (wait_ready) a moment before the cleanup logs: wait for the line.
+        wait_until(lambda: "removed 1 runtime directory left by routers that were killed" in second.log(),
+                   "the cleanup's log line")
     finally:
         assert second.stop() == 0
     assert [path for path in xdg.iterdir() if path.name.startswith("plugrpc-")] == []

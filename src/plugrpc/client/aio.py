@@ -31,7 +31,8 @@ from jsonrpcclient.responses import to_response
 
 from .. import codes
 from ..config import default_socket
-from ..errors import CallTimeout, ConnectError, ConnectionLost, RpcError, rpc_error
+from ..errors import CallTimeout, ConfigError, ConnectError, ConnectionLost, RpcError, rpc_error
+from ..nats_link import is_nats_url
 from ..outbox import LineWriter, Outbox
 from ..wire import DEFAULT_MAX_LINE, JSONDecodeError, LineSplitter, LineTooLong, dumps, loads
 from .events import MAXSIZE, Subscription
@@ -58,10 +59,33 @@ Progress = Callable[[Any], Any]
 """`raw(..., progress=fn)`: called with each value the plugin reports (an awaitable it returns is run)."""
 
 
-class Client:
-    """An async JSON-RPC client on one unix-socket connection; safe for many concurrent calls."""
+class _ByTarget:
+    """Makes `Client(target)` a `NatsClient` (client/nats.py) when the target is a NATS URL.
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, *, timeout: float | None = None) -> None:
+    A base class of its own, so that `Client`'s signature stays its `__init__`'s.
+    """
+
+    def __new__(cls, path: str | os.PathLike[str] | None = None, *args: Any, **options: Any) -> Any:
+        if cls is Client and is_nats_url(path):
+            from .nats import NatsClient  # only callers of NATS load nats-py
+
+            return super().__new__(NatsClient)
+        return super().__new__(cls)
+
+
+class Client(_ByTarget):
+    """An async JSON-RPC client on one unix-socket connection; safe for many concurrent calls.
+
+    `Client("nats://host:4222", router=NAME)` is a `NatsClient` (client/nats.py): the same calls
+    through a fleet of routers on NATS, to router NAME or (no router) to any that runs the plugin;
+    `creds` (a NATS credentials file) and `ca` (a CA to trust for `tls://`) are for NATS only.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, timeout: float | None = None,
+                 router: str | None = None, creds: str | os.PathLike[str] | None = None,
+                 ca: str | os.PathLike[str] | None = None) -> None:
+        if router is not None or creds is not None or ca is not None:
+            raise ConfigError(f"router=, creds= and ca= are for NATS URLs (nats://, tls://), not the socket {path}")
         self.path = Path(path) if path is not None else default_socket()
         self.timeout = timeout
         """Default seconds a call may take (None: wait as long as the router lets it run)."""

@@ -27,8 +27,10 @@ T = TypeVar("T")
 class BlockingClient:
     """Blocking twin of `Client`: `with BlockingClient(path) as c: c.raw("ovs.version", {})`."""
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, *, timeout: float | None = None) -> None:
-        self._client = Client(path, timeout=timeout)
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, timeout: float | None = None,
+                 router: str | None = None, creds: str | os.PathLike[str] | None = None,
+                 ca: str | os.PathLike[str] | None = None) -> None:
+        self._client = Client(path, timeout=timeout, router=router, creds=creds, ca=ca)
         self._loop = loop_factory("auto")()
         self._thread = threading.Thread(target=self._loop.run_forever, name="plugrpc-client", daemon=True)
         self._thread.start()

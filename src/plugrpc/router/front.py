@@ -19,7 +19,7 @@ import asyncio
 import logging
 import socket
 import struct
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 import orjson
 
@@ -234,6 +234,18 @@ class FrontProtocol(LineWriter, asyncio.Protocol):
             self.events.resume()
 
 
+class BatchOwner(Protocol):
+    """Whoever received a batch: a client connection, or a NATS request (router/nats_bridge.py)."""
+
+    def track(self, call: Call) -> None: ...
+
+    def finished(self, call: Call) -> None: ...
+
+    def cancel(self, id: Any) -> bool: ...
+
+    def queue(self, line: bytes) -> None: ...
+
+
 class Batch:
     """Collects the answers of one batch request and sends them as one array (JSON-RPC 2.0 §6).
 
@@ -243,7 +255,7 @@ class Batch:
 
     __slots__ = ("front", "responses", "remaining", "sealed")
 
-    def __init__(self, front: FrontProtocol) -> None:
+    def __init__(self, front: BatchOwner) -> None:
         self.front = front
         self.responses: list[Message] = []
         self.remaining = 0
@@ -266,10 +278,12 @@ class Batch:
     def cancel(self, id: Any) -> bool:
         return self.front.cancel(id)
 
-    def seal(self) -> None:
-        """Every element has been routed; send once the last answer is in."""
+    def seal(self) -> bool:
+        """Every element has been routed; send once the last answer is in. False: notifications only, no answer."""
         self.sealed = True
+        answers = bool(self.remaining or self.responses)
         self._maybe_send()
+        return answers
 
     def _maybe_send(self) -> None:
         # A batch of notifications only gets no response at all.

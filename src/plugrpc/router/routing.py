@@ -90,6 +90,8 @@ class Router:
         self._heap_used = False
         """Whether calls finished since memory was last given back (see `_sweep`)."""
         self._reload_lock = asyncio.Lock()
+        self.on_routes: list[Callable[[], None]] = []
+        """Called after the routing table changes (start, reload): the NATS bridge re-registers its subjects."""
         self._publish()
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -127,6 +129,8 @@ class Router:
         routes["router"] = self.builtins
         routes["rpc"] = self.builtins.rpc
         self.routes = routes
+        for hook in self.on_routes:
+            hook()
 
     async def reload(self) -> dict[str, list[str]]:
         """Re-read the manifest: start new plugins, swap changed ones, drain and stop removed ones.

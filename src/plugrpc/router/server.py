@@ -12,14 +12,18 @@ import asyncio
 import contextlib
 import logging
 import signal
+from typing import TYPE_CHECKING
 
 from ..config import BACKLOG, Config, loop_factory
-from ..errors import ManifestError
+from ..errors import ConfigError, ManifestError
 from ..manifest import load_manifest
 from ..process.runtime_dir import RuntimeDir
 from .front import FrontProtocol
 from .memory import keep_large_buffers
 from .routing import Router
+
+if TYPE_CHECKING:
+    from .nats_bridge import NatsBridge
 
 log = logging.getLogger("plugrpc.server")
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -37,6 +41,8 @@ class Server:
         self._runtime_dir: RuntimeDir | None = None
         self._bound = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self.bridge: NatsBridge | None = None
+        """The router's NATS side, with `--nats` (router/nats_bridge.py)."""
 
     def run(self) -> None:
         """Serve until SIGINT/SIGTERM, on the configured event loop (this process is the router's)."""
@@ -61,6 +67,7 @@ class Server:
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         # Everything that can be refused is checked before any process starts.
         manifest = load_manifest(config.root)
+        bridge = _nats_bridge() if config.nats else None
         sock = config.bind_socket()
         self._bound = True
         self._runtime_dir = RuntimeDir()
@@ -74,6 +81,9 @@ class Server:
             for name, plugin in router.plugins.items()
         )
         log.info("router ready on %s; plugins: %s", config.socket, plugins or "none")
+        if bridge is not None:  # after the socket: NATS being away never delays it
+            self.bridge = bridge(router, config)
+            self.bridge.start()
         self.started.set()
 
     def _on_sighup(self) -> None:
@@ -105,6 +115,8 @@ class Server:
             self._server.close()
         if self._bound:
             self.config.unbind_socket()
+        if self.bridge is not None:
+            await self.bridge.stop_serving()
         router = self.router
         if router is not None:
             if router.inflight():
@@ -115,6 +127,8 @@ class Server:
             router.fail_all("the router is shutting down")  # answered -32001 before their clients close
             for client in list(router.clients):
                 client.close()
+            if self.bridge is not None:
+                await self.bridge.aclose()
             await router.aclose()
         if self._server is not None:
             await self._server.wait_closed()
@@ -127,3 +141,16 @@ class Server:
 
     def _already_stopping(self, sig: signal.Signals) -> None:
         log.info("got %s while shutting down; still finishing the shutdown", sig.name)
+
+
+def _nats_bridge() -> type[NatsBridge]:
+    """The NATS bridge class, imported only by routers that use it; without nats-py, say what to install."""
+    from ..nats_link import INSTALL, lacks_nats
+
+    try:
+        from .nats_bridge import NatsBridge
+    except ModuleNotFoundError as exc:
+        if not lacks_nats(exc):
+            raise
+        raise ConfigError(INSTALL) from None
+    return NatsBridge

@@ -29,14 +29,33 @@ def run(config: Config | None = None) -> None:
 
 
 def call(method: str, params: Any = None, *, socket: str | os.PathLike[str] | None = None,
-         timeout: float | None = None) -> Any:
-    """Call `method` through the router at `socket` and return its result (raises `RpcError`)."""
+         timeout: float | None = None, nats: str | None = None, router: str | None = None,
+         creds: str | os.PathLike[str] | None = None, ca: str | os.PathLike[str] | None = None) -> Any:
+    """Call `method` through the router at `socket` and return its result (raises `RpcError`).
+
+    With `nats` (a NATS URL), through router `router`, or any router that runs the plugin.
+    """
 
     async def _call() -> Any:
-        async with Client(socket, timeout=timeout) as client:
+        target = socket if nats is None else nats
+        async with Client(target, timeout=timeout, router=router, creds=creds, ca=ca) as client:
             return await client.raw(method, params)
 
     return asyncio.run(_call())
+
+
+def fleet_status(nats: str, *, creds: str | os.PathLike[str] | None = None, ca: str | os.PathLike[str] | None = None,
+                 timeout: float | None = None) -> list[dict[str, Any]]:
+    """Every plugin of every router on NATS: rows of `router.plugins`, each with its `router` (`NatsClient.fleet`)."""
+
+    from ..client.nats import NatsClient
+
+    async def _fleet() -> list[dict[str, Any]]:
+        client = NatsClient(nats, timeout=timeout, creds=creds, ca=ca)
+        async with client:
+            return await client.fleet()
+
+    return asyncio.run(_fleet())
 
 
 def status(*, socket: str | os.PathLike[str] | None = None, timeout: float | None = None) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
     plugrpc run    [--root DIR] [--socket PATH] ...   serve an image's plugins
     plugrpc call   [--socket PATH] METHOD [PARAMS]    call a method, print its result as JSON
     plugrpc status [--socket PATH] [--json]           a table of the plugins of a running router
+    (run, call and status take --nats URL: a fleet of routers on NATS, docs/fleet.md)
     plugrpc reload [--socket PATH] [--json]           make a running router re-read its manifest
     plugrpc events [--socket PATH] [PATTERN ...]      print events as they come, one JSON line each
     plugrpc new    NAME [--dir DIR]                   write a plugin skeleton, its manifest entry, a test
@@ -33,6 +34,16 @@ def _octal(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an octal mode like 0600, got {text!r}") from None
 
 
+def _nats_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """--nats URL and its credentials and TLS (docs/fleet.md)."""
+    parser.add_argument("--nats", metavar="URL", default=None,
+                        help=f"{what} (nats://[user:password@|token@]host:4222 or tls://...; several: comma-separated)")
+    parser.add_argument("--nats-creds", type=Path, default=None, metavar="FILE",
+                        help="a NATS credentials file (JWT and NKey seed) to authenticate with")
+    parser.add_argument("--nats-ca", type=Path, default=None, metavar="FILE",
+                        help="a CA certificate (PEM) to trust for tls:// servers, beside the system's")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="plugrpc", description="Plugins as persistent JSON-RPC 2.0 servers.")
     parser.add_argument("--version", action="version", version=f"plugrpc {__version__}")
@@ -61,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                      help="least severe log records shown, plugins' output included (default: info)")
     run.add_argument("--log-json", action="store_true", help="log JSON lines instead of text")
+    _nats_options(run, "also serve on NATS: plugrpc.call.NAME, plugrpc.any.PLUGIN, service plugrpc")
+    run.add_argument("--name", default=None,
+                     help="the router's name on NATS, unique in the fleet (default: the host name)")
 
     call = sub.add_parser("call", help="call METHOD through a running router and print the result",
                           description="Print the result as JSON on stdout; on a JSON-RPC error print it on "
@@ -69,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                       help="give up after this long with -32002 (default: wait as long as the router lets the "
                            "call run, which is the plugin's own timeout, 30 s unless its manifest says otherwise)")
+    _nats_options(call, "call over NATS instead of the socket")
+    call.add_argument("--router", default=None, metavar="NAME",
+                      help="with --nats: the router to call (default: any router that runs the plugin)")
     call.add_argument("method", metavar="METHOD", help="plugin.method, e.g. ovs.version")
     call.add_argument("params", metavar="PARAMS_JSON", nargs="?", default=None,
                       help="params as a JSON object or array, e.g. '{\"a\": 1}'")
@@ -78,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
                                       "calls, errors and latency percentiles (from router.plugins).")
     stat.add_argument("--socket", type=Path, default=None, help=socket_help)
     stat.add_argument("--json", action="store_true", help="print router.plugins as JSON instead of a table")
+    _nats_options(stat, "every router of the fleet on NATS, with a ROUTER column")
 
     reload = sub.add_parser("reload", help="make a running router re-read its manifest (as SIGHUP does)",
                             description="New plugins start, removed ones drain and stop, changed ones are swapped "
@@ -119,7 +137,20 @@ def _config(args: argparse.Namespace) -> Config:
         options["shutdown_grace"] = args.shutdown_grace
     if args.event_queue is not None:
         options["event_queue"] = args.event_queue
+    if args.nats is not None:
+        options.update(nats=args.nats, name=args.name, nats_creds=args.nats_creds, nats_ca=args.nats_ca)
+    elif args.name is not None:
+        raise ConfigError("--name is the router's name on NATS: it needs --nats URL")
     return Config(**options)
+
+
+def _nats(args: argparse.Namespace) -> dict[str, Any]:
+    """The NATS options of `call` and `status`, as `api` takes them."""
+    if args.nats is None:
+        if args.nats_creds or args.nats_ca or getattr(args, "router", None):
+            raise ConfigError("--router, --nats-creds and --nats-ca go with --nats URL")
+        return {}
+    return {"nats": args.nats, "creds": args.nats_creds, "ca": args.nats_ca}
 
 
 def _call(args: argparse.Namespace) -> int:
@@ -134,7 +165,8 @@ def _call(args: argparse.Namespace) -> int:
             print("plugrpc: PARAMS_JSON must be a JSON object or array", file=sys.stderr)
             return 2
     try:
-        result = api.call(args.method, params, socket=args.socket, timeout=args.timeout)
+        result = api.call(args.method, params, socket=args.socket, timeout=args.timeout, router=args.router,
+                          **_nats(args))
     except RpcError as exc:
         return _print_error(exc)
     except ConnectionLost as exc:
@@ -152,11 +184,12 @@ def _print_error(exc: RpcError) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    plugins = api.status(socket=args.socket)
+    nats = _nats(args)
+    plugins = api.fleet_status(**nats) if nats else api.status(socket=args.socket)
     if args.json:
         sys.stdout.buffer.write(orjson.dumps(plugins) + b"\n")
     else:
-        sys.stdout.write(status.render(plugins))
+        sys.stdout.write(status.render(plugins, status.FLEET_COLUMNS if nats else status.COLUMNS))
     return 0
 
 

@@ -80,20 +80,23 @@ COLUMNS: Final[tuple[tuple[str, Callable[[Mapping[str, Any]], str]], ...]] = (
     ("P50_MS", _field("p50_ms", millis)),
     ("P99_MS", _field("p99_ms", millis)),
 )
-_LEFT: Final = frozenset({"NAME", "MODE", "STATE", "LAST_EXIT"})
+FLEET_COLUMNS: Final = (("ROUTER", _field("router", _plain)), *COLUMNS)
+"""`plugrpc status --nats`: every router's plugins in one table, the router's name first."""
+_LEFT: Final = frozenset({"ROUTER", "NAME", "MODE", "STATE", "LAST_EXIT"})
 """Text columns are left-aligned, numbers right-aligned."""
 
 
-def render(plugins: Sequence[Mapping[str, Any]]) -> str:
+def render(plugins: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, Callable[[Mapping[str, Any]], str]]]
+           = COLUMNS) -> str:
     """The table for `plugrpc status`, one line per plugin under a header, ending in a newline."""
-    rows = [[header for header, _ in COLUMNS]]
-    rows += [[show(plugin) for _, show in COLUMNS] for plugin in plugins]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    rows = [[header for header, _ in columns]]
+    rows += [[show(plugin) for _, show in columns] for plugin in plugins]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
     lines = []
     for row in rows:
         cells = [
             cell.ljust(width) if header in _LEFT else cell.rjust(width)
-            for cell, width, (header, _) in zip(row, widths, COLUMNS, strict=True)
+            for cell, width, (header, _) in zip(row, widths, columns, strict=True)
         ]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines) + "\n"

@@ -1,0 +1,266 @@
+"""`NatsClient`: `Client` over NATS, to one router by name or to any router that runs the plugin.
+
+    async with plugrpc.Client("nats://host:4222", router="c1") as c:
+        await c.raw("ovs.version")       # a request on plugrpc.call.c1
+
+Without `router`, `ovs.version` goes to `plugrpc.any.ovs`, which NATS hands to one of the routers
+that run ovs. Every call has its own reply subject under one inbox subscription, so calls run
+concurrently, matched by that subject. The errors are the socket's: a JSON-RPC error raises its
+`RpcError`; nobody serving the subject, NATS not connected, or the connection lost with the call
+in flight, -32001 (the call may have run: it is never sent again); no answer within the timeout,
+-32002; a request over the server's payload limit, -32004. A router that dies with a call says
+nothing, so over NATS a call always has a timeout: `NATS_TIMEOUT` unless the client or the call
+gives one. `Client("nats://...")` makes one of these; this module is imported only then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+from jsonrpcclient.requests import notification, request_pure
+
+from .. import codes
+from ..errors import ConfigError, ConnectError, ConnectionLost, MessageTooLarge, PluginUnavailable, RpcError
+from ..manifest import NAME_RE, RESERVED_NAMES
+from ..nats_link import (
+    NO_RESPONDERS,
+    any_subject,
+    call_subject,
+    connect,
+    is_nats_url,
+    no_responders_reason,
+    redacted,
+    services,
+)
+from ..wire import JSONDecodeError, loads
+from .aio import CLOSED, Client, _error, _expire
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as Nats
+    from nats.aio.msg import Msg
+
+__all__ = ["NatsClient"]
+
+log = logging.getLogger("plugrpc.client")
+
+NATS_TIMEOUT: Final = 60.0
+"""Seconds a call over NATS waits when neither the client nor the call sets a timeout."""
+FLEET_WAIT: Final = 2.0
+"""Seconds `routers()` listens for the Services API's answers at most."""
+_UNAVAILABLE: Final = codes.MESSAGES[codes.PLUGIN_UNAVAILABLE]
+
+
+class NatsClient(Client):
+    """`Client` over NATS (see the module docstring); the same methods, errors and timeouts."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, timeout: float | None = None,
+                 router: str | None = None, creds: str | os.PathLike[str] | None = None,
+                 ca: str | os.PathLike[str] | None = None) -> None:
+        if not is_nats_url(path):
+            raise ConfigError(f"NatsClient takes a NATS URL (nats://host:4222, tls://...), got {path!r}")
+        if router is not None and not NAME_RE.fullmatch(router):
+            raise ConfigError(f"router must be a router's name (letters, digits, '_', '-'), got {router!r}")
+        assert isinstance(path, str)
+        self.url = path
+        self.router = router
+        self.timeout = timeout
+        """Default seconds a call may take (None: `NATS_TIMEOUT`)."""
+        self._creds, self._ca = creds, ca
+        self._nc: Nats | None = None
+        self._prefix = ""
+        """The inbox every reply subject of this client starts with."""
+        self._pending: dict[str, tuple[str, asyncio.Future[Any]]] = {}
+        """Calls waiting for their answer, by reply token: (the subject they went to, their future)."""
+        self._ids = itertools.count(1)
+        self._closed = False
+        self._connect_lock = asyncio.Lock()
+        self._errors: list[Exception] = []
+        """What nats-py reported while connecting, for the ConnectError if it fails."""
+
+    def __repr__(self) -> str:
+        nc = self._nc
+        state = "unconnected" if nc is None else "open" if nc.is_connected else "reconnecting"
+        to = f" router={self.router}" if self.router else ""
+        return f"<NatsClient {redacted(self.url)}{to} {state} pending={len(self._pending)}>"
+
+    async def connect(self) -> None:
+        """Connect to NATS (calls do it on first use); raises ConnectError if no server answers."""
+        async with self._connect_lock:
+            if self._closed:
+                raise ConnectionLost(CLOSED)
+            if self._nc is not None:
+                return
+            try:
+                nc = await connect(self.url, creds=self._creds, ca=self._ca, name="plugrpc client", forever=False,
+                                   error_cb=self._on_error, disconnected_cb=self._on_disconnected)
+            except ConfigError:
+                raise
+            except Exception as exc:
+                why = "; then ".join(dict.fromkeys(map(str, self._errors))) or str(exc)
+                raise ConnectError(f"cannot connect to NATS at {redacted(self.url)}: {why}; start nats-server there, "
+                                   "or check the URL and credentials") from exc
+            self._prefix = nc.new_inbox() + "."
+            await nc.subscribe(self._prefix + "*", cb=self._on_reply)
+            self._nc = nc
+
+    async def raw(self, method: str, params: Any = None, *, timeout: float | None = None) -> Any:
+        """Call `method` on the client's router (or any router that runs its plugin); see `Client.raw`."""
+        return await self._request(self._subject(method), method, params, timeout)
+
+    async def notify(self, method: str, params: Any = None) -> None:
+        """Publish a notification (no reply subject): no response, no error; see `Client.notify`."""
+        nc = await self._connection()
+        subject = self._subject(method)
+        try:
+            await nc.publish(subject, orjson.dumps(notification(method, params)))
+        except Exception as exc:
+            raise self._lost(exc) from exc
+
+    async def close(self) -> None:
+        """Close the connection; calls in flight and later calls fail with ConnectionLost."""
+        self._closed = True
+        self._fail_pending(lambda _: ConnectionLost(CLOSED))
+        nc = self._nc
+        if nc is not None and not nc.is_closed:
+            if nc.is_connected:
+                try:
+                    await nc.flush(timeout=2)  # notifications sent just before leave first
+                except Exception as exc:  # closing anyway
+                    log.debug("NATS flush at close: %s", exc)
+            await nc.close()
+
+    # --- the fleet -------------------------------------------------------------------------
+
+    async def routers(self, wait: float = FLEET_WAIT) -> list[dict[str, Any]]:
+        """The Services API's INFO of every router on NATS (one per router name), sorted by name."""
+        found = {info["metadata"]["name"]: info for info in await services(await self._connection(), "INFO", wait)}
+        return [found[name] for name in sorted(found)]
+
+    async def fleet(self, wait: float = FLEET_WAIT) -> list[dict[str, Any]]:
+        """Every plugin of every router on NATS: each router's `router.plugins` rows, with its `router`.
+
+        A router the Services API lists that does not answer gets one row saying so.
+        """
+        names = [info["metadata"]["name"] for info in await self.routers(wait)]
+        answers = await asyncio.gather(*(self._request(call_subject(name), "router.plugins", None, None)
+                                         for name in names), return_exceptions=True)
+        rows: list[dict[str, Any]] = []
+        for name, answer in zip(names, answers, strict=True):
+            if isinstance(answer, BaseException):
+                rows.append({"router": name, "name": "-", "state": f"no answer ({answer})"})
+            else:
+                rows += [{"router": name, **row} for row in answer]
+        return rows
+
+    # --- internals ---------------------------------------------------------------------------
+
+    async def _connection(self) -> Nats:
+        if self._closed:
+            raise ConnectionLost(CLOSED)
+        if self._nc is None:
+            await self.connect()
+        assert self._nc is not None
+        return self._nc
+
+    def _subject(self, method: str) -> str:
+        if self.router is not None:
+            return call_subject(self.router)
+        plugin = method.partition(".")[0]
+        if plugin in RESERVED_NAMES or not NAME_RE.fullmatch(plugin):
+            raise RpcError(codes.METHOD_NOT_FOUND, codes.MESSAGES[codes.METHOD_NOT_FOUND], {
+                "reason": f"{method!r} goes to no plugin: built-ins (router.*, rpc.*) need a router, "
+                          "Client(url, router=NAME) or --router NAME; methods are named plugin.method"})
+        return any_subject(plugin)
+
+    async def _request(self, subject: str, method: str, params: Any, timeout: float | None) -> Any:
+        nc = await self._connection()
+        id = next(self._ids)
+        body = orjson.dumps(request_pure(self._ids, method, params, id))
+        if len(body) > nc.max_payload:
+            raise MessageTooLarge(codes.MESSAGE_TOO_LARGE, codes.MESSAGES[codes.MESSAGE_TOO_LARGE], {
+                "reason": f"the request is {len(body)} bytes, over the NATS server's max_payload of "
+                          f"{nc.max_payload} bytes"})
+        if not nc.is_connected:
+            raise PluginUnavailable(codes.PLUGIN_UNAVAILABLE, _UNAVAILABLE, {
+                "reason": f"not connected to NATS at {redacted(self.url)} (reconnecting); the call was not sent"})
+        token = str(id)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending[token] = (subject, future)
+        if timeout is None:
+            timeout = self.timeout if self.timeout is not None else NATS_TIMEOUT
+        expiry = loop.call_later(timeout, _expire, future, method, timeout)
+        try:
+            try:
+                await nc.publish(subject, body, reply=self._prefix + token)
+            except Exception as exc:
+                raise self._lost(exc) from exc
+            return await future
+        finally:
+            expiry.cancel()
+            self._pending.pop(token, None)
+
+    async def _on_reply(self, msg: Msg) -> None:
+        entry = self._pending.pop(msg.subject[len(self._prefix):], None)
+        if entry is None:
+            return  # a call given up on (timed out, cancelled)
+        subject, future = entry
+        if future.done():
+            return
+        headers = msg.headers
+        if headers and headers.get("Status") == NO_RESPONDERS:
+            future.set_exception(PluginUnavailable(codes.PLUGIN_UNAVAILABLE, _UNAVAILABLE,
+                                                   no_responders_reason(subject)))
+            return
+        try:
+            reply = loads(msg.data)
+        except JSONDecodeError as exc:
+            reply = exc
+        if type(reply) is dict and "result" in reply:
+            future.set_result(reply["result"])
+        elif type(reply) is dict and "error" in reply:
+            future.set_exception(_error(reply))
+        else:
+            future.set_exception(RpcError(codes.INTERNAL_ERROR, codes.MESSAGES[codes.INTERNAL_ERROR],
+                                          f"the router sent a malformed answer: {msg.data[:300]!r}"))
+
+    def _lost(self, exc: Exception) -> Exception:
+        """What a failed publish means to the caller: closed (ConnectionLost) or NATS away (-32001)."""
+        if self._closed or (self._nc is not None and self._nc.is_closed):
+            return ConnectionLost(CLOSED)
+        return PluginUnavailable(codes.PLUGIN_UNAVAILABLE, _UNAVAILABLE, {
+            "reason": f"NATS at {redacted(self.url)} did not take the request ({exc or type(exc).__name__}); "
+                      "it was not sent"})
+
+    def _fail_pending(self, error: Any, subject: str | None = None) -> None:
+        """Fail the calls waiting (those sent to `subject` only, when given) with `error(subject)`."""
+        for token, (sent_to, future) in list(self._pending.items()):
+            if subject is None or sent_to.lower() == subject:
+                del self._pending[token]
+                if not future.done():
+                    future.set_exception(error(sent_to))
+
+    async def _on_disconnected(self) -> None:
+        if self._closed:
+            return
+        self._fail_pending(lambda _: PluginUnavailable(codes.PLUGIN_UNAVAILABLE, _UNAVAILABLE, {
+            "reason": "lost the connection to NATS with the call in flight; it may have run, and is not sent again "
+                      "(the client reconnects by itself)"}))
+
+    async def _on_error(self, exc: Exception) -> None:
+        """nats-py's asynchronous errors: a publish the account may not make fails its calls at once."""
+        if self._nc is None:
+            self._errors.append(exc)
+        text = str(exc)
+        if "permissions violation for publish to" in text:  # nats-py lowercases the server's -ERR
+            subject = text.rsplit(" ", 1)[-1].strip("'\"")
+            self._fail_pending(lambda to: PluginUnavailable(codes.PLUGIN_UNAVAILABLE, _UNAVAILABLE, {
+                "reason": f"NATS refused the request: this account may not publish to {to} (NATS subject "
+                          "permissions)"}), subject)
+        elif log.isEnabledFor(logging.DEBUG):
+            log.debug("NATS: %s", text)

@@ -1,0 +1,566 @@
+"""The router on NATS (DESIGN.md, "Beyond one machine: NATS"): the socket's calls, from anywhere.
+
+With `plugrpc run --nats URL`, a `NatsBridge` connects out to NATS beside the unix socket and serves
+
+- `plugrpc.call.NAME`: a request or a batch, answered exactly as on the socket;
+- `plugrpc.any.PLUGIN` for every plugin the router runs: NATS gives each request to one of the
+  routers that have the plugin (they all subscribe in queue group `plugrpc`);
+- the Services API (ADR-32) as service `plugrpc`: `$SRV.PING|INFO|STATS[.plugrpc[.ID]]` answer with
+  the router's name, host and plugins in the metadata, and what each endpoint answered.
+
+Each message is parsed once and goes to `Router.handle(msg, sink)` with a `NatsRequest` as its
+sink (a batch through front.py's `Batch`, as on the socket); the answer is published on the
+message's reply subject by one publisher task, so a burst of answers costs one wake-up. Only
+exported methods and the read-only built-ins (`READ_ONLY`) are reachable. The calls in flight
+from NATS count against the same `max_inflight_per_client` as one socket connection's: at the
+limit the bridge takes no message until half of them are answered; what piles up beyond a
+subscription's bound (as many again) is answered -32003.
+
+NATS going away never touches the socket: nats-py reconnects every second and replays the
+subscriptions; calls in flight keep running and their answers go out once NATS is back. A
+manifest reload registers a new service instance (ADR-32 metadata is immutable) with the new
+plugins' subjects, then stops the old one: both subscribe in the queue group, so no request is
+missed or taken twice in between.
+
+Not nats.micro: nats-py awaits a subscription's handler one message at a time, so a handler must
+return before the plugin answers (else calls run one by one), and micro's `Request` hides the
+reply subject that tells a notification and that the answer is published to later; nor can it
+drop an endpoint on reload. Our answers follow its ADR-32 message types (the tests read them
+with nats.micro's own `from_dict`).
+
+Events (`plugrpc.event.NAME.PLUGIN.EVENT`) are to be published with `NatsBridge.send`, the one
+publisher, once the router's event hub exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import socket
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+from nats.errors import Error as NatsError
+from nats.errors import SlowConsumerError
+from nats.nuid import NUID
+
+from .. import __version__, codes
+from ..config import Config
+from ..manifest import RESERVED_NAMES
+from ..nats_link import QUEUE, SERVICE, any_subject, call_subject, connect, redacted, services
+from ..wire import JSONDecodeError, error_response, loads, request_problem
+from .front import Batch, _unencodable
+from .interfaces import Call, Message, Sink
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as Nats
+    from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription
+
+    from .routing import Router
+
+log = logging.getLogger("plugrpc.nats")
+
+READ_ONLY: Final = frozenset({"router.plugins", "router.stats", "router.health", "rpc.discover"})
+"""The built-ins reachable over NATS: they change nothing (not `router.reload`, not `rpc.cancel`)."""
+PENDING_BYTES: Final = 64 << 20
+"""Bytes of messages a subscription may hold while the bridge is at its in-flight limit."""
+DESCRIPTION: Final = "plugrpc router: JSON-RPC 2.0 calls to its plugins"
+PING_TYPE: Final = "io.nats.micro.v1.ping_response"
+INFO_TYPE: Final = "io.nats.micro.v1.info_response"
+STATS_TYPE: Final = "io.nats.micro.v1.stats_response"
+VERBS: Final = ("PING", "INFO", "STATS")
+NAME_CHECK: Final = 0.5
+"""Seconds a joining router listens for others with its name, at most (none at all: no wait)."""
+RETRY: Final = 1.0
+"""Seconds before registering again after the connection went while subscribing."""
+CLOSE_WAIT: Final = 2.0
+"""Seconds shutdown waits for the last answers to leave before it closes the connection."""
+_dumps = orjson.dumps
+
+
+class NatsBridge:
+    """The router's NATS side: connection, service registration, flow control and the publisher."""
+
+    def __init__(self, router: Router, config: Config) -> None:
+        assert config.nats is not None and config.name is not None
+        # configuration
+        self.router = router
+        self.handle = router.handle
+        self.url = config.nats
+        self.name = config.name
+        self.creds = config.nats_creds
+        self.ca = config.nats_ca
+        self.host = socket.gethostname()
+        self.limit = config.max_inflight_per_client
+        self.resume_at = self.limit // 2
+        self.max_line = config.max_line
+        self.grace = config.shutdown_grace
+        # the connection
+        self.nc: Nats | None = None
+        self.max_payload = 1 << 20
+        """The server's limit on a message (its INFO's max_payload), learnt on connect."""
+        self.connected = asyncio.Event()
+        self.service: Service | None = None
+        self._changed = asyncio.Event()
+        self._said: set[str] = set()
+        """Errors logged since the last (re)connect: each is logged once per outage."""
+        self._closing = False
+        # calls in flight from NATS, and the answers waiting for the publisher
+        self.inflight = 0
+        self._room: asyncio.Future[None] | None = None
+        self._out: list[tuple[str, bytes]] = []
+        self._wake: asyncio.Future[None] | None = None
+        self._unsent = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        router.on_routes.append(self._changed.set)
+
+    def __repr__(self) -> str:
+        state = "connected" if self.connected.is_set() else "connecting"
+        return f"<NatsBridge {self.name} {state} inflight={self.inflight} unsent={len(self._out)}>"
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect in the background (retrying every second while NATS is away) and register."""
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._run()), loop.create_task(self._publisher())]
+        for task in self._tasks:
+            task.add_done_callback(_log_failure)
+
+    async def _run(self) -> None:
+        self.nc = await connect(self.url, creds=self.creds, ca=self.ca, name=f"plugrpc router {self.name}",
+                                forever=True, error_cb=self._on_error, disconnected_cb=self._on_disconnected,
+                                reconnected_cb=self._on_reconnected)
+        self._joined()
+        await self._check_name()
+        while True:
+            self._changed.clear()
+            try:
+                await self._register()
+            except NatsError as exc:  # the connection went while subscribing: again once it is back
+                log.warning("could not register on NATS (%s); trying again", exc)
+                self._changed.set()
+                await asyncio.sleep(RETRY)
+            await self._changed.wait()
+
+    async def _check_name(self) -> None:
+        """NAME must be unique in the fleet: say so loudly when another router already answers as NAME."""
+        assert self.nc is not None
+        try:
+            others = await services(self.nc, "PING", NAME_CHECK)
+        except NatsError as exc:
+            log.debug("could not ask NATS for other routers: %s", exc)
+            return
+        for other in others:
+            if other["metadata"]["name"] == self.name:
+                log.error("another router is on NATS as %s (host %s): calls to plugrpc.call.%s go to either of "
+                          "them; give each router its own --name", self.name, other["metadata"].get("host"),
+                          self.name)
+
+    async def _register(self) -> None:
+        """Serve the router's plugins as they are now: a new service instance, then stop the previous one."""
+        await self.connected.wait()
+        assert self.nc is not None
+        service = Service(self, self._endpoints())
+        await service.start(self.nc)
+        old, self.service = self.service, service
+        if old is not None:
+            await old.stop()
+        log.info("on NATS as router %s (service %s): %s", self.name, service.id,
+                 ", ".join(ep.subject for ep in service.endpoints))
+
+    def _endpoints(self) -> list[Endpoint]:
+        endpoints = [Endpoint(self, "call", call_subject(self.name), None, {})]
+        endpoints += [Endpoint(self, name, any_subject(name), name, {"exports": ",".join(plugin.spec.exports)})
+                      for name, plugin in self.router.plugins.items()]
+        return endpoints
+
+    def metadata(self) -> dict[str, str]:
+        """The service metadata: who this router is, where, and what it runs (ADR-32: strings only)."""
+        return {"name": self.name, "host": self.host, "plugins": ",".join(self.router.plugins),
+                "plugrpc": __version__}
+
+    async def stop_serving(self) -> None:
+        """Shutdown, first step: take no more requests (NATS sends them to other routers now)."""
+        self._closing = True
+        self._tasks[0].cancel()
+        await asyncio.gather(self._tasks[0], return_exceptions=True)
+        if self.service is not None:
+            try:  # what the subscriptions hold is still served, for as long as calls get to finish
+                await asyncio.wait_for(self.service.stop(), self.grace)
+            except TimeoutError:
+                log.warning("left NATS with requests still queued (--shutdown-grace)")
+
+    async def aclose(self) -> None:
+        """Shutdown, once the router has answered everything: send the last answers, leave NATS."""
+        deadline = time.monotonic() + CLOSE_WAIT
+        while self._out and self.connected.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        self._tasks[1].cancel()
+        await asyncio.gather(self._tasks[1], return_exceptions=True)
+        if self.nc is not None:
+            with contextlib.suppress(NatsError, TimeoutError, OSError):
+                if self.nc.is_connected:
+                    await self.nc.flush(timeout=int(CLOSE_WAIT))
+            with contextlib.suppress(NatsError, OSError):
+                await self.nc.close()
+
+    # --- connection events (nats-py callbacks) ---------------------------------------------
+
+    def _joined(self) -> None:
+        assert self.nc is not None
+        self.max_payload = self.nc.max_payload
+        self._said.clear()
+        self.connected.set()
+        log.info("joined NATS at %s", redacted(self.url))
+
+    async def _on_disconnected(self) -> None:
+        self.connected.clear()
+        if not self._closing:
+            log.warning("lost the connection to NATS; reconnecting every second (the unix socket is unaffected)")
+
+    async def _on_reconnected(self) -> None:
+        self._joined()
+        if self._unsent:
+            log.warning("%d answer(s) could not be sent while NATS was away (their callers got -32001 or -32002)",
+                        self._unsent)
+            self._unsent = 0
+
+    async def _on_error(self, exc: Exception) -> None:
+        if isinstance(exc, SlowConsumerError):
+            self._overflow(exc)
+            return
+        text = str(exc) or type(exc).__name__
+        if text in self._said or self._closing:
+            return
+        self._said.add(text)
+        if self.nc is None:
+            log.warning("cannot reach NATS at %s (%s): serving the unix socket, joining NATS as soon as it answers",
+                        redacted(self.url), text)
+        else:
+            log.warning("NATS: %s", text)
+
+    def _overflow(self, exc: SlowConsumerError) -> None:
+        """A message beyond what a subscription may hold while the bridge is at its limit: -32003."""
+        if "overflow" not in self._said:
+            self._said.add("overflow")
+            log.warning("%d calls in flight from NATS and more queued than allowed: answering -32003", self.inflight)
+        if exc.reply:
+            self.send(exc.reply, _dumps(error_response(None, codes.OVERLOADED, data={
+                "reason": f"router {self.name} has {self.inflight} calls in flight from NATS and as many queued; "
+                          "retry later"})), None)
+
+    # --- requests (nats-py awaits `Endpoint.on_message` per message, which calls this) ------
+
+    def serve(self, endpoint: Endpoint, data: bytes, to: str) -> None:
+        """Route one message: a request or a batch; without a reply subject, notifications."""
+        only = endpoint.only
+        if not to:
+            self._notifications(data, only)
+            return
+        sink = NatsRequest(self, endpoint, to)
+        if len(data) > self.max_line:
+            sink.reply(error_response(None, codes.MESSAGE_TOO_LARGE,
+                                      data=f"a message exceeded the maximum of {self.max_line} bytes (--max-line)"))
+            return
+        try:
+            msg = loads(data)
+        except JSONDecodeError as exc:
+            sink.reply(error_response(None, codes.PARSE_ERROR, data=str(exc)))
+            return
+        if type(msg) is list:
+            self._batch(msg, sink, only)
+            return
+        self.route(msg, sink, only)
+        if not sink.tracked and not sink.answered:
+            sink.send(b"", None)  # a notification: the reply only says it arrived (DESIGN.md)
+
+    def _batch(self, msgs: list[Any], sink: NatsRequest, only: str | None) -> None:
+        if not msgs:
+            sink.reply(error_response(None, codes.INVALID_REQUEST, data="an empty batch is not a request"))
+            return
+        batch = Batch(sink)
+        for msg in msgs:
+            self.route(msg, batch, only)
+        if not batch.seal():
+            sink.send(b"", None)  # notifications only: an empty body
+
+    def _notifications(self, data: bytes, only: str | None) -> None:
+        """A message without a reply subject: each request in it is a notification (its id is dropped)."""
+        if len(data) > self.max_line:
+            return
+        try:
+            msg = loads(data)
+        except JSONDecodeError:
+            return  # nobody to tell
+        for one in msg if type(msg) is list else (msg,):
+            if type(one) is dict:
+                one.pop("id", None)
+                self.route(one, DROP, only)
+
+    def route(self, msg: Any, sink: Sink, only: str | None) -> None:
+        """`Router.handle` for what NATS may reach: on `plugrpc.any.P`, P's methods; no built-in but `READ_ONLY`."""
+        if type(msg) is dict:
+            method = msg.get("method")
+            if type(method) is str:
+                prefix = method.partition(".")[0]
+                allowed = prefix == only if only is not None else prefix not in RESERVED_NAMES or method in READ_ONLY
+                if not allowed and request_problem(msg) is None:
+                    if "id" in msg:
+                        sink.reply(error_response(msg["id"], codes.METHOD_NOT_FOUND,
+                                                  data=self._unreachable(method, prefix, only)))
+                    return
+        self.handle(msg, sink)
+
+    def _unreachable(self, method: str, prefix: str, only: str | None) -> dict[str, str]:
+        if only is not None:
+            where = (f"plugrpc.call.{self.name}" if prefix in RESERVED_NAMES
+                     else f"plugrpc.any.{prefix} (or plugrpc.call.NAME)")
+            return {"reason": f"plugrpc.any.{only} serves {only}.* methods only; send {method} to {where}"}
+        how = " (plugrpc reload on the router's host, or SIGHUP)" if method == "router.reload" else ""
+        return {"reason": f"{method} is not reachable over NATS, only on the router's unix socket{how}; "
+                          f"NATS reaches exported methods and {', '.join(sorted(READ_ONLY))}"}
+
+    # --- flow control ------------------------------------------------------------------------
+
+    def track(self) -> None:
+        self.inflight += 1
+
+    def finished(self) -> None:
+        self.inflight -= 1
+        room = self._room
+        if room is not None and self.inflight <= self.resume_at:
+            self._room = None
+            room.set_result(None)
+
+    def wait_room(self) -> asyncio.Future[None]:
+        """Resolved once the calls in flight from NATS fall to half the limit."""
+        if self._room is None:
+            self._room = asyncio.get_running_loop().create_future()
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%d calls in flight from NATS: taking no more until %d are", self.inflight, self.resume_at)
+        return self._room
+
+    # --- answers -----------------------------------------------------------------------------
+
+    def send(self, to: str, body: bytes, id: Any) -> None:
+        """Publish `body` on subject `to` (from the publisher task); too large for NATS: -32004 instead."""
+        if len(body) > self.max_payload:
+            body = _dumps(error_response(id, codes.MESSAGE_TOO_LARGE, data={
+                "reason": f"the answer is {len(body)} bytes, over the NATS server's max_payload of "
+                          f"{self.max_payload} bytes; ask for less, or raise max_payload in the server's "
+                          "configuration"}))
+        out = self._out
+        out.append((to, body))
+        if len(out) == 1:
+            wake = self._wake
+            if wake is not None and not wake.done():
+                wake.set_result(None)
+
+    async def _publisher(self) -> None:
+        """Publish what `send` queued: every answer of a loop turn after one wake-up."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._out:
+                self._wake = loop.create_future()
+                await self._wake
+            out, self._out = self._out, []
+            nc = self.nc
+            assert nc is not None
+            for to, body in out:
+                try:
+                    await nc.publish(to, body)
+                except (NatsError, OSError, ValueError):  # closed, or its outage buffer full: the caller times out
+                    self._unsent += 1
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """The bridge's tasks run for the router's life: one that fails says so (the socket serves on)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the NATS bridge stopped: %r; the unix socket still serves", task.exception(),
+                  exc_info=task.exception())
+
+
+class NatsRequest:
+    """The sink of one NATS message with a reply subject: its one answer (a response, a batch's array, or an
+    empty body for notifications only) is published there. It is also the `BatchOwner` of a batch."""
+
+    __slots__ = ("bridge", "endpoint", "to", "received", "tracked", "answered")
+
+    def __init__(self, bridge: NatsBridge, endpoint: Endpoint, to: str) -> None:
+        self.bridge = bridge
+        self.endpoint = endpoint
+        self.to = to
+        self.received = time.perf_counter_ns()
+        self.tracked = False
+        self.answered = False
+
+    def track(self, call: Call) -> None:
+        self.tracked = True
+        self.bridge.track()
+
+    def finished(self, call: Call) -> None:
+        self.bridge.finished()
+
+    def deliver(self, call: Call, msg: Message) -> None:
+        msg["id"] = call.id
+        self.reply(msg)
+        self.bridge.finished()
+
+    def reply(self, msg: Message) -> None:
+        if "error" in msg:
+            endpoint = self.endpoint
+            endpoint.errors += 1
+            err = msg["error"]
+            endpoint.last_error = f"{err.get('code')} {err.get('message')}"
+        try:
+            body = _dumps(msg)
+        except orjson.JSONEncodeError as exc:
+            body = _dumps(_unencodable(msg, exc))
+        self.send(body, msg.get("id"))
+
+    def cancel(self, id: Any) -> bool:
+        return False  # rpc.cancel is not reachable over NATS
+
+    def queue(self, line: bytes) -> None:
+        """A batch's answer, as `Batch` writes it (a line)."""
+        self.send(line[:-1], None)
+
+    def send(self, body: bytes, id: Any) -> None:
+        self.answered = True
+        self.endpoint.processing_ns += time.perf_counter_ns() - self.received
+        self.bridge.send(self.to, body, id)
+
+
+class _Drop:
+    """The sink of notifications: nothing is ever answered."""
+
+    __slots__ = ()
+
+    def track(self, call: Call) -> None:
+        pass
+
+    def deliver(self, call: Call, msg: Message) -> None:
+        pass
+
+    def reply(self, msg: Message) -> None:
+        pass
+
+    def cancel(self, id: Any) -> bool:
+        return False
+
+
+DROP: Final = _Drop()
+
+
+class Endpoint:
+    """One subject the router serves, and its ADR-32 figures (time counts from arrival to answer)."""
+
+    __slots__ = ("bridge", "name", "subject", "only", "metadata", "requests", "errors", "last_error",
+                 "processing_ns", "sub")
+
+    def __init__(self, bridge: NatsBridge, name: str, subject: str, only: str | None, metadata: dict[str, str]) -> None:
+        self.bridge = bridge
+        self.name = name
+        self.subject = subject
+        self.only = only
+        """The plugin of a `plugrpc.any.PLUGIN` subject, whose methods alone it takes; None for `plugrpc.call.NAME`."""
+        self.metadata = metadata
+        self.requests = 0
+        self.errors = 0
+        self.last_error = ""
+        self.processing_ns = 0
+        self.sub: Subscription | None = None
+
+    async def on_message(self, msg: Msg) -> None:
+        """nats-py awaits this for each message, one at a time per subscription: it routes and returns."""
+        bridge = self.bridge
+        if bridge.inflight >= bridge.limit:
+            await bridge.wait_room()
+        self.requests += 1
+        bridge.serve(self, msg.data, msg.reply)
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "subject": self.subject, "queue_group": QUEUE, "metadata": self.metadata}
+
+    def stats(self) -> dict[str, Any]:
+        return {"name": self.name, "subject": self.subject, "queue_group": QUEUE, "num_requests": self.requests,
+                "num_errors": self.errors, "last_error": self.last_error, "processing_time": self.processing_ns,
+                "average_processing_time": self.processing_ns // self.requests if self.requests else 0,
+                "data": self.data()}
+
+    def data(self) -> dict[str, Any]:
+        """ADR-32's free `data`: the plugin's figures in the router (all callers), or the bridge's in-flight count."""
+        bridge = self.bridge
+        plugin = bridge.router.plugins.get(self.only) if self.only is not None else None
+        if plugin is None:
+            return {"inflight": bridge.inflight, "limit": bridge.limit}
+        status = plugin.status()
+        return {key: status.get(key) for key in ("state", "inflight", "calls", "errors", "p50_ms", "p99_ms")}
+
+
+class Service:
+    """One registration as NATS service `plugrpc` (ADR-32): an id, the endpoints, their subscriptions."""
+
+    def __init__(self, bridge: NatsBridge, endpoints: list[Endpoint]) -> None:
+        self.bridge = bridge
+        self.id = NUID().next().decode()
+        self.metadata = bridge.metadata()
+        self.endpoints = endpoints
+        self.started = dt.datetime.now(dt.UTC)
+        self._control: list[Subscription] = []
+
+    async def start(self, nc: Nats) -> None:
+        """Subscribe the control subjects and the endpoints; return once the server has them all."""
+        handlers = {"PING": self._ping, "INFO": self._info, "STATS": self._stats}
+        for verb in VERBS:
+            for subject in (f"$SRV.{verb}", f"$SRV.{verb}.{SERVICE}", f"$SRV.{verb}.{SERVICE}.{self.id}"):
+                self._control.append(await nc.subscribe(subject, cb=handlers[verb]))
+        limit = self.bridge.limit
+        for ep in self.endpoints:
+            ep.sub = await nc.subscribe(ep.subject, queue=QUEUE, cb=ep.on_message, pending_msgs_limit=limit,
+                                        pending_bytes_limit=PENDING_BYTES)
+        with contextlib.suppress(NatsError, TimeoutError):  # lost meanwhile: nats-py replays them on reconnect
+            await nc.flush(timeout=int(CLOSE_WAIT))
+
+    async def stop(self) -> None:
+        """Unsubscribe; the requests an endpoint already holds are still served (drained)."""
+        for sub in self._control:
+            with contextlib.suppress(NatsError):
+                await sub.unsubscribe()
+        for ep in self.endpoints:
+            if ep.sub is not None:
+                with contextlib.suppress(NatsError, TimeoutError):
+                    await ep.sub.drain()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
+
+    def _identity(self, kind: str) -> dict[str, Any]:
+        return {"type": kind, "name": SERVICE, "id": self.id, "version": __version__, "metadata": self.metadata}
+
+    def ping(self) -> dict[str, Any]:
+        return self._identity(PING_TYPE)
+
+    def info(self) -> dict[str, Any]:
+        return {**self._identity(INFO_TYPE), "description": DESCRIPTION,
+                "endpoints": [ep.info() for ep in self.endpoints]}
+
+    def stats(self) -> dict[str, Any]:
+        started = self.started.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        return {**self._identity(STATS_TYPE), "started": started, "endpoints": [ep.stats() for ep in self.endpoints]}
+
+    async def _ping(self, msg: Msg) -> None:
+        await self._answer(msg, self.ping())
+
+    async def _info(self, msg: Msg) -> None:
+        await self._answer(msg, self.info())
+
+    async def _stats(self, msg: Msg) -> None:
+        await self._answer(msg, self.stats())
+
+    async def _answer(self, msg: Msg, doc: dict[str, Any]) -> None:
+        if msg.reply:
+            with contextlib.suppress(NatsError):
+                await msg.respond(_dumps(doc))
