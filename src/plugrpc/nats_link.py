@@ -35,6 +35,8 @@ CALL: Final = "plugrpc.call."
 """`plugrpc.call.NAME`: one router by name."""
 ANY: Final = "plugrpc.any."
 """`plugrpc.any.PLUGIN`: any router that runs PLUGIN (queue group `plugrpc`: NATS picks one)."""
+EVENT: Final = "plugrpc.event."
+"""`plugrpc.event.ROUTER.PLUGIN.EVENT`: an event a router's plugin emitted, the params of `rpc.event`."""
 NO_RESPONDERS: Final = "503"
 """The Status header NATS answers a request with when nobody subscribes to its subject."""
 FIRST_CONNECT: Final = 5.0
@@ -90,6 +92,16 @@ def call_subject(router: str) -> str:
 
 def any_subject(plugin: str) -> str:
     return ANY + plugin
+
+
+def event_subject(router: str, name: str) -> str:
+    """Where router `router` publishes event `name` (`plugin.event`): `plugrpc.event.ROUTER.PLUGIN.EVENT`."""
+    return EVENT + router + "." + name
+
+
+def events_subject(router: str | None, pattern: str) -> str:
+    """The subject that matches `pattern`'s events, from `router` or (None) from any router."""
+    return EVENT + (router or "*") + "." + pattern
 
 
 def no_responders_reason(subject: str) -> dict[str, str]:

@@ -140,3 +140,17 @@ def test_socket_callers_and_routers_without_nats_never_import_nats(plugrpc_route
               f"print(sorted(m for m in sys.modules if m == 'nats' or m.startswith('nats.')))")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == "[]"  # the router's modules (without --nats) and the client's
+
+
+@pytest.mark.parametrize(("patterns", "subject"), [
+    (("ovs.port.*",), "ovs.port.*"),
+    (("ovs.port.*", "ovs.port.*"), "ovs.port.*"),
+    (("ovs.port.*", "ovs.link.>"), "ovs.>"),
+    (("ovs.port.up", "ovs.port.down"), "ovs.port.>"),
+    (("ovs.>", "demo.>"), ">"),
+    (("*.up", "ovs.up"), ">"),
+])
+def test_several_patterns_share_one_subject_that_covers_them(patterns: tuple[str, ...], subject: str) -> None:
+    from plugrpc.client.nats import _covering
+
+    assert _covering(tuple(dict.fromkeys(patterns))) == subject

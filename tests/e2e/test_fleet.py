@@ -158,7 +158,7 @@ def test_two_routers_called_by_name_and_by_plugin_from_the_command_line(nats_ser
 def test_the_guides_python_example_runs_as_written(nats_server: Nats, plugrpc_router: Router) -> None:
     nats = nats_server()
     start_fleet(nats, plugrpc_router, EXAMPLE_ROOT, ["c1", "c2"])
-    [code] = [block for block in re.findall(r"```python\n(.*?)```", GUIDE, re.S) if "Client(" in block]
+    [code] = [block for block in re.findall(r"```python\n(.*?)```", GUIDE, re.S) if "asyncio.run(main())" in block]
 
     def run() -> subprocess.CompletedProcess[str] | None:
         done = subprocess.run([sys.executable, "-c", code.replace("nats://127.0.0.1:4222", nats.url)],
@@ -410,3 +410,51 @@ async def test_tls_with_a_private_ca(nats_server: Nats, plugrpc_router: Router, 
         assert await client.raw("ovs.version") == "1.0alpha"
     with pytest.raises(plugrpc.ConnectError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
         await NatsClient(url).connect()  # the system's CAs do not know ours
+
+
+# --- events on NATS ----------------------------------------------------------------------------------
+
+async def test_events_are_published_on_nats_for_subscribers_anywhere(nats_server: Nats, plugrpc_image: Image,
+                                                                    plugrpc_router: Router) -> None:
+    from event_plugins import EMITTER, EMITTER_EXPORTS
+
+    nats = nats_server()
+    image = plugrpc_image({"em": ("em.py", EMITTER, EMITTER_EXPORTS, {"events": ["port.*", "big"]})})
+    routers = [plugrpc_router(image, "--nats", nats.url, "--name", name) for name in ("e1", "e2")]
+    for router in routers:
+        wait_until(lambda router=router: "joined NATS" in router.log(), "the router to join NATS")
+    async with NatsClient(nats.url, timeout=30) as anywhere, NatsClient(nats.url, router="e2", timeout=30) as e2:
+        async with anywhere.subscribe("em.port.*", "em.>") as all_events, e2.subscribe("em.port.up") as e2_events:
+            # The subscriptions are in place on the server once a round trip after them has come back.
+            for router in routers:
+                async with plugrpc.Client(router.socket, timeout=30) as c:
+                    assert await c.raw("em.emit", ["port.up", 3]) == 3
+                    assert await c.raw("em.emit", ["nope", 1]) == 1  # undeclared: the router drops it
+                    assert await c.raw("em.emit", ["port.down", 1]) == 1
+            got = [await asyncio.wait_for(anext(all_events), 10) for _ in range(8)]
+            mine = [await asyncio.wait_for(anext(e2_events), 10) for _ in range(3)]
+        # Two patterns match em.port.up: each event is kept once all the same, in its plugin's order.
+        assert sorted((ev.name, ev.data["i"]) for ev in got) == sorted(
+            [("em.port.up", i) for i in range(3)] * 2 + [("em.port.down", 0)] * 2)
+        assert [ev.data["i"] for ev in mine] == [0, 1, 2] and all(ev.name == "em.port.up" for ev in mine)
+        with pytest.raises(plugrpc.RpcError) as info:
+            async with anywhere.subscribe("em..x"):
+                pass
+        assert info.value.code == -32602 and "em..x" in str(info.value.data)
+    # The command line, as on the socket: one JSON line per event, until it is stopped.
+    cli = await asyncio.create_subprocess_exec(sys.executable, "-m", "plugrpc", "events", "--nats", nats.url,
+                                               "--router", "e1", "em.>", stdout=asyncio.subprocess.PIPE)
+    try:
+        assert cli.stdout is not None
+        line = asyncio.ensure_future(cli.stdout.readline())
+        async with plugrpc.Client(routers[0].socket, timeout=30) as c:
+            async def printed() -> bool:
+                await c.raw("em.emit", ["port.up", 1])  # until the command's subscription is in place
+                await asyncio.wait((line,), timeout=0.2)
+                return line.done()
+            await until(printed, "plugrpc events --nats to print an event")
+        event = orjson.loads(line.result())
+        assert event["name"] == "em.port.up" and event["data"] == {"i": 0} and event["seq"] >= 1
+    finally:
+        cli.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(cli.wait(), 10) in (0, 130)

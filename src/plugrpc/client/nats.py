@@ -32,13 +32,16 @@ from ..nats_link import (
     any_subject,
     call_subject,
     connect,
+    events_subject,
     is_nats_url,
     no_responders_reason,
     redacted,
     services,
 )
+from ..patterns import Matcher, pattern_problem
 from ..wire import JSONDecodeError, loads
-from .aio import CLOSED, Client, _error, _expire
+from .aio import CLOSED, Client, Progress, _error, _expire
+from .events import MAXSIZE, Subscription
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as Nats
@@ -108,13 +111,27 @@ class NatsClient(Client):
             await nc.subscribe(self._prefix + "*", cb=self._on_reply)
             self._nc = nc
 
-    async def raw(self, method: str, params: Any = None, *, timeout: float | None = None) -> Any:
-        """Call `method` on the client's router (or any router that runs its plugin); see `Client.raw`."""
+    async def raw(self, method: str, params: Any = None, *, timeout: float | None = None,
+                  progress: Progress | None = None) -> Any:
+        """Call `method` on the client's router (or any router that runs its plugin); see `Client.raw`.
+
+        NATS carries one answer per request: progress reports reach socket clients only.
+        """
+        if progress is not None:
+            raise ConfigError("progress= needs the router's socket: over NATS a call gets its answer and nothing "
+                              "before it")
         return await self._request(self._subject(method), method, params, timeout)
+
+    def subscribe(self, *patterns: str, maxsize: int = MAXSIZE) -> Subscription:
+        """Events of the client's router (or of every router) whose name matches a pattern; see `Client.subscribe`.
+
+        They come from `plugrpc.event.ROUTER.PLUGIN.EVENT`, which every router on NATS publishes.
+        """
+        return NatsSubscription(self, patterns, maxsize)
 
     async def notify(self, method: str, params: Any = None) -> None:
         """Publish a notification (no reply subject): no response, no error; see `Client.notify`."""
-        nc = await self._connection()
+        nc = await self._nats()
         subject = self._subject(method)
         try:
             await nc.publish(subject, orjson.dumps(notification(method, params)))
@@ -138,7 +155,7 @@ class NatsClient(Client):
 
     async def routers(self, wait: float = FLEET_WAIT) -> list[dict[str, Any]]:
         """The Services API's INFO of every router on NATS (one per router name), sorted by name."""
-        found = {info["metadata"]["name"]: info for info in await services(await self._connection(), "INFO", wait)}
+        found = {info["metadata"]["name"]: info for info in await services(await self._nats(), "INFO", wait)}
         return [found[name] for name in sorted(found)]
 
     async def fleet(self, wait: float = FLEET_WAIT) -> list[dict[str, Any]]:
@@ -159,7 +176,7 @@ class NatsClient(Client):
 
     # --- internals ---------------------------------------------------------------------------
 
-    async def _connection(self) -> Nats:
+    async def _nats(self) -> Nats:
         if self._closed:
             raise ConnectionLost(CLOSED)
         if self._nc is None:
@@ -178,7 +195,7 @@ class NatsClient(Client):
         return any_subject(plugin)
 
     async def _request(self, subject: str, method: str, params: Any, timeout: float | None) -> Any:
-        nc = await self._connection()
+        nc = await self._nats()
         id = next(self._ids)
         body = orjson.dumps(request_pure(self._ids, method, params, id))
         if len(body) > nc.max_payload:
@@ -264,3 +281,67 @@ class NatsClient(Client):
                           "permissions)"}), subject)
         elif log.isEnabledFor(logging.DEBUG):
             log.debug("NATS: %s", text)
+
+
+class NatsSubscription(Subscription):
+    """`Subscription` over NATS: one NATS subscription, so events keep their order per plugin as on the socket.
+
+    One pattern is one subject, filtered by the server. Several are one subject that covers them
+    all (their common leading tokens, then `>`), each event then matched here against the
+    patterns: one subscription per pattern would deliver an event that two patterns match twice,
+    and lose the order between them. NATS counts nothing it drops, so `dropped` is what this
+    subscription dropped itself, beyond `maxsize`.
+    """
+
+    client: NatsClient
+
+    def __init__(self, client: NatsClient, patterns: tuple[str, ...], maxsize: int = MAXSIZE) -> None:
+        super().__init__(client, patterns, maxsize)
+        self._sub: Any = None
+        self._matches: Matcher | None = None
+        """None when the server filters (one pattern)."""
+
+    async def start(self) -> None:
+        """Subscribe on NATS; raises RpcError (-32602) naming a bad pattern, as the router does."""
+        bad = [f"{p!r}: {why}" for p in self.patterns if (why := pattern_problem(p)) is not None]
+        if bad or not self.patterns:
+            raise RpcError(codes.INVALID_PARAMS, codes.MESSAGES[codes.INVALID_PARAMS],
+                           "; ".join(bad) or "give at least one pattern")
+        patterns = tuple(dict.fromkeys(self.patterns))
+        if len(patterns) > 1:
+            self._matches = Matcher(patterns)
+        nc = await self.client._nats()
+        self._sub = await nc.subscribe(events_subject(self.client.router, _covering(patterns)), cb=self._on_event)
+        await nc.flush()  # the server has the subscription: events published from now on reach it
+
+    async def close(self) -> None:
+        """Leave the NATS subscription; iterating ends once the events already here are taken."""
+        sub, self._sub = self._sub, None
+        self._end(StopAsyncIteration())
+        if sub is not None:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:  # the connection is gone: so is the subscription
+                log.debug("NATS unsubscribe: %s", exc)
+
+    async def _on_event(self, msg: Msg) -> None:
+        try:
+            params = loads(msg.data)
+            name = params["name"]
+        except (JSONDecodeError, KeyError, TypeError):
+            log.debug("not an event on %s: %r", msg.subject, msg.data[:200])
+            return
+        if self._matches is None or self._matches(name):
+            self._put(params)
+
+
+def _covering(patterns: tuple[str, ...]) -> str:
+    """One pattern that every name matching any of `patterns` matches: `ovs.port.*` + `ovs.>` -> `ovs.>`."""
+    if len(patterns) == 1:
+        return patterns[0]
+    common = []
+    for tokens in zip(*(p.split(".") for p in patterns), strict=False):
+        if len(set(tokens)) > 1 or tokens[0] in ("*", ">"):
+            break
+        common.append(tokens[0])
+    return ".".join([*common, ">"])

@@ -373,7 +373,7 @@ def _front_of(sink: Sink | None) -> FrontProtocol | None:
     """The client connection a call came on, for calls from a socket (alone or in a batch)."""
     if type(sink) is FrontProtocol:
         return sink
-    if type(sink) is Batch:
+    if type(sink) is Batch and type(sink.front) is FrontProtocol:  # not a batch that came over NATS
         return sink.front
     return None
 

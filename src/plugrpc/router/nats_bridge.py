@@ -28,8 +28,10 @@ reply subject that tells a notification and that the answer is published to late
 drop an endpoint on reload. Our answers follow its ADR-32 message types (the tests read them
 with nats.micro's own `from_dict`).
 
-Events (`plugrpc.event.NAME.PLUGIN.EVENT`) are to be published with `NatsBridge.send`, the one
-publisher, once the router's event hub exists.
+Every event the router accepts from its plugins is published on `plugrpc.event.NAME.PLUGIN.EVENT`
+with the params of `rpc.event` (without `subscription`), by the same publisher: at most once, as
+on the socket; an event over the server's payload limit, or one that comes while NATS is away,
+is dropped and counted (logged once per outage).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from nats.nuid import NUID
 from .. import __version__, codes
 from ..config import Config
 from ..manifest import RESERVED_NAMES
-from ..nats_link import QUEUE, SERVICE, any_subject, call_subject, connect, redacted, services
+from ..nats_link import QUEUE, SERVICE, any_subject, call_subject, connect, event_subject, redacted, services
 from ..wire import JSONDecodeError, error_response, loads, request_problem
 from .front import Batch, _unencodable
 from .interfaces import Call, Message, Sink
@@ -60,6 +62,7 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
     from nats.aio.subscription import Subscription
 
+    from .events import Event
     from .routing import Router
 
 log = logging.getLogger("plugrpc.nats")
@@ -116,7 +119,10 @@ class NatsBridge:
         self._wake: asyncio.Future[None] | None = None
         self._unsent = 0
         self._tasks: list[asyncio.Task[None]] = []
+        self.events_dropped = 0
+        """Events not published: NATS away, or over its payload limit."""
         router.on_routes.append(self._changed.set)
+        self._unlisten = router.events.listen(self._event)
 
     def __repr__(self) -> str:
         state = "connected" if self.connected.is_set() else "connecting"
@@ -197,6 +203,7 @@ class NatsBridge:
 
     async def aclose(self) -> None:
         """Shutdown, once the router has answered everything: send the last answers, leave NATS."""
+        self._unlisten()
         deadline = time.monotonic() + CLOSE_WAIT
         while self._out and self.connected.is_set() and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
@@ -354,6 +361,21 @@ class NatsBridge:
                 "reason": f"the answer is {len(body)} bytes, over the NATS server's max_payload of "
                           f"{self.max_payload} bytes; ask for less, or raise max_payload in the server's "
                           "configuration"}))
+        self._publish(to, body)
+
+    def _event(self, event: Event) -> None:
+        """An event from the router's hub: published for every subscriber anywhere, or dropped (and counted)."""
+        size = len(event.body)
+        if not self.connected.is_set() or size > self.max_payload:
+            self.events_dropped += 1
+            why = "NATS is away" if size <= self.max_payload else f"over max_payload ({self.max_payload} B)"
+            if f"events: {why}" not in self._said:  # once per outage (a reconnect clears what was said)
+                self._said.add(f"events: {why}")
+                log.warning("dropping events that cannot be published on NATS: %s", why)
+            return
+        self._publish(event_subject(self.name, f"{event.plugin}.{event.name}"), event.body)
+
+    def _publish(self, to: str, body: bytes) -> None:
         out = self._out
         out.append((to, body))
         if len(out) == 1:

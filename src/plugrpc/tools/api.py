@@ -74,12 +74,17 @@ def reload(*, socket: str | os.PathLike[str] | None = None, timeout: float | Non
     return outcome
 
 
-def events(*patterns: str, socket: str | os.PathLike[str] | None = None) -> Iterator[Event]:
+def events(*patterns: str, socket: str | os.PathLike[str] | None = None, nats: str | None = None,
+           router: str | None = None, creds: str | os.PathLike[str] | None = None,
+           ca: str | os.PathLike[str] | None = None) -> Iterator[Event]:
     """Every event whose name matches one of `patterns`, as it comes, until the caller stops iterating.
 
-    Raises RpcError (-32602) for a bad pattern, ConnectionLost when the router goes away.
+    With `nats` (a NATS URL), the events of router `router`, or of every router on NATS. Raises
+    RpcError (-32602) for a bad pattern, ConnectionLost when the router (or NATS) goes away.
     """
-    with BlockingClient(socket) as client, client.subscribe(*patterns) as subscription:
+    target = socket if nats is None else nats
+    with BlockingClient(target, router=router, creds=creds, ca=ca) as client, \
+            client.subscribe(*patterns) as subscription:
         yield from subscription
 
 

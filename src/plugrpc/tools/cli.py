@@ -3,7 +3,7 @@
     plugrpc run    [--root DIR] [--socket PATH] ...   serve an image's plugins
     plugrpc call   [--socket PATH] METHOD [PARAMS]    call a method, print its result as JSON
     plugrpc status [--socket PATH] [--json]           a table of the plugins of a running router
-    (run, call and status take --nats URL: a fleet of routers on NATS, docs/fleet.md)
+    (run, call, status and events take --nats URL: a fleet of routers on NATS, docs/fleet.md)
     plugrpc reload [--socket PATH] [--json]           make a running router re-read its manifest
     plugrpc events [--socket PATH] [PATTERN ...]      print events as they come, one JSON line each
     plugrpc new    NAME [--dir DIR]                   write a plugin skeleton, its manifest entry, a test
@@ -111,6 +111,9 @@ def _parser() -> argparse.ArgumentParser:
                                         "each as a JSON line: name, data, seq (counting up per plugin) and dropped "
                                         "(events missed before it, when there were). Runs until Ctrl-C.")
     events.add_argument("--socket", type=Path, default=None, help=socket_help)
+    _nats_options(events, "the events of every router on NATS (plugrpc.event.ROUTER.PLUGIN.EVENT)")
+    events.add_argument("--router", default=None, metavar="NAME",
+                        help="with --nats: only this router's events (default: every router's)")
     events.add_argument("patterns", metavar="PATTERN", nargs="*", default=[">"],
                         help="NATS-style: '*' is one token, '>' (last) one or more, e.g. 'ovs.port.*' 'demo.>' "
                              "(default: '>', every event)")
@@ -210,7 +213,7 @@ def _reload(args: argparse.Namespace) -> int:
 def _events(args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
     try:
-        for event in api.events(*args.patterns, socket=args.socket):
+        for event in api.events(*args.patterns, socket=args.socket, router=args.router, **_nats(args)):
             out.write(orjson.dumps(event.to_json()) + b"\n")
             out.flush()
     except RpcError as exc:
