@@ -22,6 +22,8 @@ NOPARAMS: Final[Any] = NOID
 """`Call.params` of a request that had no `params` member (None would be `"params": null`)."""
 clock = time.monotonic
 """The clock of calls. Not `loop.time()`: uvloop's is cached per loop turn at 1 ms resolution."""
+INTERNAL: Final[Any] = object()
+"""`Call.id` of a call the router makes itself (a ping, `rpc.discover`): not counted in statistics."""
 
 
 class Call:
