@@ -30,13 +30,15 @@ if TYPE_CHECKING:
         RpcError,
     )
     from .plugin.sdk import serve, threaded
+    from .sdnotify import notify
     from .tools.api import call, run
 
 # Names are imported on first use: a plugin process that only needs `serve` must not pay for
 # importing the router, the supervisor and the clients at every (re)start.
 _WHERE = {
     "call": "tools.api", "run": "tools.api", "BlockingClient": "client.blocking", "Client": "client.aio",
-    "Config": "config", "serve": "plugin.sdk", "threaded": "plugin.sdk", **{name: "errors" for name in (
+    "Config": "config", "serve": "plugin.sdk", "threaded": "plugin.sdk", "notify": "sdnotify",
+    **{name: "errors" for name in (
         "CallTimeout", "ConfigError", "ConnectError", "ConnectionLost", "ManifestError", "MessageTooLarge",
         "Overloaded", "PluginUnavailable", "PlugrpcError", "RpcError")},
 }
@@ -67,6 +69,7 @@ __all__ = [
     "RpcError",
     "__version__",
     "call",
+    "notify",
     "run",
     "serve",
     "threaded",

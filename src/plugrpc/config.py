@@ -135,6 +135,8 @@ class Config:
     loop: LoopName = "auto"
     log_level: str = "info"
     log_json: bool = False
+    metrics: str | None = None
+    """`HOST:PORT` or `unix:PATH` to serve Prometheus metrics on (`--metrics`); None: no metrics."""
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -148,6 +150,8 @@ class Config:
             raise ConfigError("max_inflight_per_client must be at least 1")
         if self.shutdown_grace < 0:
             raise ConfigError(f"--shutdown-grace (shutdown_grace) must be 0 or more seconds, got {self.shutdown_grace}")
+        if self.metrics is not None:
+            metrics_address(self.metrics)
 
     def bind_socket(self) -> Socket:
         """Create the socket's private directory (when it is the default one) and bind it."""
@@ -167,6 +171,20 @@ class Config:
 
     def _default_dir(self) -> bool:
         return self.socket == default_socket() and not os.environ.get("PLUGRPC_ROUTER")
+
+
+def metrics_address(text: str) -> tuple[str, int] | Path:
+    """`--metrics`: `HOST:PORT` (`[::1]:9464` for IPv6) as (host, port), or `unix:PATH` as a Path."""
+    if text.startswith("unix:"):
+        if len(text) == len("unix:"):
+            raise ConfigError("--metrics unix: needs a path, e.g. unix:/run/plugrpc/metrics.sock")
+        return Path(text[len("unix:"):])
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"--metrics must be HOST:PORT (e.g. 127.0.0.1:9464, 0.0.0.0:9464 for every interface) or "
+                          f"unix:PATH, got {text!r}")
+    return host, int(port)
 
 
 def remove_socket(path: Path) -> None:

@@ -15,6 +15,7 @@ from ..wire import NOID
 
 if TYPE_CHECKING:
     from ..outbox import Outbox
+    from .stats import CallStats
 
 Message = dict[str, Any]
 """A JSON-RPC 2.0 message as parsed: the router passes params and results through untouched."""
@@ -90,6 +91,9 @@ class Target(Protocol):
 
 class PluginTarget(Target, Protocol):
     """A target backed by a plugin (pool or exec): it has calls to drain, fail and report."""
+
+    stats: CallStats
+    """Its calls counted: what `router.stats` and the metrics read."""
 
     def busy(self) -> int:
         """Calls written or waiting: what a drain waits for."""

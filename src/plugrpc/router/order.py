@@ -8,12 +8,15 @@ cycles already, so every wait can end.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..process.supervisor import Supervisor
     from .routing import Plugin
+
+log = logging.getLogger("plugrpc.router")
 
 
 async def wait_after(sup: Supervisor, names: Sequence[str], plugins: Mapping[str, Plugin]) -> None:
@@ -22,9 +25,11 @@ async def wait_after(sup: Supervisor, names: Sequence[str], plugins: Mapping[str
         while True:
             deps = [(name, dep) for name in names if (dep := plugins[name].supervisor) is not None]
             pending = [(name, dep) for name, dep in deps if not dep.up.is_set()]
-            sup.waiting_for = [name for name, _ in pending]
             if not pending:
                 return
+            if sup.waiting_for != [name for name, _ in pending]:
+                sup.waiting_for = [name for name, _ in pending]
+                log.info("waiting for %s to be ready", ", ".join(sup.waiting_for), extra={"plugin": sup.spec.name})
             name, dep = pending[0]
             dep.ensure_running()
             await dep.up.wait()

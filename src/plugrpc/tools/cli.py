@@ -1,9 +1,10 @@
 """`plugrpc` on the command line: parse arguments, build a `Config`, call `api`.
 
-    plugrpc run    [--root DIR] [--socket PATH] ...   serve an image's plugins
+    plugrpc run    [--root DIR] [--socket PATH] [--metrics HOST:PORT] ...   serve an image's plugins
     plugrpc call   [--socket PATH] METHOD [PARAMS]    call a method, print its result as JSON
     plugrpc status [--socket PATH] [--json]           a table of the plugins of a running router
     plugrpc reload [--socket PATH] [--json]           make a running router re-read its manifest
+    plugrpc logs   NAME [-n N] [-f] [--socket PATH]   a plugin's recent output, kept by the router
     plugrpc new    NAME [--dir DIR]                   write a plugin skeleton, its manifest entry, a test
 """
 
@@ -56,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                      help="least severe log records shown, plugins' output included (default: info)")
     run.add_argument("--log-json", action="store_true", help="log JSON lines instead of text")
+    run.add_argument("--metrics", metavar="HOST:PORT|unix:PATH", default=None,
+                     help="serve Prometheus metrics at http://HOST:PORT/metrics (or on a unix socket); needs "
+                          "prometheus-client: pip install 'plugrpc[metrics]'")
 
     call = sub.add_parser("call", help="call METHOD through a running router and print the result",
                           description="Print the result as JSON on stdout; on a JSON-RPC error print it on "
@@ -83,6 +87,15 @@ def _parser() -> argparse.ArgumentParser:
                         help="give up waiting after this long (default: wait until draining is done)")
     reload.add_argument("--json", action="store_true", help="print the outcome as JSON")
 
+    logs = sub.add_parser("logs", help="show a plugin's recent output (stdout and stderr), as the router keeps it",
+                          description="The last lines a plugin printed, from the router's memory (its last 1000 "
+                                      "lines, across restarts), oldest first, with their time and level.")
+    logs.add_argument("name", metavar="NAME", help="the plugin")
+    logs.add_argument("-n", "--lines", type=int, default=20, metavar="N", help="how many lines (default 20)")
+    logs.add_argument("-f", "--follow", action="store_true", help="then print new lines as they come, until ^C")
+    logs.add_argument("--socket", type=Path, default=None, help=socket_help)
+    logs.add_argument("--json", action="store_true", help="one JSON object per line: seq, time, level, text")
+
     new = sub.add_parser("new", help="write a Python plugin skeleton, its manifest entry and a test",
                          description="Writes DIR/plugins/NAME.py, appends [plugin.NAME] to DIR/.plugin.toml "
                                      "(creating it if needed) and writes DIR/tests/test_NAME.py, which passes as "
@@ -103,6 +116,8 @@ def _config(args: argparse.Namespace) -> Config:
         options["max_line"] = args.max_line
     if args.shutdown_grace is not None:
         options["shutdown_grace"] = args.shutdown_grace
+    if args.metrics is not None:
+        options["metrics"] = args.metrics
     return Config(**options)
 
 
@@ -158,6 +173,26 @@ def _reload(args: argparse.Namespace) -> int:
     return 0
 
 
+def _logs(args: argparse.Namespace) -> int:
+    if args.lines < 0:
+        print("plugrpc: -n must be 0 or more", file=sys.stderr)
+        return 2
+    try:
+        for line in api.logs(args.name, args.lines, follow=args.follow, socket=args.socket):
+            if args.json:
+                sys.stdout.buffer.write(orjson.dumps(line) + b"\n")
+            else:
+                print(status.log_line(line))
+            sys.stdout.flush()
+    except RpcError as exc:
+        print(f"plugrpc: {exc.data if isinstance(exc.data, str) else exc.message}", file=sys.stderr)
+        return 1
+    except ConnectionLost:
+        print("plugrpc: the router went away", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _new(args: argparse.Namespace) -> int:
     try:
         made = api.new(args.name, args.dir)
@@ -173,7 +208,7 @@ def _new(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"call": _call, "status": _status, "reload": _reload, "new": _new}
+COMMANDS = {"call": _call, "status": _status, "reload": _reload, "new": _new, "logs": _logs}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
