@@ -61,6 +61,8 @@ class Plugin:
         status: dict[str, Any] = sup.status() if sup is not None else {"pid": None, "restarts": 0}
         status.update(self.target.status())
         status["exports"] = list(self.spec.exports)
+        if self.liveness is not None:
+            status["pings"] = self.liveness.pings
         return status
 
     async def stop(self) -> None:

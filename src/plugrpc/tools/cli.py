@@ -21,6 +21,7 @@ import orjson
 from .. import __version__
 from ..config import EXAMPLE_ROOT, Config, default_socket
 from ..errors import ConfigError, ConnectError, ConnectionLost, ManifestError, PlugrpcError, RpcError
+from ..process import pid1
 from ..wire import DEFAULT_MAX_LINE
 from . import api, status
 
@@ -213,6 +214,13 @@ COMMANDS = {"call": _call, "status": _status, "reload": _reload, "new": _new, "l
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "run" and pid1.is_init():
+        # A container's first process: an init forwards signals to the router and reaps orphans.
+        return pid1.run_as_init(lambda: _command(args))
+    return _command(args)
+
+
+def _command(args: argparse.Namespace) -> int:
     try:
         if args.command == "run":
             api.run(_config(args))
