@@ -64,6 +64,11 @@ def proc(pid: int, what: str) -> dict[str, str]:
     return {line[:26].strip(): line[26:47].split()[0] for line in text.splitlines()[1:]}
 
 
+def environ(pid: int) -> dict[bytes, bytes]:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        return dict(item.split(b"=", 1) for item in f.read().split(b"\0") if item)
+
+
 async def running(sup: Supervisor) -> int:
     await sup.start()
     await until(lambda: sup.state is PluginState.RUNNING, "the plugin to run")
@@ -97,8 +102,7 @@ async def test_a_plugin_runs_as_its_user_and_group_with_their_home(make: Make) -
     assert status["Uid"].split() == [str(nobody.pw_uid)] * 4
     assert status["Gid"].split() == [str(nobody.pw_gid)] * 4
     assert status["Groups"].split() == [str(g) for g in os.getgrouplist("nobody", nobody.pw_gid)]
-    environ = Path(f"/proc/{pid}/environ").read_bytes()  # a small /proc file: no waiting
-    env = dict(item.split(b"=", 1) for item in environ.split(b"\0") if item)
+    env = environ(pid)
     assert (env[b"HOME"], env[b"USER"], env[b"LOGNAME"]) == (nobody.pw_dir.encode(), b"nobody", b"nobody")
     # It still dies with the runtime: the parent-death signal is set after the switch, which clears it.
     assert proc(pid, "status")["NoNewPrivs"] == "1"
