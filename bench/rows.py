@@ -95,6 +95,8 @@ def _importable(module: str) -> bool:
 
 GRPC_INSTALLED: Final = Need(lambda: _importable("grpc"), "grpcio is not installed (pip install -e '.[bench]')")
 AIOHTTP_INSTALLED: Final = Need(lambda: _importable("aiohttp"), "aiohttp is not installed (pip install -e '.[bench]')")
+METRICS_INSTALLED: Final = Need(lambda: _importable("prometheus_client"),
+                                "prometheus-client is not installed (pip install -e '.[metrics]')")
 C_COMPILER: Final = Need(lambda: shutil.which("cc") is not None,
                          "no C compiler (cc) on this machine (apt-get install gcc)")
 
@@ -135,6 +137,9 @@ ROWS: Final = (
     Row("router", "router + SDK plugin", 2, ROUTER, method="bench.echo"),
     Row("client", "router via plugrpc.Client", 2, ROUTER, PLUGRPC_CLIENT, method="bench.echo"),
     Row("router_asyncio", "router on asyncio loop", 2, Router("router-asyncio", loop="asyncio"), method="bench.echo"),
+    # Pings every second (10x the default) and a scrape every second (15x Prometheus's default).
+    Row("router_ops", "router + --metrics + pings", 2, Router("router-ops", ping_interval=1.0, scrape_every=1.0),
+        method="bench.echo", needs=(METRICS_INSTALLED,)),
     Row("jsonrpcserver", "jsonrpcserver.dispatch plugin", 1,
         Fd3("jsonrpcserver", (str(PLUGINS / "jsonrpcserver_echo.py"),), role="plugin")),
     Row("grpc", "gRPC (grpcio aio), unix", 1, OwnSocket("grpc", ("-m", "bench.peers", "grpc")), GRPCIO,

@@ -114,6 +114,10 @@ class Router:
     """`--loop` (None: the router's default)."""
     cprofile: str | None = None
     """Run the router under cProfile, writing its stats here (the --profile fallback without py-spy)."""
+    ping_interval: float | None = None
+    """The plugins' `ping_interval` (None: the manifest's default, 10 s)."""
+    scrape_every: float | None = None
+    """Serve `--metrics` on a unix socket and scrape it every this many seconds (None: no metrics)."""
 
     @property
     def methods(self) -> list[str]:
@@ -121,16 +125,25 @@ class Router:
         return ["bench.echo"] if self.plugins == 1 else [f"bench{i}.echo" for i in range(self.plugins)]
 
     async def start(self, lab: Lab) -> Server:
-        image = sdk_image(lab.fresh_dir(f"{self.name}-image"), self.plugins)
+        keys = {} if self.ping_interval is None else {"ping_interval": self.ping_interval}
+        image = sdk_image(lab.fresh_dir(f"{self.name}-image"), self.plugins, keys)
         path = lab.socket(self.name)
         command = PLUGRPC if self.cprofile is None else (sys.executable, "-m", "cProfile", "-o", self.cprofile,
                                                          "-m", "plugrpc")
         argv = [*command, "run", "--root", os.fspath(image), "--socket", os.fspath(path)]
         if self.loop:
             argv += ["--loop", self.loop]
+        metrics = lab.socket(f"{self.name}-metrics")
+        if self.scrape_every is not None:
+            argv += ["--metrics", f"unix:{metrics}"]
         env = dict(os.environ, XDG_RUNTIME_DIR=os.fspath(lab.fresh_dir(f"{self.name}-run")))
         child = lab.fleet.spawn(self.name, argv, env=env)
         await wait_connectable(path, child)
+        if self.scrape_every is not None:
+            await wait_connectable(metrics, child)
+            # Not charged to any role: its CPU is the scraper's; what a scrape costs the router is the router's.
+            lab.fleet.spawn(f"{self.name}-scraper", [sys.executable, "-m", "bench.scraper", os.fspath(metrics),
+                                                     str(self.scrape_every)])
 
         def roles() -> dict[str, list[int]]:
             kids = children_of(child.pid)
@@ -176,14 +189,15 @@ def _runs(pid: int, name: str) -> bool:
         return False
 
 
-def sdk_image(root: Path, plugins: int) -> Path:
-    """An image with `plugins` copies of the SDK echo plugin, named bench (or bench0..benchN-1)."""
+def sdk_image(root: Path, plugins: int, keys: dict[str, float] | None = None) -> Path:
+    """An image of `plugins` copies of the SDK echo plugin, named bench (or bench0..benchN-1), with manifest `keys`."""
     script = root / PLUGIN_FILE
     shutil.copyfile(PLUGINS / "sdk_echo.py", script)
     script.chmod(0o755)
     names = ["bench"] if plugins == 1 else [f"bench{i}" for i in range(plugins)]
+    extra = "".join(f"{key} = {value}\n" for key, value in (keys or {}).items())
     (root / ".plugin.toml").write_text(
-        "".join(f'[plugin.{n}]\npath = "{PLUGIN_FILE}"\nexports = ["echo"]\n\n' for n in names)
+        "".join(f'[plugin.{n}]\npath = "{PLUGIN_FILE}"\nexports = ["echo"]\n{extra}\n' for n in names)
     )
     return root
 
