@@ -201,7 +201,7 @@ plugrpc.serve({"name": lambda: NAME}, on_start=start_up)
 
 # A `ready = "notify"` plugin without the SDK: it writes its $NOTIFY_SOCKET where the test can read
 # it, sends what the test put in $NOTIFY_SCRIPT (a JSON list of {"data": base64, "repeat": N} or
-# {"size": N}: N bytes of "X"),
+# {"size": N}: N bytes of "X") and then creates $FLOODED if set,
 # waits for the file $GO to exist, then says READY=1 and echoes. With NEVER_ANSWER=1 it says READY=1
 # and then never reads a request.
 RAW_NOTIFY = '''
@@ -216,6 +216,8 @@ for entry in json.loads(os.environ.get("NOTIFY_SCRIPT", "[]")):
     data = base64.b64decode(entry["data"]) if "data" in entry else b"X" * entry["size"]
     for _ in range(entry.get("repeat", 1)):
         out.sendto(data, target)
+if os.environ.get("FLOODED"):
+    open(os.environ["FLOODED"], "w").close()
 while not os.path.exists(os.environ["GO"]):
     time.sleep(0.01)
 out.sendto(b"STATUS=serving\\nREADY=1", target)

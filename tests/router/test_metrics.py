@@ -26,6 +26,7 @@ from plugrpc.router.server import Server
 from plugrpc.testing import write_image
 
 from plugin_sources import OPS, OPS_EXPORTS
+from reliability_plugins import figure
 from util import WAIT, run_server, until
 
 Families = dict[str, Any]
@@ -230,16 +231,36 @@ async def test_scrapers_that_never_read_or_never_ask_are_cut_off_and_hold_nothin
         # Those that asked have their answer in the kernel's buffers, the router holds nothing for them;
         # those that never asked hold a connection each, until the timeout.
         await until(lambda: len(router.metrics.scrapers) >= 2, "the silent scrapers")  # type: ignore[union-attr]
+        loop = asyncio.get_running_loop()
         async with plugrpc.Client(router.config.socket, timeout=WAIT) as c:
-            assert [await c.raw("a.echo", [n]) for n in range(50)] == list(range(50))
+            slowest = await slowest_of(c, 50)
+        started = loop.time()
         assert "plugrpc_calls" in families((await scrape(url(router)))[1])  # another scraper is served meanwhile
+        scraped = loop.time() - started
         await until(lambda: not router.metrics.scrapers, "the stalled ones to be cut off")  # type: ignore[union-attr]
+        async with plugrpc.Client(router.config.socket, timeout=WAIT) as c:
+            alone = await slowest_of(c, 50)
+        figure("stalled scrapers: slowest of 50 calls meanwhile", slowest * 1000, "ms", stalled=4,
+               after_ms=round(alone * 1000, 2))
+        figure("stalled scrapers: another scrape meanwhile took", scraped * 1000, "ms", stalled=4)
         for n, sock in enumerate(stalled):
             got = await asyncio.to_thread(read_to_end, sock)
             assert got.startswith(b"HTTP/1.1 200 OK") if n % 2 == 0 else got == b""
     finally:
         for sock in stalled:
             sock.close()
+
+
+async def slowest_of(c: plugrpc.Client, n: int) -> float:
+    """The longest of `n` calls in a row, in seconds (the connection is made before the first)."""
+    await c.raw("a.echo", [0])
+    loop = asyncio.get_running_loop()
+    slowest = 0.0
+    for i in range(n):
+        started = loop.time()
+        assert await c.raw("a.echo", [i]) == i
+        slowest = max(slowest, loop.time() - started)
+    return slowest
 
 
 def read_to_end(sock: socket.socket) -> bytes:
