@@ -66,6 +66,13 @@ def start(script: Path, tmp: Path, env: Mapping[str, str]) -> subprocess.Popen[b
                             stderr=subprocess.PIPE)
 
 
+def serves(proc: subprocess.Popen[bytes], tmp: Path) -> None:
+    """Once its socket accepts, the plugin answers a call."""
+    wait_for_socket(tmp / "p.sock", WAIT, lambda: proc.poll() is None)
+    with RawConn(tmp / "p.sock") as conn:
+        assert conn.ask(req("ok"))["result"] == "ok"
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.kill()
@@ -81,9 +88,7 @@ def test_ready_is_said_after_the_start_up_hook(script: Path, plugrpc_tmp: Path, 
     try:
         assert listener.recv(4096) == b"READY=1"
         assert (plugrpc_tmp / "mark").exists()  # the hook had finished
-        wait_for_socket(plugrpc_tmp / "p.sock", WAIT)
-        with RawConn(plugrpc_tmp / "p.sock") as conn:
-            assert conn.ask(req("ok"))["result"] == "ok"
+        serves(proc, plugrpc_tmp)
     finally:
         stop(proc)
 
@@ -103,9 +108,7 @@ def test_ready_on_an_abstract_notify_socket(script: Path, plugrpc_tmp: Path) -> 
 def test_without_notify_socket_it_just_serves(script: Path, plugrpc_tmp: Path) -> None:
     proc = start(script, plugrpc_tmp, {"HOOK": "sync"})
     try:
-        wait_for_socket(plugrpc_tmp / "p.sock", WAIT, lambda: proc.poll() is None)
-        with RawConn(plugrpc_tmp / "p.sock") as conn:
-            assert conn.ask(req("ok"))["result"] == "ok"
+        serves(proc, plugrpc_tmp)
     finally:
         stop(proc)
 
@@ -113,9 +116,7 @@ def test_without_notify_socket_it_just_serves(script: Path, plugrpc_tmp: Path) -
 def test_a_notify_socket_nobody_listens_on_is_logged_and_it_serves_on(script: Path, plugrpc_tmp: Path) -> None:
     proc = start(script, plugrpc_tmp, {"HOOK": "none", "NOTIFY_SOCKET": str(plugrpc_tmp / "gone.sock")})
     try:
-        wait_for_socket(plugrpc_tmp / "p.sock", WAIT, lambda: proc.poll() is None)
-        with RawConn(plugrpc_tmp / "p.sock") as conn:
-            assert conn.ask(req("ok"))["result"] == "ok"
+        serves(proc, plugrpc_tmp)
         proc.kill()
         proc.wait(WAIT)
         assert proc.stderr is not None and b"cannot say READY=1 on $NOTIFY_SOCKET" in proc.stderr.read()
