@@ -52,8 +52,8 @@ def test_a_router_killed_with_sigkill_has_its_directory_removed_by_the_next(
     first = RouterProcess(root, plugrpc_tmp / "one.sock", env={"XDG_RUNTIME_DIR": str(xdg)}).wait_ready()
     try:
         # The front socket accepts (into its backlog) before the plugins' sockets are bound: wait for them.
-        left = wait_until(lambda: [p for p in xdg.iterdir()
-                                   if p.name.startswith("plugrpc-") and (p / "ovs.sock").exists()], "the plugin's socket")
+        left = wait_until(lambda: [p for p in xdg.iterdir() if p.name.startswith("plugrpc-")
+                                   and (p / "ovs.sock").exists()], "the plugin's socket")
         assert len(left) == 1
     finally:
         first.stop(signal.SIGKILL)
