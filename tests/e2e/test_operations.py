@@ -373,6 +373,7 @@ def test_as_pid_1_it_reaps_orphans_forwards_sigterm_and_exits_cleanly(plugrpc_im
                                   "run", "--root", str(root), "--socket", str(sock)],
                                  env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)}, stdout=log,
                                  stderr=subprocess.STDOUT)
+    init = 0
     try:
         init = wait_until(lambda: _children(outer.pid), "the namespace's first process")[0]
         namespace = os.readlink(f"/proc/{init}/ns/pid")
@@ -391,8 +392,10 @@ def test_as_pid_1_it_reaps_orphans_forwards_sigterm_and_exits_cleanly(plugrpc_im
         assert not os.path.exists(f"/proc/{init}") and not sock.exists()
         assert plugin > 1
     finally:
+        if init and alive(init):
+            os.kill(init, signal.SIGKILL)  # from outside the namespace it cannot be refused; it ends the namespace
         if outer.poll() is None:
             outer.kill()
-            outer.wait(WAIT)
+        outer.wait(WAIT)
     text = (plugrpc_tmp / "pid1.log").read_text()
     assert "router stopped" in text and "exited with" in text
