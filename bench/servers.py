@@ -117,6 +117,10 @@ class Router:
     """Run the router under cProfile, writing its stats here (the --profile fallback without py-spy)."""
     relay: bool = False
     """Also a plugin `relay` that calls `bench.echo` through the router (the p2p row's load generator)."""
+    ping_interval: float | None = None
+    """The plugins' `ping_interval` (None: the manifest's default, 10 s)."""
+    scrape_every: float | None = None
+    """Serve `--metrics` on a unix socket and scrape it every this many seconds (None: no metrics)."""
 
     @property
     def methods(self) -> list[str]:
@@ -124,16 +128,25 @@ class Router:
         return sdk_methods(self.plugins)
 
     async def start(self, lab: Lab) -> Server:
-        image = sdk_image(lab.fresh_dir(f"{self.name}-image"), self.plugins, self.relay)
+        keys = {} if self.ping_interval is None else {"ping_interval": self.ping_interval}
+        image = sdk_image(lab.fresh_dir(f"{self.name}-image"), self.plugins, self.relay, keys)
         path = lab.socket(self.name)
         command = PLUGRPC if self.cprofile is None else (sys.executable, "-m", "cProfile", "-o", self.cprofile,
                                                          "-m", "plugrpc")
         argv = [*command, "run", "--root", os.fspath(image), "--socket", os.fspath(path)]
         if self.loop:
             argv += ["--loop", self.loop]
+        metrics = lab.socket(f"{self.name}-metrics")
+        if self.scrape_every is not None:
+            argv += ["--metrics", f"unix:{metrics}"]
         env = dict(os.environ, XDG_RUNTIME_DIR=os.fspath(lab.fresh_dir(f"{self.name}-run")))
         child = lab.fleet.spawn(self.name, argv, env=env)
         await wait_connectable(path, child)
+        if self.scrape_every is not None:
+            await wait_connectable(metrics, child)
+            # Not charged to any role: its CPU is the scraper's; what a scrape costs the router is the router's.
+            lab.fleet.spawn(f"{self.name}-scraper", [sys.executable, "-m", "bench.scraper", os.fspath(metrics),
+                                                     str(self.scrape_every)])
         server = Server(os.fspath(path), child, lambda: router_roles([child.pid]))
         for method in self.methods:
             await lab.check_echo(server, method)
@@ -189,14 +202,16 @@ def sdk_methods(plugins: int) -> list[str]:
     return [f"{n}.echo" for n in _sdk_names(plugins)]
 
 
-def sdk_image(root: Path, plugins: int, relay: bool = False) -> Path:
-    """An image with `plugins` copies of the SDK echo plugin, named bench (or bench0..benchN-1), and the relay."""
+def sdk_image(root: Path, plugins: int, relay: bool = False, keys: dict[str, float] | None = None) -> Path:
+    """An image with `plugins` copies of the SDK echo plugin, named bench (or bench0..benchN-1), with manifest
+    `keys`, and the relay."""
     for source, name in (("sdk_echo.py", PLUGIN_FILE), ("relay.py", RELAY_FILE)):
         script = root / name
         shutil.copyfile(PLUGINS / source, script)
         script.chmod(0o755)
+    extra = "".join(f"{key} = {value}\n" for key, value in (keys or {}).items())
     manifest = "".join(f'[plugin.{n}]\npath = "{PLUGIN_FILE}"\nexports = ["echo", "progress_echo", "burst"]\n'
-                       f'events = ["tick"]\n\n' for n in _sdk_names(plugins))
+                       f'events = ["tick"]\n{extra}\n' for n in _sdk_names(plugins))
     if relay:
         manifest += f'[plugin.relay]\npath = "{RELAY_FILE}"\nexports = ["loop"]\n'
     (root / ".plugin.toml").write_text(manifest)

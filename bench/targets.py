@@ -174,6 +174,24 @@ def _idle_rss(key: str) -> Figure:
     return compute
 
 
+def _within_spread(row: str, base: str, scen: str, metric: str) -> Figure:
+    """How far `row`'s median is outside `base`'s [min..max] over the rounds, in widths of that band, on the
+    worse side (0: within it, or better). Features off the call path must cost nothing a run can see."""
+    def compute(data: dict[str, Any]) -> tuple[list[float], str]:
+        ops = [v for v in per_round(data, row, scen, metric) if v is not None]
+        ref = [v for v in per_round(data, base, scen, metric) if v is not None]
+        what = f"{row} median outside {base}'s [min..max] {metric.removesuffix('_us')}, in band widths"
+        if not ops or len(ref) < 2:
+            return [], what
+        low, high = min(ref), max(ref)
+        width = (high - low) or abs(high) * 1e-6 or 1e-9
+        median = statistics.median(ops)
+        worse = low - median if metric == "throughput" else median - high
+        return [max(0.0, worse / width)], what
+
+    return compute
+
+
 def _fleet_started(data: dict[str, Any]) -> tuple[list[float], str]:
     start = data.get("plugin_cost", {}).get("start", {})
     return [r["all_answered_s"] for r in _fleet_runs(data) if "all_answered_s" in r], (
@@ -290,6 +308,11 @@ TARGETS: Final = [
            _r("nats_any3", "nats_router", "conns-c64-100B", "throughput"), lambda v: v >= 1.0, ">= 1.0"),
     Target("ratios-repeat-vs-previous", f"key ratios repeat within {REPEAT_PCT:g}% of the previous full run", _repeat,
            lambda v: v <= REPEAT_PCT, f"<= {REPEAT_PCT:g}", per_round=False),
+    Target("router-ops-p50-in-spread", "router with --metrics and pings: p50 within the router's spread",
+           _within_spread("router_ops", "router", LAT1, "p50_us"), lambda v: v <= 0, "0", per_round=False),
+    Target("router-ops-tput64-in-spread", "router with --metrics and pings: throughput at 64 within its spread",
+           _within_spread("router_ops", "router", "conns-c64-100B", "throughput"), lambda v: v <= 0, "0",
+           per_round=False),
 ]
 
 

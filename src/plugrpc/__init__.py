@@ -32,12 +32,13 @@ if TYPE_CHECKING:
     )
     from .plugin.sdk import serve, threaded
     from .plugin.talk import call, emit, progress
+    from .sdnotify import notify
     from .tools.api import run
 
 # Names are imported on first use: a plugin process that only needs `serve` must not pay for
 # importing the router, the supervisor and the clients at every (re)start.
 _WHERE = {
-    "call": "plugin.talk", "emit": "plugin.talk", "progress": "plugin.talk",
+    "call": "plugin.talk", "emit": "plugin.talk", "progress": "plugin.talk", "notify": "sdnotify",
     "run": "tools.api", "BlockingClient": "client.blocking", "Client": "client.aio",
     "Config": "config", "serve": "plugin.sdk", "threaded": "plugin.sdk", **{name: "errors" for name in (
         "CallTimeout", "ConfigError", "ConnectError", "ConnectionLost", "ManifestError", "MessageTooLarge",
@@ -71,6 +72,7 @@ __all__ = [
     "__version__",
     "call",
     "emit",
+    "notify",
     "progress",
     "run",
     "serve",

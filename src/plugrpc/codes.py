@@ -18,6 +18,10 @@ CALL_TIMEOUT = -32002
 OVERLOADED = -32003
 MESSAGE_TOO_LARGE = -32004
 
+# A process exit status, not a JSON-RPC code: systemd's EXIT_MEMORY. An SDK plugin that runs out
+# of memory (its manifest's limits.memory) exits with it, and the router reads it as that limit.
+EXIT_MEMORY = 204
+
 MESSAGES: dict[int, str] = {
     PARSE_ERROR: "Parse error",
     INVALID_REQUEST: "Invalid Request",

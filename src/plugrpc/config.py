@@ -145,6 +145,8 @@ class Config:
     """`--nats-creds FILE`: a NATS credentials file (JWT and NKey seed)."""
     nats_ca: Path | None = None
     """`--nats-ca FILE`: a CA (PEM) to trust for `tls://` servers, beside the system's."""
+    metrics: str | None = None
+    """`HOST:PORT` or `unix:PATH` to serve Prometheus metrics on (`--metrics`); None: no metrics."""
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -168,6 +170,8 @@ class Config:
             for option, path in (("--nats-creds", self.nats_creds), ("--nats-ca", self.nats_ca)):
                 if path is not None and not Path(path).is_file():
                     raise ConfigError(f"{option}: no such file: {path}")
+        if self.metrics is not None:
+            metrics_address(self.metrics)
 
     def bind_socket(self) -> Socket:
         """Create the socket's private directory (when it is the default one) and bind it."""
@@ -187,6 +191,20 @@ class Config:
 
     def _default_dir(self) -> bool:
         return self.socket == default_socket() and not os.environ.get("PLUGRPC_ROUTER")
+
+
+def metrics_address(text: str) -> tuple[str, int] | Path:
+    """`--metrics`: `HOST:PORT` (`[::1]:9464` for IPv6) as (host, port), or `unix:PATH` as a Path."""
+    if text.startswith("unix:"):
+        if len(text) == len("unix:"):
+            raise ConfigError("--metrics unix: needs a path, e.g. unix:/run/plugrpc/metrics.sock")
+        return Path(text[len("unix:"):])
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"--metrics must be HOST:PORT (e.g. 127.0.0.1:9464, 0.0.0.0:9464 for every interface) or "
+                          f"unix:PATH, got {text!r}")
+    return host, int(port)
 
 
 def remove_socket(path: Path) -> None:

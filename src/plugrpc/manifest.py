@@ -7,9 +7,11 @@ root is a `ManifestError` naming the file, the plugin and the key, before anythi
 
 from __future__ import annotations
 
+import grp
 import hashlib
 import math
 import os
+import pwd
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -27,6 +29,28 @@ RESERVED_NAMES: Final = frozenset({"router", "rpc"})
 
 Mode = Literal["rpc", "exec"]
 Restart = Literal["always", "on-failure", "never"]
+Ready = Literal["started", "notify"]
+SIZE_UNITS: Final = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+"""Multiples a `limits.memory` size may end with (powers of 1024: "256M" is 256 MiB)."""
+MIN_MEMORY: Final = 1 << 20
+"""The smallest non-zero memory limit: `memory = 256` (bytes) is a mistake for "256M"."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """`limits = {...}`: what the kernel holds a plugin process to (setrlimit in the child); 0 is none."""
+
+    memory: int = 0
+    """Bytes of heap and other private writable memory (RLIMIT_DATA): allocations beyond it fail."""
+    open_files: int = 0
+    """File descriptors (RLIMIT_NOFILE)."""
+    processes: int = 0
+    """Processes and threads of the plugin's user, all of them counted (RLIMIT_NPROC)."""
+    cpu_seconds: int = 0
+    """CPU time (RLIMIT_CPU): SIGXCPU when it is used up, SIGKILL two seconds of CPU later."""
+
+    def __bool__(self) -> bool:
+        return any((self.memory, self.open_files, self.processes, self.cpu_seconds))
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +85,28 @@ class PluginSpec:
     """Seconds between SIGTERM and SIGKILL when stopping."""
     events: tuple[str, ...] = ()
     """Patterns of the event names the plugin may emit (`port.*`); others are dropped."""
+    ping_interval: float = 10.0
+    """Seconds between liveness pings (`rpc.ping`) of a running plugin with room for a call (0: none)."""
+    ping_timeout: float = 5.0
+    """Seconds a ping may go unanswered before the plugin is unresponsive and restarted (0: no pings)."""
+    ready: Ready = "started"
+    """`started`: ready once its process runs; `notify`: once it says READY=1 on $NOTIFY_SOCKET."""
+    after: tuple[str, ...] = ()
+    """Plugins that must be ready before this one starts (and restarts)."""
+    limits: Limits = Limits()
+    user: str | None = None
+    """User to run the plugin as (the router must run as root to switch), as a name or a uid."""
+    group: str | None = None
+    """Group to run it as; default: the user's own group (and the user's other groups)."""
+    no_new_privileges: bool = True
+    """PR_SET_NO_NEW_PRIVS: neither the plugin nor what it runs can gain privileges (setuid, file caps)."""
     digest: str = ""
     """Hash of the executable when loaded: a rebuilt plugin counts as changed on reload."""
+
+    @property
+    def pings(self) -> bool:
+        """Whether the router checks this plugin's liveness (rpc plugins, both settings non-zero)."""
+        return self.mode == "rpc" and self.ping_interval > 0 and self.ping_timeout > 0
 
     @property
     def exported(self) -> frozenset[str]:
@@ -111,6 +155,7 @@ def parse_manifest(text: str, root: Path, file: Path) -> Manifest:
     if not isinstance(tables, dict):
         raise ManifestError("must be a table of [plugin.NAME] tables", file=str(file), key="plugin")
     plugins = {name: _plugin(name, table, root, str(file)) for name, table in tables.items()}
+    _check_order(plugins, str(file))
     return Manifest(root=root, file=file, plugins=MappingProxyType(plugins))
 
 
@@ -135,7 +180,11 @@ def _plugin(name: str, table: Any, root: Path, file: str) -> PluginSpec:
         try:
             values[key] = _FIELDS[key](raw)
         except (TypeError, ValueError) as exc:
-            raise fail(str(exc), key) from None
+            raise fail(str(exc), exc.key if isinstance(exc, _KeyedError) else key) from None
+    try:
+        _check_identity(values.get("user"), values.get("group"))
+    except _KeyedError as exc:
+        raise fail(str(exc), exc.key) from None
     if values.get("events") and values.get("mode") == "exec":
         raise fail("an exec plugin runs once per call and has no connection to emit events on; "
                    "remove `events` or use mode = \"rpc\"", "events")
@@ -161,7 +210,81 @@ def _confine(declared: str, root: Path, fail: Callable[[str, str], ManifestError
     return resolved
 
 
+def _check_order(plugins: Mapping[str, PluginSpec], file: str) -> None:
+    """`after` names plugins of this manifest and never goes round in a circle."""
+    for spec in plugins.values():
+        for name in spec.after:
+            if name not in plugins:
+                raise ManifestError(f"no plugin named {name!r} in this manifest (it has {', '.join(plugins)})",
+                                    file=file, plugin=spec.name, key="after")
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> None:
+        if name in path:
+            cycle = " -> ".join([*path[path.index(name):], name])
+            raise ManifestError(f"start order goes round in a circle: {cycle}; remove one of these `after` entries",
+                                file=file, plugin=path[-1], key="after")
+        if name in done:
+            return
+        for dep in plugins[name].after:
+            visit(dep, [*path, name])
+        done.add(name)
+
+    for name in plugins:
+        visit(name, [])
+
+
+def _check_identity(user: str | None, group: str | None) -> None:
+    """`user` and `group` exist here, and the router may switch to them (it runs as root, or as them)."""
+    uid = gid = None
+    if user is not None:
+        entry = passwd_entry(user)
+        if entry is None and not user.isdigit():
+            raise _KeyedError("user", f"no such user {user!r} on this machine (see /etc/passwd); give an existing "
+                                      "name or a numeric uid")
+        if entry is None and group is None:
+            raise _KeyedError("user", f"uid {user} is not in /etc/passwd, so it has no group of its own: set `group` "
+                                      "too")
+        uid = entry.pw_uid if entry is not None else int(user)
+    if group is not None:
+        gentry = group_entry(group)
+        if gentry is None and not group.isdigit():
+            raise _KeyedError("group", f"no such group {group!r} on this machine (see /etc/group); give an existing "
+                                       "name or a numeric gid")
+        gid = gentry.gr_gid if gentry is not None else int(group)
+    if os.geteuid() == 0:
+        return
+    for key, wanted, have in (("user", uid, os.geteuid()), ("group", gid, os.getegid())):
+        if wanted is not None and wanted != have:
+            raise _KeyedError(key, f"switching to {key} {user if key == 'user' else group!r} needs the router to run "
+                                   f"as root (it runs as uid {os.geteuid()}); drop the key or start the router as root")
+
+
+def passwd_entry(user: str) -> pwd.struct_passwd | None:
+    """The /etc/passwd entry of a user name or numeric uid, or None."""
+    try:
+        return pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    except (KeyError, OverflowError):
+        return None
+
+
+def group_entry(group: str) -> grp.struct_group | None:
+    """The /etc/group entry of a group name or numeric gid, or None."""
+    try:
+        return grp.getgrgid(int(group)) if group.isdigit() else grp.getgrnam(group)
+    except (KeyError, OverflowError):
+        return None
+
+
 # --- per-key converters: each raises TypeError/ValueError with a message for the user -----
+
+
+class _KeyedError(ValueError):
+    """A converter's error about one entry inside a key (`limits.memory`): names that entry."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 def _str(value: Any) -> str:
@@ -228,6 +351,63 @@ def _bool(value: Any) -> bool:
     return value
 
 
+def _identity(value: Any) -> str:
+    """A user or group: a name, or a numeric id (as an integer or a string of digits)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return str(value)
+    return _str(value)
+
+
+_SIZE_RE: Final = re.compile(r"(\d+(?:\.\d+)?)([kmgt]?)(?:i?b)?", re.I)
+
+
+def _size(value: Any) -> int:
+    """Bytes, from an integer or a size like "256M", "1.5G", "512MiB" (multiples of 1024)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str) and (match := _SIZE_RE.fullmatch(value.strip())):
+        size = int(float(match[1]) * SIZE_UNITS[match[2].lower()])
+    else:
+        raise TypeError(f"expected bytes as an integer or a size like \"256M\" or \"1.5G\" (K, M, G, T: powers of "
+                        f"1024), got {value!r}")
+    if size < 0 or 0 < size < MIN_MEMORY:
+        hint = f"; write \"{value}M\" for {value} MiB" if isinstance(value, int) else ""
+        raise ValueError(f"{value!r} is {size} bytes, too small for a process (at least 1M, or 0 for none){hint}")
+    return size
+
+
+_LIMITS: Final[dict[str, Callable[[Any], Any]]] = {
+    "memory": _size,
+    "open_files": _number(0, integer=True),
+    "processes": _number(0, integer=True),
+    "cpu_seconds": _number(0, integer=True),
+}
+
+
+def _limits(value: Any) -> Limits:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a table like {{ memory = \"256M\", open_files = 1024 }}, got {value!r}")
+    values = {}
+    for key, raw in value.items():
+        if key not in _LIMITS:
+            raise _KeyedError(f"limits.{key}", f"unknown limit (known: {', '.join(_LIMITS)})")
+        try:
+            values[key] = _LIMITS[key](raw)
+        except (TypeError, ValueError) as exc:
+            raise _KeyedError(f"limits.{key}", str(exc)) from None
+    if 0 < values.get("open_files", 0) < 4:
+        raise _KeyedError("limits.open_files", "must be 0 (none) or at least 4: fds 0-3 are the plugin's stdio and "
+                                               "its socket")
+    return Limits(**values)
+
+
+def _after(value: Any) -> tuple[str, ...]:
+    names = _str_tuple(value)
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate names in {list(names)!r}")
+    return names
+
+
 _FIELDS: Final[dict[str, Callable[[Any], Any]]] = {
     "path": _str,
     "exports": _exports,
@@ -244,4 +424,12 @@ _FIELDS: Final[dict[str, Callable[[Any], Any]]] = {
     "idle_stop": _number(0),
     "grace": _number(0),
     "events": _events,
+    "ping_interval": _number(0),
+    "ping_timeout": _number(0),
+    "ready": _choice("started", "notify"),
+    "after": _after,
+    "limits": _limits,
+    "user": _identity,
+    "group": _identity,
+    "no_new_privileges": _bool,
 }

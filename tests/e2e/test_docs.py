@@ -129,3 +129,31 @@ def test_the_events_walkthrough_of_the_authors_guide_works_as_written(
     finally:
         printer.kill()
         printer.communicate()
+
+
+def test_the_operators_manifest_table_lists_every_key() -> None:
+    from plugrpc.manifest import _FIELDS
+
+    section = OPERATORS.split("## The manifest", 1)[1].split("\n## ", 1)[0]
+    listed = {key for cell in re.findall(r"^\| (`[^|]+`) \|", section, re.M) for key in re.findall(r"`(\w+)`", cell)}
+    assert listed == set(_FIELDS)
+
+
+def test_the_operators_manifest_example_loads(plugrpc_tmp: Path) -> None:
+    import os
+
+    from plugrpc.manifest import load_manifest
+
+    section = OPERATORS.split("## The manifest", 1)[1]
+    example = blocks(section, "toml")[0]
+    if os.geteuid() != 0:
+        example = example.replace('user = "nobody"', "")  # switching users needs root
+    for path in re.findall(r'^path = "(/[^"]+)"', example, re.M):
+        script = plugrpc_tmp / path.lstrip("/")
+        script.parent.mkdir(parents=True, exist_ok=True)
+        script.write_text("#!/bin/sh\n")
+        script.chmod(0o755)
+    (plugrpc_tmp / ".plugin.toml").write_text(example)
+    plugins = load_manifest(plugrpc_tmp).plugins
+    assert set(plugins) == {"ovs", "tool", "api"}
+    assert plugins["api"].after == ("tool",) and plugins["api"].limits.memory == 256 << 20

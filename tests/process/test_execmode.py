@@ -258,7 +258,8 @@ async def test_cancellation_kills_the_process_group(make: Make, root: Path) -> N
     plugin = make(SH_PLUGIN)
     task = asyncio.create_task(plugin.call("sleep", "c"))
     pids = await pids_of(root / "c.pids")
-    assert plugin.inflight == 1
+    # The script may write its pids before subprocess_exec has returned to call(), which counts it then.
+    await until(lambda: plugin.inflight == 1, "the execution to be counted")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, WAIT)

@@ -50,9 +50,13 @@ def test_a_router_killed_with_sigkill_has_its_directory_removed_by_the_next(
     xdg = plugrpc_tmp / "xdg"
     xdg.mkdir(mode=0o700)
     first = RouterProcess(root, plugrpc_tmp / "one.sock", env={"XDG_RUNTIME_DIR": str(xdg)}).wait_ready()
-    left = [path for path in xdg.iterdir() if path.name.startswith("plugrpc-")]
-    assert len(left) == 1 and (left[0] / "ovs.sock").exists()
-    first.stop(signal.SIGKILL)
+    try:
+        # The front socket accepts (into its backlog) before the plugins' sockets are bound: wait for them.
+        left = wait_until(lambda: [p for p in xdg.iterdir() if p.name.startswith("plugrpc-")
+                                   and (p / "ovs.sock").exists()], "the plugin's socket")
+        assert len(left) == 1
+    finally:
+        first.stop(signal.SIGKILL)
     assert left[0].exists()  # nothing in a SIGKILLed process can clean up
     second = RouterProcess(root, plugrpc_tmp / "two.sock", env={"XDG_RUNTIME_DIR": str(xdg)}).wait_ready()
     try:

@@ -300,10 +300,13 @@ async def test_killed_plugin_restarts_and_serves_calls_made_while_it_was_dead(ma
         "pid": facts["pid"],
         "restarts": 1,
         "exit_reason": "crash",
+        "exit_detail": None,
         "last_error": None,
         "last_exit": -9,
         "mode": "rpc",
         "lazy": False,
+        "status_text": None,
+        "waiting_for": [],
     }
     await wait_gone(first)
 

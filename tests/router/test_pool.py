@@ -26,7 +26,8 @@ class Sink:
 
 def make_pool(**keys: Any) -> PluginPool:
     spec = PluginSpec(name="p", path=Path("/bin/true"), exports=("x",), **keys)
-    sup = SimpleNamespace(state=PluginState.RUNNING, available=True, ensure_running=lambda: None, touch=lambda: None,
+    sup = SimpleNamespace(state=PluginState.RUNNING, available=True, holding=False, ensure_running=lambda: None,
+                          touch=lambda: None,
                           unavailable_reason=lambda: f"plugin p is {sup.state.value}")
     return PluginPool(spec, Path("/nonexistent.sock"), sup, Outbox(), 1 << 20)  # type: ignore[arg-type]
 

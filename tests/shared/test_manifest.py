@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import grp
 import os
 from pathlib import Path
 
 import pytest
 
 from plugrpc.errors import ManifestError
-from plugrpc.manifest import load_manifest
+from plugrpc.manifest import Limits, load_manifest
 
 
 def image(tmp_path: Path, toml: str, files: dict[str, str] | None = None) -> Path:
@@ -78,6 +79,25 @@ def test_events_declare_what_a_plugin_may_emit(tmp_path: Path) -> None:
     ('path = "bin/p"\nexports = ["a"]\nevents = ["port..x"]', "events", "not a pattern"),
     ('path = "bin/p"\nexports = ["a"]\nevents = [">.x"]', "events", "only be the last token"),
     ('path = "bin/p"\nexports = ["a"]\nmode = "exec"\nevents = ["x"]', "events", "no connection to emit"),
+    ('path = "bin/p"\nexports = ["a"]\nping_interval = -1', "ping_interval", ">= 0"),
+    ('path = "bin/p"\nexports = ["a"]\nready = "yes"', "ready", "'started', 'notify'"),
+    ('path = "bin/p"\nexports = ["a"]\nafter = "db"', "after", "array of strings"),
+    ('path = "bin/p"\nexports = ["a"]\nlimits = 5', "limits", "a table like"),
+    ('path = "bin/p"\nexports = ["a"]\nlimits = { memory = "256 MX" }', "limits.memory", 'a size like "256M"'),
+    ('path = "bin/p"\nexports = ["a"]\nlimits = { memory = 256 }', "limits.memory", 'write "256M" for 256 MiB'),
+    ('path = "bin/p"\nexports = ["a"]\nlimits = { memory = "1K" }', "limits.memory", "at least 1M"),
+    ('path = "bin/p"\nexports = ["a"]\nlimits = { memory = true }', "limits.memory", "an integer or a size"),
+    ('path = "bin/p"\nexports = ["a"]\nlimits = { open_files = 2 }', "limits.open_files", "at least 4"),
+    ('path = "bin/p"\nexports = ["a"]\nlimits = { processes = -1 }', "limits.processes", ">= 0"),
+    ('path = "bin/p"\nexports = ["a"]\nlimits = { cpu_seconds = 1.5 }', "limits.cpu_seconds", "integer"),
+    ('path = "bin/p"\nexports = ["a"]\nlimits = { swap = 1 }', "limits.swap", "unknown limit"),
+    ('path = "bin/p"\nexports = ["a"]\nuser = "no-such-user-here"', "user", "no such user"),
+    ('path = "bin/p"\nexports = ["a"]\nuser = 4242', "user", "set `group` too"),
+    ('path = "bin/p"\nexports = ["a"]\ngroup = "no-such-group-here"', "group", "no such group"),
+    ('path = "bin/p"\nexports = ["a"]\nuser = ""', "user", "non-empty string"),
+    ('path = "bin/p"\nexports = ["a"]\nno_new_privileges = "no"', "no_new_privileges", "true or false"),
+    ('path = "bin/p"\nexports = ["a"]\nafter = ["ghost"]', "after", "no plugin named 'ghost'"),
+    ('path = "bin/p"\nexports = ["a"]\nafter = ["p"]', "after", "circle: p -> p"),
 ])
 def test_errors_name_plugin_and_key(tmp_path: Path, body: str, key: str, words: str) -> None:
     root = image(tmp_path, f"[plugin.p]\n{body}\n")
@@ -136,3 +156,71 @@ def test_missing_manifest_and_bad_toml(tmp_path: Path) -> None:
     root = image(tmp_path, 'title = "x"\n')
     with pytest.raises(ManifestError, match="key 'title'"):
         load_manifest(root)
+
+
+def test_operations_keys_and_their_defaults(tmp_path: Path) -> None:
+    me, my_group = str(os.getuid()), grp.getgrgid(os.getgid()).gr_name  # switching to oneself needs no root
+    root = image(tmp_path, f"""
+[plugin.db]
+path = "bin/p"
+exports = ["a"]
+
+[plugin.app]
+path = "bin/p"
+exports = ["a"]
+ping_interval = 2
+ping_timeout = 0.5
+ready = "notify"
+after = ["db"]
+limits = {{ memory = "1.5G", open_files = 1024, processes = 64, cpu_seconds = 0 }}
+user = "{me}"
+group = "{my_group}"
+no_new_privileges = false
+""")
+    plugins = load_manifest(root).plugins
+    db, app = plugins["db"], plugins["app"]
+    assert (db.ping_interval, db.ping_timeout, db.ready, db.after, db.user, db.group) == (10.0, 5.0, "started", (),
+                                                                                        None, None)
+    assert db.no_new_privileges and not db.limits and db.pings
+    assert (app.ping_interval, app.ping_timeout, app.ready, app.after) == (2.0, 0.5, "notify", ("db",))
+    assert app.limits == Limits(memory=3 << 29, open_files=1024, processes=64, cpu_seconds=0)
+    assert (app.user, app.group, app.no_new_privileges) == (me, my_group, False)
+
+
+@pytest.mark.parametrize(("text", "size"), [(0, 0), (1 << 20, 1 << 20), ("64M", 64 << 20), ("64MiB", 64 << 20),
+                                            ("64mb", 64 << 20), (" 2g ", 2 << 30), ("1T", 1 << 40),
+                                            ("1048576", 1 << 20), ("2048K", 2 << 20)])
+def test_memory_sizes(tmp_path: Path, text: object, size: int) -> None:
+    value = f'"{text}"' if isinstance(text, str) else text
+    root = image(tmp_path, f'[plugin.p]\npath = "bin/p"\nexports = ["a"]\nlimits = {{ memory = {value} }}\n')
+    assert load_manifest(root).plugins["p"].limits.memory == size
+
+
+@pytest.mark.parametrize(("keys", "pings"), [("", True), ("ping_interval = 0", False), ("ping_timeout = 0", False),
+                                             ('mode = "exec"', False)])
+def test_pings_are_off_with_either_setting_at_zero_and_for_exec_plugins(tmp_path: Path, keys: str,
+                                                                        pings: bool) -> None:
+    root = image(tmp_path, f'[plugin.p]\npath = "bin/p"\nexports = ["a"]\n{keys}\n')
+    assert load_manifest(root).plugins["p"].pings is pings
+
+
+def test_a_cycle_in_after_names_its_path(tmp_path: Path) -> None:
+    plugins = "".join(f'[plugin.{n}]\npath = "bin/p"\nexports = ["a"]\nafter = ["{d}"]\n'
+                      for n, d in (("a", "b"), ("b", "c"), ("c", "a")))
+    root = image(tmp_path, plugins + '[plugin.d]\npath = "bin/p"\nexports = ["a"]\nafter = ["a", "a"]\n')
+    with pytest.raises(ManifestError, match="duplicate"):
+        load_manifest(root)
+    root = image(tmp_path, plugins)
+    with pytest.raises(ManifestError) as info:
+        load_manifest(root)
+    assert info.value.key == "after" and "a -> b -> c -> a" in str(info.value)
+
+
+def test_switching_user_or_group_needs_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "getegid", lambda: 1000)
+    for key, value in (("user", '"root"'), ("group", '"root"')):
+        root = image(tmp_path, f'[plugin.p]\npath = "bin/p"\nexports = ["a"]\n{key} = {value}\n')
+        with pytest.raises(ManifestError) as info:
+            load_manifest(root)
+        assert info.value.key == key and "needs the router to run as root" in str(info.value)

@@ -78,12 +78,12 @@ def test_status_shows_a_row_per_plugin(plugrpc_tmp: Path) -> None:
         assert out.returncode == 0, out.stderr
         header, *lines = out.stdout.splitlines()
         assert header.split() == ["NAME", "MODE", "STATE", "PID", "UPTIME", "RESTARTS", "LAST_EXIT", "INFLIGHT",
-                                  "CALLS", "ERRORS", "P50_MS", "P99_MS"]
+                                  "CALLS", "ERRORS", "P50_MS", "P99_MS", "STATUS"]
         rows = {line.split()[0]: line.split() for line in lines}
         with router.client() as c:
             plugins = {p["name"]: p for p in c.raw("router.plugins")}
         assert set(rows) == set(plugins)
-        name, mode, state, pid, _uptime, restarts, last_exit, inflight, calls, errors, p50, p99 = rows["demo"]
+        name, mode, state, pid, _uptime, restarts, last_exit, inflight, calls, errors, p50, p99, notes = rows["demo"]
         assert last_exit == "-"  # it has not exited yet
         assert (mode, state, pid, restarts, calls, errors) == ("rpc", "running", str(plugins["demo"]["pid"]),
                                                               "0", "2", "0")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from plugrpc.tools.status import duration, millis, render
+from plugrpc.tools.status import duration, log_line, millis, render
 
 
 @pytest.mark.parametrize(("seconds", "text"), [
@@ -48,27 +48,42 @@ ROWS = [
      "last_error": "cannot start: ... Exec format error"},
     {"name": "sysinfo", "mode": "exec", "state": "ready", "pid": None, "restarts": 0,
      "inflight": 1, "pending": 0, "calls": 1, "errors": 0, "p50_ms": 26.624, "p99_ms": 26.624},
+    {"name": "stuck", "mode": "rpc", "state": "running", "pid": 9, "restarts": 1, "last_exit": -9,
+     "exit_reason": "unresponsive", "status_text": "serving 3 models after loading them from the cache directory"},
+    {"name": "app", "mode": "rpc", "state": "starting", "pid": None, "restarts": 0, "waiting_for": ["db", "cache"],
+     "status_text": "ignored while it waits"},
 ]
 
 
 def test_render_lines_up_columns() -> None:
     assert render(ROWS) == (
-        "NAME          MODE  STATE        PID  UPTIME  RESTARTS  LAST_EXIT      INFLIGHT   CALLS  ERRORS  P50_MS  P99_MS\n"
-        "ovs           rpc   running    14638    2.6s         0  -                     0       0       0       -       -\n"
-        "kitchen-sink  rpc   backoff        -       -        12  SIGKILL crash         3  123456       7   0.960     130\n"
-        "core0         rpc   crashloop      -       -         5  1 crash               -       3       3       -       -\n"
-        "noexec        rpc   failed         -       -         0  cannot start          -       -       -       -       -\n"
-        "sysinfo       exec  ready          -       -         0  -                     1       1       0   26.62   26.62\n"
+        "NAME          MODE  STATE        PID  UPTIME  RESTARTS  LAST_EXIT             INFLIGHT   CALLS  ERRORS  P50_MS  P99_MS  STATUS\n"
+        "ovs           rpc   running    14638    2.6s         0  -                            0       0       0       -       -  -\n"
+        "kitchen-sink  rpc   backoff        -       -        12  SIGKILL crash                3  123456       7   0.960     130  -\n"
+        "core0         rpc   crashloop      -       -         5  1 crash                      -       3       3       -       -  -\n"
+        "noexec        rpc   failed         -       -         0  cannot start                 -       -       -       -       -  -\n"
+        "sysinfo       exec  ready          -       -         0  -                            1       1       0   26.62   26.62  -\n"
+        "stuck         rpc   running        9       -         1  SIGKILL unresponsive         -       -       -       -       -  serving 3 models after loading them f...\n"
+        "app           rpc   starting       -       -         0  -                            -       -       -       -       -  waiting for db, cache\n"
     )
 
 
 def test_render_without_plugins_is_the_header() -> None:
     assert render([]).splitlines() == [
-        "NAME  MODE  STATE  PID  UPTIME  RESTARTS  LAST_EXIT  INFLIGHT  CALLS  ERRORS  P50_MS  P99_MS"
+        "NAME  MODE  STATE  PID  UPTIME  RESTARTS  LAST_EXIT  INFLIGHT  CALLS  ERRORS  P50_MS  P99_MS  STATUS"
     ]
 
 
 def test_render_tolerates_missing_figures() -> None:
     # A row from an older or newer router may lack keys; the table shows "-" rather than failing.
     (line,) = render([{"name": "x"}]).splitlines()[1:]
-    assert line.split() == ["x", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-"]
+    assert line.split() == ["x", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-"]
+
+
+def test_log_line_shows_local_time_to_the_millisecond_and_the_level() -> None:
+    import time
+
+    when = time.mktime((2026, 11, 24, 23, 3, 6, 0, 0, -1)) + 0.25
+    assert log_line({"seq": 3, "time": when, "level": "warning", "text": "Traceback"}) == (
+        "2026-11-24 23:03:06.250 WARNING Traceback")
+    assert log_line({"skipped": 12}) == "-- 12 line(s) not shown: the router keeps a plugin's last 1000 --"

@@ -17,15 +17,17 @@ import asyncio
 import contextvars
 import inspect
 import logging
+import os
 import sys
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, Final, TypeAlias, TypeVar
+from typing import Any, Final, NoReturn, TypeAlias, TypeVar
 
 # oslash is jsonrpcserver 5's Either; importing it alone avoids the ~100 ms jsonrpcserver
 # import (jsonschema) in plugins that never use jsonrpcserver.
 from oslash.either import Left, Right
 
 from .. import codes
+from ..codes import EXIT_MEMORY
 from ..errors import RpcError
 from ..wire import NOID, dumps, error_line, error_obj, error_response, reply_id, request_problem
 from .talk import CURRENT, INLINE, Current
@@ -196,6 +198,8 @@ def success(result: Any, id: Any) -> Response:
 
 def failure(handler: Handler, params: Any, exc: Exception) -> dict[str, Any]:
     """The `error` member for an exception raised by calling `handler` with `params`."""
+    if isinstance(exc, MemoryError):
+        out_of_memory(handler)
     if isinstance(exc, RpcError):
         return exc.to_error()
     if isinstance(exc, TypeError):
@@ -207,6 +211,15 @@ def failure(handler: Handler, params: Any, exc: Exception) -> dict[str, Any]:
         return _error_member(exc.code, exc.message, exc.data)
     log.error("command %r raised %s", handler.name, type(exc).__name__, exc_info=exc)
     return error_obj(codes.INTERNAL_ERROR, data=f"{type(exc).__name__}: {exc}")
+
+
+def out_of_memory(handler: Handler) -> NoReturn:
+    """A handler ran out of memory (most likely the manifest's `limits.memory`): a process in that state is
+    not worth keeping. Exit at once with systemd's EXIT_MEMORY, which the runtime reads as that limit, and
+    let it start a fresh process; the calls in flight fail with -32001."""
+    log.critical("command %r ran out of memory; exiting (status %d) to be restarted", handler.name, EXIT_MEMORY)
+    logging.shutdown()
+    os._exit(EXIT_MEMORY)
 
 
 def params_mismatch(handler: Handler, params: Any, exc: TypeError) -> str | None:

@@ -9,11 +9,16 @@ Plain sync commands run inline on the loop (no task: the fast path) and must be 
 `@threaded` moves a blocking one to the default executor; async commands get a task each, so
 a slow call never holds up a fast one on the same connection. Built-ins: `rpc.discover`
 (an OpenRPC document) and `rpc.cancel` (the router giving up on a call).
+
+`on_start` is the plugin's start-up work (open a database, warm a cache): it runs before the
+first request is read, and once it is done the plugin says READY=1 on `$NOTIFY_SOCKET` when it
+has one (a manifest's `ready = "notify"`), so the router holds calls until then.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import signal
@@ -22,7 +27,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, cast
 
-from .. import codes
+from .. import codes, sdnotify
 from ..config import BACKLOG, bind_socket, loop_factory, remove_socket
 from ..errors import ConfigError, RpcError
 from ..flow import FlowControl
@@ -61,12 +66,15 @@ def serve(
     *,
     path: str | os.PathLike[str] | None = None,
     max_line: int = DEFAULT_MAX_LINE,
+    on_start: Callable[[], Any] | None = None,
 ) -> None:
     """Serve `commands` until SIGTERM or SIGINT, then finish in-flight calls and return.
 
     The socket is fd 3 when the runtime started us (`LISTEN_FDS`); otherwise `path` or
     `$PLUGRPC_SOCKET` is bound, for running a plugin by hand. A request line longer than
-    `max_line` bytes is answered -32004 and its connection closed.
+    `max_line` bytes is answered -32004 and its connection closed. `on_start` (plain or async)
+    runs before the first request is read; if it raises, the plugin exits with status 1. Then,
+    with `$NOTIFY_SOCKET` set, READY=1 is sent there.
     """
     if commands is None:
         from jsonrpcserver.methods import global_methods
@@ -81,7 +89,7 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         with asyncio.Runner(loop_factory=loop_factory("auto")) as runner:
-            runner.run(_Server(table, max_line).serve(sock))
+            runner.run(_Server(table, max_line, on_start).serve(sock))
     finally:
         sock.close()
         if bound is not None:
@@ -116,9 +124,10 @@ def listening_socket(path: str | os.PathLike[str] | None = None) -> tuple[socket
 class _Server:
     """Owns the listening socket, the open connections, and graceful shutdown."""
 
-    def __init__(self, table: dict[str, Handler], max_line: int) -> None:
+    def __init__(self, table: dict[str, Handler], max_line: int, on_start: Callable[[], Any] | None = None) -> None:
         self.table = table
         self.max_line = max_line
+        self.on_start = on_start
         self.connections: set[Connection] = set()
         self.closing = False
         self.outbox = Outbox()
@@ -127,6 +136,7 @@ class _Server:
     async def serve(self, sock: socket.socket) -> None:
         """Startup, main loop (wait for a signal), shutdown: read top to bottom."""
         loop = asyncio.get_running_loop()
+        await self._start_up()
         # Keep the backlog the runtime listened with: asyncio would listen again with only 100.
         talk.attach(loop)
         server = await loop.create_unix_server(lambda: Connection(self), sock=sock, backlog=BACKLOG)
@@ -134,6 +144,7 @@ class _Server:
             loop.add_signal_handler(signum, self._on_signal, signum)
         n = len(self.table) - 1  # rpc.discover aside
         log.info("serving %d command%s (pid %d)", n, "" if n == 1 else "s", os.getpid())
+        _say_ready()
         try:
             await self._stop.wait()
             server.close()
@@ -142,6 +153,18 @@ class _Server:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
             await talk.detach()
+
+    async def _start_up(self) -> None:
+        """Run `on_start`; a failure ends the plugin (exit status 1), so the runtime's policy restarts it."""
+        if self.on_start is None:
+            return
+        try:
+            outcome = self.on_start()
+            if inspect.isawaitable(outcome):
+                await outcome
+        except Exception:
+            log.exception("on_start failed; exiting")
+            raise SystemExit(1) from None
 
     def _on_signal(self, signum: int) -> None:
         if not self._stop.is_set():
@@ -172,6 +195,14 @@ class _Server:
                     conn.abort()
             if late:
                 await asyncio.wait(late)
+
+
+def _say_ready() -> None:
+    """READY=1 on $NOTIFY_SOCKET, if there is one; a runtime that cannot hear it is logged, not fatal."""
+    try:
+        sdnotify.notify("READY=1")
+    except OSError as exc:
+        log.warning("cannot say READY=1 on $NOTIFY_SOCKET (%s): %s", os.environ.get("NOTIFY_SOCKET"), exc)
 
 
 class Connection(LineWriter, asyncio.Protocol):

@@ -1,31 +1,36 @@
 """The mechanics of a plugin process: fork and exec with fd 3, exit watching, log pipes, stopping.
 
 Shared by the supervisor of persistent plugins and by exec mode: how an exit is named
-(`describe_exit`), how a process group is stopped (`terminate`: SIGTERM, grace, SIGKILL), and
-how output lines become log records and logbook lines (`LogPipe`). No restart policy lives here:
-that is the supervisor's state machine.
+(`describe_exit`, `broken_limit`), how a process group is stopped (`terminate`: SIGTERM, grace,
+SIGKILL), what the kernel holds a plugin to (`Confinement`: limits, user, no_new_privileges, set
+in the child before exec), and how output lines become log records and logbook lines (`LogPipe`).
+No restart policy lives here: that is the supervisor's state machine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import functools
 import logging
 import os
+import resource
 import signal
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final, Protocol
 
-from ..manifest import PluginSpec
+from ..codes import EXIT_MEMORY
+from ..manifest import Limits, PluginSpec, group_entry, passwd_entry
 from ..wire import LineSplitter
-from .env import die_with_parent, log_line
+from .env import die_with_parent, libc, log_line
 from .reaper import reaper
 
 LISTEN_FD: Final = 3
@@ -34,6 +39,13 @@ LOG_MAX_LINE: Final = 64 * 1024
 """Longer stdout/stderr lines are logged truncated to this many bytes."""
 LOG_DRAIN: Final = 1.0
 """Seconds to wait for the log pipes to reach EOF after the process exited."""
+
+CPU_KILL_AFTER: Final = 2
+"""Seconds of CPU between SIGXCPU (limits.cpu_seconds used up) and the kernel's SIGKILL."""
+OUT_OF_MEMORY_SIGNS: Final = ("MemoryError", "out of memory", "Cannot allocate memory", "std::bad_alloc")
+"""What runtimes print when an allocation fails (Python, Go and Node, C, C++): with a memory limit set,
+an exit after one of these in the plugin's last lines is put down to the limit."""
+_PR_SET_NO_NEW_PRIVS: Final = 38
 
 OnLine = Callable[[int, str], None]
 """Receives each line a plugin printed, with its level (the plugin's logbook)."""
@@ -49,6 +61,116 @@ def describe_exit(returncode: int) -> str:
         return f"signal {signal.Signals(-returncode).name}"
     except ValueError:
         return f"signal {-returncode}"
+
+
+def broken_limit(limits: Limits, returncode: int, cpu_seconds: float | None, last_lines: Iterable[str]) -> str | None:
+    """The limit a process that ended with `returncode` ran into, when the evidence says so; else None.
+
+    CPU: the kernel's SIGXCPU, or its SIGKILL once the CPU time (from wait4) is past the limit.
+    Memory: rlimits do not kill, a failed allocation does, in the plugin's own way: exit status
+    204 (what the SDK exits with), or one of `OUT_OF_MEMORY_SIGNS` in its last lines.
+    """
+    if returncode == 0:
+        return None
+    if limits.cpu_seconds and (returncode == -signal.SIGXCPU or (
+            returncode == -signal.SIGKILL and cpu_seconds is not None and cpu_seconds >= limits.cpu_seconds)):
+        return f"limits.cpu_seconds: it used its {limits.cpu_seconds} s of CPU"
+    if limits.memory and (returncode == EXIT_MEMORY or any(sign in line for line in last_lines
+                                                           for sign in OUT_OF_MEMORY_SIGNS)):
+        return f"limits.memory: it ran out of its {limits.memory / (1 << 20):g} MiB"
+    return None
+
+
+class SetupFailed(OSError):
+    """A step of the child's setup before exec failed (`step` says which, e.g. "set limits.open_files to 9")."""
+
+    def __init__(self, code: int, step: str) -> None:
+        super().__init__(code, os.strerror(code))
+        self.step = step
+
+
+@dataclass(frozen=True, slots=True)
+class Confinement:
+    """What the kernel holds a plugin process to: resolved in the runtime, applied in the forked child.
+
+    Everything is looked up before fork (user names, groups), so that the child only makes system calls.
+    """
+
+    rlimits: tuple[tuple[str, int, int, int], ...] = ()
+    """(step, resource, soft, hard) for each limit set."""
+    uid: int | None = None
+    gid: int | None = None
+    groups: tuple[int, ...] = ()
+    no_new_privs: bool = True
+    env: tuple[tuple[str, str], ...] = ()
+    """HOME, USER and LOGNAME of the user switched to."""
+
+    @classmethod
+    def of(cls, spec: PluginSpec) -> Confinement:
+        """Resolve `spec`'s limits and identity now; ValueError if its user or group is gone since it was read."""
+        rlimits = [
+            (f"set limits.{key} to {value}", res, value, value + extra)
+            for key, res, value, extra in (
+                ("memory", resource.RLIMIT_DATA, spec.limits.memory, 0),
+                ("open_files", resource.RLIMIT_NOFILE, spec.limits.open_files, 0),
+                ("processes", resource.RLIMIT_NPROC, spec.limits.processes, 0),
+                ("cpu_seconds", resource.RLIMIT_CPU, spec.limits.cpu_seconds, CPU_KILL_AFTER),
+            )
+            if value
+        ]
+        uid = gid = None
+        groups: tuple[int, ...] = ()
+        env: tuple[tuple[str, str], ...] = ()
+        if spec.user is not None:
+            entry = passwd_entry(spec.user)
+            if entry is None and not spec.user.isdigit():
+                raise ValueError(f"user {spec.user!r} no longer exists")
+            uid = entry.pw_uid if entry is not None else int(spec.user)
+            if entry is not None:
+                gid = entry.pw_gid
+                groups = tuple(os.getgrouplist(entry.pw_name, entry.pw_gid))
+                env = (("HOME", entry.pw_dir), ("USER", entry.pw_name), ("LOGNAME", entry.pw_name))
+        if spec.group is not None:
+            gentry = group_entry(spec.group)
+            if gentry is None and not spec.group.isdigit():
+                raise ValueError(f"group {spec.group!r} no longer exists")
+            gid = gentry.gr_gid if gentry is not None else int(spec.group)
+            groups = (gid,)
+        if gid is not None and not groups:
+            groups = (gid,)
+        return cls(tuple(rlimits), uid, gid, groups, spec.no_new_privileges, env)
+
+    def apply(self) -> None:
+        """In the child, before exec: limits first (raising one needs the root we may drop), then
+        groups, group and user, then no_new_privs. Raises `SetupFailed` naming the step."""
+        step = ""
+        try:
+            for step, res, soft, hard in self.rlimits:  # noqa: B007 - `step` names the failing one below
+                resource.setrlimit(res, (soft, hard))
+            if self.gid is not None:
+                step = f"switch to groups {list(self.groups)}"
+                os.setgroups(list(self.groups))
+                step = f"switch to gid {self.gid}"
+                os.setgid(self.gid)
+            if self.uid is not None:
+                step = f"switch to uid {self.uid}"
+                os.setuid(self.uid)
+            if self.no_new_privs and libc is not None:
+                step = "set no_new_privileges"
+                if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+                    raise OSError(ctypes.get_errno(), "prctl")
+        except (OSError, ValueError) as exc:
+            raise SetupFailed(getattr(exc, "errno", None) or errno.EINVAL, step) from None
+
+
+def exec_setup(confinement: Confinement, parent_pid: int) -> None:
+    """The child-side setup of one exec-mode execution: a step that fails is its error text, exit 126."""
+    try:
+        confinement.apply()
+    except SetupFailed as exc:
+        os.write(2, f"plugrpc: cannot {exc.step}: {exc.strerror}\n".encode())
+        os._exit(126)
+    die_with_parent(parent_pid)
 
 
 class Group(Protocol):
@@ -102,11 +224,14 @@ class Child:
     when the *thread* that forked exits, so a spawn from an executor thread would be killed early.
     """
 
-    def __init__(self, spec: PluginSpec, root: Path, listen_fd: int, env: dict[str, str]) -> None:
+    def __init__(self, spec: PluginSpec, root: Path, listen_fd: int, env: dict[str, str],
+                 confinement: Confinement | None = None) -> None:
         self.name = spec.name
         self._loop = asyncio.get_running_loop()
         path = os.fspath(spec.path)
         argv = [path, *spec.args]
+        confinement = confinement or Confinement()
+        env.update(confinement.env)
         report_r, report_w = _report_pipe()
         try:
             self.popen = subprocess.Popen(
@@ -117,7 +242,7 @@ class Child:
                 stderr=subprocess.PIPE,
                 cwd=root,
                 start_new_session=True,  # own process group: stop() signals the plugin and its children
-                preexec_fn=_child_setup(listen_fd, os.getpid(), path, argv, env, report_w),
+                preexec_fn=_child_setup(listen_fd, os.getpid(), path, argv, env, report_w, confinement),
             )
         except BaseException:
             os.close(report_r)
@@ -125,20 +250,26 @@ class Child:
         finally:
             os.close(report_w)
         # Popen returns once the child has exec'd the plugin or given up (the report pipe is
-        # close-on-exec): an errno on it means the plugin never ran.
+        # close-on-exec): "ERRNO STEP" on it means the plugin never ran.
         with open(report_r, "rb", closefd=True) as report:
             failure = report.read()
         self.pid: int = self.popen.pid
+        self.cpu_seconds: float | None = None
+        """CPU time the process used (user and system, its reaped children included), once it has exited."""
         if failure:
             self.popen.wait()
             for pipe in (self.popen.stdout, self.popen.stderr):
                 if pipe is not None:
                     pipe.close()
-            code = int(failure)
-            raise ExecFailed(code, f"cannot execute {path}: {os.strerror(code)}{_exec_hint(code)}")
+            number, _, step = failure.decode(errors="replace").partition(" ")
+            code = int(number)
+            hint = _exec_hint(code) if step.startswith("execute ") else ""
+            raise ExecFailed(code, f"cannot {step}: {os.strerror(code)}{hint}")
         reaper.watch(self.pid)  # its own children must not outlive a runtime killed with SIGKILL
         self.started_at = time.monotonic()
         self.kill_at: float | None = None
+        self.stop_reason: str | None = None
+        """Why the runtime is stopping it, when it is not simply `stopped` (`unresponsive`)."""
         self.exited: asyncio.Future[int] = self._loop.create_future()
         # (pipe, transport, protocol); a pipe is closed by its transport once it has one.
         self._pipes: list[tuple[IO[bytes], asyncio.ReadTransport | None, LogPipe | None]] = [
@@ -174,9 +305,19 @@ class Child:
             self._pidfd = -1
         # Whatever the plugin left in its group dies with it (it may hold fd 3 or the log pipes).
         self.signal_group(signal.SIGKILL)
-        returncode = self.popen.wait()
+        returncode = self._reap()
         reaper.forget(self.pid)
         self.exited.set_result(returncode)
+
+    def _reap(self) -> int:
+        """Reap the exited process with wait4, which also tells the CPU time it used (for `broken_limit`)."""
+        try:
+            _, status, usage = os.wait4(self.pid, 0)
+        except ChildProcessError:  # reaped by someone else (a SIGCHLD handler of the embedding program)
+            return self.popen.wait()
+        self.cpu_seconds = usage.ru_utime + usage.ru_stime
+        self.popen.returncode = os.waitstatus_to_exitcode(status)
+        return self.popen.returncode
 
     def signal_group(self, sig: int) -> None:
         """Signal the plugin's process group, as long as its leader has not been reaped."""
@@ -296,14 +437,16 @@ def _exec_hint(code: int) -> str:
 
 
 def _child_setup(
-    listen_fd: int, parent_pid: int, path: str, argv: list[str], env: dict[str, str], report_fd: int
+    listen_fd: int, parent_pid: int, path: str, argv: list[str], env: dict[str, str], report_fd: int,
+    confinement: Confinement,
 ) -> Callable[[], None]:
     """The function Popen runs in the forked child: it execs the plugin itself.
 
     LISTEN_PID must be the plugin's pid, known only after fork, so the exec happens here with
     it added. Popen's own close_fds would run after this function, so every fd other than
-    0-3 is marked close-on-exec here; Popen's stdio pipes are already on 0-2. If the exec fails,
-    its errno goes to `report_fd` for the parent to raise.
+    0-3 is marked close-on-exec here (before limits.open_files can get in the way); Popen's stdio
+    pipes are already on 0-2. The parent-death signal is set after the switch of user, which
+    clears it. If a step fails, "ERRNO STEP" goes to `report_fd` for the parent to raise.
     """
 
     def setup() -> None:
@@ -314,12 +457,17 @@ def _child_setup(
         # as systemd does, so `socket.socket(fileno=3).accept()` simply waits.
         os.set_blocking(LISTEN_FD, True)
         _cloexec_above(LISTEN_FD)
+        try:
+            confinement.apply()
+        except SetupFailed as exc:
+            os.write(report_fd, f"{exc.errno} {exc.step}".encode())
+            os._exit(127)
         die_with_parent(parent_pid)
         env["LISTEN_PID"] = str(os.getpid())
         try:
             os.execve(path, argv, env)
         except OSError as exc:
-            os.write(report_fd, str(exc.errno or errno.EIO).encode())
+            os.write(report_fd, f"{exc.errno or errno.EIO} execute {path}".encode())
             os._exit(127)
 
     return setup

@@ -25,8 +25,8 @@ from .. import codes
 from ..errors import CallTimeout, MessageTooLarge, Overloaded, PluginUnavailable, RpcError
 from ..manifest import PluginSpec
 from ..wire import LineSplitter
-from .child import OnLine, describe_exit, terminate
-from .env import die_with_parent, log_line, plugin_env, router_env
+from .child import Confinement, OnLine, describe_exit, exec_setup, terminate
+from .env import log_line, plugin_env, router_env
 from .logbook import Logbook
 from .reaper import reaper
 
@@ -199,6 +199,7 @@ class ExecPlugin:
         "_argv",
         "_cwd",
         "_env",
+        "_confinement",
         "_limit",
         "_max_output",
         "_slots",
@@ -219,7 +220,8 @@ class ExecPlugin:
         # resolved once, not per call
         self._argv: tuple[str, ...] = (str(spec.path), *spec.args)
         self._cwd = str(root)
-        self._env = plugin_env(spec, router_env(router_socket))
+        self._confinement = Confinement.of(spec)
+        self._env = plugin_env(spec, {**router_env(router_socket), **dict(self._confinement.env)})
         self._limit = spec.max_inflight if spec.max_inflight > 0 else (os.cpu_count() or 1) * 4
         self._max_output = max_output
         # state
@@ -314,7 +316,7 @@ class ExecPlugin:
                 cwd=self._cwd,
                 env=self._env,
                 start_new_session=True,
-                preexec_fn=functools.partial(die_with_parent, os.getpid()),
+                preexec_fn=functools.partial(exec_setup, self._confinement, os.getpid()),
             )
             spawned = True
         except (OSError, ValueError) as exc:

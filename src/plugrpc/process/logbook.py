@@ -6,6 +6,7 @@ however long its lines are; the oldest lines go first.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
@@ -31,7 +32,7 @@ class Line(NamedTuple):
 class Logbook:
     """The last lines of one plugin's stdout and stderr, across its restarts."""
 
-    __slots__ = ("lines", "size", "seq", "max_lines", "max_bytes")
+    __slots__ = ("lines", "size", "seq", "max_lines", "max_bytes", "_news")
 
     def __init__(self, max_lines: int = MAX_LINES, max_bytes: int = MAX_BYTES) -> None:
         self.lines: deque[Line] = deque()
@@ -39,6 +40,7 @@ class Logbook:
         self.seq = 0
         self.max_lines = max_lines
         self.max_bytes = max_bytes
+        self._news: asyncio.Event | None = None  # only while someone follows the log
 
     def __repr__(self) -> str:
         return f"<Logbook {len(self.lines)} lines, {self.size} bytes, seq {self.seq}>"
@@ -49,6 +51,21 @@ class Logbook:
         self.size += len(text)
         while len(self.lines) > self.max_lines or (self.size > self.max_bytes and len(self.lines) > 1):
             self.size -= len(self.lines.popleft().text)
+        if self._news is not None:
+            self._news.set()
+            self._news = None
+
+    async def wait(self, seq: int, timeout: float) -> None:
+        """Wait up to `timeout` seconds for a line after `seq` (following a log: `plugrpc logs -f`)."""
+        if self.seq > seq:
+            return
+        if self._news is None:
+            self._news = asyncio.Event()
+        news = self._news
+        try:
+            await asyncio.wait_for(news.wait(), timeout)
+        except TimeoutError:
+            pass
 
     def tail(self, n: int) -> list[Line]:
         """The last `n` lines, oldest first."""

@@ -2,10 +2,13 @@
 
 The runtime binds the plugin's unix socket before the first spawn and keeps it listening across
 restarts, so calls written to it wait in the kernel backlog while the plugin starts or restarts.
-One task per plugin owns the process: it spawns it (`child.Child`: fd 3, environment, log
-pipes), watches it, applies the restart policy with jittered exponential backoff, stops it when
-idle and respawns it on demand; `stop()` cancels that task and then stops the process
-gracefully. Every state change goes through `_set_state`, which does no I/O.
+One task per plugin owns the process: it waits for the plugins it starts `after`, spawns it
+(`child.Child`: fd 3, environment, limits, log pipes), watches it, applies the restart policy
+with jittered exponential backoff, stops it when idle and respawns it on demand; `stop()` cancels
+that task and then stops the process gracefully. A `ready = "notify"` plugin is RUNNING only once
+it says READY=1 on its notify socket; one the router's liveness check finds stuck is
+`unresponsive()`: stopped and, by the restart policy, started again. Every state change goes
+through `_set_state`, which does no I/O.
 """
 
 from __future__ import annotations
@@ -18,15 +21,17 @@ import random
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
 
 from .. import config
 from ..manifest import PluginSpec
-from .child import Child, ExecFailed, above_stdio, describe_exit, terminate
+from .child import Child, Confinement, ExecFailed, above_stdio, broken_limit, describe_exit, terminate
 from .env import plugin_env, router_env
 from .logbook import Logbook
+from .notify import NotifySocket
 
 BACKOFF_BASE: Final = 0.1
 """Seconds before the first restart; doubles with every quick exit in a row."""
@@ -39,6 +44,10 @@ WHY_LINES: Final = 3
 """Lines of a plugin's last output quoted when saying why it is unavailable."""
 CORE0_SIGNS: Final = ("missing command", "unknown command", "20:::")
 """What a core0 plugin binary prints when it is run as a server, with no command."""
+MAX_STATUS: Final = 200
+"""Characters of a plugin's STATUS= text kept for `plugrpc status`."""
+LIMIT_LINES: Final = 5
+"""Last output lines searched for an allocation failure when a plugin with a memory limit dies."""
 
 log = logging.getLogger("plugrpc.supervisor")
 
@@ -58,6 +67,9 @@ class PluginState(enum.StrEnum):
     FAILED = "failed"
     """The process failed and the restart policy says not to restart it."""
     STOPPING = "stopping"
+    UNRESPONSIVE = "unresponsive"
+    """It stopped answering (no reply to the router's ping): being stopped, then restarted by policy;
+    calls wait in the backlog for the next process."""
 
 
 _UNAVAILABLE: Final = frozenset({PluginState.CRASHLOOP, PluginState.FAILED, PluginState.STOPPING})
@@ -110,15 +122,33 @@ class Supervisor:
         self.last_exit: int | None = None
         """Return code of the last process (negative: the signal that ended it)."""
         self.exit_reason: str | None = None
-        """Why the last process ended: `crash` (it exited by itself), `stopped` (we stopped it)."""
+        """Why the last process ended: `crash` (it exited by itself), `limit` (it broke one of its
+        limits), `unresponsive` (stopped for not answering), `stopped` (we stopped it)."""
+        self.exit_detail: str | None = None
+        """More on `exit_reason` where there is more to say: which limit, how long it was silent."""
+        self.exits: Counter[str] = Counter()
+        """Processes ended so far, by `exit_reason` (for metrics)."""
         self.last_error: str | None = None
         """Why the last spawn failed, when it did (cleared by the next successful start)."""
         self.output = Logbook()
         """The plugin's recent stdout and stderr lines, across restarts."""
+        self.status_text: str | None = None
+        """What the plugin last said with STATUS=... on its notify socket."""
+        self.up = asyncio.Event()
+        """Set while RUNNING: what plugins started `after` this one wait for."""
+        self.holding = spec.ready == "notify"
+        """Calls must wait in the router, not be written: a notify plugin that has not said READY=1."""
+        self.gate: Callable[[], Awaitable[None]] | None = None
+        """Awaited before each spawn: the router's wait for the plugins this one starts `after`."""
+        self.waiting_for: list[str] = []
+        """The plugins `gate` is waiting for now, for status views."""
 
-        # The socket and the process.
+        # The sockets and the process.
         self._sock: socket.socket | None = None
+        self._notify: NotifySocket | None = None
         self._child: Child | None = None
+        self._stopping: asyncio.Task[bool] | None = None
+        """Stopping an unresponsive process (its exit is watched as any other)."""
 
         # Lifecycle: one task owns the process; `_demand` is set while a process should exist.
         self._task: asyncio.Task[None] | None = None
@@ -159,9 +189,12 @@ class Supervisor:
             "uptime": None if started is None else round(time.monotonic() - started, 3),
             "last_exit": self.last_exit,
             "exit_reason": self.exit_reason,
+            "exit_detail": self.exit_detail,
             "last_error": self.last_error,
             "mode": self.spec.mode,
             "lazy": self.spec.lazy,
+            "status_text": self.status_text,
+            "waiting_for": list(self.waiting_for),
         }
 
     def unavailable_reason(self) -> str:
@@ -174,6 +207,8 @@ class Supervisor:
             why += f"; {self.last_error}"
         elif self.last_exit is not None:
             why += f"; its last process ended with {describe_exit(self.last_exit)}"
+            if self.exit_detail:
+                why += f" ({self.exit_reason}: {self.exit_detail})"
         lines = [line.text for line in self.output.tail(WHY_LINES)]
         if lines:
             why += "; it last printed: " + " | ".join(repr(text[:200]) for text in lines)
@@ -185,9 +220,11 @@ class Supervisor:
     # --- what the router calls ---------------------------------------------------------------
 
     def bind(self) -> None:
-        """Create the listening socket (0600) if it does not exist yet."""
+        """Create the listening socket (0600), and the notify socket if it says READY=1, unless they exist."""
         if self._sock is None:
             self._sock = above_stdio(config.bind_socket(self.socket_path, 0o600))
+        if self._notify is None and self.spec.ready == "notify":
+            self._notify = NotifySocket(self.spec.name, self._notified)
 
     async def start(self) -> None:
         """Bind the socket and spawn the process, unless the plugin is lazy (then: on first call)."""
@@ -235,6 +272,9 @@ class Supervisor:
                 self._sock.close()
                 self._sock = None
                 config.remove_socket(self.socket_path)
+            if self._notify is not None:
+                self._notify.close()
+                self._notify = None
             self._set_state(PluginState.STOPPED)
 
     async def restart(self) -> None:
@@ -259,6 +299,36 @@ class Supervisor:
             self._task = asyncio.create_task(self._supervise(), name=f"plugrpc-supervise-{self.spec.name}")
             self._task.add_done_callback(self._supervise_done)
 
+    def unresponsive(self, why: str) -> None:
+        """The router's ping went unanswered: stop this process (SIGTERM, grace, SIGKILL); the restart
+        policy brings the next one. The router fails the calls in flight when the state changes."""
+        child = self._child
+        if child is None or self.state is not PluginState.RUNNING or self._closed:
+            return
+        log.warning("unresponsive: %s; stopping it (SIGTERM, then SIGKILL after %gs)", why, self.spec.grace,
+                    extra={"plugin": self.spec.name, "pid": child.pid})
+        child.stop_reason = "unresponsive"
+        self.exit_detail = why
+        self._set_state(PluginState.UNRESPONSIVE)
+        self._stopping = asyncio.create_task(terminate(child, self.spec.grace),
+                                             name=f"plugrpc-unresponsive-{self.spec.name}")
+
+    def _notified(self, pid: int, fields: dict[str, str]) -> bool:
+        """A message on the notify socket: take it if it comes from the plugin's process group."""
+        child = self._child
+        if child is None or pid <= 0:
+            return False
+        try:
+            if os.getpgid(pid) != child.pid:
+                return False
+        except OSError:  # gone already: nobody to believe
+            return False
+        if "STATUS" in fields:
+            self.status_text = fields["STATUS"][:MAX_STATUS]
+        if fields.get("READY") == "1" and self.state is PluginState.STARTING:
+            self._set_state(PluginState.RUNNING)
+        return True
+
     # --- the state machine ---------------------------------------------------------------------
 
     def _set_state(self, state: PluginState) -> None:
@@ -268,6 +338,12 @@ class Supervisor:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s -> %s", self.state.value, state.value, extra=self._extra)
         self.state = state
+        running = state is PluginState.RUNNING
+        if running:
+            self.up.set()
+        else:
+            self.up.clear()
+        self.holding = self.spec.ready == "notify" and not running
         if self.on_state is not None:
             try:
                 self.on_state(self)
@@ -276,7 +352,7 @@ class Supervisor:
 
     def _after_exit(self, returncode: int | None, uptime: float) -> float | None:
         """Apply spec.restart to an exit (`None`: could not spawn): seconds until the next start, or None."""
-        failed = returncode != 0
+        failed = returncode != 0 or self.exit_reason == "unresponsive"  # SIGTERM may end a stuck one with 0
         policy = self.spec.restart
         if policy == "never" or (policy == "on-failure" and not failed):
             self._demand.clear()
@@ -294,6 +370,8 @@ class Supervisor:
         """Owns the process while the supervisor is open: spawn, watch, restart, idle-stop."""
         while True:
             await self._demand.wait()
+            if self.gate is not None:
+                await self.gate()
             child = await self._spawn()
             if child is None:
                 delay = self._after_exit(None, 0.0)
@@ -336,26 +414,24 @@ class Supervisor:
             self._spawn_failed(f"{spec.path} is not an executable file")
             return None
         assert self._sock is not None  # bound by start(), closed only by stop() after this task ended
-        env = plugin_env(
-            spec,
-            {
-                "PLUGRPC_SOCKET": str(self.socket_path),
-                "LISTEN_FDS": "1",
-                "LISTEN_FDNAMES": spec.name,
-                **router_env(self._router_socket),
-            },
-        )
+        extra = {"PLUGRPC_SOCKET": str(self.socket_path), "LISTEN_FDS": "1", "LISTEN_FDNAMES": spec.name,
+                 **router_env(self._router_socket)}
+        if self._notify is not None:
+            extra["NOTIFY_SOCKET"] = self._notify.address
+        env = plugin_env(spec, extra)
         try:
-            child = Child(spec, self.root, self._sock.fileno(), env)
-        except (OSError, subprocess.SubprocessError) as exc:
+            child = Child(spec, self.root, self._sock.fileno(), env, Confinement.of(spec))
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
             self._spawn_failed(str(exc.strerror) if isinstance(exc, ExecFailed) else str(exc))
             return None
         # Registered before the first await, so that stop() terminates it even if it comes now.
         self._child = child
         self._last_touch = child.started_at
         self.last_error = None
+        self.status_text = None
         await child.capture_logs(self.output.add)
-        self._set_state(PluginState.RUNNING)
+        if spec.ready != "notify":
+            self._set_state(PluginState.RUNNING)  # else: once it says READY=1 (`_notified`)
         return child
 
     def _spawn_failed(self, why: str) -> None:
@@ -371,7 +447,7 @@ class Supervisor:
                 break
             done, _ = await asyncio.wait((child.exited,), timeout=timeout)
             if done:
-                await self._reaped(child, "crash")
+                await self._reaped(child, child.stop_reason)
                 return True
         log.info("idle for %gs, stopping it", idle, extra=self._extra)
         self._demand.clear()
@@ -384,21 +460,33 @@ class Supervisor:
     async def _terminate(self, child: Child) -> None:
         """Stop the process group (SIGTERM, spec.grace, SIGKILL) and reap it. Safe to call again."""
         await terminate(child, self.spec.grace)
-        await self._reaped(child, "stopped")
+        await self._reaped(child, child.stop_reason or "stopped")
 
-    async def _reaped(self, child: Child, reason: str) -> None:
-        """Bookkeeping once the process is gone: flush its logs, record the exit and why, forget it."""
+    async def _reaped(self, child: Child, reason: str | None) -> None:
+        """Bookkeeping once the process is gone: flush its logs, record the exit and why, forget it.
+
+        `reason` None: it exited by itself, a `crash`, or a `limit` when the evidence (its exit, its
+        CPU time, its last lines, read once they are all in) says it broke one of its limits.
+        """
         await child.close()
         if self._child is not child:
             return  # a second _terminate of the same child: its exit is recorded already
         returncode = child.exited.result()
         self._child = None
+        if reason is None:
+            self.exit_detail = broken_limit(self.spec.limits, returncode, child.cpu_seconds,
+                                            [line.text for line in self.output.tail(LIMIT_LINES)])
+            reason = "crash" if self.exit_detail is None else "limit"
+        elif reason != "unresponsive":  # whose detail `unresponsive()` gave
+            self.exit_detail = None
         self.last_exit = returncode
         self.exit_reason = reason
+        self.exits[reason] += 1
         log.log(
-            logging.WARNING if reason == "crash" else logging.INFO,
-            "exited with %s after %.1fs",
+            logging.INFO if reason == "stopped" else logging.WARNING,
+            "exited with %s after %.1fs%s",
             describe_exit(returncode),
             time.monotonic() - child.started_at,
+            f" ({reason}: {self.exit_detail})" if self.exit_detail else "",
             extra={"plugin": self.spec.name, "pid": child.pid},
         )

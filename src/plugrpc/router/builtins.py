@@ -1,4 +1,4 @@
-"""The router's own methods: `router.plugins`, `.stats`, `.health`, `.reload`; `rpc.discover`, `rpc.cancel`.
+"""The router's own methods: `router.plugins`, `.stats`, `.health`, `.reload`, `.logs`; `rpc.discover`, `rpc.cancel`.
 
 They are targets like any plugin, reached through the same routing table under the reserved
 prefixes `router` and `rpc`, which the manifest refuses as plugin names.
@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from .. import __version__, codes
 from ..errors import ManifestError, RpcError
+from ..process.logbook import Logbook
 from ..process.supervisor import PluginState
 from ..wire import error_response, result_response
 from .interfaces import Call, Message, Sink
@@ -35,7 +36,12 @@ BUILTIN_DOCS: Final = {
     "reload": "Re-read the manifest; start, swap and stop plugins as it says. Same as SIGHUP.",
     "subscribe": 'Ask for notifications on this connection: {"events": ["ovs.port.*"], "progress": true}.',
     "unsubscribe": 'End a subscription: {"subscription": S}.',
+    "logs": "A plugin's recent output lines (seq, time, level, text): {plugin, lines, after, wait}.",
 }
+LOG_LINES: Final = 20
+"""Lines `router.logs` returns when not told how many."""
+MAX_LOG_WAIT: Final = 60.0
+"""Longest `wait` of `router.logs`: a follower asks again rather than hold a call open for ever."""
 
 
 class _Tasks:
@@ -85,6 +91,8 @@ class Builtins(_Tasks):
             reply(call, self.router.events.subscribe(call))
         elif call.method == "unsubscribe":
             reply(call, self.router.events.unsubscribe(call))
+        elif call.method == "logs":
+            self._logs(call)
         else:
             reply(call, result_response(call.id, self.health()))
 
@@ -95,6 +103,23 @@ class Builtins(_Tasks):
             reply(call, error_response(call.id, codes.INTERNAL_ERROR, f"reload refused: {exc}"))
             return
         reply(call, result_response(call.id, result))
+
+    def _logs(self, call: Call) -> None:
+        try:
+            name, count, after, wait = _logs_params(call.params, self.router.plugins)
+        except ValueError as exc:
+            reply(call, error_response(call.id, codes.INVALID_PARAMS, data=str(exc)))
+            return
+        book = self.router.plugins[name].output
+        if after is None or book.seq > after or not wait:
+            reply(call, result_response(call.id, _log_lines(name, book, count, after)))
+            return
+
+        async def follow() -> None:
+            await book.wait(after, wait)
+            reply(call, result_response(call.id, _log_lines(name, book, count, after)))
+
+        self.spawn(follow())
 
     def plugins(self) -> list[dict[str, Any]]:
         return [plugin.status() for plugin in self.router.plugins.values()]
@@ -166,6 +191,37 @@ class RpcBuiltins(_Tasks):
             except (TimeoutError, RpcError, AttributeError, TypeError) as exc:
                 log.info("rpc.discover not answered (%s); listing exports only", exc, extra={"plugin": name})
         return [{**described.get(export, {"params": []}), "name": f"{name}.{export}"} for export in spec.exports]
+
+
+def _logs_params(params: Any, plugins: Mapping[str, Any]) -> tuple[str, int, int | None, float]:
+    """`{plugin, lines = 20, after = none, wait = 0}` checked; ValueError says what is wrong."""
+    if type(params) is not dict:
+        raise ValueError('expected an object: {"plugin": NAME, "lines": N, "after": SEQ, "wait": SECONDS}')
+    name = params.get("plugin")
+    if type(name) is not str or name not in plugins:
+        raise ValueError(f"no plugin named {name!r}; the plugins are {', '.join(plugins) or 'none'}")
+    unknown = set(params) - {"plugin", "lines", "after", "wait"}
+    if unknown:
+        raise ValueError(f"unknown member(s) {', '.join(sorted(unknown))}; known: plugin, lines, after, wait")
+    count, after, wait = params.get("lines", LOG_LINES), params.get("after"), params.get("wait", 0)
+    if type(count) is not int or count < 0:
+        raise ValueError(f"lines must be a whole number, got {count!r}")
+    if after is not None and (type(after) is not int or after < 0):
+        raise ValueError(f"after must be the seq of a line already read (0 for all), got {after!r}")
+    if type(wait) not in (int, float) or not 0 <= wait <= MAX_LOG_WAIT:
+        raise ValueError(f"wait must be 0 to {MAX_LOG_WAIT:g} seconds, got {wait!r}")
+    return name, count, after, float(wait)
+
+
+def _log_lines(name: str, book: Logbook, count: int, after: int | None) -> dict[str, Any]:
+    """The last `count` lines, or every line after `after`; `skipped`: lines after `after` the book no longer has."""
+    if after is None:
+        lines, skipped = book.tail(count), 0
+    else:
+        lines = book.since(after)
+        first = lines[0].seq if lines else book.seq + 1
+        skipped = max(0, first - after - 1)
+    return {"plugin": name, "lines": [line.as_dict() for line in lines], "seq": book.seq, "skipped": skipped}
 
 
 def _cancel(params: Any, sink: Sink) -> bool:

@@ -17,7 +17,7 @@ from ..process.execmode import ExecPlugin
 from ..wire import error_response, result_response
 from .builtins import reply
 from .interfaces import NOPARAMS, Call, Sink, clock
-from .stats import CallStats
+from .stats import OUTCOMES, CallStats
 
 log = logging.getLogger("plugrpc.exec")
 
@@ -29,7 +29,7 @@ class ExecTarget:
         self.plugin = plugin
         self.name = plugin.spec.name
         self.exported = plugin.spec.exported
-        self.stats = CallStats()
+        self.stats = CallStats(plugin.spec.exports)
         self._loop = asyncio.get_running_loop()
         self._running: dict[Call, asyncio.Task[Any]] = {}
         self._notifications: set[asyncio.Task[Any]] = set()
@@ -87,7 +87,8 @@ class ExecTarget:
         else:
             log.error("exec call failed: %r", exc, extra={"plugin": self.name})
             msg = error_response(call.id, codes.INTERNAL_ERROR, data={"plugin": self.name})
-        self.stats.record(clock() - call.started, exc is not None)
+        outcome = None if exc is None else OUTCOMES.get(exc.code, "error") if isinstance(exc, RpcError) else "error"
+        self.stats.record(call.method, clock() - call.started, outcome)
         sink.deliver(call, msg)
 
     def status(self) -> dict[str, Any]:

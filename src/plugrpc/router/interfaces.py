@@ -15,6 +15,7 @@ from ..wire import NOID
 
 if TYPE_CHECKING:
     from ..outbox import Outbox
+    from .stats import CallStats
 
 Message = dict[str, Any]
 """A JSON-RPC 2.0 message as parsed: the router passes params and results through untouched."""
@@ -22,6 +23,8 @@ NOPARAMS: Final[Any] = NOID
 """`Call.params` of a request that had no `params` member (None would be `"params": null`)."""
 clock = time.monotonic
 """The clock of calls. Not `loop.time()`: uvloop's is cached per loop turn at 1 ms resolution."""
+INTERNAL: Final[Any] = object()
+"""`Call.id` of a call the router makes itself (a ping, `rpc.discover`): not counted in statistics."""
 
 
 class Call:
@@ -88,6 +91,9 @@ class Target(Protocol):
 
 class PluginTarget(Target, Protocol):
     """A target backed by a plugin (pool or exec): it has calls to drain, fail and report."""
+
+    stats: CallStats
+    """Its calls counted: what `router.stats` and the metrics read."""
 
     def busy(self) -> int:
         """Calls written or waiting: what a drain waits for."""

@@ -34,8 +34,8 @@ from ..patterns import Matcher
 from ..process.supervisor import PluginState, Supervisor
 from ..wire import JSONDecodeError, LineSplitter, LineTooLong, dumps, error_response, loads
 from .events import EventHub
-from .interfaces import NOPARAMS, Call, Message, Sink, clock
-from .stats import BUCKET_OF, TABLE_LIMIT, CallStats, bucket
+from .interfaces import INTERNAL, NOPARAMS, Call, Message, Sink, clock
+from .stats import BUCKET_OF, OUTCOMES, TABLE_LIMIT, CallStats, bucket
 
 log = logging.getLogger("plugrpc.pool")
 
@@ -256,7 +256,7 @@ class PluginPool:
         self.inflight = 0
         """Calls written to a connection and not yet answered: changed only by `Upstream`, as calls
         enter and leave its `pending`."""
-        self.stats = CallStats()
+        self.stats = CallStats(spec.exports)
         self._fast: Upstream | None = None
         """The connection to use without `_assign()`: set while the pool has one ready connection."""
         self._tasks: set[asyncio.Task[None]] = set()
@@ -317,12 +317,15 @@ class PluginPool:
         if sink is not None:
             call.sink = None
             sink.deliver(call, msg)  # first: the caller's wait ends before our bookkeeping
-            # CallStats.record, inlined: this runs once per call.
-            stats = self.stats
-            if "error" in msg:
-                stats.errors += 1
-            us = int((now - call.started) * 1_000_000)
-            stats.hist[BUCKET_OF[us] if us < TABLE_LIMIT else bucket(us)] += 1
+            if call.id is not INTERNAL:
+                # CallStats.record, inlined: this runs once per call.
+                stats = self.stats
+                stats.methods[call.method] += 1  # an exported method: no other reaches a pool
+                if "error" in msg:
+                    stats.failed(call.method, "error")
+                us = int((now - call.started) * 1_000_000)
+                stats.us += us
+                stats.hist[BUCKET_OF[us] if us < TABLE_LIMIT else bucket(us)] += 1
         if self.waiting:
             self._run_assign()
 
@@ -340,9 +343,8 @@ class PluginPool:
         if sink is None:
             return
         call.sink = None
-        self.stats.record(clock() - call.started, True)
-        if code == codes.CALL_TIMEOUT:
-            self.stats.timeouts += 1
+        if call.id is not INTERNAL:
+            self.stats.record(call.method, clock() - call.started, OUTCOMES[code])
         sink.deliver(call, error_response(call.id, code, data={"plugin": self.name, "reason": reason}))
 
     def lost(self, conn: Upstream, reason: str) -> None:
@@ -389,7 +391,7 @@ class PluginPool:
         return sends, max(opens, 0)
 
     def _run_assign(self) -> None:
-        if self.closed:
+        if self.closed or self.supervisor.holding:  # a notify plugin's calls wait for its READY=1
             return
         sends, opens = self._assign()
         for conn, call in sends:
@@ -473,9 +475,26 @@ class PluginPool:
 
     def fail_all(self, reason: str) -> None:
         """Close every connection and fail every call, written or waiting (plugin given up on, shutdown)."""
+        self.abort_connections(reason)
+        self.fail_waiting(reason)
+
+    def abort_connections(self, reason: str) -> None:
+        """Close every connection, failing the calls written to them; waiting ones go to the next process."""
         for conn in list(self.conns):
             conn.abort(reason)
-        self.fail_waiting(reason)
+
+    def has_room(self) -> bool:
+        """Whether a call submitted now would be written at once: none waits and a connection has room
+        (or none is open yet). The liveness check pings only then, never a plugin busy up to max_inflight."""
+        if self.waiting:
+            return False
+        ready = [c for c in self.conns if c.transport is not None]
+        return not ready or any(len(c.pending) < self._capacity for c in ready)
+
+    def wake(self) -> None:
+        """The plugin became ready (a notify plugin said READY=1): write the calls that waited for it."""
+        if self.waiting:
+            self._run_assign()
 
     def sweep(self, now: float) -> int:
         """Fail calls past their timeout (-32002) and forget old abandoned ids; return calls finished.

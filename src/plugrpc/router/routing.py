@@ -10,10 +10,11 @@ manifest refuses them). Each plugin is one `Plugin` record: its spec, its superv
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -23,14 +24,17 @@ from ..errors import rpc_error
 from ..manifest import Manifest, PluginSpec, load_manifest
 from ..outbox import Outbox
 from ..process.execmode import ExecPlugin
+from ..process.logbook import Logbook
 from ..process.runtime_dir import RuntimeDir
-from ..process.supervisor import GIVEN_UP, Supervisor
+from ..process.supervisor import GIVEN_UP, PluginState, Supervisor
 from ..wire import error_response, reply_id, request_problem
 from .builtins import Builtins
 from .events import EventHub
 from .exec_target import ExecTarget
-from .interfaces import NOPARAMS, Call, Message, Peer, PluginTarget, Sink, Target, clock
+from .interfaces import INTERNAL, NOPARAMS, Call, Message, Peer, PluginTarget, Sink, Target, clock
+from .liveness import Liveness
 from .memory import release_free_memory
+from .order import wait_after
 from .pool import PluginPool
 
 log = logging.getLogger("plugrpc.router")
@@ -48,6 +52,9 @@ class Plugin:
     supervisor: Supervisor | None = None
     """None for exec plugins, which have a process per call instead."""
     socket: Path | None = None
+    output: Logbook = field(default_factory=Logbook)
+    """What its processes printed (`router.logs`): kept across restarts and reloads."""
+    liveness: Liveness | None = None
 
     def status(self) -> dict[str, Any]:
         """Its row of `router.plugins`."""
@@ -56,9 +63,13 @@ class Plugin:
         status.update(self.target.status())
         status["exports"] = list(self.spec.exports)
         status["events"] = list(self.spec.events)
+        if self.liveness is not None:
+            status["pings"] = self.liveness.pings
         return status
 
     async def stop(self) -> None:
+        if self.liveness is not None:
+            self.liveness.close()
         await self.target.aclose()
         if self.supervisor is not None:
             await self.supervisor.stop()
@@ -76,6 +87,8 @@ class Router:
         """The manifest's plugins, in manifest order."""
         self.retiring: set[Plugin] = set()
         """Records replaced or removed by a reload, finishing their calls before they stop."""
+        self._newest: dict[str, Plugin] = {}
+        """The latest record of each plugin of the manifest, from its creation on: what `after` waits for."""
         self.clients: set[Peer] = set()
         self.events = EventHub(config.event_queue, self.outbox)
         """Subscriptions, and the events and progress plugins send them (router/events.py)."""
@@ -98,21 +111,40 @@ class Router:
 
     async def start(self) -> None:
         """Bind every plugin's socket and start the plugins that are not lazy."""
-        plugins = await asyncio.gather(*(self._create(spec) for spec in self.manifest.plugins.values()))
+        plugins = await self._create(self.manifest.plugins.values())
         self.plugins = {plugin.spec.name: plugin for plugin in plugins}
         self._publish()
         self._sweeper = self._loop.call_later(SWEEP_INTERVAL, self._sweep)
 
-    async def _create(self, spec: PluginSpec) -> Plugin:
-        """A plugin's record with its process started; calls are routed to it once it is published."""
+    async def _create(self, specs: Iterable[PluginSpec]) -> list[Plugin]:
+        """Plugins' records with their processes started; calls are routed to them once they are published.
+
+        Every record exists before any process starts, so a plugin may start `after` one created with it.
+        """
+        plugins = [self._record(spec) for spec in specs]
+        await asyncio.gather(*(p.supervisor.start() for p in plugins if p.supervisor is not None))
+        return plugins
+
+    def _record(self, spec: PluginSpec) -> Plugin:
         front = self.config.socket.absolute()  # PLUGRPC_ROUTER: plugins call other plugins through it
+        older = self._newest.get(spec.name)
+        output = older.output if older is not None else Logbook()
         if spec.mode == "exec":
-            return Plugin(spec, ExecTarget(ExecPlugin(spec, self.manifest.root, router_socket=front)))
-        sock = self._free_socket(spec.name)
-        sup = Supervisor(spec, self.manifest.root, sock, router_socket=front)
-        plugin = Plugin(spec, PluginPool(spec, sock, sup, self.outbox, self.config.max_line, self.events), sup, sock)
-        sup.on_state = lambda _: self._on_state(plugin)
-        await sup.start()
+            exec_plugin = ExecPlugin(spec, self.manifest.root, router_socket=front)
+            exec_plugin.output = output
+            plugin = Plugin(spec, ExecTarget(exec_plugin), output=output)
+        else:
+            sock = self._free_socket(spec.name)
+            sup = Supervisor(spec, self.manifest.root, sock, router_socket=front)
+            sup.output = output
+            pool = PluginPool(spec, sock, sup, self.outbox, self.config.max_line, self.events)
+            plugin = Plugin(spec, pool, sup, sock, output)
+            sup.on_state = lambda _: self._on_state(plugin)
+            if spec.after:
+                sup.gate = functools.partial(wait_after, sup, spec.after, self._newest)
+            if spec.pings:
+                plugin.liveness = Liveness(pool, sup, ask)
+        self._newest[spec.name] = plugin
         return plugin
 
     def _free_socket(self, name: str) -> Path:
@@ -146,7 +178,9 @@ class Router:
             removed = [n for n in old if n not in new.plugins]
             changed = [n for n in new.plugins if n in old and new.plugins[n] != old[n]]
             unchanged = [n for n in new.plugins if n not in added and n not in changed]
-            fresh = await asyncio.gather(*(self._create(new.plugins[n]) for n in added + changed))
+            for name in removed:
+                del self._newest[name]
+            fresh = await self._create(new.plugins[n] for n in added + changed)
             retiring = [self.plugins[n] for n in removed + changed]
             self.retiring.update(retiring)
             by_name = {plugin.spec.name: plugin for plugin in fresh}
@@ -274,21 +308,38 @@ class Router:
         if sup.state in GIVEN_UP:
             # Calls parked in the socket backlog would wait for their timeout: fail them now.
             plugin.target.fail_all(sup.unavailable_reason())
+        elif isinstance(plugin.target, PluginPool):
+            if sup.state is PluginState.UNRESPONSIVE:
+                # Written calls would wait for their timeout in a stuck process: fail them now.
+                plugin.target.abort_connections(f"plugin {sup.spec.name} is unresponsive ({sup.exit_detail}); it is "
+                                                "being restarted, calls made from now on wait for it")
+            elif sup.state is PluginState.RUNNING:
+                plugin.target.wake()
 
     # --- internal calls --------------------------------------------------------------------
 
     async def call_plugin(self, name: str, method: str, params: Any = NOPARAMS, timeout: float = 5.0) -> Any:
         """Call any method of a plugin from inside the router (not limited to its exports)."""
-        fut: asyncio.Future[Message] = self._loop.create_future()
-        call = Call(FutureSink(fut), 0, method, params, clock())
-        self.plugins[name].target.submit(call)
-        try:
-            msg = await asyncio.wait_for(fut, timeout)
-        finally:
-            self.cancel(call)
+        msg = await ask(self.plugins[name].target, method, params, timeout)
         if "error" in msg:
             raise rpc_error(msg["error"])
         return msg.get("result")
+
+
+async def ask(target: Target, method: str, params: Any = NOPARAMS, timeout: float = 5.0) -> Message:
+    """A call of the router's own to `target`: its answer (an error included), or TimeoutError.
+
+    Such calls are not counted in the plugin's statistics; one left unanswered is withdrawn, and
+    the plugin is told so with `rpc.cancel`.
+    """
+    fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+    call = Call(FutureSink(fut), INTERNAL, method, params, clock())
+    target.submit(call)
+    try:
+        return await asyncio.wait_for(fut, timeout)
+    finally:
+        if call.sink is not None and call.target is not None:
+            call.target.cancel(call)
 
 
 async def _until_idle(busy: Callable[[], int], timeout: float) -> bool:

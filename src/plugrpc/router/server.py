@@ -1,9 +1,10 @@
 """`Server` runs a `Config`: startup, main loop, graceful shutdown (as uvicorn's `Server`).
 
 Startup validates the manifest before anything is created, starts the plugins, then binds
-the front socket: the router is ready when that socket accepts connections. SIGINT/SIGTERM
-set `should_exit`; shutdown stops accepting, gives in-flight calls `shutdown_grace` seconds,
-stops every plugin (SIGTERM, then SIGKILL after its grace) and removes every socket.
+the front socket: the router is ready when that socket accepts connections (and, under systemd's
+Type=notify, says READY=1). SIGINT/SIGTERM set `should_exit`; shutdown stops accepting, gives
+in-flight calls `shutdown_grace` seconds, stops every plugin (SIGTERM, then SIGKILL after its
+grace) and removes every socket. With `--metrics`, a Prometheus endpoint serves alongside.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import asyncio
 import contextlib
 import logging
 import signal
-from typing import TYPE_CHECKING
+import socket
+from typing import TYPE_CHECKING, Any
 
-from ..config import BACKLOG, Config, loop_factory
+from .. import sdnotify
+from ..config import BACKLOG, Config, loop_factory, metrics_address
 from ..errors import ConfigError, ManifestError
 from ..manifest import load_manifest
 from ..process.runtime_dir import RuntimeDir
@@ -23,6 +26,7 @@ from .memory import keep_large_buffers
 from .routing import Router
 
 if TYPE_CHECKING:
+    from .metrics import MetricsServer
     from .nats_bridge import NatsBridge
 
 log = logging.getLogger("plugrpc.server")
@@ -43,6 +47,8 @@ class Server:
         self._tasks: set[asyncio.Task[None]] = set()
         self.bridge: NatsBridge | None = None
         """The router's NATS side, with `--nats` (router/nats_bridge.py)."""
+        self._metrics_sock: socket.socket | None = None
+        self.metrics: MetricsServer | None = None
 
     def run(self) -> None:
         """Serve until SIGINT/SIGTERM, on the configured event loop (this process is the router's)."""
@@ -68,6 +74,8 @@ class Server:
         # Everything that can be refused is checked before any process starts.
         manifest = load_manifest(config.root)
         bridge = _nats_bridge() if config.nats else None
+        if config.metrics is not None:
+            self._metrics_sock = _metrics_module().bind(metrics_address(config.metrics))
         sock = config.bind_socket()
         self._bound = True
         self._runtime_dir = RuntimeDir()
@@ -75,6 +83,10 @@ class Server:
         await router.start()
         self._server = await loop.create_unix_server(lambda: FrontProtocol(router, config), sock=sock,
                                                      backlog=BACKLOG)
+        if self._metrics_sock is not None:
+            self.metrics = _metrics_module().MetricsServer(router)
+            await self.metrics.serve(self._metrics_sock)
+            self._metrics_sock = None
         plugins = ", ".join(
             f"{name} ({plugin.supervisor.pid or plugin.supervisor.state.value})" if plugin.supervisor
             else f"{name} (exec)"
@@ -85,6 +97,7 @@ class Server:
             self.bridge = bridge(router, config)
             self.bridge.start()
         self.started.set()
+        _tell_systemd("READY=1")
 
     def _on_sighup(self) -> None:
         """SIGHUP re-reads the manifest (like `router.reload`); a bad manifest is logged and ignored."""
@@ -108,9 +121,15 @@ class Server:
         for sig in SIGNALS:
             with contextlib.suppress(RuntimeError):  # no running loop's handlers if startup failed early
                 loop.add_signal_handler(sig, self._already_stopping, sig)
+        if self.started.is_set():
+            _tell_systemd("STOPPING=1")
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._metrics_sock is not None:  # bound, not served: startup failed after it
+            self._metrics_sock.close()
+        if self.metrics is not None:
+            await self.metrics.close()
         if self._server is not None:
             self._server.close()
         if self._bound:
@@ -154,3 +173,20 @@ def _nats_bridge() -> type[NatsBridge]:
             raise
         raise ConfigError(INSTALL) from None
     return NatsBridge
+
+
+def _metrics_module() -> Any:
+    """router.metrics, imported only for --metrics: prometheus-client is an optional extra."""
+    try:
+        from . import metrics
+    except ImportError as exc:
+        raise ConfigError(f"--metrics needs prometheus-client ({exc}): pip install 'plugrpc[metrics]'") from None
+    return metrics
+
+
+def _tell_systemd(state: str) -> None:
+    """READY=1 / STOPPING=1 to systemd when it runs the router as Type=notify ($NOTIFY_SOCKET set)."""
+    try:
+        sdnotify.notify(state)
+    except OSError as exc:
+        log.warning("cannot tell $NOTIFY_SOCKET %s: %s", state, exc)

@@ -7,7 +7,10 @@ buckets only when someone asks (`router.stats`, `plugrpc status`).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Final
+
+from .. import codes
 
 _SUB = 4  # buckets per power of two
 _NBUCKETS = 64 * _SUB
@@ -44,27 +47,66 @@ def _bucket_floor(index: int) -> int:
     return (4 | frac) << (bits - 3)
 
 
+def bucket_bounds() -> list[tuple[int, int]]:
+    """(index, upper bound in microseconds) of every bucket a latency can fall in, in order.
+
+    A bucket holds the latencies from its floor up to (not including) the next one's floor.
+    """
+    used = [*range(4), *range(12, _NBUCKETS - 1)]  # bucket() never yields 4..11 (see bucket)
+    return [(index, _bucket_floor(used[n + 1])) for n, index in enumerate(used[:-1])]
+
+
+OUTCOMES: Final = {
+    codes.PLUGIN_UNAVAILABLE: "unavailable",
+    codes.CALL_TIMEOUT: "timeout",
+    codes.OVERLOADED: "overloaded",
+    codes.MESSAGE_TOO_LARGE: "too_large",
+}
+"""How a call the router failed with one of its own codes is counted; a plugin's errors are `error`."""
+
+
 class CallStats:
-    """Counters and latency histogram of one plugin, as the router sees its calls."""
+    """Counters and latency histogram of one plugin, as the router sees its calls.
 
-    __slots__ = ("errors", "timeouts", "hist")
+    Per method only what must be counted per call (`methods`); failures are counted by method
+    and outcome on their own path (`failures`), so an ok call costs two increments and a sum.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("errors", "timeouts", "hist", "us", "methods", "failures")
+
+    def __init__(self, methods: Iterable[str] = ()) -> None:
         self.errors = 0
         self.timeouts = 0
         self.hist = [0] * _NBUCKETS
+        self.us = 0
+        """Microseconds of every call counted, added up (a histogram's sum)."""
+        self.methods = dict.fromkeys(methods, 0)
+        """Calls finished by method: the exported ones, which are all a client can reach."""
+        self.failures: dict[tuple[str, str], int] = {}
+        """Calls that did not succeed, by (method, outcome): `error` (the plugin's), or one of `OUTCOMES`."""
 
     @property
     def calls(self) -> int:
         """Calls finished: each one is counted in the histogram, and only there (one increment per call)."""
         return sum(self.hist)
 
-    def record(self, seconds: float, error: bool) -> None:
-        """Count one finished call (inlined where it runs for every call: `PluginPool.finish`)."""
-        if error:
-            self.errors += 1
+    def record(self, method: str, seconds: float, outcome: str | None = None) -> None:
+        """Count one finished call, failed with `outcome` unless None (inlined where it runs for every
+        call: `PluginPool.finish`)."""
+        if outcome is not None:
+            self.failed(method, outcome)
+        self.methods[method] = self.methods.get(method, 0) + 1
         us = int(seconds * 1_000_000)
+        self.us += us
         self.hist[BUCKET_OF[us] if us < TABLE_LIMIT else bucket(us)] += 1
+
+    def failed(self, method: str, outcome: str) -> None:
+        """Count a failure of a call to `method` (the call itself is counted by `record`)."""
+        self.errors += 1
+        if outcome == "timeout":
+            self.timeouts += 1
+        key = (method, outcome)
+        self.failures[key] = self.failures.get(key, 0) + 1
 
     def percentile(self, q: float) -> float | None:
         """Latency in seconds below which a fraction `q` of calls finished (bucket midpoint)."""

@@ -1,5 +1,5 @@
 """What the command line does, as plain functions: `run()` a router, `call()` a method,
-`status()` and `reload()` of a running router, its `events()`, `new()` plugin skeletons.
+`status()`, `reload()` and `logs()` of a running router, its `events()`, `new()` plugin skeletons.
 
 The CLI only parses arguments and calls these (as uvicorn's `main` calls `run()`), so
 everything it does is reachable from Python and testable without a shell.
@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
 
-from .. import logs
+from .. import logs as logging_setup
 from ..client.aio import Client
 from ..client.blocking import BlockingClient
 from ..client.events import Event
@@ -20,11 +20,14 @@ from ..config import Config
 from ..router.server import Server
 from .scaffold import Scaffold, new_plugin
 
+FOLLOW_WAIT: Final = 30.0
+"""Seconds one `router.logs` call of `logs(follow=True)` waits for new lines before asking again."""
+
 
 def run(config: Config | None = None) -> None:
     """Supervise the image's plugins and serve the router until SIGINT/SIGTERM."""
     config = config or Config()
-    logs.configure(config.log_level, config.log_json)
+    logging_setup.configure(config.log_level, config.log_json)
     Server(config).run()
 
 
@@ -86,6 +89,21 @@ def events(*patterns: str, socket: str | os.PathLike[str] | None = None, nats: s
     with BlockingClient(target, router=router, creds=creds, ca=ca) as client, \
             client.subscribe(*patterns) as subscription:
         yield from subscription
+
+
+def logs(name: str, lines: int = 20, *, follow: bool = False,
+         socket: str | os.PathLike[str] | None = None) -> Iterator[dict[str, Any]]:
+    """A plugin's last `lines` output lines (`router.logs`), oldest first; with `follow`, then every new
+    one as it comes, for as long as the router runs. Each is {seq, time, level, text}; lines the router
+    dropped before they could be read (it keeps the last 1000) come as one {"skipped": N}."""
+    with BlockingClient(socket, timeout=None) as client:
+        answer = client.raw("router.logs", {"plugin": name, "lines": lines})
+        yield from answer["lines"]
+        while follow:
+            answer = client.raw("router.logs", {"plugin": name, "after": answer["seq"], "wait": FOLLOW_WAIT})
+            if answer["skipped"]:
+                yield {"skipped": answer["skipped"]}
+            yield from answer["lines"]
 
 
 def new(name: str, directory: str | os.PathLike[str] = ".") -> Scaffold:

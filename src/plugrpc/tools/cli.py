@@ -1,11 +1,12 @@
 """`plugrpc` on the command line: parse arguments, build a `Config`, call `api`.
 
-    plugrpc run    [--root DIR] [--socket PATH] ...   serve an image's plugins
+    plugrpc run    [--root DIR] [--socket PATH] [--metrics HOST:PORT] ...   serve an image's plugins
     plugrpc call   [--socket PATH] METHOD [PARAMS]    call a method, print its result as JSON
     plugrpc status [--socket PATH] [--json]           a table of the plugins of a running router
     (run, call, status and events take --nats URL: a fleet of routers on NATS, docs/fleet.md)
     plugrpc reload [--socket PATH] [--json]           make a running router re-read its manifest
     plugrpc events [--socket PATH] [PATTERN ...]      print events as they come, one JSON line each
+    plugrpc logs   NAME [-n N] [-f] [--socket PATH]   a plugin's recent output, kept by the router
     plugrpc new    NAME [--dir DIR]                   write a plugin skeleton, its manifest entry, a test
 """
 
@@ -23,6 +24,7 @@ import orjson
 from .. import __version__
 from ..config import EXAMPLE_ROOT, Config, default_socket
 from ..errors import ConfigError, ConnectError, ConnectionLost, ManifestError, PlugrpcError, RpcError
+from ..process import pid1
 from ..wire import DEFAULT_MAX_LINE
 from . import api, status
 
@@ -75,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     _nats_options(run, "also serve on NATS: plugrpc.call.NAME, plugrpc.any.PLUGIN, service plugrpc")
     run.add_argument("--name", default=None,
                      help="the router's name on NATS, unique in the fleet (default: the host name)")
+    run.add_argument("--metrics", metavar="HOST:PORT|unix:PATH", default=None,
+                     help="serve Prometheus metrics at http://HOST:PORT/metrics (or on a unix socket); needs "
+                          "prometheus-client: pip install 'plugrpc[metrics]'")
 
     call = sub.add_parser("call", help="call METHOD through a running router and print the result",
                           description="Print the result as JSON on stdout; on a JSON-RPC error print it on "
@@ -118,6 +123,15 @@ def _parser() -> argparse.ArgumentParser:
                         help="NATS-style: '*' is one token, '>' (last) one or more, e.g. 'ovs.port.*' 'demo.>' "
                              "(default: '>', every event)")
 
+    logs = sub.add_parser("logs", help="show a plugin's recent output (stdout and stderr), as the router keeps it",
+                          description="The last lines a plugin printed, from the router's memory (its last 1000 "
+                                      "lines, across restarts), oldest first, with their time and level.")
+    logs.add_argument("name", metavar="NAME", help="the plugin")
+    logs.add_argument("-n", "--lines", type=int, default=20, metavar="N", help="how many lines (default 20)")
+    logs.add_argument("-f", "--follow", action="store_true", help="then print new lines as they come, until ^C")
+    logs.add_argument("--socket", type=Path, default=None, help=socket_help)
+    logs.add_argument("--json", action="store_true", help="one JSON object per line: seq, time, level, text")
+
     new = sub.add_parser("new", help="write a Python plugin skeleton, its manifest entry and a test",
                          description="Writes DIR/plugins/NAME.py, appends [plugin.NAME] to DIR/.plugin.toml "
                                      "(creating it if needed) and writes DIR/tests/test_NAME.py, which passes as "
@@ -144,6 +158,8 @@ def _config(args: argparse.Namespace) -> Config:
         options.update(nats=args.nats, name=args.name, nats_creds=args.nats_creds, nats_ca=args.nats_ca)
     elif args.name is not None:
         raise ConfigError("--name is the router's name on NATS: it needs --nats URL")
+    if args.metrics is not None:
+        options["metrics"] = args.metrics
     return Config(**options)
 
 
@@ -223,6 +239,26 @@ def _events(args: argparse.Namespace) -> int:
     return 0
 
 
+def _logs(args: argparse.Namespace) -> int:
+    if args.lines < 0:
+        print("plugrpc: -n must be 0 or more", file=sys.stderr)
+        return 2
+    try:
+        for line in api.logs(args.name, args.lines, follow=args.follow, socket=args.socket):
+            if args.json:
+                sys.stdout.buffer.write(orjson.dumps(line) + b"\n")
+            else:
+                print(status.log_line(line))
+            sys.stdout.flush()
+    except RpcError as exc:
+        print(f"plugrpc: {exc.data if isinstance(exc.data, str) else exc.message}", file=sys.stderr)
+        return 1
+    except ConnectionLost:
+        print("plugrpc: the router went away", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _new(args: argparse.Namespace) -> int:
     try:
         made = api.new(args.name, args.dir)
@@ -238,11 +274,18 @@ def _new(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"call": _call, "status": _status, "reload": _reload, "events": _events, "new": _new}
+COMMANDS = {"call": _call, "status": _status, "reload": _reload, "events": _events, "new": _new, "logs": _logs}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "run" and pid1.is_init():
+        # A container's first process: an init forwards signals to the router and reaps orphans.
+        return pid1.run_as_init(lambda: _command(args))
+    return _command(args)
+
+
+def _command(args: argparse.Namespace) -> int:
     try:
         if args.command == "run":
             api.run(_config(args))

@@ -7,6 +7,7 @@ table is tested without a router and the CLI stays a thin layer.
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
@@ -61,6 +62,29 @@ def last_exit(row: Mapping[str, Any]) -> str:
     return f"{text} {reason}" if reason else text
 
 
+def notes(row: Mapping[str, Any]) -> str:
+    """What else is worth a glance: the plugins it waits for, else what it last said with STATUS=."""
+    if row.get("waiting_for"):
+        return "waiting for " + ", ".join(row["waiting_for"])
+    text = str(row.get("status_text") or "")
+    if not text:
+        return MISSING
+    return text if len(text) <= STATUS_WIDTH else text[: STATUS_WIDTH - 3] + "..."
+
+
+STATUS_WIDTH: Final = 40
+"""Characters of the STATUS column (`--json` has all of it)."""
+
+
+def log_line(line: Mapping[str, Any]) -> str:
+    """One line of `plugrpc logs`: local date and time to the millisecond, level, what the plugin printed."""
+    if "skipped" in line:
+        return f"-- {line['skipped']} line(s) not shown: the router keeps a plugin's last 1000 --"
+    when = line["time"]
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)) + f".{int(when * 1000) % 1000:03d}"
+    return f"{stamp} {line['level'].upper():<7} {line['text']}"
+
+
 def _field(key: str, fmt: Callable[[Any], str]) -> Callable[[Mapping[str, Any]], str]:
     return lambda row: fmt(row.get(key))
 
@@ -79,10 +103,11 @@ COLUMNS: Final[tuple[tuple[str, Callable[[Mapping[str, Any]], str]], ...]] = (
     ("ERRORS", _field("errors", _plain)),
     ("P50_MS", _field("p50_ms", millis)),
     ("P99_MS", _field("p99_ms", millis)),
+    ("STATUS", notes),
 )
 FLEET_COLUMNS: Final = (("ROUTER", _field("router", _plain)), *COLUMNS)
 """`plugrpc status --nats`: every router's plugins in one table, the router's name first."""
-_LEFT: Final = frozenset({"ROUTER", "NAME", "MODE", "STATE", "LAST_EXIT"})
+_LEFT: Final = frozenset({"ROUTER", "NAME", "MODE", "STATE", "LAST_EXIT", "STATUS"})
 """Text columns are left-aligned, numbers right-aligned."""
 
 

@@ -1,0 +1,63 @@
+"""Liveness: the router pings each running `rpc` plugin, and restarts one that stopped answering.
+
+Every `ping_interval` seconds a plugin that is RUNNING and has room for a call gets
+`{"jsonrpc":"2.0","method":"rpc.ping","id":N}` through its own pool, as an internal call. Any
+answer proves it alive, an error included (a plugin need not implement `rpc.ping`; the SDK
+answers -32601). No answer within `ping_timeout` makes it `unresponsive`: the supervisor stops
+it (SIGTERM, grace, SIGKILL), the router fails its calls in flight with -32001 saying so, and the
+restart policy brings the next process. A plugin busy up to its `max_inflight` has no room, so
+it is not pinged: a legitimately long call never gets it restarted. Nothing here runs per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+from .. import codes
+from ..process.supervisor import PluginState, Supervisor
+from .interfaces import NOPARAMS, Message, Target
+from .pool import PluginPool
+
+PING: Final = "rpc.ping"
+
+Ask = Callable[[Target, str, Any, float], Awaitable[Message]]
+
+
+class Liveness:
+    """Pings one plugin for as long as its record lives (`close()` ends it)."""
+
+    def __init__(self, pool: PluginPool, supervisor: Supervisor, ask: Ask) -> None:
+        self.pool = pool
+        self.supervisor = supervisor
+        self.pings = 0
+        """Pings sent (an answer to each was had, but for the last one when it made the plugin unresponsive)."""
+        self._ask = ask
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"plugrpc-liveness-{pool.name}")
+
+    def __repr__(self) -> str:
+        return f"<Liveness {self.pool.name} pings={self.pings}>"
+
+    def close(self) -> None:
+        self._task.cancel()
+
+    async def _run(self) -> None:
+        spec = self.pool.spec
+        while True:
+            await asyncio.sleep(spec.ping_interval)
+            sup = self.supervisor
+            if sup.state is not PluginState.RUNNING or not self.pool.has_room():
+                continue
+            pid = sup.pid
+            self.pings += 1
+            try:
+                msg = await self._ask(self.pool, PING, NOPARAMS, spec.ping_timeout)
+            except TimeoutError:
+                msg = None
+            # The pool's own timeout (when `timeout` < `ping_timeout`) is no answer either. Any other
+            # error is: the plugin's own, or the router's when the process died meanwhile, which the
+            # supervisor deals with.
+            silent = msg is None or (msg.get("error") or {}).get("code") == codes.CALL_TIMEOUT
+            if silent and sup.pid == pid:  # not a process that died and was replaced meanwhile
+                sup.unresponsive(f"no answer to {PING} within {min(spec.ping_timeout, spec.timeout):g} s")
