@@ -132,7 +132,7 @@ def _terminate(children: Sequence[Child], grace: float) -> None:
 
 def listening_socket(path: Path) -> socket.socket:
     """A unix socket bound and listening at `path`, for a child to take over as fd 3."""
-    from plugrpc.config import bind_socket
+    from plugrpc.sockets import bind_socket
 
     sock = bind_socket(path)
     sock.setblocking(True)

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -25,6 +25,7 @@ import orjson
 
 from plugrpc.config import Config
 from plugrpc.router.server import Server
+from plugrpc.sockets import bind_socket
 from plugrpc.testing import wait_for_socket
 
 TESTS: Final = Path(__file__).resolve().parent
@@ -252,6 +253,50 @@ class BasicPlugin:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(self.wait)
+
+
+# --- a plugin started as the runtime starts one ---------------------------------------------------
+
+
+class Fd3Plugin:
+    """A plugin process started the way the runtime starts one: listening socket on fd 3."""
+
+    def __init__(self, script: Path, tmp: Path, name: str, env: Mapping[str, str], wrapper: Sequence[str]) -> None:
+        self.socket = tmp / f"{name}.sock"
+        self.log_path = tmp / f"{name}.log"
+        listener = bind_socket(self.socket)
+        fd = listener.fileno()
+
+        def to_fd3() -> None:
+            os.dup2(fd, 3)
+            os.set_inheritable(3, True)
+
+        child_env = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "PLUGRPC_"))}
+        child_env.update({"LISTEN_FDS": "1", "LISTEN_FDNAMES": name, "PLUGRPC_PLUGIN": name, **env})
+        try:
+            with open(self.log_path, "wb") as log:
+                # close_fds=False: fd 3 is made by dup2 in the child, after which close_fds would close it.
+                self.proc = subprocess.Popen(
+                    [*wrapper, sys.executable, str(script)],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=child_env,
+                    close_fds=False, preexec_fn=to_fd3,
+                )
+        finally:
+            listener.close()
+
+    def connect(self) -> RawConn:
+        return RawConn(self.socket, timeout=WAIT)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait(self) -> int:
+        return self.proc.wait(WAIT)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(WAIT)
 
 
 # --- the router in this process --------------------------------------------------------------

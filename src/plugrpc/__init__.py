@@ -12,9 +12,11 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # typing's, without importing typing: a plugin loads these modules (see plugin/plain.py)
 if TYPE_CHECKING:
+    from typing import Any
+
     from .client.aio import Client
     from .client.blocking import BlockingClient
     from .config import Config

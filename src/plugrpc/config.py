@@ -6,21 +6,23 @@ shared by `plugrpc run` and `plugrpc call`, so the two meet on the same socket w
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
-import socket
 import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from socket import socket as Socket
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from .errors import ConfigError
+from .sockets import bind_socket, remove_socket
 from .wire import DEFAULT_MAX_LINE
+
+if TYPE_CHECKING:
+    import asyncio
 
 EXAMPLE_ROOT: Final = Path(__file__).resolve().parent / "example-image"
 """The bundled example image, shipped inside the package (examples/image in the source tree links
@@ -57,54 +59,10 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-BACKLOG: Final = 4096
-"""Connections the kernel queues on a listening socket: a burst of clients waits there to be accepted.
-
-Listeners must pass it on (`create_unix_server(..., backlog=BACKLOG)`): asyncio and uvloop listen
-again with their own default of 100, and non-blocking clients (Node, Go, libuv) that find the
-backlog full are refused with EAGAIN rather than kept waiting."""
-
-
-def bind_socket(path: Path, mode: int = 0o600, backlog: int = BACKLOG) -> socket.socket:
-    """Bind and listen on a unix socket with `mode`, replacing a stale socket file.
-
-    A socket file that still accepts connections belongs to a live router: refuse to steal it.
-    The umask around bind() means the socket never exists with looser permissions.
-    """
-    if len(os.fsencode(path)) >= 108:
-        raise ConfigError(f"socket path is too long for AF_UNIX ({len(os.fsencode(path))} bytes, max 107): {path}")
-    if path.exists() or path.is_symlink():
-        if not stat.S_ISSOCK(path.lstat().st_mode):
-            raise ConfigError(f"{path} exists and is not a socket; refusing to replace it")
-        if _accepts(path):
-            raise ConfigError(f"{path} is in use by a running router; stop it or pass another --socket")
-        path.unlink()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o777 & ~mode)
-    try:
-        sock.bind(os.fspath(path))
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"cannot bind {path}: {exc.strerror}") from exc
-    finally:
-        os.umask(old)
-    os.chmod(path, mode)
-    sock.listen(backlog)
-    sock.setblocking(False)
-    return sock
-
-
-def _accepts(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(os.fspath(path))
-        except OSError:
-            return False
-    return True
-
-
 def loop_factory(name: LoopName = "auto") -> Callable[[], asyncio.AbstractEventLoop]:
     """The event loop to run on: uvloop by default, the standard loop where it is missing."""
+    import asyncio  # here: a plugin's plain engine needs no event loop (see plugin/sdk.py)
+
     if name in ("auto", "uvloop"):
         try:
             import uvloop
@@ -205,9 +163,3 @@ def metrics_address(text: str) -> tuple[str, int] | Path:
         raise ConfigError(f"--metrics must be HOST:PORT (e.g. 127.0.0.1:9464, 0.0.0.0:9464 for every interface) or "
                           f"unix:PATH, got {text!r}")
     return host, int(port)
-
-
-def remove_socket(path: Path) -> None:
-    """Remove a socket file we created, ignoring one that is already gone."""
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()

@@ -8,9 +8,12 @@ a subclass each so callers can `except CallTimeout:` instead of comparing number
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from . import codes
+
+TYPE_CHECKING = False  # typing's, without importing typing: a plugin loads these modules (see plugin/plain.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class PlugrpcError(Exception):

@@ -13,8 +13,18 @@ call that crosses neither costs nothing.
 
 from __future__ import annotations
 
-import asyncio
-from typing import Final
+TYPE_CHECKING = False  # typing's, without importing typing: a plugin loads these modules (see plugin/plain.py)
+if TYPE_CHECKING:
+    from typing import Final, Protocol
+
+    class Readable(Protocol):
+        """What reading is paused on: an asyncio transport, or a plugin's plain engine's connection."""
+
+        def pause_reading(self) -> None: ...
+
+        def resume_reading(self) -> None: ...
+
+        def is_closing(self) -> bool: ...
 
 WRITE: Final = 1
 """The transport's buffer is full: the peer is not reading our answers."""
@@ -31,7 +41,7 @@ class FlowControl:
     __slots__ = ("transport", "_reasons", "_reading_paused")
 
     def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
+        self.transport: Readable | None = None
         """Set by the protocol's `connection_made`; nothing is paused before it."""
         self._reasons = 0
         self._reading_paused = False

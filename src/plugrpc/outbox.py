@@ -14,15 +14,22 @@ plugin per request, and as many back. Two ways out, and the writer picks:
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-from typing import Protocol
+TYPE_CHECKING = False  # typing's, without importing typing: a plugin loads these modules (see plugin/plain.py)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Protocol
 
+    class Transport(Protocol):
+        """What a writer writes to: an asyncio transport, or a plugin's plain engine's connection."""
 
-class Writer(Protocol):
-    """Something with bytes waiting for its transport."""
+        def write(self, data: bytes) -> None: ...
 
-    def flush(self) -> None: ...
+        def is_closing(self) -> bool: ...
+
+    class Writer(Protocol):
+        """Something with bytes waiting for its transport."""
+
+        def flush(self) -> None: ...
 
 
 class Outbox:
@@ -30,12 +37,13 @@ class Outbox:
 
     __slots__ = ("dirty", "_scheduled", "_call_soon")
 
-    def __init__(self) -> None:
+    def __init__(self, call_soon: Callable[[Callable[[], None]], object] | None = None) -> None:
         self.dirty: list[Writer] = []
         self._scheduled = False
-        # Looked up once, on first use (an Outbox may be made before its loop runs): every
-        # asyncio.get_running_loop() costs a getpid() system call.
-        self._call_soon: Callable[[Callable[[], None]], object] | None = None
+        self._call_soon = call_soon
+        """How the end of the turn is scheduled: the running asyncio loop's `call_soon` unless given
+        (a plugin's plain engine has no asyncio loop), looked up once, on first use (an Outbox may be
+        made before its loop runs): every asyncio.get_running_loop() costs a getpid() system call."""
 
     def add(self, writer: Writer) -> None:
         """`writer` has its first line of this turn: make sure a flush runs at the end of the turn."""
@@ -44,6 +52,8 @@ class Outbox:
             self._scheduled = True
             call_soon = self._call_soon
             if call_soon is None:
+                import asyncio  # here: not every process that writes lines runs asyncio
+
                 call_soon = self._call_soon = asyncio.get_running_loop().call_soon
             call_soon(self._end_of_turn)
 
@@ -63,7 +73,7 @@ class LineWriter:
     """Base for protocols that send lines: `queue` for the turn's write, or `write_now`."""
 
     __slots__ = ()
-    transport: asyncio.WriteTransport | None
+    transport: Transport | None
     outbox: Outbox
     _out: list[bytes]
 

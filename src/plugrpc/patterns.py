@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Final
+
+TYPE_CHECKING = False  # typing's, without importing typing: a plugin loads these modules (see plugin/plain.py)
+if TYPE_CHECKING:
+    from typing import Final
 
 _TOKEN: Final = re.compile(r"[^\s.*>]+")
 ONE: Final = "*"

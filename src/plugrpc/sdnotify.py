@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Final
+
+TYPE_CHECKING = False  # typing's, without importing typing: a plugin loads these modules (see plugin/plain.py)
+if TYPE_CHECKING:
+    from typing import Final
 
 MAX_MESSAGE: Final = 4096
 """The largest message read; a larger datagram is ignored as a whole."""

@@ -7,11 +7,13 @@ responses. Nothing here does I/O, so all of it is tested without sockets.
 
 from __future__ import annotations
 
-from typing import Any, Final
-
 import orjson
 
 from . import codes
+
+TYPE_CHECKING = False  # typing's, without importing typing: a plugin loads these modules (see plugin/plain.py)
+if TYPE_CHECKING:
+    from typing import Any, Final
 
 DEFAULT_MAX_LINE: Final = 64 * 1024 * 1024
 """Default maximum line size in bytes: large enough for multi-MiB payloads."""

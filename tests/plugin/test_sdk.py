@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,81 +17,25 @@ import pytest
 
 import plugrpc
 from plugrpc import codes
-from plugrpc.config import bind_socket
 from plugrpc.errors import ConfigError
 from plugrpc.plugin import talk
+from plugrpc.plugin.aio import AsyncServer as _Server
+from plugrpc.plugin.aio import Connection
 from plugrpc.plugin.dispatch import resolve
-from plugrpc.plugin.sdk import Connection, _Server, serve
+from plugrpc.plugin.sdk import serve
 from plugrpc.testing import wait_for_socket
 
-from util import NOTIFY, PLUGINS, WAIT, RawConn, req, until, wait_until
+from util import NOTIFY, PLUGINS, WAIT, Fd3Plugin, RawConn, req, until, wait_until
 
 BASIC = PLUGINS / "sdk_basic.py"
 
 
 def note(method: str, params: Any = None) -> dict[str, Any]:
-    msg = req(method, params)
-    del msg["id"]
-    return msg
-
-
-class Plugin:
-    """A plugin process started the way the runtime starts one: listening socket on fd 3."""
-
-    def __init__(self, script: Path, tmp: Path, name: str, env: Mapping[str, str], wrapper: Sequence[str]) -> None:
-        self.socket = tmp / f"{name}.sock"
-        self.log_path = tmp / f"{name}.log"
-        listener = bind_socket(self.socket)
-        fd = listener.fileno()
-
-        def to_fd3() -> None:
-            os.dup2(fd, 3)
-            os.set_inheritable(3, True)
-
-        child_env = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "PLUGRPC_"))}
-        child_env.update({"LISTEN_FDS": "1", "LISTEN_FDNAMES": name, "PLUGRPC_PLUGIN": name, **env})
-        try:
-            with open(self.log_path, "wb") as log:
-                # close_fds=False: fd 3 is made by dup2 in the child, after which close_fds would close it.
-                self.proc = subprocess.Popen(
-                    [*wrapper, sys.executable, str(script)],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=child_env,
-                    close_fds=False, preexec_fn=to_fd3,
-                )
-        finally:
-            listener.close()
-
-    def connect(self) -> RawConn:
-        return RawConn(self.socket, timeout=WAIT)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait(self) -> int:
-        return self.proc.wait(WAIT)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(WAIT)
+    return req(method, params, id=NOTIFY)
 
 
 @pytest.fixture
-def start(plugrpc_tmp: Path) -> Iterator[Callable[..., Plugin]]:
-    plugins: list[Plugin] = []
-
-    def start(script: Path = BASIC, *, name: str = "basic", env: Mapping[str, str] | None = None,
-              wrapper: Sequence[str] = ()) -> Plugin:
-        plugins.append(Plugin(script, plugrpc_tmp, name, env or {}, wrapper))
-        return plugins[-1]
-
-    yield start
-    for plugin in plugins:
-        plugin.stop()
-
-
-@pytest.fixture
-def basic(start: Callable[..., Plugin]) -> Plugin:
+def basic(start: Callable[..., Fd3Plugin]) -> Fd3Plugin:
     return start()
 
 
@@ -112,7 +56,7 @@ def poll(conn: RawConn, method: str, params: Any, expect: Any) -> None:
 
 
 class TestCalls:
-    def test_named_and_positional_params(self, basic: Plugin) -> None:
+    def test_named_and_positional_params(self, basic: Fd3Plugin) -> None:
         with basic.connect() as c:
             assert result(c.ask(req("add", {"a": 2, "b": 3}))) == 5
             assert result(c.ask(req("add", [2, 3]))) == 5
@@ -121,7 +65,7 @@ class TestCalls:
             assert result(c.ask(req("dotted.name", ["v"]))) == "v"
             assert result(c.ask(req("echo", [None], id="s")), "s") is None
 
-    def test_mismatch_is_invalid_params_naming_the_argument(self, basic: Plugin) -> None:
+    def test_mismatch_is_invalid_params_naming_the_argument(self, basic: Fd3Plugin) -> None:
         with basic.connect() as c:
             err = error(c.ask(req("add", {"b": 1})))
             assert err["code"] == codes.INVALID_PARAMS and err["data"] == "missing a required argument: 'a'"
@@ -130,12 +74,12 @@ class TestCalls:
             err = error(c.ask(req("kwonly", ["x"])))
             assert err["code"] == codes.INVALID_PARAMS and "too many positional" in err["data"]
 
-    def test_unknown_method(self, basic: Plugin) -> None:
+    def test_unknown_method(self, basic: Fd3Plugin) -> None:
         with basic.connect() as c:
             err = error(c.ask(req("nope", id=7)), 7)
             assert err == {"code": codes.METHOD_NOT_FOUND, "message": "Method not found", "data": "nope"}
 
-    def test_handler_exception_is_internal_error_and_the_plugin_lives_on(self, basic: Plugin) -> None:
+    def test_handler_exception_is_internal_error_and_the_plugin_lives_on(self, basic: Fd3Plugin) -> None:
         with basic.connect() as c:
             assert error(c.ask(req("fail")))["data"] == "ValueError: boom"
             err = error(c.ask(req("inner_type_error")))
@@ -149,21 +93,21 @@ class TestCalls:
         assert "command 'fail' raised ValueError" in log
         assert "Traceback (most recent call last)" in log and 'raise ValueError("boom")' in log
 
-    def test_rpc_errors_and_unserializable_results(self, basic: Plugin) -> None:
+    def test_rpc_errors_and_unserializable_results(self, basic: Fd3Plugin) -> None:
         with basic.connect() as c:
             assert error(c.ask(req("own_error"))) == {"code": 4000, "message": "custom failure", "data": [1, 2]}
             assert error(c.ask(req("plugin_error")))["code"] == codes.PLUGIN_UNAVAILABLE
             err = error(c.ask(req("unserializable")))
             assert err["code"] == codes.INTERNAL_ERROR and "not JSON-serializable" in err["data"]
 
-    def test_logging_is_configured_on_stderr(self, basic: Plugin) -> None:
+    def test_logging_is_configured_on_stderr(self, basic: Fd3Plugin) -> None:
         with basic.connect() as c:
             c.ask(req("add", [1]))
         assert "INFO plugrpc.sdk: serving 18 commands" in basic.log()
 
 
 class TestJsonrpcserverModule:
-    def test_serves_unchanged(self, start: Callable[..., Plugin]) -> None:
+    def test_serves_unchanged(self, start: Callable[..., Fd3Plugin]) -> None:
         plugin = start(PLUGINS / "sdk_jsonrpcserver.py", name="jrs")
         with plugin.connect() as c:
             assert result(c.ask(req("ping"))) == "pong"
@@ -180,19 +124,19 @@ class TestJsonrpcserverModule:
 
 
 class TestConcurrency:
-    def test_a_slow_async_call_does_not_hold_up_a_fast_one(self, basic: Plugin) -> None:
+    def test_a_slow_async_call_does_not_hold_up_a_fast_one(self, basic: Fd3Plugin) -> None:
         with basic.connect() as c:
             c.send(req("wait_forever", ["c"], id=1))
             assert result(c.ask(req("fast", id=2)), 2) == "fast"
             assert result(c.ask(req("add", [4], id=3)), 3) == 4
 
-    def test_responses_come_in_completion_order(self, basic: Plugin) -> None:
+    def test_responses_come_in_completion_order(self, basic: Fd3Plugin) -> None:
         with basic.connect() as c:
             c.send(orjson.dumps(req("slow", [0.3], id=1)) + b"\n" + orjson.dumps(req("slow", [0.01], id=2)) + b"\n")
             assert result(c.recv(), 2) == 0.01
             assert result(c.recv(), 1) == 0.3
 
-    def test_threaded_command_runs_off_the_loop(self, basic: Plugin) -> None:
+    def test_threaded_command_runs_off_the_loop(self, basic: Fd3Plugin) -> None:
         with basic.connect() as c:
             c.send(req("blocking", [0.5], id=1))
             assert result(c.ask(req("add", [1], id=2)), 2) == 1
@@ -200,7 +144,7 @@ class TestConcurrency:
 
 
 class TestFraming:
-    def test_batch(self, basic: Plugin) -> None:
+    def test_batch(self, basic: Fd3Plugin) -> None:
         with basic.connect() as c:
             batch = [req("add", [1], 1), note("add", [2]), req("slow", [0.01], 2), req("nope", id=3), 5]
             responses = c.ask(batch)
@@ -209,7 +153,7 @@ class TestFraming:
             assert responses[2]["error"]["code"] == codes.METHOD_NOT_FOUND
             assert responses[3]["error"]["code"] == codes.INVALID_REQUEST
 
-    def test_notifications_get_no_response(self, basic: Plugin) -> None:
+    def test_notifications_get_no_response(self, basic: Fd3Plugin) -> None:
         with basic.connect() as c:
             for msg in (note("add", [1]), note("fail"), note("nope"), note("slow", [0.01]),
                         [note("add", [1]), note("fast")]):
@@ -218,11 +162,11 @@ class TestFraming:
             assert result(c.ask(req("add", [5], id=9)), 9) == 5
             assert "Traceback" in basic.log()  # the failing notification was still run and logged
 
-    def test_empty_batch(self, basic: Plugin) -> None:
+    def test_empty_batch(self, basic: Fd3Plugin) -> None:
         with basic.connect() as c:
             assert error(c.ask(b"[]\n"), None)["code"] == codes.INVALID_REQUEST
 
-    def test_parse_error_and_invalid_requests(self, basic: Plugin) -> None:
+    def test_parse_error_and_invalid_requests(self, basic: Fd3Plugin) -> None:
         with basic.connect() as c:
             assert error(c.ask(b"{not json\n"), None)["code"] == codes.PARSE_ERROR
             assert error(c.ask(b"\xff\xfe\n"), None)["code"] == codes.PARSE_ERROR
@@ -231,7 +175,7 @@ class TestFraming:
             assert error(c.ask({"jsonrpc": "2.0", "method": "add", "params": 3}), None)["code"] == codes.INVALID_REQUEST
             assert result(c.ask(req("add", [1]))) == 1
 
-    def test_oversized_line_closes_only_that_connection(self, start: Callable[..., Plugin]) -> None:
+    def test_oversized_line_closes_only_that_connection(self, start: Callable[..., Fd3Plugin]) -> None:
         plugin = start(env={"SDK_TEST_MAX_LINE": "4096"})
         with plugin.connect() as bystander, plugin.connect() as c:
             assert result(bystander.ask(req("add", [1]))) == 1
@@ -245,7 +189,7 @@ class TestFraming:
 
 
 class TestBuiltins:
-    def test_rpc_cancel_cancels_a_running_async_call(self, basic: Plugin) -> None:
+    def test_rpc_cancel_cancels_a_running_async_call(self, basic: Fd3Plugin) -> None:
         with basic.connect() as c:
             c.send(req("wait_forever", ["t1"], id=1))
             poll(c, "started", ["t1"], True)
@@ -255,21 +199,21 @@ class TestBuiltins:
             assert result(c.ask(req("rpc.cancel", {"id": 1}, id=2)), 2) is False
             assert error(c.ask(req("rpc.cancel", {"id": [1]}, id=3)), 3)["code"] == codes.INVALID_PARAMS
 
-    def test_a_closed_connection_cancels_its_calls(self, basic: Plugin) -> None:
+    def test_a_closed_connection_cancels_its_calls(self, basic: Fd3Plugin) -> None:
         with basic.connect() as gone:
             gone.send(req("wait_forever", ["t2"], id=1))
             poll(gone, "started", ["t2"], True)
         with basic.connect() as c:
             poll(c, "cancelled", None, ["t2"])
 
-    def test_rpc_cancel_is_per_connection(self, basic: Plugin) -> None:
+    def test_rpc_cancel_is_per_connection(self, basic: Fd3Plugin) -> None:
         with basic.connect() as a, basic.connect() as b:
             a.send(req("wait_forever", ["t3"], id=1))
             poll(a, "started", ["t3"], True)
             assert result(b.ask(req("rpc.cancel", {"id": 1}, id=2)), 2) is False
             assert result(a.ask(req("rpc.cancel", {"id": 1}, id=2)), 2) is True
 
-    def test_rpc_discover(self, basic: Plugin) -> None:
+    def test_rpc_discover(self, basic: Fd3Plugin) -> None:
         with basic.connect() as c:
             doc = result(c.ask(req("rpc.discover")))
         assert doc["openrpc"].startswith("1.2.") and doc["info"]["title"] == "basic"
@@ -292,7 +236,7 @@ class TestBuiltins:
 
 
 class TestLifecycle:
-    def test_sigterm_drains_in_flight_calls_and_exits_0(self, basic: Plugin) -> None:
+    def test_sigterm_drains_in_flight_calls_and_exits_0(self, basic: Fd3Plugin) -> None:
         with basic.connect() as c:
             c.send(req("slow", [0.5], id=1))
             assert result(c.ask(req("add", [1], id=2)), 2) == 1  # so the slow call has started
@@ -302,14 +246,14 @@ class TestLifecycle:
         assert basic.wait() == 0
         assert "SIGTERM: finishing in-flight calls" in basic.log()
 
-    def test_sigint_with_nothing_in_flight_exits_0(self, basic: Plugin) -> None:
+    def test_sigint_with_nothing_in_flight_exits_0(self, basic: Fd3Plugin) -> None:
         with basic.connect() as c:
             assert result(c.ask(req("add", [1]))) == 1
             basic.proc.send_signal(signal.SIGINT)
             assert c.closed_by_peer()
         assert basic.wait() == 0
 
-    def test_listen_pid_of_this_process_is_honoured(self, start: Callable[..., Plugin]) -> None:
+    def test_listen_pid_of_this_process_is_honoured(self, start: Callable[..., Fd3Plugin]) -> None:
         # sh sets LISTEN_PID to its own pid, then execs the plugin in the same process.
         plugin = start(wrapper=["/bin/sh", "-c", 'LISTEN_PID=$$ exec "$@"', "sh"])
         with plugin.connect() as c:
@@ -431,7 +375,7 @@ import sys
 import plugrpc
 
 def modules():
-    return sorted(name for name in sys.modules if name.startswith("plugrpc"))
+    return sorted(name for name in sys.modules if name.startswith("plugrpc") or name in ("asyncio", "typing"))
 
 plugrpc.serve({"modules": modules})
 '''
@@ -445,6 +389,8 @@ def test_a_plugin_process_loads_only_the_plugin_side(
     loaded = plugrpc_plugin(script, ["modules"]).raw("mods.modules")
     assert "plugrpc.plugin.sdk" in loaded
     assert not [name for name in loaded if name.split(".")[1:2] in (["router"], ["process"], ["client"], ["tools"])]
+    # Plain commands only: the plain engine, with neither asyncio nor typing (together ~6.5 MB of memory).
+    assert "plugrpc.plugin.plain" in loaded and "asyncio" not in loaded and "typing" not in loaded
 
 
 # --- what a plugin says of its own accord (plugin/talk.py) --------------------------------------

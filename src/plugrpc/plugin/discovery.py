@@ -25,11 +25,12 @@ _SCHEMA_TYPES: Final[Mapping[Any, str]] = {
 
 
 def discover_document(table: Mapping[str, Handler], title: str) -> dict[str, Any]:
-    """An OpenRPC 1.2 document for `rpc.discover`: every command, its params and description."""
+    """An OpenRPC 1.2 document for `rpc.discover`: every command (not the `rpc.` built-ins), its params
+    and description."""
     return {
         "openrpc": OPENRPC_VERSION,
         "info": {"title": title, "version": "0.0.0"},
-        "methods": [_method_doc(handler) for handler in table.values()],
+        "methods": [_method_doc(handler) for name, handler in table.items() if not name.startswith("rpc.")],
     }
 
 

@@ -13,18 +13,11 @@ oslash `Right`/`Left`, or raising `JsonRpcError`) are unwrapped after one type l
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
-import inspect
+import functools
 import logging
 import os
 import sys
-from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, Final, NoReturn, TypeAlias, TypeVar
-
-# oslash is jsonrpcserver 5's Either; importing it alone avoids the ~100 ms jsonrpcserver
-# import (jsonschema) in plugins that never use jsonrpcserver.
-from oslash.either import Left, Right
 
 from .. import codes
 from ..codes import EXIT_MEMORY
@@ -32,18 +25,29 @@ from ..errors import RpcError
 from ..wire import NOID, dumps, error_line, error_obj, error_response, reply_id, request_problem
 from .talk import CURRENT, INLINE, Current
 
+TYPE_CHECKING = False  # typing's, without importing typing: a plugin loads these modules (see plugin/plain.py)
+if TYPE_CHECKING:
+    import inspect
+    from collections.abc import Callable, Coroutine, Mapping
+    from typing import Any, Final, NoReturn, TypeAlias, TypeVar
+
+    Response: TypeAlias = dict[str, Any]
+    Pending: TypeAlias = Coroutine[Any, Any, Response | list[Response] | None]
+    Outcome: TypeAlias = Response | list[Response] | Pending | None
+    """What `dispatch` returns: a response (or batch of them) ready now, nothing (notifications),
+    or a coroutine to run as a task that returns one of those."""
+    F = TypeVar("F", bound=Callable[..., Any])
+
 log = logging.getLogger("plugrpc.dispatch")
 
-Response: TypeAlias = dict[str, Any]
-Pending: TypeAlias = Coroutine[Any, Any, Response | list[Response] | None]
-Outcome: TypeAlias = Response | list[Response] | Pending | None
-"""What `dispatch` returns: a response (or batch of them) ready now, nothing (notifications),
-or a coroutine to run as a task that returns one of those."""
-
-F = TypeVar("F", bound=Callable[..., Any])
 _THREADED: Final = "__plugrpc_threaded__"
-_EITHER: Final = frozenset({Left, Right})
-"""Types of jsonrpcserver 5 results; one set lookup per call is all the plain path pays."""
+_CO_COROUTINE: Final = 0x80
+"""inspect.CO_COROUTINE: the code flag of an `async def` function."""
+_UNSET: Final[Any] = object()
+_either: tuple[Any, ...] = ()
+"""jsonrpcserver 5's result types (oslash's `Left`, `Right`), once a plugin loaded them: one tuple
+lookup per call is all the plain path pays, and a plugin that never uses jsonrpcserver loads none
+of it (oslash and its imports cost a plugin ~3 MB)."""
 
 
 def threaded(fn: F) -> F:
@@ -62,16 +66,29 @@ def threaded(fn: F) -> F:
 class Handler:
     """One command, resolved once at start: how to call it is never worked out per call."""
 
-    __slots__ = ("name", "fn", "signature", "coroutine", "threaded", "inline")
+    __slots__ = ("name", "fn", "_signature", "coroutine", "threaded", "inline")
 
     def __init__(self, name: str, fn: Callable[..., Any]) -> None:
         self.name = name
         self.fn = fn
-        self.signature = _signature(fn)
+        self._signature: inspect.Signature | None = _UNSET
         self.coroutine = _is_coroutine_function(fn)
         self.threaded = bool(getattr(fn, _THREADED, False))
         self.inline = not (self.coroutine or self.threaded)
         """Called on the loop with its response ready at once: no task, no future."""
+
+    @property
+    def signature(self) -> inspect.Signature | None:
+        """The command's signature, worked out when first needed (a params mismatch, `rpc.discover`):
+        inspect costs every plugin's start ~1.6 MB and milliseconds otherwise."""
+        if self._signature is _UNSET:
+            import inspect
+
+            try:
+                self._signature = inspect.signature(self.fn)
+            except (TypeError, ValueError):  # some builtins have none
+                self._signature = None
+        return self._signature
 
     def __repr__(self) -> str:
         kind = "async" if self.coroutine else "threaded" if self.threaded else "sync"
@@ -80,6 +97,9 @@ class Handler:
 
 def resolve(commands: Mapping[str, Callable[..., Any]]) -> dict[str, Handler]:
     """Build the dispatch table from the user's commands, refusing reserved or bad entries."""
+    global _either
+    either = sys.modules.get("oslash.either")  # loaded with jsonrpcserver, whose results we unwrap
+    _either = () if either is None else (either.Left, either.Right)
     table: dict[str, Handler] = {}
     for name, fn in commands.items():
         if not isinstance(name, str) or not name:
@@ -178,6 +198,8 @@ async def run_async(handler: Handler, params: Any, id: Any) -> Response | None:
         CURRENT.set(Current(current.conn, id))
     try:
         if handler.threaded:
+            import asyncio  # the asyncio engine runs this: it is loaded already
+
             context = contextvars.copy_context()
             result = await asyncio.get_running_loop().run_in_executor(None, context.run, call, handler.fn, params)
         else:
@@ -191,7 +213,7 @@ async def run_async(handler: Handler, params: Any, id: Any) -> Response | None:
 
 def success(result: Any, id: Any) -> Response:
     """The response for a value a handler returned; jsonrpcserver results are unwrapped."""
-    if type(result) in _EITHER:
+    if type(result) in _either:
         return _unwrap(result, id)
     return {"jsonrpc": "2.0", "result": result, "id": id}
 
@@ -251,7 +273,7 @@ def encode(outcome: Response | list[Response]) -> bytes:
 
 def _unwrap(result: Any, id: Any) -> Response:
     """jsonrpcserver 5: `Right(SuccessResult(result))` or `Left(ErrorResult(code, message, data))`."""
-    if type(result) is Right:
+    if type(result) is _either[1]:  # Right
         value = result._value
         return {"jsonrpc": "2.0", "result": getattr(value, "result", value), "id": id}
     error = result._error
@@ -278,17 +300,27 @@ def _batch_responses(outcomes: list[Any]) -> list[Response] | None:
 
 async def _gather_batch(outcomes: list[Outcome]) -> list[Response] | None:
     """Run a batch's async calls concurrently, keeping the responses in request order."""
+    import asyncio  # the asyncio engine runs this: it is loaded already
+
     done = iter(await asyncio.gather(*(o for o in outcomes if _is_pending(o))))  # type: ignore[arg-type]
     return _batch_responses([next(done) if _is_pending(o) else o for o in outcomes])
 
 
-def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
-    try:
-        return inspect.signature(fn)
-    except (TypeError, ValueError):  # some builtins have none
-        return None
-
-
 def _is_coroutine_function(fn: Any) -> bool:
-    """`async def` functions, partials of them, and objects with an `async def __call__`."""
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
+    """`async def` functions, partials and methods of them, and objects with an `async def __call__`.
+
+    inspect.iscoroutinefunction's rule, by the code flag, without importing inspect at start.
+    """
+    return _coroutine_code(fn) or _coroutine_code(type(fn).__call__)
+
+
+def _coroutine_code(fn: Any) -> bool:
+    while True:
+        if isinstance(fn, functools.partial):
+            fn = fn.func
+        elif hasattr(fn, "__func__"):  # a bound method
+            fn = fn.__func__
+        else:
+            break
+    code = getattr(fn, "__code__", None)
+    return code is not None and bool(getattr(code, "co_flags", 0) & _CO_COROUTINE)

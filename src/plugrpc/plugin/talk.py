@@ -21,19 +21,31 @@ another loads none of it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 from collections import deque
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 
 from ..patterns import name_problem
 from ..wire import NOID, dumps
 
+TYPE_CHECKING = False  # typing's, without importing typing: a plugin loads these modules (see plugin/plain.py)
 if TYPE_CHECKING:
+    import asyncio
+    from typing import Any, Final, Protocol
+
     from ..client.aio import Client
+
+    class Sender(Protocol):
+        """A connection of the plugin's server: `send` queues a line for the loop turn's write."""
+
+        def send(self, line: bytes) -> None: ...
+
+    class Loop(Protocol):
+        """What the plugin's server runs on: an asyncio loop, or the plain engine's (plugin/plain.py)."""
+
+        def call_soon_threadsafe(self, callback: Callable[[bytes], None], line: bytes, /) -> object: ...
 
 __all__ = ["call", "emit", "progress"]
 
@@ -43,17 +55,14 @@ PENDING_LIMIT: Final = 1000
 """Events kept while no connection from the router is open yet (at start); older ones are dropped."""
 
 
-class Sender(Protocol):
-    """A connection of the plugin's server: `send` queues a line for the loop turn's write."""
-
-    def send(self, line: bytes) -> None: ...
-
-
-class Current(NamedTuple):
+class Current:
     """The call a handler serves: the connection its request came on and the request's id."""
 
-    conn: Sender
-    id: Any
+    __slots__ = ("conn", "id")
+
+    def __init__(self, conn: Sender, id: Any) -> None:
+        self.conn = conn
+        self.id = id
 
 
 CURRENT: ContextVar[Current | None] = ContextVar("plugrpc_current_call", default=None)
@@ -81,7 +90,7 @@ class _Plugin:
     __slots__ = ("loop", "thread", "outlet", "pending", "dropped", "client", "client_loop")
 
     def __init__(self) -> None:
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop: Loop | None = None
         self.thread = 0
         """The loop's thread: everything is written from there."""
         self.outlet: Sender | None = None
@@ -133,7 +142,7 @@ PLUGIN: Final = _Plugin()
 # --- the plugin's server tells us where to write ------------------------------------------------
 
 
-def attach(loop: asyncio.AbstractEventLoop) -> None:
+def attach(loop: Loop) -> None:
     """`serve()` runs on `loop`: events and progress are written from its thread from now on."""
     PLUGIN.loop = loop
     PLUGIN.thread = threading.get_ident()
@@ -156,10 +165,16 @@ def closed(conn: Sender, others: Callable[[], Sender | None]) -> None:
             opened(other)
 
 
-async def detach() -> None:
-    """`serve()` is ending: close the client of `call`, if one was opened; nothing is written any more."""
+def release() -> Client | None:
+    """`serve()` is ending: nothing is written any more; the client of `call`, if one was opened, to close."""
     client, PLUGIN.client, PLUGIN.client_loop = PLUGIN.client, None, None
     PLUGIN.loop, PLUGIN.outlet = None, None
+    return client
+
+
+async def detach() -> None:
+    """`release()`, and close the client of `call` (only async handlers call: the asyncio engine's end)."""
+    client = release()
     if client is not None:
         await client.close()
 
@@ -190,7 +205,7 @@ def progress(value: Any) -> None:
     """
     current = CURRENT.get()
     if current is not None:
-        conn, id = current
+        conn, id = current.conn, current.id
     elif (conn := INLINE.conn) is not None and PLUGIN.on_loop():  # type: ignore[assignment]
         id = INLINE.id
     else:
@@ -208,6 +223,8 @@ async def call(method: str, params: Any = None, *, timeout: float | None = None)
     whole process and opened on the first call. The target's exports, bounds and timeout apply;
     errors raise `plugrpc.RpcError` as `Client.raw` does.
     """
+    import asyncio  # only async handlers call: the asyncio engine has it loaded
+
     client = PLUGIN.client
     loop = asyncio.get_running_loop()
     if client is None or PLUGIN.client_loop is not loop:

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
 
-from .. import config
+from .. import sockets
 from ..manifest import PluginSpec
 from .child import Child, Confinement, ExecFailed, above_stdio, broken_limit, describe_exit, terminate
 from .env import plugin_env, router_env
@@ -222,7 +222,7 @@ class Supervisor:
     def bind(self) -> None:
         """Create the listening socket (0600), and the notify socket if it says READY=1, unless they exist."""
         if self._sock is None:
-            self._sock = above_stdio(config.bind_socket(self.socket_path, 0o600))
+            self._sock = above_stdio(sockets.bind_socket(self.socket_path, 0o600))
         if self._notify is None and self.spec.ready == "notify":
             self._notify = NotifySocket(self.spec.name, self._notified)
 
@@ -271,7 +271,7 @@ class Supervisor:
             if self._sock is not None:
                 self._sock.close()
                 self._sock = None
-                config.remove_socket(self.socket_path)
+                sockets.remove_socket(self.socket_path)
             if self._notify is not None:
                 self._notify.close()
                 self._notify = None

@@ -26,7 +26,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
-from .. import config
+from .. import sockets
 from ..errors import ConfigError
 from ..process.supervisor import PluginState
 from .stats import CallStats, bucket_bounds
@@ -131,7 +131,7 @@ def registry(router: Router) -> CollectorRegistry:
 def bind(address: tuple[str, int] | Path) -> socket.socket:
     """The metrics listener: bound before any plugin starts, so a port in use stops `plugrpc run` cleanly."""
     if isinstance(address, Path):
-        return config.bind_socket(address, 0o600)
+        return sockets.bind_socket(address, 0o600)
     host, port = address
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -174,7 +174,7 @@ class MetricsServer:
         if self._server is not None:
             await self._server.wait_closed()
         if self._path is not None:
-            config.remove_socket(self._path)
+            sockets.remove_socket(self._path)
 
 
 class Scrape(asyncio.Protocol):

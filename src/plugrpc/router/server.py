@@ -17,10 +17,11 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from .. import sdnotify
-from ..config import BACKLOG, Config, loop_factory, metrics_address
+from ..config import Config, loop_factory, metrics_address
 from ..errors import ConfigError, ManifestError
 from ..manifest import load_manifest
 from ..process.runtime_dir import RuntimeDir
+from ..sockets import BACKLOG
 from .front import FrontProtocol
 from .memory import keep_large_buffers
 from .routing import Router

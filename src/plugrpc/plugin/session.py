@@ -1,0 +1,75 @@
+"""A connection's requests, whichever engine runs the connection: bytes in, the answers ready now out.
+
+Both engines, `plugin/aio.py` (asyncio) and `plugin/plain.py` (a selectors loop, for plugins whose
+commands are all plain functions), feed each chunk a connection reads to `Requests.answer` and
+write what it returns in one write; what cannot be answered at once (async and threaded
+commands) goes to the engine's `start`.
+"""
+
+from __future__ import annotations
+
+from .. import codes
+from ..errors import RpcError
+from ..wire import NOID, JSONDecodeError, LineSplitter, LineTooLong, loads, parse_error_line, too_large_line, valid_id
+from .dispatch import dispatch, encode
+from .talk import INLINE
+
+TYPE_CHECKING = False  # typing's, without importing typing: a plugin loads these modules (see plugin/plain.py)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any
+
+    from .dispatch import Handler, Pending
+    from .talk import Sender
+
+CANCEL = "rpc.cancel"
+"""The router giving up on a call it sent (its timeout, or its client went away)."""
+
+
+class Requests:
+    """The requests of one connection: its line splitter and its command table."""
+
+    __slots__ = ("splitter", "table")
+
+    def __init__(self, table: Mapping[str, Handler], max_line: int) -> None:
+        self.splitter = LineSplitter(max_line)
+        self.table = table
+
+    def answer(self, data: bytes, conn: Sender, start: Callable[[Pending, Any], None]) -> tuple[bytes, bool]:
+        """The answers ready now to the requests in `data` as one write (b"" for none), and whether a
+        line was over the maximum (then the connection writes them, answers -32004 and closes);
+        `start(pending, id)` takes the calls that run on (async and threaded commands)."""
+        too_long = False
+        try:
+            lines = self.splitter.feed(data)
+        except LineTooLong as exc:
+            lines, too_long = exc.lines, True  # the complete requests before it are still answered
+        answers: list[bytes] = []
+        answer = answers.append
+        INLINE.conn = conn  # the connection of the inline handlers run below, for plugrpc.progress
+        try:
+            for line in lines:
+                try:
+                    msg = loads(line)
+                except JSONDecodeError as exc:
+                    answer(parse_error_line(exc))
+                    continue
+                outcome = dispatch(self.table, msg)
+                if outcome is None:
+                    continue
+                if type(outcome) is dict or type(outcome) is list:
+                    answer(encode(outcome))
+                else:
+                    # Neither a dict nor a list: a coroutine (mypy does not narrow on `type(x) is`).
+                    start(outcome, msg.get("id", NOID) if type(msg) is dict else NOID)  # type: ignore[arg-type]
+        finally:
+            INLINE.conn = None
+        if too_long:
+            answer(too_large_line(self.splitter.max_line))
+        return (answers[0] if len(answers) == 1 else b"".join(answers)), too_long
+
+
+def check_cancel_id(id: Any) -> None:
+    """`rpc.cancel`'s one param: the id of the request to give up on."""
+    if not valid_id(id):
+        raise RpcError(codes.INVALID_PARAMS, "Invalid params", "id must be a string, a number or null")
