@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import plugrpc
+from event_plugins import EMITTER, EMITTER_EXPORTS
 from plugrpc.config import Config, metrics_address
 from plugrpc.errors import ConfigError
 from plugrpc.router import metrics
@@ -27,7 +28,7 @@ from plugrpc.testing import write_image
 
 from plugin_sources import OPS, OPS_EXPORTS
 from reliability_plugins import figure
-from util import WAIT, run_server, until
+from util import WAIT, NatsServer, run_server, until
 
 Families = dict[str, Any]
 
@@ -143,6 +144,42 @@ async def test_exits_are_counted_by_reason(router: Server) -> None:
         (("plugin", "b"), ("reason", "crash")): 1.0}
     assert list(samples(found, "plugrpc_plugin_restarts", "plugrpc_plugin_restarts_total",
                         plugin="b").values()) == [1]
+
+
+async def test_events_and_nats_have_their_families(plugrpc_tmp: Path,
+                                                  nats_server: Callable[..., NatsServer]) -> None:
+    root = plugrpc_tmp / "events"
+    root.mkdir()
+    write_image(root, {"em": ("em.py", EMITTER, EMITTER_EXPORTS, {"events": ["port.*"]})})
+    async with run_server(Config(root=root, socket=plugrpc_tmp / "e.sock", metrics="127.0.0.1:0")) as server:
+        async with plugrpc.Client(server.config.socket, timeout=WAIT) as c, c.subscribe("em.>") as events:
+            assert await c.raw("em.emit", ["port.up", 3]) == 3
+            assert [(await anext(events)).seq for _ in range(3)] == [1, 2, 3]
+            await c.raw("em.emit", ["disk.full"])  # not declared: rejected
+            found = families((await scrape(url(server)))[1])
+            assert samples(found, "plugrpc_event_subscriptions") == {(): 1.0}
+    assert samples(found, "plugrpc_events_emitted", "plugrpc_events_emitted_total") == {(("plugin", "em"),): 3.0}
+    assert samples(found, "plugrpc_events_rejected", "plugrpc_events_rejected_total") == {(("plugin", "em"),): 1.0}
+    assert samples(found, "plugrpc_events_dropped", "plugrpc_events_dropped_total") == {(): 0.0}
+    assert not any(name.startswith("plugrpc_nats") for name in found)  # no --nats, no NATS families
+
+    nats = nats_server()
+    config = Config(root=root, socket=plugrpc_tmp / "n.sock", metrics="127.0.0.1:0", nats=nats.url, name="m1")
+    async with run_server(config) as server:
+        await until(lambda: server.bridge is not None and server.bridge.service is not None, "the router on NATS")
+        async with plugrpc.Client(server.config.socket, timeout=WAIT) as c:
+            await c.raw("em.emit", ["port.up"])
+        found = families((await scrape(url(server)))[1])
+        assert samples(found, "plugrpc_nats_connected") == {(): 1.0}
+        assert samples(found, "plugrpc_nats_inflight_calls") == {(): 0.0}
+        assert samples(found, "plugrpc_nats_events_dropped", "plugrpc_nats_events_dropped_total") == {(): 0.0}
+        nats.stop()
+        await until(lambda: server.bridge is not None and not server.bridge.connected.is_set(), "NATS to go away")
+        async with plugrpc.Client(server.config.socket, timeout=WAIT) as c:
+            await c.raw("em.emit", ["port.up", 2])
+        found = families((await scrape(url(server)))[1])
+        assert samples(found, "plugrpc_nats_connected") == {(): 0.0}
+        assert samples(found, "plugrpc_nats_events_dropped", "plugrpc_nats_events_dropped_total") == {(): 2.0}
 
 
 async def test_metrics_on_a_unix_socket(image: Path, plugrpc_tmp: Path) -> None:

@@ -59,7 +59,35 @@ class RouterCollector:
         yield from self._plugins()
         yield GaugeMetricFamily("plugrpc_clients", "Client connections to the router's socket now.",
                                 value=len(self.router.clients))
-        # The lead wires issue 14's NATS state and issue 15's events counters here, as more families.
+        yield from self._events()
+        yield from self._nats()
+
+    def _events(self) -> Iterator[Metric]:
+        hub = self.router.events
+        emitted = CounterMetricFamily("plugrpc_events_emitted", "Events accepted from the plugin (declared, "
+                                      "well formed) and passed on to subscribers and NATS.", labels=["plugin"])
+        rejected = CounterMetricFamily("plugrpc_events_rejected", "Notifications from the plugin the router did "
+                                       "not take (undeclared events, malformed rpc.event or rpc.progress).",
+                                       labels=["plugin"])
+        for name in self.router.plugins:
+            emitted.add_metric([name], hub.emitted.get(name, 0))
+            rejected.add_metric([name], hub.rejected.get(name, 0))
+        yield from (emitted, rejected)
+        yield CounterMetricFamily("plugrpc_events_dropped", "Events dropped for subscribers that did not keep up.",
+                                  value=hub.dropped)
+        yield GaugeMetricFamily("plugrpc_event_subscriptions", "Subscriptions of the router's clients now.",
+                                value=hub.subscriptions())
+
+    def _nats(self) -> Iterator[Metric]:
+        bridge = self.router.nats
+        if bridge is None:  # no --nats: no NATS families at all
+            return
+        yield GaugeMetricFamily("plugrpc_nats_connected", "1 while the router is connected to NATS.",
+                                value=1 if bridge.connected.is_set() else 0)
+        yield GaugeMetricFamily("plugrpc_nats_inflight_calls", "Calls from NATS given to plugins and not "
+                                "answered yet (bounded like one socket connection's).", value=bridge.inflight)
+        yield CounterMetricFamily("plugrpc_nats_events_dropped", "Events not published on NATS: NATS away, or "
+                                  "over the server's max_payload.", value=bridge.events_dropped)
 
     def _calls(self) -> Iterator[Metric]:
         calls = CounterMetricFamily("plugrpc_calls", "Calls answered, by plugin, method and outcome (ok; error: "

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from .. import codes
 from ..config import Config
@@ -36,6 +36,9 @@ from .liveness import Liveness
 from .memory import release_free_memory
 from .order import wait_after
 from .pool import PluginPool
+
+if TYPE_CHECKING:
+    from .nats_bridge import NatsBridge
 
 log = logging.getLogger("plugrpc.router")
 
@@ -90,6 +93,8 @@ class Router:
         self._newest: dict[str, Plugin] = {}
         """The latest record of each plugin of the manifest, from its creation on: what `after` waits for."""
         self.clients: set[Peer] = set()
+        self.nats: NatsBridge | None = None
+        """The router's NATS side, once the server started it (`--nats`)."""
         self.events = EventHub(config.event_queue, self.outbox)
         """Subscriptions, and the events and progress plugins send them (router/events.py)."""
         self.started = time.monotonic()

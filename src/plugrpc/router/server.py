@@ -95,7 +95,7 @@ class Server:
         )
         log.info("router ready on %s; plugins: %s", config.socket, plugins or "none")
         if bridge is not None:  # after the socket: NATS being away never delays it
-            self.bridge = bridge(router, config)
+            self.bridge = router.nats = bridge(router, config)
             self.bridge.start()
         self.started.set()
         _tell_systemd("READY=1")
