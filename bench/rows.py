@@ -192,6 +192,9 @@ ROWS: Final = (
         Fd3("bare-router", ("-m", "bench.baselines", "router"), role="bare router", upstream=ECHO, check="bench.echo"),
         method="bench.echo", cannot=(TARGETS_ONLY,)),
     Row("direct", "SDK plugin, direct", 1, Fd3("sdk", (str(PLUGINS / "sdk_echo.py"),), role="plugin")),
+    # Whether uvloop pays for itself in a plugin: the same plugin on uvloop instead of the plain engine.
+    Row("direct_uvloop", "SDK plugin on uvloop, direct", 1,
+        Fd3("sdk-uvloop", (str(PLUGINS / "sdk_echo.py"), "uvloop"), role="plugin"), cannot=(TARGETS_ONLY,)),
     Row("router", "router + SDK plugin", 2, ROUTER, method="bench.echo"),
     Row("client", "router via plugrpc.Client", 2, ROUTER, PLUGRPC_CLIENT, method="bench.echo"),
     Row("router_asyncio", "router on asyncio loop", 2, Router("router-asyncio", loop="asyncio"), method="bench.echo"),

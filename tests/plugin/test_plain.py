@@ -89,6 +89,16 @@ def test_a_peer_that_does_not_read_is_not_read_from_and_loses_nothing(plain: Fd3
             answers += 1
 
 
+def test_answers_larger_than_the_socket_buffer_leave_whole_and_reading_goes_on(plain: Fd3Plugin) -> None:
+    """A 1 MiB answer is written over several turns (reads pause meanwhile); the next requests are read."""
+    with plain.connect() as c:
+        payload = "y" * (1 << 20)
+        for n in range(3):
+            assert c.ask(req("echo", [payload], id=n)) == {"jsonrpc": "2.0", "result": payload, "id": n}
+        assert c.ask(req("add", [1, 2]))["result"] == 3
+    assert plain.proc.poll() is None, plain.log()
+
+
 def test_progress_and_events_from_a_thread_reach_the_connection(plain: Fd3Plugin) -> None:
     with plain.connect() as c:
         c.send(req("steps", [3], id=9))

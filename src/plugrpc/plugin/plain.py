@@ -169,10 +169,14 @@ class PlainConnection(LineWriter):
         talk.opened(self)
 
     def _ready(self, mask: int) -> None:
-        if mask & selectors.EVENT_WRITE:
-            self._drain()
-        if mask & selectors.EVENT_READ and not self._closed:
-            self._read()
+        try:
+            if mask & selectors.EVENT_WRITE:
+                self._drain()
+            if mask & selectors.EVENT_READ and not self._closed:
+                self._read()
+        except Exception:  # a bug of ours: this connection ends, the plugin and its other connections go on
+            log.exception("closing a connection after an error in the plain engine")
+            self.abort()
 
     def _read(self) -> None:
         try:
@@ -220,14 +224,19 @@ class PlainConnection(LineWriter):
         self._watch(selectors.EVENT_READ, True)
 
     def _watch(self, event: int, on: bool) -> None:
-        events = self._events | event if on else self._events & ~event
-        if events == self._events or self._closed:
+        """Watch for `event` or stop; a socket watched for nothing is not registered at all."""
+        before = self._events
+        events = before | event if on else before & ~event
+        if events == before or self._closed:
             return
         self._events = events
-        if events:
-            self.server.selector.modify(self.sock, events, self._ready)
+        selector = self.server.selector
+        if not before:
+            selector.register(self.sock, events, self._ready)
+        elif events:
+            selector.modify(self.sock, events, self._ready)
         else:
-            self.server.selector.unregister(self.sock)
+            selector.unregister(self.sock)
 
     def _drain(self) -> None:
         try:
