@@ -14,8 +14,7 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +30,6 @@ from util import WAIT, alive, until
 
 SLEEP = Path(shutil.which("sleep") or "/bin/sleep")
 Make = Callable[..., Supervisor]
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="sup-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ import logging
 import os
 import shutil
 import subprocess
-import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +55,9 @@ def legacy(request: pytest.FixtureRequest) -> Path:
 
 
 @pytest.fixture
-def root() -> Iterator[Path]:
+def root(short_dir: Path) -> Path:
     """The image root: the plugins' working directory, where the sh plugin leaves its traces."""
-    path = Path(tempfile.mkdtemp(dir="/tmp", prefix="exec"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    return short_dir
 
 
 @pytest.fixture

@@ -17,10 +17,9 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,15 +42,6 @@ Make = Callable[..., Supervisor]
 
 
 # --- fixtures and helpers ------------------------------------------------------------------
-
-
-@pytest.fixture
-def short_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A short directory under /tmp (AF_UNIX paths < 108 bytes), also used as $XDG_RUNTIME_DIR."""
-    path = Path(tempfile.mkdtemp(prefix="sup-", dir="/tmp"))
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(path))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
