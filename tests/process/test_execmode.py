@@ -97,6 +97,14 @@ async def pids_of(file: Path) -> list[int]:
     return pids
 
 
+async def counted(plugin: ExecPlugin, file: Path) -> list[int]:
+    """`pids_of`, once `plugin` counts the execution in flight too: the script may write its pids
+    before subprocess_exec has returned to call(), which counts it then."""
+    pids = await pids_of(file)
+    await until(lambda: plugin.inflight == 1, "the execution to be counted")
+    return pids
+
+
 # --- results -------------------------------------------------------------------------------
 
 
@@ -254,9 +262,7 @@ async def test_timeout_kills_the_process_group(make: Make, root: Path) -> None:
 async def test_cancellation_kills_the_process_group(make: Make, root: Path) -> None:
     plugin = make(SH_PLUGIN)
     task = asyncio.create_task(plugin.call("sleep", "c"))
-    pids = await pids_of(root / "c.pids")
-    # The script may write its pids before subprocess_exec has returned to call(), which counts it then.
-    await until(lambda: plugin.inflight == 1, "the execution to be counted")
+    pids = await counted(plugin, root / "c.pids")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, WAIT)
@@ -287,13 +293,11 @@ async def test_too_many_pending_calls_are_overloaded(make: Make, root: Path) -> 
     plugin = make(SH_PLUGIN, max_inflight=1, max_pending=2)
     running = asyncio.create_task(plugin.call("sleep", "o1"))
     queued = asyncio.create_task(plugin.call("sleep", "o2"))
-    pids = await pids_of(root / "o1.pids")
+    pids = await counted(plugin, root / "o1.pids")
     with pytest.raises(Overloaded) as info:
         await plugin.call("version", None)
     assert info.value.data == {"plugin": "legacy"}
-    # As in the cancellation test: o1 may have written its pids before call() counted it.
-    await until(lambda: plugin.inflight == 1, "the execution to be counted")
-    assert plugin.status()["pending"] == 2
+    assert (plugin.inflight, plugin.status()["pending"]) == (1, 2)
     assert not (root / "o2.pids").exists()
     for task in (running, queued):
         task.cancel()
