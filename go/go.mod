@@ -1,0 +1,3 @@
+module github.com/plugrpc/plugrpc/go
+
+go 1.21

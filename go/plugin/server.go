@@ -1,0 +1,462 @@
+package plugin
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// DefaultMaxLine is the longest request line read (the router's default too); a longer one is
+// answered with an error and its connection closed.
+const DefaultMaxLine = 64 << 20
+
+// messageTooLarge is the code plugrpc uses for a line over the bound.
+const messageTooLarge = -32004
+
+func shutdownSignals() <-chan os.Signal {
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	return sig
+}
+
+// server owns the listener, the open connections and graceful shutdown.
+type server struct {
+	commands ContextCommands
+	maxLine  int
+	ctx      context.Context // cancelled at the second signal: every call's context derives from it
+	cancel   context.CancelFunc
+
+	mu      sync.Mutex
+	closing bool
+	conns   []*conn // in the order they were opened: the first carries events
+	pending [][]byte
+	dropped int
+	wg      sync.WaitGroup // connection goroutines, each waiting for its own calls
+}
+
+// active is the serving server, for Emit; nil before Serve (and in tests, the latest one).
+var (
+	activeMu sync.Mutex
+	active   *server
+)
+
+func newServer(commands ContextCommands) *server {
+	s := &server{commands: commands, maxLine: DefaultMaxLine}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	return s
+}
+
+// serve runs the server on ln until the first value on sig, then finishes: no new connection
+// or request is read, the calls in flight are answered, connections close; a second value on
+// sig cancels the calls' contexts. It returns the exit status, 0.
+func serve(ln net.Listener, commands ContextCommands, sig <-chan os.Signal) int {
+	return newServer(commands).run(ln, sig)
+}
+
+func (s *server) run(ln net.Listener, sig <-chan os.Signal) int {
+	activeMu.Lock()
+	if active != nil { // events emitted before Serve
+		s.pending, s.dropped = active.pending, active.dropped
+	}
+	active = s
+	activeMu.Unlock()
+	go s.accept(ln)
+	got := <-sig
+	fmt.Fprintf(os.Stderr, "plugin: %v: finishing the calls in flight, then exiting\n", got)
+	ln.Close()
+	s.mu.Lock()
+	s.closing = true
+	conns := append([]*conn(nil), s.conns...)
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.nc.SetReadDeadline(time.Now()) // wakes the reader: what it already read is still served
+	}
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	for {
+		select {
+		case <-done:
+			s.cancel()
+			return 0
+		case got = <-sig:
+			fmt.Fprintf(os.Stderr, "plugin: %v again: cancelling the calls in flight\n", got)
+			s.cancel()
+		}
+	}
+}
+
+func (s *server) accept(ln net.Listener) {
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return // closed at shutdown
+		}
+		c := &conn{srv: s, nc: nc, running: map[string][]*running{}}
+		c.ctx, c.cancel = context.WithCancel(s.ctx)
+		s.mu.Lock()
+		if s.closing {
+			s.mu.Unlock()
+			nc.Close()
+			continue
+		}
+		s.conns = append(s.conns, c)
+		s.wg.Add(1)
+		if len(s.conns) == 1 && len(s.pending) > 0 {
+			// Events that waited for a connection leave first: no new one can pass them.
+			early := s.pending
+			s.pending = nil
+			c.wmu.Lock()
+			s.mu.Unlock()
+			for _, line := range early {
+				c.writeLocked(line)
+			}
+			c.wmu.Unlock()
+		} else {
+			s.mu.Unlock()
+		}
+		go c.serve()
+	}
+}
+
+// emit writes an event line on the oldest open connection (the router keeps one open); before
+// there is any, a bounded number wait for the first.
+func (s *server) emit(line []byte) {
+	s.mu.Lock()
+	if len(s.conns) == 0 {
+		keep(s, line)
+		s.mu.Unlock()
+		return
+	}
+	c := s.conns[0]
+	s.mu.Unlock()
+	c.write(line)
+}
+
+const pendingLimit = 1000
+
+func keep(s *server, line []byte) {
+	if len(s.pending) >= pendingLimit {
+		s.pending = s.pending[1:]
+		s.dropped++
+		if s.dropped == 1 {
+			fmt.Fprintf(os.Stderr, "plugin: no connection from the router yet: dropping the oldest events "+
+				"(more than %d waiting)\n", pendingLimit)
+		}
+	}
+	s.pending = append(s.pending, line)
+}
+
+func (s *server) remove(c *conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, other := range s.conns {
+		if other == c {
+			s.conns = append(s.conns[:i], s.conns[i+1:]...)
+			return
+		}
+	}
+}
+
+// conn is one peer (usually the router): pipelined requests in, answers out as calls finish.
+type conn struct {
+	srv    *server
+	nc     net.Conn
+	ctx    context.Context // cancelled when the peer goes away
+	cancel context.CancelFunc
+	wmu    sync.Mutex // one line at a time
+	broken bool
+
+	mu      sync.Mutex
+	running map[string][]*running // calls in flight by id (compacted), for rpc.cancel
+	calls   sync.WaitGroup
+}
+
+type running struct{ cancel context.CancelFunc }
+
+// write sends one whole line; after a failed write (the peer is gone) nothing more is sent
+// and the connection's calls are cancelled.
+func (c *conn) write(line []byte) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.writeLocked(line)
+}
+
+func (c *conn) writeLocked(line []byte) {
+	if c.broken {
+		return
+	}
+	if _, err := c.nc.Write(line); err != nil {
+		c.broken = true
+		c.cancel()
+	}
+}
+
+func (c *conn) serve() {
+	defer c.srv.wg.Done()
+	r := bufio.NewReaderSize(c.nc, 64<<10)
+	for {
+		line, err := readLine(r, c.srv.maxLine)
+		if err == errTooLong {
+			c.write(errorLine(nullID, &Error{Code: messageTooLarge, Message: "Message too large",
+				Data: fmt.Sprintf("a line exceeded the maximum of %d bytes", c.srv.maxLine)}))
+			break
+		}
+		if len(line) > 0 {
+			c.handle(line)
+		}
+		if err != nil {
+			break
+		}
+	}
+	c.srv.mu.Lock()
+	graceful := c.srv.closing
+	c.srv.mu.Unlock()
+	if !graceful {
+		// The peer closed (EOF looks the same as a peer gone): nobody is left to read the answers.
+		c.cancel()
+	}
+	c.calls.Wait()
+	c.srv.remove(c)
+	c.nc.Close()
+	c.cancel()
+}
+
+var errTooLong = errors.New("line too long")
+
+// readLine reads one line without its "\n", growing up to max bytes; a longer one is
+// errTooLong. At the end of the stream the last, unterminated, line comes with the error.
+// The line may share the reader's buffer: it is valid until the next read.
+func readLine(r *bufio.Reader, max int) ([]byte, error) {
+	var line []byte
+	for {
+		frag, err := r.ReadSlice('\n')
+		n := len(frag)
+		if err == nil {
+			n-- // the newline is not part of the line
+		}
+		if len(line)+n > max {
+			return nil, errTooLong
+		}
+		switch {
+		case err == bufio.ErrBufferFull:
+			line = append(line, frag...)
+			continue
+		case line == nil:
+			line = frag[:n]
+		default:
+			line = append(line, frag[:n]...)
+		}
+		if err == io.EOF && len(line) == 0 {
+			return nil, err
+		}
+		return line, err
+	}
+}
+
+// handle answers one line: a request, a notification or a batch.
+func (c *conn) handle(line []byte) {
+	line = bytes.TrimSpace(line)
+	if len(line) == 0 {
+		return
+	}
+	if !json.Valid(line) {
+		c.write(errorLine(nullID, &Error{Code: ParseError, Message: "Parse error", Data: "the line is not valid JSON"}))
+		return
+	}
+	if line[0] != '[' {
+		req, bad := parseRequest(line)
+		if bad != nil {
+			c.write(bad)
+			return
+		}
+		if answer, inline := c.builtin(req); inline {
+			if answer != nil {
+				c.write(answer)
+			}
+			return
+		}
+		c.calls.Add(1)
+		go func() {
+			defer c.calls.Done()
+			if answer := c.run(req); answer != nil {
+				c.write(answer)
+			}
+		}()
+		return
+	}
+	var items []json.RawMessage
+	if err := json.Unmarshal(line, &items); err != nil || len(items) == 0 {
+		c.write(errorLine(nullID, &Error{Code: InvalidRequest, Message: "Invalid Request", Data: "an empty batch"}))
+		return
+	}
+	answers := make([][]byte, len(items))
+	var batch sync.WaitGroup
+	for i, item := range items {
+		req, bad := parseRequest(item)
+		if bad != nil {
+			answers[i] = bad
+			continue
+		}
+		if answer, inline := c.builtin(req); inline {
+			answers[i] = answer
+			continue
+		}
+		batch.Add(1)
+		go func(i int, req *request) {
+			defer batch.Done()
+			answers[i] = c.run(req)
+		}(i, req)
+	}
+	c.calls.Add(1)
+	go func() {
+		defer c.calls.Done()
+		batch.Wait()
+		var out bytes.Buffer
+		for _, a := range answers {
+			if a == nil {
+				continue
+			}
+			if out.Len() == 0 {
+				out.WriteByte('[')
+			} else {
+				out.WriteByte(',')
+			}
+			out.Write(a[:len(a)-1])
+		}
+		if out.Len() > 0 { // a batch of notifications only gets nothing back
+			out.WriteString("]\n")
+			c.write(out.Bytes())
+		}
+	}()
+}
+
+// builtin answers rpc.cancel and rpc.ping (unless the plugin has its own) at once, on the
+// reader's goroutine, so that a cancel is seen in order with the requests around it.
+func (c *conn) builtin(req *request) (answer []byte, inline bool) {
+	switch req.method {
+	case "rpc.cancel":
+		var p struct {
+			ID json.RawMessage `json:"id"`
+		}
+		if err := json.Unmarshal(req.params, &p); err != nil || !validID(p.ID) {
+			if req.id == nil {
+				return nil, true
+			}
+			return errorLine(req.id, &Error{Code: InvalidParams, Message: "Invalid params",
+				Data: "rpc.cancel takes {\"id\": <the id of the request to give up on>}"}), true
+		}
+		found := c.cancelCall(p.ID)
+		if req.id == nil {
+			return nil, true
+		}
+		return resultLine(req.id, found), true
+	case "rpc.ping":
+		if _, own := c.srv.commands[req.method]; own {
+			return nil, false
+		}
+		if req.id == nil {
+			return nil, true
+		}
+		return resultLine(req.id, true), true
+	}
+	return nil, false
+}
+
+func idKey(id json.RawMessage) string {
+	var b bytes.Buffer
+	if json.Compact(&b, id) != nil {
+		return string(id)
+	}
+	return b.String()
+}
+
+func (c *conn) cancelCall(id json.RawMessage) bool {
+	c.mu.Lock()
+	calls := c.running[idKey(id)]
+	c.mu.Unlock()
+	for _, r := range calls {
+		r.cancel()
+	}
+	return len(calls) > 0
+}
+
+// callKey is the context key of the call a command serves (for Progress).
+type callKey struct{}
+
+type callInfo struct {
+	conn *conn
+	id   json.RawMessage // nil for a notification
+}
+
+// run calls the command and returns its answer line (nil for a notification).
+func (c *conn) run(req *request) (answer []byte) {
+	ctx, cancel := context.WithCancel(c.ctx)
+	defer cancel()
+	var key string
+	if req.id != nil {
+		key = idKey(req.id)
+		r := &running{cancel: cancel}
+		c.mu.Lock()
+		c.running[key] = append(c.running[key], r)
+		c.mu.Unlock()
+		defer func() {
+			c.mu.Lock()
+			list := c.running[key]
+			for i, other := range list {
+				if other == r {
+					list = append(list[:i], list[i+1:]...)
+					break
+				}
+			}
+			if len(list) == 0 {
+				delete(c.running, key)
+			} else {
+				c.running[key] = list
+			}
+			c.mu.Unlock()
+		}()
+	}
+	id := req.id
+	if id == nil {
+		id = nullID
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			fmt.Fprintf(os.Stderr, "plugin: command %q panicked: %v\n%s", req.method, p, debug.Stack())
+			answer = errorLine(id, &Error{Code: InternalError, Message: "Internal error",
+				Data: fmt.Sprintf("paniced with error: %v", p)})
+		}
+		if req.id == nil {
+			answer = nil
+		}
+	}()
+	fn, ok := c.srv.commands[req.method]
+	if !ok {
+		return errorLine(id, &Error{Code: MethodNotFound, Message: "Method not found", Data: req.method})
+	}
+	ctx = context.WithValue(ctx, callKey{}, &callInfo{conn: c, id: req.id})
+	result, err := fn(ctx, req.params)
+	if err != nil {
+		var rpcErr *Error
+		if errors.As(err, &rpcErr) {
+			return errorLine(id, rpcErr)
+		}
+		return errorLine(id, &Error{Code: CommandFailed, Message: err.Error()})
+	}
+	return resultLine(id, result)
+}
