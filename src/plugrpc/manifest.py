@@ -7,6 +7,7 @@ root is a `ManifestError` naming the file, the plugin and the key, before anythi
 
 from __future__ import annotations
 
+import difflib
 import grp
 import hashlib
 import math
@@ -68,6 +69,11 @@ class PluginSpec:
     inherit_env: tuple[str, ...] = ()
     """Names of the runtime's environment variables to pass through, when a plugin needs them."""
     mode: Mode = "rpc"
+    mode_given: bool = False
+    """Whether the manifest names `mode`. Without it, a plugin that turns out to be a core0 binary
+    (it answers a start as a server with core0's `missing command`) is run in exec mode."""
+    queue: bool = False
+    """core0's `queue`: calls one at a time, in the order they came (one connection, one call in flight)."""
     timeout: float = 30.0
     """Seconds a call may take before it fails with -32002."""
     pool_size: int = 1
@@ -171,7 +177,9 @@ def _plugin(name: str, table: Any, root: Path, file: str) -> PluginSpec:
         raise fail("must be a table with at least `path` and `exports`")
     for key in table:
         if key not in _FIELDS:
-            raise fail(f"unknown key (known keys: {', '.join(sorted(_FIELDS))})", key)
+            near = difflib.get_close_matches(key, _FIELDS, n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            raise fail(f"unknown key ({hint}known keys: {', '.join(sorted(_FIELDS))})", key)
     for key in ("path", "exports"):
         if key not in table:
             raise fail("required key is missing", key)
@@ -188,6 +196,12 @@ def _plugin(name: str, table: Any, root: Path, file: str) -> PluginSpec:
     if values.get("events") and values.get("mode") == "exec":
         raise fail("an exec plugin runs once per call and has no connection to emit events on; "
                    "remove `events` or use mode = \"rpc\"", "events")
+    if values.get("queue"):
+        for key in ("max_inflight", "pool_size"):
+            if values.get(key, 1) != 1:
+                raise fail(f"queue = true runs calls one at a time: remove {key} or set it to 1", key)
+        values["max_inflight"] = values["pool_size"] = 1
+    values["mode_given"] = "mode" in values
     values["path"] = path = _confine(values["path"], root, fail)
     with open(path, "rb") as f:
         digest = hashlib.file_digest(f, "blake2b").hexdigest()
@@ -421,6 +435,7 @@ _FIELDS: Final[dict[str, Callable[[Any], Any]]] = {
     "max_pending": _number(1, integer=True),
     "restart": _choice("always", "on-failure", "never"),
     "lazy": _bool,
+    "queue": _bool,
     "idle_stop": _number(0),
     "grace": _number(0),
     "events": _events,

@@ -1,8 +1,8 @@
 #!/bin/sh
-# A core0-style legacy plugin in POSIX sh: `plugin.sh <command> [<json-args>]`, once per call.
-# The result goes on stdout between "20:::" and ":::" lines; other stdout lines are logs; a
-# failure is an error text on stderr and a non-zero exit. Extra commands misbehave on purpose
-# for tests/test_execmode.py.
+# A core0-style plugin in POSIX sh, as hand-written scripts did it: `plugin.sh <command> <json-args>`,
+# once per call. The result goes on stdout between a "20:::" line and a ":::" line; other stdout
+# lines are logs; a failure is an error text on stderr (nothing framed) and a non-zero exit. Extra
+# commands misbehave on purpose for tests/process/test_execmode.py.
 
 result() {
     printf '20:::\n%s\n:::\n' "$1"

@@ -1,7 +1,8 @@
-"""`mode = "exec"`: core0 legacy plugins run once per call (DESIGN.md, "Lineage").
+"""`mode = "exec"`: core0 plugins run once per call, their output read as core0 read it.
 
-Real processes throughout: a C plugin built with the system's compiler and a POSIX sh plugin,
-both in tests/legacy/, plus the example image's legacy plugin.
+Real processes throughout: a C plugin built with the system's compiler and POSIX sh plugins, all
+in tests/legacy/ (core0.sh writes exactly what core0's Go library wrote, in each of its framings),
+plus the example image's legacy plugin.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from plugrpc.process.execmode import EXEC_FAILED, MAX_ERROR_TEXT, MAX_OUTPUT, Ex
 from util import LEGACY, WAIT, alive, until
 
 SH_PLUGIN = LEGACY / "plugin.sh"
+CORE0 = LEGACY / "core0.sh"
 EXAMPLE_PLUGIN = EXAMPLE_ROOT / "legacy" / "sysinfo.sh"
 """Upper bound for anything the tests wait on; only reached when something hangs."""
 
@@ -66,7 +68,8 @@ async def make(root: Path) -> AsyncIterator[Make]:
     made: list[ExecPlugin] = []
 
     def build(path: Path, name: str = "legacy", max_output: int = MAX_OUTPUT, **spec: Any) -> ExecPlugin:
-        plugin_spec = PluginSpec(name=name, path=path, exports=("version", "echo"), mode="exec", **spec)
+        plugin_spec = PluginSpec(name=name, path=path, exports=("version", "echo"), mode="exec",
+                                 mode_given=True, **spec)
         plugin = ExecPlugin(plugin_spec, root, max_output=max_output)
         made.append(plugin)
         return plugin
@@ -117,10 +120,76 @@ async def test_echo_round_trips_params(make: Make, legacy: Path, params: Any) ->
     assert await make(legacy).call("echo", params) == params
 
 
-async def test_no_params_means_no_argument(make: Make) -> None:
+async def test_the_args_json_is_always_given(make: Make) -> None:
+    # core0 ran `<path> <command> <args-json>`, `{}` when the caller sent no params.
     plugin = make(SH_PLUGIN)
-    assert await plugin.call("argc", None) == 1
-    assert await plugin.call("argc", {}) == 2
+    assert await plugin.call("argc", None) == 2
+    assert await make(CORE0).call("argv", None) == ["argv", {}]
+    assert await make(CORE0).call("argv", [1, "two"]) == ["argv", [1, "two"]]
+
+
+# --- core0's own output, as its Go library wrote it ----------------------------------------
+
+FRAMINGS = ["latest", "blank", "split"]
+
+
+@pytest.mark.parametrize("framing", FRAMINGS)
+async def test_core0_result_in_every_framing(make: Make, framing: str) -> None:
+    plugin = make(CORE0, env={"FRAMING": framing})
+    assert await plugin.call("version", {}) == "1.0alpha"
+    assert await plugin.call("echo", {"name": "br0", "ports": [1, 2]}) == {"name": "br0", "ports": [1, 2]}
+
+
+@pytest.mark.parametrize("framing", FRAMINGS)
+async def test_core0_error_is_the_framed_text(make: Make, framing: str) -> None:
+    plugin = make(CORE0, name="ovs", env={"FRAMING": framing})
+    with pytest.raises(RpcError) as info:
+        await plugin.call("bridge", {"name": "br0"})
+    assert (info.value.code, info.value.message, info.value.data) == (
+        EXEC_FAILED, "bridge br0 does not exist", {"plugin": "ovs", "exit": 1})
+    with pytest.raises(RpcError, match="^unknown command: nope "):
+        await plugin.call("nope", {})
+
+
+async def test_core0_levels_are_logged_at_matching_levels(make: Make, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="plugrpc.plugin")
+    plugin = make(CORE0, name="lv")
+    assert await plugin.call("levels", {}) == {"done": True}
+    logged = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "plugrpc.plugin"]
+    assert logged == [
+        (logging.INFO, "a plain line"),
+        (logging.WARNING, "a warning"),
+        (logging.ERROR, "an ops error"),
+        (logging.DEBUG, "a debug line"),
+        (logging.INFO, "a public message"),
+        (logging.INFO, "of two lines"),
+    ]
+    assert [line.text for line in plugin.output.tail(10)][-2:] == ["a public message", "of two lines"]
+
+
+async def test_core0_result_framed_on_stderr(make: Make) -> None:
+    # core0 read stderr with the same parser as stdout (at level 2 for plain lines).
+    assert await make(CORE0).call("stderr-frame", {}) == "from stderr"
+
+
+async def test_failure_without_a_frame_is_the_end_of_stderr(make: Make) -> None:
+    with pytest.raises(RpcError) as info:
+        await make(CORE0).call("crash", {})
+    assert (info.value.message, info.value.data) == ("lost my way", {"plugin": "legacy", "exit": 2})
+
+
+async def test_failure_with_nothing_said_names_the_exit(make: Make) -> None:
+    with pytest.raises(RpcError) as info:
+        await make(CORE0).call("silent-crash", {})
+    assert (info.value.code, info.value.message, info.value.data) == (
+        EXEC_FAILED, "ended with exit code 4", {"plugin": "legacy", "exit": 4})
+
+
+async def test_queue_runs_calls_one_at_a_time_in_order(make: Make, root: Path) -> None:
+    plugin = make(SH_PLUGIN, max_inflight=1, queue=True)
+    calls = [asyncio.create_task(plugin.call("count", None)) for _ in range(4)]
+    assert await asyncio.wait_for(asyncio.gather(*calls), WAIT) == ["counted"] * 4
+    assert [int(n) for n in (root / "counts").read_text().split()] == [1, 1, 1, 1]
 
 
 async def test_manifest_args_come_before_the_command(make: Make) -> None:
@@ -338,6 +407,7 @@ async def test_status_counts_calls_and_errors(make: Make) -> None:
     assert plugin.status() == {
         "name": "counted",
         "mode": "exec",
+        "mode_detected": False,
         "state": "ready",
         "inflight": 0,
         "pending": 0,

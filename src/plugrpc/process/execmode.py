@@ -1,10 +1,14 @@
-"""core0 legacy plugins (`mode = "exec"`): one process per call, its `20:::` block the result.
+"""core0 plugins run once per call (`mode = "exec"`): read as core0 read them.
 
-DESIGN.md, "Lineage": core0 ran `<path> <command> [<json-args>]` once per call. The binary wrote
-its result on stdout between a `20:::` line and a `:::` line (other stdout lines are logs) and on
-failure exited non-zero. `ExecPlugin` keeps that contract behind the same `call()` the router
-uses for persistent plugins, so a core0 image runs unchanged; it adds what core0 left to chance:
-a timeout, a bound on concurrent executions and on output, and no process left behind.
+core0 ran `<path> <command> <args-json>` once per call, the args JSON always given (`{}` when
+there are none), without a shell. The binary's stdout and stderr are message streams
+(core0.py): the last level-20 message is the result; other messages are its log, at the
+logging level that matches theirs. A non-zero exit is a failed call whose message is the framed
+error text (core0's Go library framed it on stdout and exited 1), else the end of stderr, and
+whose `error.data` carries the exit code. `ExecPlugin` keeps that contract behind the same
+`call()` the router uses for persistent plugins, so a core0 image runs unchanged; it adds what
+core0 left to chance: a timeout, a bound on concurrent executions and on output, and no process
+left behind. `queue = true` runs one execution at a time, in the order the calls came.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from .. import codes
 from ..errors import CallTimeout, MessageTooLarge, Overloaded, PluginUnavailable, RpcError
 from ..manifest import PluginSpec
 from ..wire import LineSplitter
+from . import core0
 from .child import Confinement, OnLine, describe_exit, exec_setup, terminate
 from .env import log_line, plugin_env, router_env
 from .logbook import Logbook
@@ -37,14 +42,11 @@ MAX_OUTPUT: Final = 64 * 1024 * 1024
 MAX_ERROR_TEXT: Final = 64 * 1024
 """Characters of stderr kept in an error message: the end, where the error usually is."""
 
-BLOCK_START: Final = b"20:::"
-BLOCK_END: Final = b":::"
-
 log = logging.getLogger("plugrpc.execmode")
 
 
 class _Run(asyncio.SubprocessProtocol):
-    """One execution: keeps the last `20:::` block, logs every other line, bounds the output."""
+    """One execution: reads both pipes as core0 did (core0.py), keeps the last result, logs the rest, bounds it."""
 
     __slots__ = (
         # set once
@@ -59,7 +61,7 @@ class _Run(asyncio.SubprocessProtocol):
         # output
         "sizes",
         "splitters",
-        "block",
+        "readers",
         "result",
         "stderr",
         # outcome
@@ -81,11 +83,12 @@ class _Run(asyncio.SubprocessProtocol):
 
         self.sizes = [0, 0, 0]
         self.splitters = (None, LineSplitter(limit), LineSplitter(limit))
-        self.block: list[bytes] | None = None
-        """Lines of a `20:::` block still open, else None."""
+        # core0 read stdout and stderr alike, each with its own default level; a result may come on either.
+        self.readers = (None, core0.Reader(core0.STDOUT), core0.Reader(core0.STDERR))
         self.result: bytes | None = None
-        """The JSON text of the last complete block."""
+        """The text of the last level-20 message: the JSON result, or on a non-zero exit the error."""
         self.stderr: list[bytes] = []
+        """Plain stderr lines: the error when nothing was framed."""
 
         self.returncode: int | None = None
         self.overflow = False
@@ -115,7 +118,7 @@ class _Run(asyncio.SubprocessProtocol):
     def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
         splitter = self.splitters[fd]
         if splitter is not None and splitter.buffered and not self.overflow:
-            # A last line without its newline still counts.
+            # A last line without its newline still counts: core0's library ends its frame with `:::` and no newline.
             self._lines(fd, splitter.feed(b"\n"))
 
     def process_exited(self) -> None:
@@ -134,22 +137,26 @@ class _Run(asyncio.SubprocessProtocol):
     # --- steps -------------------------------------------------------------------------------
 
     def _lines(self, fd: int, lines: list[bytes]) -> None:
-        if fd == 2:
-            self.stderr.extend(lines)
-            for line in lines:
-                self.on_line(*log_line(line, logging.WARNING, self.extra))
-            return
+        reader = self.readers[fd]
+        assert reader is not None
         for line in lines:
-            if self.block is not None:
-                if line.rstrip() == BLOCK_END:
-                    self.result = b"\n".join(self.block)
-                    self.block = None
-                else:
-                    self.block.append(line)
-            elif line.rstrip() == BLOCK_START:
-                self.block = []
-            else:
-                self.on_line(*log_line(line, logging.INFO, self.extra))
+            msg = reader.feed(line)
+            if msg is None:
+                continue
+            level, text = msg
+            if level == core0.RESULT_JSON:
+                self.result = text
+                continue
+            if level == core0.STDERR and fd == 2:
+                self.stderr.append(text)
+            log_level = core0.LOG_LEVELS.get(level, logging.INFO)
+            for part in text.split(b"\n"):
+                self.on_line(*log_line(part, log_level, self.extra))
+
+    @property
+    def unclosed(self) -> bool:
+        """Whether a `LEVEL:::` block was opened and never closed."""
+        return any(reader is not None and reader.block is not None for reader in self.readers)
 
     def signal_group(self, sig: int) -> None:
         """Signal the execution's whole process group (its own session, so only its processes)."""
@@ -160,18 +167,14 @@ class _Run(asyncio.SubprocessProtocol):
                 pass
 
     def error_text(self) -> str:
-        """The message of a failed execution.
+        """The message of a failed execution: the framed error, else the end of stderr, else how it ended.
 
-        core0's Go `plugin.Plugin` framed its error string as the result and exited 1; other
-        core0 plugins wrote it on stderr. Prefer the framed string, which is exactly the error.
+        core0's Go library framed the error text as the result and exited 1, with nothing on stderr.
         """
         if self.result is not None:
-            try:
-                value = orjson.loads(self.result)
-            except orjson.JSONDecodeError:
-                value = None
-            if isinstance(value, str) and value.strip():
-                return value.strip()
+            text = core0.error_text(self.result)
+            if text:
+                return text
         text = b"\n".join(self.stderr).decode(errors="replace").strip()
         if len(text) > MAX_ERROR_TEXT:
             text = "..." + text[-MAX_ERROR_TEXT:]
@@ -245,6 +248,7 @@ class ExecPlugin:
         return {
             "name": self.name,
             "mode": "exec",
+            "mode_detected": not self.spec.mode_given,
             "state": "stopped" if self._closing else "ready",
             "inflight": self.inflight,
             "pending": self._pending,
@@ -299,9 +303,7 @@ class ExecPlugin:
     async def _execute(self, method: str, params: Any) -> Any:
         if self._closing:
             raise self._stopped()
-        argv: tuple[str | bytes, ...] = (*self._argv, method)
-        if params is not None:
-            argv = (*argv, orjson.dumps(params))
+        argv: tuple[str | bytes, ...] = (*self._argv, method, b"{}" if params is None else orjson.dumps(params))
         loop = asyncio.get_running_loop()
         run = _Run(self.name, self._max_output, loop.create_future(), self.output.add)
         self._running.add(run)
@@ -357,15 +359,17 @@ class ExecPlugin:
             )
         if run.returncode != 0:
             raise RpcError(EXEC_FAILED, run.error_text(), {"plugin": self.name, "exit": run.returncode})
-        if run.block is not None:
+        if run.unclosed:
             raise PluginUnavailable(
-                codes.PLUGIN_UNAVAILABLE, f"exec plugin {self.name!r} opened a 20::: block and never closed it", data
+                codes.PLUGIN_UNAVAILABLE,
+                f"exec plugin {self.name!r} opened a `LEVEL:::` block on its output and never closed it with a "
+                "`:::` line", data,
             )
         if run.result is None:
             return None  # a core0 plugin may print nothing; Go's plugin.Plugin framed nil as `null`
         try:
             return orjson.loads(run.result)
-        except orjson.JSONDecodeError as exc:
+        except orjson.JSONDecodeError as exc:  # core0 would have passed it on; a JSON-RPC result must be JSON
             raise PluginUnavailable(
                 codes.PLUGIN_UNAVAILABLE, f"exec plugin {self.name!r} wrote a result that is not JSON: {exc}", data
             ) from None

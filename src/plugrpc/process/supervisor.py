@@ -28,6 +28,7 @@ from typing import Any, Final
 
 from .. import sockets
 from ..manifest import PluginSpec
+from . import core0
 from .child import Child, Confinement, ExecFailed, above_stdio, broken_limit, describe_exit, terminate
 from .env import plugin_env, router_env
 from .logbook import Logbook
@@ -70,6 +71,9 @@ class PluginState(enum.StrEnum):
     UNRESPONSIVE = "unresponsive"
     """It stopped answering (no reply to the router's ping): being stopped, then restarted by policy;
     calls wait in the backlog for the next process."""
+    EXEC = "exec"
+    """It turned out to be a core0 binary (its manifest names no `mode`): it runs once per call from
+    now on, and this supervisor starts no more processes."""
 
 
 _UNAVAILABLE: Final = frozenset({PluginState.CRASHLOOP, PluginState.FAILED, PluginState.STOPPING})
@@ -157,6 +161,8 @@ class Supervisor:
         self._closed = True  # until start(), and again after stop(): no process may be spawned
         self._streak = 0  # exits in a row of processes that did not stay up for `stable_after`
         self._last_touch = time.monotonic()
+        self._first_line = 1
+        """The logbook's seq of the current process's first line: what it printed is read for core0's answer."""
 
     def __repr__(self) -> str:
         return f"<Supervisor {self.spec.name} {self.state.value} pid={self.pid} restarts={self.restarts}>"
@@ -192,6 +198,7 @@ class Supervisor:
             "exit_detail": self.exit_detail,
             "last_error": self.last_error,
             "mode": self.spec.mode,
+            "mode_detected": False,
             "lazy": self.spec.lazy,
             "status_text": self.status_text,
             "waiting_for": list(self.waiting_for),
@@ -376,6 +383,10 @@ class Supervisor:
             if child is None:
                 delay = self._after_exit(None, 0.0)
             elif await self._watch(child):
+                if self._core0():
+                    self._demand.clear()
+                    self._set_state(PluginState.EXEC)
+                    return
                 delay = self._after_exit(self.last_exit, time.monotonic() - child.started_at)
             else:
                 continue  # stopped for idleness; back to waiting for demand
@@ -391,8 +402,20 @@ class Supervisor:
             await asyncio.sleep(delay)
             self.restarts += 1
 
+    def _core0(self) -> bool:
+        """Whether the process that just exited was a core0 binary, which runs once per call.
+
+        Run with no command, as a persistent plugin is, core0's library frames `"missing command"`
+        on stdout and exits 1. An explicit `mode` always wins: then it only shows in the reason.
+        """
+        if self.spec.mode_given or self.last_exit != 1 or self.exit_reason != "crash":
+            return False
+        lines = [line.text.encode() for line in self.output.lines if line.seq >= self._first_line]
+        return core0.says_missing_command(lines)
+
     def _supervise_done(self, task: asyncio.Task[None]) -> None:
-        """A supervising task only ends by cancellation; anything else is a bug worth a loud log."""
+        """A supervising task ends by cancellation, or once the plugin runs in exec mode; a crash is a bug worth a
+        loud log."""
         if task.cancelled():
             return
         exc = task.exception()
@@ -426,6 +449,7 @@ class Supervisor:
             return None
         # Registered before the first await, so that stop() terminates it even if it comes now.
         self._child = child
+        self._first_line = self.output.seq + 1
         self._last_touch = child.started_at
         self.last_error = None
         self.status_text = None

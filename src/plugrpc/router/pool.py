@@ -483,6 +483,24 @@ class PluginPool:
         for conn in list(self.conns):
             conn.abort(reason)
 
+    def hand_over(self) -> list[Call]:
+        """Close the pool and give up every call not yet answered, for another target to run.
+
+        Only for a process that never read its socket (a core0 binary started as a server, which
+        answers `missing command` and exits): calls written to it were never run, so running them
+        elsewhere runs them once.
+        """
+        self.closed = True
+        calls: list[Call] = []
+        for conn in list(self.conns):
+            calls.extend(conn.take_all())
+            conn.abort("the plugin runs in exec mode now")
+        calls.extend(self.waiting)
+        self.waiting.clear()
+        for call in calls:
+            call.link = None
+        return [call for call in calls if call.sink is not None]
+
     def has_room(self) -> bool:
         """Whether a call submitted now would be written at once: none waits and a connection has room
         (or none is open yet). The liveness check pings only then, never a plugin busy up to max_inflight."""

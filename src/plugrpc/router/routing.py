@@ -10,6 +10,7 @@ manifest refuses them). Each plugin is one `Plugin` record: its spec, its superv
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
@@ -108,6 +109,8 @@ class Router:
         self._heap_used = False
         """Whether calls finished since memory was last given back (see `_sweep`)."""
         self._reload_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        """Background work the router started itself (stopping a plugin that runs in exec mode now)."""
         self.on_routes: list[Callable[[], None]] = []
         """Called after the routing table changes (start, reload): the NATS bridge re-registers its subjects."""
         self._publish()
@@ -225,6 +228,7 @@ class Router:
             self._sweeper.cancel()
         await self.builtins.aclose()
         await asyncio.gather(*(plugin.stop() for plugin in (*self.plugins.values(), *self.retiring)))
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # --- the hot path ----------------------------------------------------------------------
 
@@ -308,6 +312,9 @@ class Router:
         sup = plugin.supervisor
         assert sup is not None
         log.info("%s", sup.state.value, extra={"plugin": sup.spec.name, "pid": sup.pid})
+        if sup.state is PluginState.EXEC:
+            self._run_as_exec(plugin)
+            return
         if isinstance(plugin.target, PluginPool):
             plugin.target.state_changed(sup.state)
         if sup.state in GIVEN_UP:
@@ -320,6 +327,34 @@ class Router:
                                                 "being restarted, calls made from now on wait for it")
             elif sup.state is PluginState.RUNNING:
                 plugin.target.wake()
+
+    def _run_as_exec(self, plugin: Plugin) -> None:
+        """A plugin with no `mode` turned out to be a core0 binary: run it once per call from now on.
+
+        Its process never read its socket, so the calls that came meanwhile are run in exec mode
+        instead of failed; the router's own (pings, discovery) are not for a core0 binary.
+        """
+        name = plugin.spec.name
+        if self.plugins.get(name) is not plugin:
+            return  # replaced by a reload meanwhile: the new record decides for itself
+        log.warning('answered "missing command" when started as a server, as a core0 plugin binary does: running it '
+                    'once per call from now on, as core0 did (mode = "exec"); declare mode = "exec" in its manifest '
+                    'entry to skip this check', extra={"plugin": name})
+        pool = plugin.target
+        assert isinstance(pool, PluginPool)
+        calls = pool.hand_over()
+        record = self._record(dataclasses.replace(plugin.spec, mode="exec"))
+        self.plugins[name] = record
+        self._publish()
+        for call in calls:
+            if call.id is INTERNAL:
+                pool.fail(call, codes.PLUGIN_UNAVAILABLE, f"plugin {name} runs in exec mode now")
+            else:
+                record.target.submit(call)
+        self.retiring.add(plugin)
+        task = self._loop.create_task(self._retire(plugin))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # --- internal calls --------------------------------------------------------------------
 

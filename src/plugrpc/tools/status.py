@@ -85,6 +85,12 @@ def log_line(line: Mapping[str, Any]) -> str:
     return f"{stamp} {line['level'].upper():<7} {line['text']}"
 
 
+def mode(row: Mapping[str, Any]) -> str:
+    """`rpc` or `exec`; `exec (core0)` when the manifest named no mode and the plugin proved a core0 binary."""
+    text = _plain(row.get("mode"))
+    return f"{text} (core0)" if row.get("mode_detected") else text
+
+
 def _field(key: str, fmt: Callable[[Any], str]) -> Callable[[Mapping[str, Any]], str]:
     return lambda row: fmt(row.get(key))
 
@@ -92,7 +98,7 @@ def _field(key: str, fmt: Callable[[Any], str]) -> Callable[[Mapping[str, Any]],
 COLUMNS: Final[tuple[tuple[str, Callable[[Mapping[str, Any]], str]], ...]] = (
     # header, what it shows of a router.plugins row
     ("NAME", _field("name", _plain)),
-    ("MODE", _field("mode", _plain)),
+    ("MODE", mode),
     ("STATE", _field("state", _plain)),
     ("PID", _field("pid", _plain)),
     ("UPTIME", _field("uptime", duration)),

@@ -1,0 +1,3 @@
+module github.com/zero-os/0-core
+
+go 1.21
