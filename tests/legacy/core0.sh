@@ -42,5 +42,15 @@ crash)
     exit 2
     ;;
 silent-crash) exit 4 ;;
+record)
+    # Appends its args to ./order; ./overlap gets how many record calls ran at once.
+    mkdir -p running
+    touch "running/$$"
+    ls running | wc -l >>overlap
+    sleep 0.05
+    echo "$2" >>order
+    rm "running/$$"
+    frame "$2"
+    ;;
 *) fail "unknown command: $1" ;;
 esac
