@@ -8,6 +8,7 @@
     plugrpc events [--socket PATH] [PATTERN ...]      print events as they come, one JSON line each
     plugrpc logs   NAME [-n N] [-f] [--socket PATH]   a plugin's recent output, kept by the router
     plugrpc new    NAME [--dir DIR]                   write a plugin skeleton, its manifest entry, a test
+    plugrpc conform PATH [--call METHOD [PARAMS]] ... check a plugin executable against the contract
 """
 
 from __future__ import annotations
@@ -138,6 +139,29 @@ def _parser() -> argparse.ArgumentParser:
                                      "written. Never overwrites a file.")
     new.add_argument("name", metavar="NAME", help="the plugin's name: letters, digits, '_' and '-'")
     new.add_argument("--dir", type=Path, default=Path("."), help="the image root (default: the current directory)")
+
+    conform = sub.add_parser(
+        "conform", help="check a plugin executable against the plugin contract, one line per clause",
+        usage="plugrpc conform [-h] [--exec] [--root DIR] [--timeout SECONDS] [--call METHOD [PARAMS_JSON]]\n"
+              "                       [--slow METHOD [PARAMS_JSON]] [--event METHOD [PARAMS_JSON]]\n"
+              "                       [--progress METHOD [PARAMS_JSON]] PATH",
+        description="Start PATH as the router would (a listening socket as fd 3, LISTEN_FDS=1, no shell) and check "
+                    "it from outside: PASS, FAIL or SKIP per clause, exit status 1 if one fails. The tool cannot "
+                    "know the plugin's methods: name some to check more (a clause that needs one is skipped).")
+    conform.add_argument("path", type=Path, metavar="PATH", help="the plugin executable")
+    conform.add_argument("--exec", action="store_true",
+                         help="check core0's exec contract instead: PATH COMMAND ARGS once per call, the result "
+                              "or error in a 20::: frame on stdout")
+    conform.add_argument("--root", type=Path, default=None, metavar="DIR",
+                         help="working directory of the plugin, its image root (default: PATH's directory)")
+    conform.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                         help="longest wait for any one answer (default 10)")
+    for option, what in (("--call", "an ordinary quick method, for round trips, ids and connections "
+                                    "(with --exec: run as PATH METHOD PARAMS_JSON)"),
+                         ("--slow", "a method taking 0.5-2 s: answers out of order, SIGTERM finishing it"),
+                         ("--event", "a method whose call emits an event (rpc.event)"),
+                         ("--progress", "a method that reports progress (rpc.progress) before its answer")):
+        conform.add_argument(option, nargs="+", default=None, metavar=("METHOD", "PARAMS_JSON"), help=what)
     return parser
 
 
@@ -274,7 +298,25 @@ def _new(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"call": _call, "status": _status, "reload": _reload, "events": _events, "new": _new, "logs": _logs}
+def _conform(args: argparse.Namespace) -> int:
+    from . import conform
+
+    try:
+        methods = {key: conform.Method.parse(f"--{key}", getattr(args, key))
+                   for key in ("call", "slow", "event", "progress")}
+    except ValueError as exc:
+        print(f"plugrpc: {exc}", file=sys.stderr)
+        return 2
+    path = args.path.absolute()
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        print(f"plugrpc: {args.path} is not an executable file", file=sys.stderr)
+        return 2
+    options = conform.Options(path, args.root, timeout=args.timeout, **methods)
+    return conform.conform(options, exec_mode=args.exec)
+
+
+COMMANDS = {"call": _call, "status": _status, "reload": _reload, "events": _events, "new": _new, "logs": _logs,
+            "conform": _conform}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
