@@ -24,6 +24,19 @@ const DefaultMaxLine = 64 << 20
 // messageTooLarge is the code plugrpc uses for a line over the bound.
 const messageTooLarge = -32004
 
+// logw is where the plugin logs (stderr: the router's log, tagged with the plugin's name).
+var logw io.Writer = os.Stderr
+
+func signalName(sig os.Signal) string {
+	switch sig {
+	case syscall.SIGTERM:
+		return "SIGTERM"
+	case syscall.SIGINT:
+		return "SIGINT"
+	}
+	return sig.String()
+}
+
 func shutdownSignals() <-chan os.Signal {
 	sig := make(chan os.Signal, 2)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
@@ -73,7 +86,7 @@ func (s *server) run(ln net.Listener, sig <-chan os.Signal) int {
 	activeMu.Unlock()
 	go s.accept(ln)
 	got := <-sig
-	fmt.Fprintf(os.Stderr, "plugin: %v: finishing the calls in flight, then exiting\n", got)
+	fmt.Fprintf(logw, "plugin: %s: finishing the calls in flight, then exiting\n", signalName(got))
 	ln.Close()
 	s.mu.Lock()
 	s.closing = true
@@ -90,7 +103,7 @@ func (s *server) run(ln net.Listener, sig <-chan os.Signal) int {
 			s.cancel()
 			return 0
 		case got = <-sig:
-			fmt.Fprintf(os.Stderr, "plugin: %v again: cancelling the calls in flight\n", got)
+			fmt.Fprintf(logw, "plugin: %s again: cancelling the calls in flight\n", signalName(got))
 			s.cancel()
 		}
 	}
@@ -154,7 +167,7 @@ func keep(s *server, line []byte) {
 		s.pending = s.pending[1:]
 		s.dropped++
 		if s.dropped == 1 {
-			fmt.Fprintf(os.Stderr, "plugin: no connection from the router yet: dropping the oldest events "+
+			fmt.Fprintf(logw, "plugin: no connection from the router yet: dropping the oldest events "+
 				"(more than %d waiting)\n", pendingLimit)
 		}
 	}
@@ -437,7 +450,7 @@ func (c *conn) run(req *request) (answer []byte) {
 	}
 	defer func() {
 		if p := recover(); p != nil {
-			fmt.Fprintf(os.Stderr, "plugin: command %q panicked: %v\n%s", req.method, p, debug.Stack())
+			fmt.Fprintf(logw, "plugin: command %q panicked: %v\n%s", req.method, p, debug.Stack())
 			answer = errorLine(id, &Error{Code: InternalError, Message: "Internal error",
 				Data: fmt.Sprintf("paniced with error: %v", p)})
 		}
