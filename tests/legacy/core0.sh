@@ -4,6 +4,7 @@
 # a `:::` line; a failure exits 1 with nothing on stderr. $FRAMING picks one of the three framings of
 # core0's history: `latest` (no final newline, the default), `blank` (an empty line before `:::`) or
 # `split` (the JSON on a line of its own). A few commands print core0 log messages of other levels.
+# (Shared by the exec-mode, core0-image and conformance tests: add commands, change none.)
 
 frame() {
     case ${FRAMING-latest} in
@@ -23,6 +24,7 @@ fail() {
 case $1 in
 version) frame '"1.0alpha"' ;;
 echo) frame "$2" ;;
+hostname) FRAMING=split frame "\"$(uname -n)\"" ;;
 argv) frame "[\"$1\", $2]" ;;
 bridge) fail "bridge br0 does not exist" ;;
 levels)
