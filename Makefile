@@ -1,34 +1,37 @@
 # Two commands do everything on a fresh machine: `make run` and `make test`.
-# Both bootstrap .venv from pyproject.toml first; nothing relies on a hand-made install.
+# Each bootstraps .venv from pyproject.toml with what it needs and no more: `make run` the runtime
+# alone, `make test` the test extras too, `make bench` the bench's peers as well. Nothing relies on
+# a hand-made install.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
 
 .PHONY: run test bench lint clean
 
-$(STAMP): pyproject.toml
+$(VENV)/.created:
 	$(PYTHON) -c 'import sys; sys.exit("plugrpc needs Python >= 3.11, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	touch $@
 
-run: $(STAMP)
+# One stamp per set of extras: installing a larger set never reinstalls a smaller one's packages.
+$(VENV)/.installed-%: pyproject.toml $(VENV)/.created
+	$(BIN)/python -m pip install --quiet -e '.$(if $(filter runtime,$*),,[$*])'
+	touch $@
+
+run: $(VENV)/.installed-runtime
 	$(BIN)/plugrpc run $(ARGS)
 
-# Line coverage of src/ (routers the tests start in subprocesses included); under 90% fails the
-# whole suite. PYTEST_ARGS="-k reload" runs part of it, with coverage reported but not enforced.
-test: $(STAMP)
+# Line coverage of src/ (routers and plugins the tests start in subprocesses included); under 90%
+# fails the whole suite. PYTEST_ARGS="-k reload" runs part of it, with coverage reported but not enforced.
+test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest --cov --cov-report=term-missing:skip-covered $(if $(PYTEST_ARGS),,--cov-fail-under=90) $(PYTEST_ARGS)
 
 # `make bench` (QUICK=1 for a one-minute run, PROFILE=1 for a profile of the router under load).
-bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+bench: $(VENV)/.installed-test,bench
 	$(BIN)/python -m bench $(if $(QUICK),--quick) $(if $(PROFILE),--profile) $(BENCH_ARGS)
 
-lint: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/mypy
 
