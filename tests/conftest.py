@@ -21,6 +21,9 @@ def private_runtime_dir() -> Iterator[str]:
     kills with SIGKILL (which cannot clean up after themselves), default front sockets and
     temporary files land here, and go with it."""
     path = tempfile.mkdtemp(prefix="plugrpc-tests-", dir="/tmp")
+    if os.environ.get("COVERAGE_PROCESS_CONFIG"):
+        # Plugins run in their image root: their measurements must land beside the suite's own.
+        os.environ.setdefault("COVERAGE_FILE", str(Path(".coverage").resolve()))
     saved = {name: os.environ.get(name) for name in ("XDG_RUNTIME_DIR", "TMPDIR")}
     os.environ["XDG_RUNTIME_DIR"] = os.environ["TMPDIR"] = path
     saved_tempdir, tempfile.tempdir = tempfile.tempdir, path

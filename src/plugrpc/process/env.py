@@ -20,8 +20,9 @@ from typing import Any, Final
 from ..manifest import PluginSpec
 
 STANDARD_PATH: Final = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
-BASICS: Final = ("HOME", "LANG", "LC_ALL", "TZ")
-"""The few variables of the runtime's environment every plugin gets, where they are set."""
+BASICS: Final = ("HOME", "LANG", "LC_ALL", "TZ", "COVERAGE_PROCESS_CONFIG", "COVERAGE_FILE")
+"""The few variables of the runtime's environment every plugin gets, where they are set. The
+`COVERAGE_*` ones are set only while coverage.py measures the runtime: its plugins are measured too."""
 
 plugin_log = logging.getLogger("plugrpc.plugin")
 LEVELS: Final = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING,
