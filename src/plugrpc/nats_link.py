@@ -99,6 +99,11 @@ def event_subject(router: str, name: str) -> str:
     return EVENT + router + "." + name
 
 
+def event_router(subject: str) -> str:
+    """The router that published on event subject `subject` (`plugrpc.event.ROUTER.PLUGIN.EVENT`)."""
+    return subject[len(EVENT):].partition(".")[0]
+
+
 def events_subject(router: str | None, pattern: str) -> str:
     """The subject that matches `pattern`'s events, from `router` or (None) from any router."""
     return EVENT + (router or "*") + "." + pattern

@@ -437,6 +437,11 @@ async def test_events_are_published_on_nats_for_subscribers_anywhere(nats_server
         assert sorted((ev.name, ev.data["i"]) for ev in got) == sorted(
             [("em.port.up", i) for i in range(3)] * 2 + [("em.port.down", 0)] * 2)
         assert [ev.data["i"] for ev in mine] == [0, 1, 2] and all(ev.name == "em.port.up" for ev in mine)
+        # Each router counts its own sequence: the events say which router they come from.
+        assert sorted({ev.router for ev in got}) == ["e1", "e2"] and {ev.router for ev in mine} == {"e2"}
+        for name in ("e1", "e2"):
+            seqs = [ev.seq for ev in got if ev.router == name and ev.name == "em.port.up"]
+            assert seqs == sorted(seqs)
         with pytest.raises(plugrpc.RpcError) as info:
             async with anywhere.subscribe("em..x"):
                 pass
@@ -455,6 +460,7 @@ async def test_events_are_published_on_nats_for_subscribers_anywhere(nats_server
             await until(printed, "plugrpc events --nats to print an event")
         event = orjson.loads(line.result())
         assert event["name"] == "em.port.up" and event["data"] == {"i": 0} and event["seq"] >= 1
+        assert event["router"] == "e1"
     finally:
         cli.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(cli.wait(), 10) in (0, 130)

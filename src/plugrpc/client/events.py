@@ -29,16 +29,20 @@ MAXSIZE: Final = 10_000
 
 
 class Event(NamedTuple):
-    """One event: its full name (`plugin.event`), its data, the plugin's `seq`, and how many were missed before it.
+    """One event: its full name (`plugin.event`), its data, the plugin's `seq`, how many were missed before
+    it, and over NATS the router it came from.
 
-    `seq` counts up per plugin; a gap in it is events this subscription missed: ones it did not
-    subscribe to, `dropped` ones (it did not keep up), or a restart of the plugin (which skips one).
+    `seq` counts up per plugin and router; a gap in it is events this subscription missed: ones it
+    did not subscribe to, `dropped` ones (it did not keep up), or a restart of the plugin (which
+    skips one). Events from several routers (NATS, no `router=`) each have their own sequence.
     """
 
     name: str
     data: Any
     seq: int
     dropped: int = 0
+    router: str | None = None
+    """The router that published it, over NATS; None on a router's own socket."""
 
     @property
     def plugin(self) -> str:
@@ -50,6 +54,8 @@ class Event(NamedTuple):
         out = {"name": self.name, "data": self.data, "seq": self.seq}
         if self.dropped:
             out["dropped"] = self.dropped
+        if self.router is not None:
+            out["router"] = self.router
         return out
 
 
@@ -132,7 +138,8 @@ class Subscription:
         if len(self._events) >= self.maxsize:
             self._missed += 1 + dropped
             return
-        self._events.append(Event(params["name"], params.get("data"), params["seq"], dropped + self._missed))
+        self._events.append(Event(params["name"], params.get("data"), params["seq"], dropped + self._missed,
+                                  params.get("router")))
         self._missed = 0
         self._wake()
 

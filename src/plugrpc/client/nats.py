@@ -32,6 +32,7 @@ from ..nats_link import (
     any_subject,
     call_subject,
     connect,
+    event_router,
     events_subject,
     is_nats_url,
     no_responders_reason,
@@ -332,6 +333,7 @@ class NatsSubscription(Subscription):
             log.debug("not an event on %s: %r", msg.subject, msg.data[:200])
             return
         if self._matches is None or self._matches(name):
+            params["router"] = event_router(msg.subject)
             self._put(params)
 
 

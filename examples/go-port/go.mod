@@ -1,3 +1,0 @@
-module example.com/ovs-plugin
-
-go 1.19
