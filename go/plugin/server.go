@@ -110,15 +110,27 @@ func (s *server) run(ln net.Listener, sig <-chan os.Signal) int {
 }
 
 func (s *server) accept(ln net.Listener) {
+	var delay time.Duration
 	for {
 		nc, err := ln.Accept()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			s.mu.Lock()
+			closing := s.closing
+			s.mu.Unlock()
+			if closing || errors.Is(err, net.ErrClosed) {
+				return
 			}
-			return // closed at shutdown
+			// Out of file descriptors, say: wait a little and go on, as net/http does.
+			if delay == 0 {
+				delay = 5 * time.Millisecond
+			} else if delay *= 2; delay > time.Second {
+				delay = time.Second
+			}
+			fmt.Fprintf(logw, "plugin: accept: %v; retrying in %v\n", err, delay)
+			time.Sleep(delay)
+			continue
 		}
+		delay = 0
 		c := &conn{srv: s, nc: nc, running: map[string][]*running{}}
 		c.ctx, c.cancel = context.WithCancel(s.ctx)
 		s.mu.Lock()

@@ -143,10 +143,14 @@ def image(root: Path, ovs: Path, talk: Path | None = None) -> Path:
 
 
 def test_go_package_tests_pass() -> None:
-    """`make test` runs the Go package's own tests (and vet), so a Go-side regression fails the suite."""
+    """`make test` runs the Go package's own tests (and vet and gofmt), so a Go-side regression fails the suite."""
     for args in (["vet", "./..."], ["test", "-count=1", "-timeout", "90s", "./..."]):
         done = go_run(args, GO_MODULE)
         assert done.returncode == 0, f"go {' '.join(args)}:\n{done.stdout}{done.stderr}"
+    goroot = go_run(["env", "GOROOT"], GO_MODULE).stdout.strip()
+    unformatted = subprocess.run([str(Path(goroot) / "bin" / "gofmt"), "-l", str(GO_MODULE), str(GO_OVS)],
+                                 capture_output=True, text=True, timeout=60)
+    assert (unformatted.returncode, unformatted.stdout) == (0, ""), unformatted.stdout + unformatted.stderr
 
 
 def test_core0_plugin_run_by_hand_prints_core0_frames(ovs_binary: Path) -> None:
