@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from typing import Final
@@ -10,6 +11,23 @@ from typing import Final
 import orjson
 
 TEXT_FORMAT: Final = "%(asctime)s %(levelname)-7s %(tag)s%(message)s"
+_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
+"""C0, DEL and C1: a newline forges a line, ESC and CSI drive the terminal."""
+_NAMED: Final = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    return _NAMED.get(char) or f"\\x{ord(char):02x}"
+
+
+def printable(text: str) -> str:
+    """`text` with every control character spelt out (`\\n`, `\\r`, `\\x1b`), for a log or a terminal.
+
+    Plugins and clients choose much of what an operator reads: spelt out, a newline cannot forge a
+    line and ESC[2J cannot clear the screen. Text with nothing to escape comes back as it is.
+    """
+    return text if text.isprintable() else _CONTROL.sub(_escape, text)
 
 
 class _Tag(logging.Filter):
@@ -39,11 +57,18 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(doc).decode()
 
 
+class TextFormatter(logging.Formatter):
+    """One record, one line: a newline or ESC in a message, its arguments or a traceback is spelt out."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
+
+
 def configure(level: str = "info", json: bool = False) -> None:
     """Send plugrpc's logs (and its plugins' output) to stderr."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_Tag())
-    handler.setFormatter(JsonFormatter() if json else logging.Formatter(TEXT_FORMAT, "%H:%M:%S"))
+    handler.setFormatter(JsonFormatter() if json else TextFormatter(TEXT_FORMAT, "%H:%M:%S"))
     root = logging.getLogger("plugrpc")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -25,6 +25,7 @@ import orjson
 from .. import __version__
 from ..config import EXAMPLE_ROOT, Config, default_socket
 from ..errors import ConfigError, ConnectError, ConnectionLost, ManifestError, PlugrpcError, RpcError
+from ..logs import printable
 from ..process import pid1
 from ..wire import DEFAULT_MAX_LINE
 from . import api, status
@@ -240,7 +241,7 @@ def _reload(args: argparse.Namespace) -> int:
     try:
         outcome = api.reload(socket=args.socket, timeout=args.timeout)
     except RpcError as exc:
-        print(f"plugrpc: {exc.message}", file=sys.stderr)
+        print(f"plugrpc: {printable(exc.message)}", file=sys.stderr)
         return 1
     if args.json:
         sys.stdout.buffer.write(orjson.dumps(outcome) + b"\n")
@@ -275,7 +276,7 @@ def _logs(args: argparse.Namespace) -> int:
                 print(status.log_line(line))
             sys.stdout.flush()
     except RpcError as exc:
-        print(f"plugrpc: {exc.data if isinstance(exc.data, str) else exc.message}", file=sys.stderr)
+        print(f"plugrpc: {printable(exc.data if isinstance(exc.data, str) else exc.message)}", file=sys.stderr)
         return 1
     except ConnectionLost:
         print("plugrpc: the router went away", file=sys.stderr)
@@ -334,10 +335,10 @@ def _command(args: argparse.Namespace) -> int:
             return 0
         return COMMANDS[args.command](args)
     except (ManifestError, ConfigError, ConnectError) as exc:
-        print(f"plugrpc: {exc}", file=sys.stderr)
+        print(f"plugrpc: {printable(str(exc))}", file=sys.stderr)
         return 2
     except PlugrpcError as exc:
-        print(f"plugrpc: {exc}", file=sys.stderr)
+        print(f"plugrpc: {printable(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -1,7 +1,8 @@
 """`plugrpc status`: the rows of `router.plugins` as a table people can read at a glance.
 
 Pure formatting, no I/O: `render()` takes what the router reported and returns text, so the
-table is tested without a router and the CLI stays a thin layer.
+table is tested without a router and the CLI stays a thin layer. Plugins choose some of that text
+(STATUS=, their output): control characters in it are spelt out, never sent to the terminal.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
+
+from ..logs import printable
 
 MISSING: Final = "-"
 """Shown where a figure does not apply (an exec plugin has no pid) or is not known yet."""
@@ -82,7 +85,7 @@ def log_line(line: Mapping[str, Any]) -> str:
         return f"-- {line['skipped']} line(s) not shown: the router keeps a plugin's last 1000 --"
     when = line["time"]
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)) + f".{int(when * 1000) % 1000:03d}"
-    return f"{stamp} {line['level'].upper():<7} {line['text']}"
+    return printable(f"{stamp} {line['level'].upper():<7} {line['text']}")
 
 
 def mode(row: Mapping[str, Any]) -> str:
@@ -121,7 +124,7 @@ def render(plugins: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, Ca
            = COLUMNS) -> str:
     """The table for `plugrpc status`, one line per plugin under a header, ending in a newline."""
     rows = [[header for header, _ in columns]]
-    rows += [[show(plugin) for _, show in columns] for plugin in plugins]
+    rows += [[printable(show(plugin)) for _, show in columns] for plugin in plugins]
     widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
     lines = []
     for row in rows:
