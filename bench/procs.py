@@ -162,11 +162,18 @@ async def wait_connectable(path: Path | int, child: Child, within: float = 30.0)
         return
 
 
+class Reaped(int):
+    """A process whose children are what a role is charged for: those it has waited for, as a router running an
+    exec-mode plugin waits for each execution. Its CPU is theirs (cutime + cstime), its RSS none: they are gone."""
+
+
 def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process (all its threads), from /proc/<pid>/stat."""
+    """User plus system CPU time of a process (all its threads), from /proc/<pid>/stat; for a `Reaped` pid, that of
+    its children it has waited for."""
     with open(f"/proc/{pid}/stat", "rb") as f:
         fields = f.read().rsplit(b")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    first = 13 if isinstance(pid, Reaped) else 11
+    return (int(fields[first]) + int(fields[first + 1])) / CLK_TCK
 
 
 def machine_cpu() -> tuple[float, float, float]:
@@ -180,7 +187,9 @@ def machine_cpu() -> tuple[float, float, float]:
 
 
 def rss_kib(pid: int) -> int:
-    """Resident set size in KiB (VmRSS)."""
+    """Resident set size in KiB (VmRSS); 0 for a `Reaped` pid (the processes it stands for have exited)."""
+    if isinstance(pid, Reaped):
+        return 0
     with open(f"/proc/{pid}/status", "rb") as f:
         for line in f:
             if line.startswith(b"VmRSS:"):

