@@ -279,6 +279,36 @@ def peers_table(data: dict[str, Any]) -> str:
                  "the others asyncio tasks")
 
 
+GO_ROWS = ("go_router", "go_exec")
+"""The Go plugin (go/plugin) behind the router, persistent and once per call, beside the SDK `router` row."""
+
+
+def _go_cells(data: dict[str, Any], key: str, conns: str, pipe: str) -> list[str]:
+    """A row's p50 at c=1 and calls/s at `conns` and `pipe`, each with its ratio to go_router within each round."""
+    p50 = "" if key == "go_router" else _x(ratio(data, key, "go_router", LAT1, "p50_us"))
+    tput = "" if key == "go_router" else _x(ratio(data, "go_router", key, conns, "throughput"))
+    return [_label(data, key), us(median(data, key, LAT1, "p50_us")), p50, rate(median(data, key, conns, "throughput")),
+            tput, rate(median(data, key, pipe, "throughput"))]
+
+
+def go_table(data: dict[str, Any]) -> str:
+    """The Go plugin persistent (go_router) and exec per call (go_exec), both through the router, and the SDK
+    router row: each row's p50 over go_router's and go_router's throughput at 64 callers over the row's."""
+    keys = [k for k in ("router", *GO_ROWS) if k in data["rounds"]]
+    if not any(k in data["rounds"] for k in GO_ROWS):
+        return ""
+    conc = data["settings"]["concurrency"]
+    c64 = 64 if 64 in conc else max(conc)
+    conns, pipe = f"conns-c{c64}-100B", f"pipe-c{c64}-100B"
+    return table("A Go plugin (go/plugin) behind the router: persistent, and the same binary exec per call "
+                 "(ratios within each round: median [min..max])",
+                 ["row (hops)", "p50 c=1", "p50 / go_router's", f"calls/s c={c64}",
+                  f"go_router's calls/s / row's c={c64}", f"pipelined c={c64}"],
+                 [_go_cells(data, k, conns, pipe) for k in keys],
+                 "the same echo over the same bare client, 100 B; exec: the router runs up to 4 executions per CPU "
+                 "at once, further calls queue")
+
+
 def _runs_cells(values: list[float], runs: list[dict[str, Any]], digits: int) -> list[str]:
     """Median, min..max and how many starts gave the figure."""
     s = stat(values)
@@ -410,7 +440,7 @@ def background_line(data: dict[str, Any]) -> str:
 def render(data: dict[str, Any]) -> str:
     blocks = [machine_line(data), background_line(data), latency_table(data), load_table(data, "conns"),
               load_table(data, "pipe"), payload_table(data), cpu_table(data), rss_table(data), dispatch_table(data),
-              events_table(data), peers_table(data), plugin_cost_table(data),
+              events_table(data), peers_table(data), go_table(data), plugin_cost_table(data),
               skipped_block(data), profile_block(data), targets_block(data), repeat_block(data)]
     return "\n\n".join(b for b in blocks if b) + "\n"
 
