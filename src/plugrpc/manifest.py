@@ -1,8 +1,10 @@
 """`.plugin.toml`: the image's declaration of its plugins (DESIGN.md, "Image and manifest").
 
 A core0 manifest (`path` and `exports` only) loads unchanged; every further key is optional
-with a default. Loading is strict: an unknown key, a wrong type or a path that leaves the image
-root is a `ManifestError` naming the file, the plugin and the key, before anything runs.
+with a default. Loading is strict: an unknown key, a wrong type, a path that leaves the image root or a value
+the plugin process could not be given (a socket path too long, an id or limit past what the
+kernel takes, an environment variable name with `=`) is a `ManifestError` naming the file, the
+plugin and the key, before anything runs or changes.
 """
 
 from __future__ import annotations
@@ -35,6 +37,24 @@ SIZE_UNITS: Final = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 
 """Multiples a `limits.memory` size may end with (powers of 1024: "256M" is 256 MiB)."""
 MIN_MEMORY: Final = 1 << 20
 """The smallest non-zero memory limit: `memory = 256` (bytes) is a mistake for "256M"."""
+RLIMIT_MAX: Final = (1 << 63) - 1
+"""The largest limit setrlimit takes from Python (a signed 64-bit number)."""
+CPU_KILL_AFTER: Final = 2
+"""Seconds of CPU between SIGXCPU (limits.cpu_seconds used up) and the kernel's SIGKILL: the hard limit's margin."""
+ID_MAX: Final = (1 << 32) - 2
+"""The largest uid or gid: ids are 32 bits and all ones, (uid_t) -1, means "no change" to setuid."""
+SUN_PATH_MAX: Final = 107
+"""Bytes a unix socket path may have (sun_path is 108 bytes with its terminating NUL)."""
+SOCKET_COPIES: Final = 99
+"""The highest N of `NAME.N.sock`, where a changed plugin's new process listens while older ones drain."""
+ROUTER_METHODS: Final = frozenset({"router.plugins", "router.stats", "router.health", "router.reload",
+                                   "router.subscribe", "router.unsubscribe", "router.logs", "rpc.discover",
+                                   "rpc.cancel"})
+"""The router's built-in methods: what `router_access` may grant."""
+PLUGIN_ACCESS: Final = frozenset({"router.plugins", "router.stats", "router.health", "rpc.discover",
+                                  "router.subscribe", "router.unsubscribe", "rpc.cancel"})
+"""The built-ins a plugin's own connections reach by default: NATS's read-only ones, events (a plugin may
+follow another's), and cancelling its own calls. Not `router.reload`, nor every plugin's `router.logs`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +126,12 @@ class PluginSpec:
     """Group to run it as; default: the user's own group (and the user's other groups)."""
     no_new_privileges: bool = True
     """PR_SET_NO_NEW_PRIVS: neither the plugin nor what it runs can gain privileges (setuid, file caps)."""
+    router_access: frozenset[str] = PLUGIN_ACCESS
+    """The built-ins the plugin's own connections to the router may call (`PLUGIN_ACCESS`, or more)."""
     digest: str = ""
     """Hash of the executable when loaded: a rebuilt plugin counts as changed on reload."""
+    file_id: tuple[int, int, int] = field(default=(0, 0, 0), compare=False)
+    """(inode, size, mtime in ns) of the executable when hashed: while they stay, a reload keeps `digest`."""
 
     @property
     def pings(self) -> bool:
@@ -132,8 +156,14 @@ class Manifest:
 # --- loading -------------------------------------------------------------------------------
 
 
-def load_manifest(root: str | os.PathLike[str]) -> Manifest:
-    """Read and validate `<root>/.plugin.toml`."""
+def load_manifest(root: str | os.PathLike[str], *, sockets: Path | None = None,
+                  previous: Manifest | None = None) -> Manifest:
+    """Read and validate `<root>/.plugin.toml`.
+
+    `sockets`: the directory plugin sockets go in; a name whose socket paths would not fit there is
+    refused. `previous`: the manifest loaded last, whose hashes are kept for executables unchanged
+    since. Blocking (it reads and hashes files): a running router calls it in a thread.
+    """
     root_path = Path(root).resolve()
     file = root_path / MANIFEST_NAME
     if not root_path.is_dir():
@@ -145,11 +175,12 @@ def load_manifest(root: str | os.PathLike[str]) -> Manifest:
                             file=str(file)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(f"cannot read: {exc}", file=str(file)) from exc
-    return parse_manifest(text, root_path, file)
+    return parse_manifest(text, root_path, file, sockets=sockets, previous=previous)
 
 
-def parse_manifest(text: str, root: Path, file: Path) -> Manifest:
-    """Validate manifest text whose plugin paths resolve inside `root`."""
+def parse_manifest(text: str, root: Path, file: Path, *, sockets: Path | None = None,
+                   previous: Manifest | None = None) -> Manifest:
+    """Validate manifest text whose plugin paths resolve inside `root` (see `load_manifest`)."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -160,12 +191,13 @@ def parse_manifest(text: str, root: Path, file: Path) -> Manifest:
     tables = doc.get("plugin", {})
     if not isinstance(tables, dict):
         raise ManifestError("must be a table of [plugin.NAME] tables", file=str(file), key="plugin")
-    plugins = {name: _plugin(name, table, root, str(file)) for name, table in tables.items()}
+    known = previous.plugins if previous is not None else {}
+    plugins = {name: _plugin(name, table, root, str(file), sockets, known.get(name)) for name, table in tables.items()}
     _check_order(plugins, str(file))
     return Manifest(root=root, file=file, plugins=MappingProxyType(plugins))
 
 
-def _plugin(name: str, table: Any, root: Path, file: str) -> PluginSpec:
+def _plugin(name: str, table: Any, root: Path, file: str, sockets: Path | None, older: PluginSpec | None) -> PluginSpec:
     def fail(message: str, key: str = "") -> ManifestError:
         return ManifestError(message, file=file, plugin=name, key=key)
 
@@ -173,6 +205,10 @@ def _plugin(name: str, table: Any, root: Path, file: str) -> PluginSpec:
         raise fail("plugin names may use only letters, digits, '_' and '-'")
     if name in RESERVED_NAMES:
         raise fail(f"the name {name!r} is reserved for the router's built-in methods")
+    if sockets is not None and len(name) > (room := _name_room(sockets)):
+        raise fail(f"its socket path ({sockets}/{name}.sock, or .{SOCKET_COPIES}.sock while an older process "
+                   f"drains) would pass the {SUN_PATH_MAX} bytes a unix socket path may have: use at most {room} "
+                   "characters", "name")
     if not isinstance(table, dict):
         raise fail("must be a table with at least `path` and `exports`")
     for key in table:
@@ -203,9 +239,23 @@ def _plugin(name: str, table: Any, root: Path, file: str) -> PluginSpec:
         values["max_inflight"] = values["pool_size"] = 1
     values["mode_given"] = "mode" in values
     values["path"] = path = _confine(values["path"], root, fail)
+    values["digest"], values["file_id"] = _digest(path, older)
+    return PluginSpec(name=name, **values)
+
+
+def _name_room(sockets: Path) -> int:
+    """The longest plugin name whose every socket path in `sockets` (`NAME.N.sock` too) fits."""
+    return SUN_PATH_MAX - len(os.fsencode(sockets)) - len(f"/.{SOCKET_COPIES}.sock")
+
+
+def _digest(path: Path, older: PluginSpec | None) -> tuple[str, tuple[int, int, int]]:
+    """The executable's hash and file id: `older`'s hash while its inode, size and mtime are the same."""
     with open(path, "rb") as f:
-        digest = hashlib.file_digest(f, "blake2b").hexdigest()
-    return PluginSpec(name=name, digest=digest, **values)
+        st = os.fstat(f.fileno())
+        file_id = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if older is not None and older.path == path and older.file_id == file_id:
+            return older.digest, file_id
+        return hashlib.file_digest(f, "blake2b").hexdigest(), file_id
 
 
 def _confine(declared: str, root: Path, fail: Callable[[str, str], ManifestError]) -> Path:
@@ -278,7 +328,7 @@ def passwd_entry(user: str) -> pwd.struct_passwd | None:
     """The /etc/passwd entry of a user name or numeric uid, or None."""
     try:
         return pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
-    except (KeyError, OverflowError):
+    except (KeyError, OverflowError, ValueError):
         return None
 
 
@@ -286,7 +336,7 @@ def group_entry(group: str) -> grp.struct_group | None:
     """The /etc/group entry of a group name or numeric gid, or None."""
     try:
         return grp.getgrgid(int(group)) if group.isdigit() else grp.getgrnam(group)
-    except (KeyError, OverflowError):
+    except (KeyError, OverflowError, ValueError):
         return None
 
 
@@ -313,6 +363,35 @@ def _str_tuple(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _text(value: Any) -> str:
+    """A string the kernel takes as a path or an argument: C strings end at the first NUL."""
+    text = _str(value)
+    _no_nul(text)
+    return text
+
+
+def _args(value: Any) -> tuple[str, ...]:
+    args = _str_tuple(value)
+    for arg in args:
+        _no_nul(arg)
+    return args
+
+
+def _no_nul(text: str) -> None:
+    if "\0" in text:
+        raise ValueError(f"{text!r} contains a NUL character, which a process cannot be given")
+
+
+def _env_name(name: str) -> str:
+    if not name or "=" in name or "\0" in name:
+        raise ValueError(f"{name!r} is not an environment variable name (non-empty, without '=' or NUL)")
+    return name
+
+
+def _env_names(value: Any) -> tuple[str, ...]:
+    return tuple(_env_name(name) for name in _str_tuple(value))
+
+
 def _exports(value: Any) -> tuple[str, ...]:
     names = _str_tuple(value)
     for n in names:
@@ -335,6 +414,9 @@ def _events(value: Any) -> tuple[str, ...]:
 def _env(value: Any) -> Mapping[str, str]:
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise TypeError(f"expected a table of strings, got {value!r}")
+    for name, text in value.items():
+        _env_name(name)
+        _no_nul(text)
     return MappingProxyType(dict(value))
 
 
@@ -367,9 +449,10 @@ def _bool(value: Any) -> bool:
 
 def _identity(value: Any) -> str:
     """A user or group: a name, or a numeric id (as an integer or a string of digits)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return str(value)
-    return _str(value)
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else _str(value)
+    if text.isdigit() and int(text) > ID_MAX:
+        raise ValueError(f"{value!r} is not an id this kernel has: ids are at most {ID_MAX}")
+    return text
 
 
 _SIZE_RE: Final = re.compile(r"(\d+(?:\.\d+)?)([kmgt]?)(?:i?b)?", re.I)
@@ -409,10 +492,27 @@ def _limits(value: Any) -> Limits:
             values[key] = _LIMITS[key](raw)
         except (TypeError, ValueError) as exc:
             raise _KeyedError(f"limits.{key}", str(exc)) from None
+        top = RLIMIT_MAX - (CPU_KILL_AFTER if key == "cpu_seconds" else 0)
+        if values[key] > top:
+            raise _KeyedError(f"limits.{key}", f"{raw!r} is past what this platform can set: at most {top} "
+                                               "(0 for none)")
     if 0 < values.get("open_files", 0) < 4:
         raise _KeyedError("limits.open_files", "must be 0 (none) or at least 4: fds 0-3 are the plugin's stdio and "
                                                "its socket")
     return Limits(**values)
+
+
+def _router_access(value: Any) -> frozenset[str]:
+    """"full", or the built-ins to grant beyond `PLUGIN_ACCESS`."""
+    if value == "full":
+        return ROUTER_METHODS
+    names = ", ".join(sorted(ROUTER_METHODS))
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"expected 'full' or an array of built-in methods to grant ({names}), got {value!r}")
+    for method in value:
+        if method not in ROUTER_METHODS:
+            raise ValueError(f"{method!r} is not a built-in method; they are {names}")
+    return PLUGIN_ACCESS | frozenset(value)
 
 
 def _after(value: Any) -> tuple[str, ...]:
@@ -423,11 +523,11 @@ def _after(value: Any) -> tuple[str, ...]:
 
 
 _FIELDS: Final[dict[str, Callable[[Any], Any]]] = {
-    "path": _str,
+    "path": _text,
     "exports": _exports,
-    "args": _str_tuple,
+    "args": _args,
     "env": _env,
-    "inherit_env": _str_tuple,
+    "inherit_env": _env_names,
     "mode": _choice("rpc", "exec"),
     "timeout": _number(0, positive=True),
     "pool_size": _number(1, integer=True),
@@ -447,4 +547,5 @@ _FIELDS: Final[dict[str, Callable[[Any], Any]]] = {
     "user": _identity,
     "group": _identity,
     "no_new_privileges": _bool,
+    "router_access": _router_access,
 }

@@ -5,11 +5,12 @@ from __future__ import annotations
 import grp
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from plugrpc.errors import ManifestError
-from plugrpc.manifest import Limits, load_manifest
+from plugrpc.manifest import PLUGIN_ACCESS, ROUTER_METHODS, Limits, load_manifest
 
 
 def image(tmp_path: Path, toml: str, files: dict[str, str] | None = None) -> Path:
@@ -224,3 +225,96 @@ def test_switching_user_or_group_needs_root(tmp_path: Path, monkeypatch: pytest.
         with pytest.raises(ManifestError) as info:
             load_manifest(root)
         assert info.value.key == key and "needs the router to run as root" in str(info.value)
+
+
+# --- values a plugin process could not be given, refused while loading -----------------------
+
+
+@pytest.mark.parametrize(("body", "key", "words"), [
+    ("user = 4294967296\ngroup = 0", "user", "at most 4294967294"),
+    ('user = "0"\ngroup = "99999999999999999999"', "group", "at most 4294967294"),
+    ("limits = { cpu_seconds = 9223372036854775807 }", "limits.cpu_seconds", "at most"),
+    ('limits = { memory = "99999999999T" }', "limits.memory", "at most"),
+    ('env = { "" = "x" }', "env", "environment variable name"),
+    ('env = { "A=B" = "x" }', "env", "environment variable name"),
+    ('env = { "A\\u0000" = "x" }', "env", "environment variable name"),
+    ('env = { A = "x\\u0000y" }', "env", "NUL"),
+    ('args = ["a\\u0000b"]', "args", "NUL"),
+    ('inherit_env = ["A=B"]', "inherit_env", "environment variable name"),
+    ('user = "a\\u0000b"', "user", "no such user"),
+])
+def test_values_the_process_could_not_be_given_are_refused_naming_the_key(tmp_path: Path, body: str, key: str,
+                                                                         words: str) -> None:
+    root = image(tmp_path, f'[plugin.p]\npath = "bin/p"\nexports = ["a"]\n{body}\n')
+    with pytest.raises(ManifestError) as info:
+        load_manifest(root)
+    assert info.value.key == key and info.value.plugin == "p"
+    assert words in str(info.value)
+
+
+def test_a_name_whose_socket_path_would_not_fit_is_refused_naming_the_limit(tmp_path: Path) -> None:
+    sockets = tmp_path / "run"
+    room = 107 - len(os.fsencode(sockets)) - len("/.99.sock")  # the longest name whose every socket path fits
+    longest, too_long = "n" * room, "n" * (room + 1)
+    body = 'path = "bin/p"\nexports = ["a"]\n'
+    root = image(tmp_path, f"[plugin.{longest}]\n{body}")
+    assert list(load_manifest(root, sockets=sockets).plugins) == [longest]
+    root = image(tmp_path, f"[plugin.ok]\n{body}[plugin.{too_long}]\n{body}")
+    with pytest.raises(ManifestError) as info:
+        load_manifest(root, sockets=sockets)
+    assert info.value.plugin == too_long and info.value.key == "name"
+    assert "107" in str(info.value) and f"at most {room} characters" in str(info.value)
+    assert list(load_manifest(root).plugins) == ["ok", too_long]  # no socket directory: no such bound
+
+
+def test_an_executable_is_hashed_again_only_when_its_size_mtime_or_inode_changed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    root = image(tmp_path, '[plugin.p]\npath = "bin/p"\nexports = ["a"]\n')
+    hashed: list[str] = []
+    real = hashlib.file_digest
+
+    def counting(f: Any, digest: str) -> Any:
+        hashed.append(f.name)
+        return real(f, digest)
+
+    monkeypatch.setattr(hashlib, "file_digest", counting)
+    first = load_manifest(root)
+    again = load_manifest(root, previous=first)
+    assert len(hashed) == 1 and again.plugins["p"] == first.plugins["p"]
+    os.utime(root / "bin/p")  # touched, same content: hashed again, and still the same plugin
+    touched = load_manifest(root, previous=again)
+    assert len(hashed) == 2 and touched.plugins["p"] == first.plugins["p"]
+    (root / "bin/p").write_text("#!/bin/sh\necho rebuilt\n")
+    rebuilt = load_manifest(root, previous=touched)
+    assert len(hashed) == 3 and rebuilt.plugins["p"] != first.plugins["p"]
+
+
+@pytest.mark.parametrize(("value", "granted"), [
+    (None, frozenset({"router.plugins", "router.stats", "router.health", "rpc.discover", "router.subscribe",
+                      "router.unsubscribe", "rpc.cancel"})),
+    ('"full"', ROUTER_METHODS),
+    ('["router.logs"]', None),
+])
+def test_router_access_defaults_to_what_nats_reaches_plus_events(tmp_path: Path, value: str | None,
+                                                                 granted: frozenset[str] | None) -> None:
+    line = f"router_access = {value}\n" if value else ""
+    root = image(tmp_path, f'[plugin.p]\npath = "bin/p"\nexports = ["a"]\n{line}')
+    spec = load_manifest(root).plugins["p"]
+    assert spec.router_access == (granted if granted is not None else PLUGIN_ACCESS | {"router.logs"})
+
+
+@pytest.mark.parametrize(("value", "words"), [('"all"', "'full'"), ('["router.nope"]', "router.logs"),
+                                              ("true", "'full'")])
+def test_router_access_names_what_it_takes(tmp_path: Path, value: str, words: str) -> None:
+    root = image(tmp_path, f'[plugin.p]\npath = "bin/p"\nexports = ["a"]\nrouter_access = {value}\n')
+    with pytest.raises(ManifestError) as info:
+        load_manifest(root)
+    assert info.value.key == "router_access" and words in str(info.value)
+
+
+def test_router_methods_are_the_builtins() -> None:
+    from plugrpc.router.builtins import BUILTIN_DOCS
+
+    assert ROUTER_METHODS == {f"router.{m}" for m in BUILTIN_DOCS} | {"rpc.discover", "rpc.cancel"}

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import IO, Any, Final, Protocol
 
 from ..codes import EXIT_MEMORY
-from ..manifest import Limits, PluginSpec, group_entry, passwd_entry
+from ..manifest import CPU_KILL_AFTER, Limits, PluginSpec, group_entry, passwd_entry
 from ..wire import LineSplitter
 from .env import die_with_parent, libc, log_line
 from .reaper import reaper
@@ -40,8 +40,6 @@ LOG_MAX_LINE: Final = 64 * 1024
 LOG_DRAIN: Final = 1.0
 """Seconds to wait for the log pipes to reach EOF after the process exited."""
 
-CPU_KILL_AFTER: Final = 2
-"""Seconds of CPU between SIGXCPU (limits.cpu_seconds used up) and the kernel's SIGKILL."""
 OUT_OF_MEMORY_SIGNS: Final = ("MemoryError", "out of memory", "Cannot allocate memory", "std::bad_alloc")
 """What runtimes print when an allocation fails (Python, Go and Node, C, C++): with a memory limit set,
 an exit after one of these in the plugin's last lines is put down to the limit."""
@@ -84,9 +82,14 @@ def broken_limit(limits: Limits, returncode: int, cpu_seconds: float | None, las
 class SetupFailed(OSError):
     """A step of the child's setup before exec failed (`step` says which, e.g. "set limits.open_files to 9")."""
 
-    def __init__(self, code: int, step: str) -> None:
-        super().__init__(code, os.strerror(code))
+    def __init__(self, code: int, step: str, reason: str = "") -> None:
+        super().__init__(code, reason or os.strerror(code))
         self.step = step
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, in the system's words where it has them ("Operation not permitted")."""
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,8 +162,8 @@ class Confinement:
                 step = "set no_new_privileges"
                 if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
                     raise OSError(ctypes.get_errno(), "prctl")
-        except (OSError, ValueError) as exc:
-            raise SetupFailed(getattr(exc, "errno", None) or errno.EINVAL, step) from None
+        except Exception as exc:  # OverflowError too: an id or limit past what the C call takes
+            raise SetupFailed(getattr(exc, "errno", None) or errno.EINVAL, step, _reason(exc)) from None
 
 
 def exec_setup(confinement: Confinement, parent_pid: int) -> None:
@@ -250,7 +253,7 @@ class Child:
         finally:
             os.close(report_w)
         # Popen returns once the child has exec'd the plugin or given up (the report pipe is
-        # close-on-exec): "ERRNO STEP" on it means the plugin never ran.
+        # close-on-exec): "ERRNO STEP\0REASON" on it means the plugin never ran.
         with open(report_r, "rb", closefd=True) as report:
             failure = report.read()
         self.pid: int = self.popen.pid
@@ -261,10 +264,11 @@ class Child:
             for pipe in (self.popen.stdout, self.popen.stderr):
                 if pipe is not None:
                     pipe.close()
-            number, _, step = failure.decode(errors="replace").partition(" ")
+            number, _, rest = failure.decode(errors="replace").partition(" ")
+            step, _, reason = rest.partition("\0")
             code = int(number)
             hint = _exec_hint(code) if step.startswith("execute ") else ""
-            raise ExecFailed(code, f"cannot {step}: {os.strerror(code)}{hint}")
+            raise ExecFailed(code, f"cannot {step}: {reason}{hint}")
         reaper.watch(self.pid)  # its own children must not outlive a runtime killed with SIGKILL
         self.started_at = time.monotonic()
         self.kill_at: float | None = None
@@ -446,29 +450,31 @@ def _child_setup(
     it added. Popen's own close_fds would run after this function, so every fd other than
     0-3 is closed here (before limits.open_files can get in the way); Popen's stdio
     pipes are already on 0-2. The parent-death signal is set after the switch of user, which
-    clears it. If a step fails, "ERRNO STEP" goes to `report_fd` for the parent to raise.
+    clears it. If a step fails, "ERRNO STEP\0REASON" goes to `report_fd` for the parent to raise:
+    whatever the failure, since Popen's own error pipe is closed by then and would say nothing.
     """
 
     def setup() -> None:
-        os.dup2(listen_fd, LISTEN_FD)
-        os.set_inheritable(LISTEN_FD, True)  # dup2 of fd 3 onto itself keeps close-on-exec
-        # O_NONBLOCK lives in the open file description we share with the runtime (bound
-        # non-blocking) and with earlier plugin processes (Go sets it): hand it over blocking,
-        # as systemd does, so `socket.socket(fileno=3).accept()` simply waits.
-        os.set_blocking(LISTEN_FD, True)
-        _close_above(LISTEN_FD, report_fd)
+        step = "hand the socket over as fd 3"
         try:
+            os.dup2(listen_fd, LISTEN_FD)
+            os.set_inheritable(LISTEN_FD, True)  # dup2 of fd 3 onto itself keeps close-on-exec
+            # O_NONBLOCK lives in the open file description we share with the runtime (bound
+            # non-blocking) and with earlier plugin processes (Go sets it): hand it over blocking,
+            # as systemd does, so `socket.socket(fileno=3).accept()` simply waits.
+            os.set_blocking(LISTEN_FD, True)
+            _close_above(LISTEN_FD, report_fd)
             confinement.apply()
-        except SetupFailed as exc:
-            os.write(report_fd, f"{exc.errno} {exc.step}".encode())
-            os._exit(127)
-        die_with_parent(parent_pid)
-        env["LISTEN_PID"] = str(os.getpid())
-        try:
+            die_with_parent(parent_pid)
+            env["LISTEN_PID"] = str(os.getpid())
+            step = f"execute {path}"
             os.execve(path, argv, env)
-        except OSError as exc:
-            os.write(report_fd, f"{exc.errno or errno.EIO} execute {path}".encode())
-            os._exit(127)
+        except SetupFailed as exc:
+            os.write(report_fd, f"{exc.errno} {exc.step}\0{exc.strerror}".encode(errors="replace"))
+        except Exception as exc:  # whatever it is, the parent must hear why
+            os.write(report_fd, f"{getattr(exc, 'errno', None) or errno.EIO} {step}\0{_reason(exc)}".encode(
+                errors="replace"))
+        os._exit(127)
 
     return setup
 
