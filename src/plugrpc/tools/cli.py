@@ -143,9 +143,9 @@ def _parser() -> argparse.ArgumentParser:
 
     conform = sub.add_parser(
         "conform", help="check a plugin executable against the plugin contract, one line per clause",
-        usage="plugrpc conform [-h] [--exec] [--root DIR] [--timeout SECONDS] [--call METHOD [PARAMS_JSON]]\n"
-              "                       [--slow METHOD [PARAMS_JSON]] [--event METHOD [PARAMS_JSON]]\n"
-              "                       [--progress METHOD [PARAMS_JSON]] PATH",
+        usage="plugrpc conform [-h] [--exec] [--root DIR] [--timeout SECONDS] [--grace SECONDS]\n"
+              "                       [--call METHOD [PARAMS_JSON]] [--slow METHOD [PARAMS_JSON]]\n"
+              "                       [--event METHOD [PARAMS_JSON]] [--progress METHOD [PARAMS_JSON]] PATH",
         description="Start PATH as the router would (a listening socket as fd 3, LISTEN_FDS=1, no shell) and check "
                     "it from outside: PASS, FAIL or SKIP per clause, exit status 1 if one fails. The tool cannot "
                     "know the plugin's methods: name some to check more (a clause that needs one is skipped).")
@@ -157,6 +157,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="working directory of the plugin, its image root (default: PATH's directory)")
     conform.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                          help="longest wait for any one answer (default 10)")
+    conform.add_argument("--grace", type=float, default=5.0, metavar="SECONDS",
+                         help="time it may take to exit after SIGTERM, its manifest's grace (default 5)")
     for option, what in (("--call", "an ordinary quick method, for round trips, ids and connections "
                                     "(with --exec: run as PATH METHOD PARAMS_JSON)"),
                          ("--slow", "a method taking 0.5-2 s: answers out of order, SIGTERM finishing it"),
@@ -312,7 +314,7 @@ def _conform(args: argparse.Namespace) -> int:
     if not (path.is_file() and os.access(path, os.X_OK)):
         print(f"plugrpc: {args.path} is not an executable file", file=sys.stderr)
         return 2
-    options = conform.Options(path, args.root, timeout=args.timeout, **methods)
+    options = conform.Options(path, args.root, timeout=args.timeout, grace=args.grace, **methods)
     return conform.conform(options, exec_mode=args.exec)
 
 

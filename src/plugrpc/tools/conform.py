@@ -36,10 +36,6 @@ from ..sockets import bind_socket
 
 Status = Literal["PASS", "FAIL", "SKIP"]
 
-GRACE: Final = 5.0
-"""Seconds a plugin has to exit after SIGTERM: the router's default `grace` before SIGKILL."""
-START: Final = 10.0
-"""Seconds the plugin may take to answer its first request (interpreters start slowly)."""
 BIG: Final = 4 << 20
 """Bytes of params in the multi-MiB line (the router's own limit is 64 MiB)."""
 IN_FLIGHT: Final = 0.3
@@ -97,6 +93,8 @@ class Options:
     """A method that reports progress (`rpc.progress`) before its answer."""
     timeout: float = 10.0
     """Seconds any one answer may take."""
+    grace: float = 5.0
+    """Seconds it may take to exit after SIGTERM: the manifest's `grace`, the router's default 5 s."""
 
 
 class Verdict(NamedTuple):
@@ -259,10 +257,16 @@ class Conn:
         """Write; `Stalled` when the plugin does not read it within the timeout."""
         for data in lines:
             self.writer.write(data)
-        try:
-            await asyncio.wait_for(self.writer.drain(), self.timeout)
-        except TimeoutError:
-            raise Stalled(f"it read nothing of a {len(b''.join(lines))}-byte write within {self.timeout:g} s") from None
+        drain = asyncio.ensure_future(self.writer.drain())
+        await asyncio.wait((drain, self.exited), timeout=self.timeout, return_when=asyncio.FIRST_COMPLETED)
+        if not drain.done():
+            drain.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await drain
+            if self.exited.done():
+                raise Stalled(f"the plugin exited ({describe_exit(self.exited.result())})")
+            raise Stalled(f"it stopped reading a {sum(map(len, lines))}-byte write for {self.timeout:g} s")
+        drain.result()
 
     async def line(self, timeout: float | None = None) -> bytes | Gap | Bad:
         """The next line, without its newline; or what came instead."""
@@ -316,6 +320,13 @@ class Conn:
         await self.send(data)
         return await self.answer()
 
+    async def answers(self, count: int) -> list[Read]:
+        """Up to `count` answers, stopping at the first line that is not one (a verdict needs no more)."""
+        reads: list[Read] = []
+        while len(reads) < count and (not reads or isinstance(reads[-1], Answer)):
+            reads.append(await self.answer())
+        return reads
+
     async def close(self) -> None:
         self.writer.close()
         with contextlib.suppress(OSError, TimeoutError):
@@ -364,7 +375,7 @@ async def check_activation(probe: Probe, opts: Options) -> Verdict:
     """fd 3: a connection to the handed socket is accepted and a request on it answered."""
     conn = await probe.connect()
     await conn.send(request(UNKNOWN, id=1))
-    read = await conn.answer(max(START, opts.timeout))
+    read = await conn.answer()
     if isinstance(read, Gap):
         return failed(f"{read.why}: it must accept connections on the listening socket it gets as fd 3")
     return passed("accepted a connection on fd 3 and answered on it")
@@ -377,8 +388,7 @@ async def check_lines(probe: Probe, opts: Options) -> Verdict:
     await conn.send(first + second[:10])
     await asyncio.sleep(0.05)
     await conn.send(second[10:], request(UNKNOWN, id=3))
-    reads = [await conn.answer() for _ in range(3)]
-    return judge_lines(reads)
+    return judge_lines(await conn.answers(3))
 
 
 def judge_lines(reads: Sequence[Read]) -> Verdict:
@@ -398,8 +408,7 @@ async def check_ids(probe: Probe, opts: Options) -> Verdict:
     """Pipelined requests with ids of every type: each answer carries its own id, exactly."""
     conn = await probe.connect()
     await conn.send(b"".join(call_line(opts.call, id=id) for id in IDS))
-    reads = [await conn.answer() for _ in IDS]
-    return judge_ids(reads, IDS, opts.call is not None)
+    return judge_ids(await conn.answers(len(IDS)), IDS, opts.call is not None)
 
 
 def judge_ids(reads: Sequence[Read], ids: Sequence[Any], results: bool) -> Verdict:
@@ -438,8 +447,7 @@ async def check_order(probe: Probe, opts: Options) -> Verdict:
         return skipped("no --slow METHOD given")
     conn = await probe.connect()
     await conn.send(call_line(opts.slow, id="slow"), call_line(opts.call, id="quick"))
-    reads = [await conn.answer(), await conn.answer()]
-    return judge_order(reads, opts.slow.name, opts.call is not None)
+    return judge_order(await conn.answers(2), opts.slow.name, opts.call is not None)
 
 
 def judge_order(reads: Sequence[Read], slow: str, results: bool) -> Verdict:
@@ -645,7 +653,7 @@ def judge_progress(notes: Sequence[Any], method: str, id: Any) -> Verdict:
         params = note.get("params")
         if not (isinstance(params, dict) and "value" in params and same_id(params.get("id"), id)):
             return failed(f'progress must carry {{"id": {show(id)}, "value": ...}}: {show(note)}')
-    return passed(f"{len(reports)} rpc.progress with the call's id before {method}'s answer")
+    return passed(f"{len(reports)} rpc.progress with the call's id, before the answer to {method}")
 
 
 CHECKS: Final[tuple[tuple[str, Check], ...]] = (
@@ -677,7 +685,8 @@ class Termination(NamedTuple):
 
     answer: Read | None
     returncode: int | None
-    """None: still running GRACE seconds after SIGTERM."""
+    """None: still running `grace` seconds after SIGTERM."""
+    grace: float
     early: bool = False
     """The slow call was answered before SIGTERM was sent (too quick to check anything)."""
 
@@ -690,24 +699,24 @@ async def observe_sigterm(probe: Probe, opts: Options) -> Termination:
     if opts.slow is not None:
         conn = await probe.connect()
         await conn.send(call_line(opts.slow, id="term"))
-        answer = asyncio.ensure_future(conn.answer(GRACE + IN_FLIGHT))
+        answer = asyncio.ensure_future(conn.answer(opts.grace + IN_FLIGHT))
         await asyncio.wait((answer,), timeout=IN_FLIGHT)
         if answer.done():
-            return Termination(answer.result(), None, early=True)
+            return Termination(answer.result(), None, opts.grace, early=True)
     probe.child.signal_group(signal.SIGTERM)
-    done, _ = await asyncio.wait((probe.child.exited,), timeout=GRACE)
+    done, _ = await asyncio.wait((probe.child.exited,), timeout=opts.grace)
     read = await answer if answer is not None else None
-    return Termination(read, probe.child.exited.result() if done else None)
+    return Termination(read, probe.child.exited.result() if done else None, opts.grace)
 
 
 def judge_inflight(term: Termination, slow: Method | None) -> Verdict:
     if slow is None or term.answer is None:
         return skipped("no --slow METHOD given: nothing was in flight")
-    if term.early:
-        return skipped(f"{slow.name} was answered within {IN_FLIGHT} s, before SIGTERM: give a slower --slow")
     problem = judge_answer(term.answer, "term")
     if problem is not None:
-        return failed(f"the {slow.name} call in flight at SIGTERM: {problem}")
+        return failed(f"the {slow.name} call{'' if term.early else ' in flight at SIGTERM'}: {problem}")
+    if term.early:
+        return skipped(f"{slow.name} was answered within {IN_FLIGHT} s, before SIGTERM: give a slower --slow")
     return passed(f"the {slow.name} call in flight at SIGTERM was answered with its result")
 
 
@@ -715,10 +724,10 @@ def judge_exit(term: Termination) -> Verdict:
     if term.early:
         return skipped("not sent (see above)")
     if term.returncode is None:
-        return failed(f"still running {GRACE:g} s after SIGTERM: the router would SIGKILL it")
+        return failed(f"still running {term.grace:g} s after SIGTERM: the router would SIGKILL it")
     if term.returncode != 0:
         return failed(f"exited with {describe_exit(term.returncode)} after SIGTERM; expected exit code 0")
-    return passed(f"exited with exit code 0 within {GRACE:g} s, a connection of the router's still open")
+    return passed(f"exited with exit code 0 within {term.grace:g} s, a connection of the router's still open")
 
 
 # --- the runner ------------------------------------------------------------------------------------
@@ -778,7 +787,7 @@ async def check_plugin(opts: Options, report: Report, output: collections.deque[
         plugin_log.disabled = quiet
         if child is not None:
             child.signal_group(signal.SIGKILL)
-            await asyncio.wait((child.exited,), timeout=GRACE)
+            await asyncio.wait((child.exited,), timeout=opts.grace)
             await child.close()
         sock.close()
         rundir.remove()
@@ -861,7 +870,9 @@ def judge_exec(ran: Ran, code: int, expect: str | None = None) -> tuple[Frame | 
     said = f" (stderr: {_excerpt(stderr.encode())})" if stderr else ""
     if not frames:
         what = "an unclosed 20::: block" if open_block else "no 20::: frame"
-        return None, None, f"{what} on stdout, {describe_exit(ran.returncode)}{said}"
+        hint = (": core0's library frames errors on stdout (without it, declare mode = \"exec\")"
+                if code and ran.returncode else "")
+        return None, None, f"{what} on stdout, {describe_exit(ran.returncode)}{said}{hint}"
     frame = frames[-1]
     try:
         value = orjson.loads(frame.text)
