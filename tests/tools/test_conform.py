@@ -45,7 +45,7 @@ def verdicts(stdout: str) -> dict[str, str]:
 
 def check(path: Path, *args: str, exec_mode: bool = False) -> tuple[int, dict[str, str], list[str], list[str]]:
     """Run conform in this process (measured by coverage): exit status, verdicts, its lines, its stderr lines."""
-    parser_args = {"call": None, "slow": None, "event": None, "progress": None}
+    parser_args: dict[str, Any] = {"call": None, "slow": None, "event": None, "progress": None}
     rest = list(args)
     options: dict[str, Any] = {"timeout": 2.0, "grace": 2.0}
     while rest:
@@ -56,7 +56,7 @@ def check(path: Path, *args: str, exec_mode: bool = False) -> tuple[int, dict[st
         values = [rest.pop(0)]
         if rest and not rest[0].startswith("--"):
             values.append(rest.pop(0))
-        parser_args[flag] = c.Method.parse(f"--{flag}", values)  # type: ignore[assignment]
+        parser_args[flag] = c.Method.parse(f"--{flag}", values)
     out: list[str] = []
     err: list[str] = []
     status = c.conform(c.Options(path, **parser_args, **options), exec_mode=exec_mode, out=out.append,
@@ -371,3 +371,23 @@ def test_docs_show_the_output_of_every_bundled_plugin() -> None:
         out = plugrpc(*args[1:], cwd=EXAMPLE_ROOT)  # the docs run it from the image root
         assert out.stdout.splitlines() == shown, f"docs/authors.md shows another output for: {shlex.join(args)}"
 
+
+
+# --- Go: core0's API, persistent, and the same binary run once per call ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def go_ovs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from util import go_build
+
+    return go_build(REPO / "examples" / "go-ovs", tmp_path_factory.mktemp("go") / "ovs-plugin")
+
+
+@pytest.mark.timeout(300)  # a first build on a cold cache
+def test_go_example_passes_both_contracts(go_ovs: Path) -> None:
+    status, found, out, _ = check(go_ovs, "--call", "version", "--slow", "sleep", '{"seconds": 0.6}')
+    assert status == 0, out
+    assert found["out-of-order answers"] == found["SIGTERM: in-flight calls"] == "PASS"
+    status, found, out, _ = check(go_ovs, "--call", "version", exec_mode=True)
+    assert status == 0, out
+    assert '"1.0alpha" on stdout as 20:::' in out[2]
