@@ -3,6 +3,11 @@
 `ExecPlugin` (process/execmode.py) runs one execution per call; this adapts it to the router's
 `Target`: a task per call, its outcome turned into the caller's answer, cancellation when the
 caller goes, statistics like a pool's.
+
+A notification runs only on a slot free at once (at most `max_inflight` executions, and within
+`max_pending`): it never waits for one, since nobody waits for it, so a flood of them costs the
+router at most that many executions; the others are dropped, counted in `CallStats.dropped` and
+logged at most once per `DROP_LOG_INTERVAL`.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from ..process.execmode import ExecPlugin
 from ..wire import error_response, result_response
 from .builtins import reply
 from .interfaces import NOPARAMS, Call, Sink, clock
-from .stats import OUTCOMES, CallStats
+from .stats import DROP_LOG_INTERVAL, OUTCOMES, CallStats
 
 log = logging.getLogger("plugrpc.exec")
 
@@ -33,6 +38,10 @@ class ExecTarget:
         self._loop = asyncio.get_running_loop()
         self._running: dict[Call, asyncio.Task[Any]] = {}
         self._notifications: set[asyncio.Task[Any]] = set()
+        self._room = min(plugin._limit, plugin.spec.max_pending)
+        """Executions running or waiting past which a notification is dropped: a notification never waits."""
+        self._drop_logged = -DROP_LOG_INTERVAL
+        self._fail_logged = -DROP_LOG_INTERVAL
 
     def submit(self, call: Call) -> None:
         call.target = self
@@ -41,13 +50,26 @@ class ExecTarget:
         task.add_done_callback(lambda t: self._done(call, t))
 
     def notify(self, method: str, params: Any, sink: Sink) -> None:
+        """Run a notification on a free slot, or drop it (module docstring)."""
+        if len(self._running) + len(self._notifications) >= self._room:  # tasks not started yet included
+            self.stats.dropped += 1
+            now = clock()
+            if now - self._drop_logged >= DROP_LOG_INTERVAL:
+                self._drop_logged = now
+                log.warning("dropping notifications: every slot is taken (%d so far; router.plugins counts them)",
+                            self.stats.dropped, extra={"plugin": self.name})
+            return
         task = self._loop.create_task(self.plugin.call(method, _params(params)))
         self._notifications.add(task)
         task.add_done_callback(self._notified)
 
     def _notified(self, task: asyncio.Task[Any]) -> None:
         self._notifications.discard(task)
-        if not task.cancelled() and task.exception() is not None:
+        if task.cancelled() or task.exception() is None:
+            return
+        now = clock()
+        if now - self._fail_logged >= DROP_LOG_INTERVAL:  # a flood of failing ones must not flood the log
+            self._fail_logged = now
             log.warning("notification failed: %s", task.exception(), extra={"plugin": self.name})
 
     def cancel(self, call: Call) -> None:

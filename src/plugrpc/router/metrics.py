@@ -97,6 +97,9 @@ class RouterCollector:
                                          "it, by plugin.", labels=["plugin"])
         inflight = GaugeMetricFamily("plugrpc_inflight_calls", "Calls given to the plugin and not answered yet "
                                      "(written to it or waiting for it).", labels=["plugin"])
+        dropped = CounterMetricFamily("plugrpc_notifications_dropped", "Clients' notifications not forwarded to "
+                                      "the plugin: it had max_pending calls, or did not read as fast as it was sent "
+                                      "to (an exec plugin: no free slot).", labels=["plugin"])
         for name, plugin in self.router.plugins.items():
             stats = plugin.target.stats
             for method, count in stats.methods.items():
@@ -108,7 +111,8 @@ class RouterCollector:
                 calls.add_metric([name, method, "ok"], count - failed)
             duration.add_metric([name], _buckets(stats), stats.us / 1_000_000)
             inflight.add_metric([name], plugin.target.busy())
-        yield from (calls, duration, inflight)
+            dropped.add_metric([name], stats.dropped)
+        yield from (calls, duration, inflight, dropped)
 
     def _plugins(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("plugrpc_plugin_up", "1 while the plugin can serve at once: its process runs (an "

@@ -14,13 +14,23 @@ A running plugin always has a connection open, calls or not, so that it can emit
 pool opens one when the plugin starts running and again after losing it. Notifications a plugin
 sends (`rpc.event`, `rpc.progress`) go to the `EventHub`; they are told apart from answers only
 after a line answers no call, so the answers' path does not look for them.
+
+Notifications from clients are bounded as calls are, though nobody waits for them: one is dropped
+(counted in the plugin's `CallStats.dropped`, logged at most once per `DROP_LOG_INTERVAL`) while
+the plugin has `max_pending` calls, or while its connection's transport is paused, its buffer past
+the high-water mark because the plugin does not read as fast as it is sent to. So a client
+flooding a slow plugin with notifications holds no more of the router's memory than the
+transport's high-water mark and the kernel's socket buffer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import struct
 import sys
+import termios
 from collections import deque
 from pathlib import Path
 from typing import Any, Final, cast
@@ -35,7 +45,7 @@ from ..process.supervisor import PluginState, Supervisor
 from ..wire import JSONDecodeError, LineSplitter, LineTooLong, dumps, error_response, loads
 from .events import EventHub
 from .interfaces import INTERNAL, NOPARAMS, Call, Message, Sink, clock
-from .stats import BUCKET_OF, OUTCOMES, TABLE_LIMIT, CallStats, bucket
+from .stats import BUCKET_OF, DROP_LOG_INTERVAL, OUTCOMES, TABLE_LIMIT, CallStats, bucket
 
 log = logging.getLogger("plugrpc.pool")
 
@@ -48,6 +58,15 @@ REOPEN_CAP: Final = 5.0
 _RUNNING: Final = PluginState.RUNNING
 _NEWLINE: Final = orjson.OPT_APPEND_NEWLINE
 _dumps = orjson.dumps
+
+
+def _kernel_unread(transport: asyncio.Transport) -> int:
+    """Bytes in the kernel's send queue of a unix socket that its peer has not read (Linux's SIOCOUTQ), else 0."""
+    sock = transport.get_extra_info("socket")
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0])
+    except (OSError, AttributeError, ValueError):
+        return 0
 
 
 def _response(msg: dict[str, Any]) -> dict[str, Any] | None:
@@ -79,7 +98,8 @@ class Upstream(LineWriter, asyncio.Protocol):
     `expire` or `lost`: those are the only places the pool's `inflight` count changes.
     """
 
-    __slots__ = ("pool", "outbox", "transport", "pending", "abandoned", "splitter", "next_uid", "_out", "lost")
+    __slots__ = ("pool", "outbox", "transport", "pending", "abandoned", "splitter", "next_uid", "_out", "lost",
+                 "paused", "resumed")
 
     def __init__(self, pool: PluginPool) -> None:
         self.pool = pool
@@ -94,9 +114,13 @@ class Upstream(LineWriter, asyncio.Protocol):
         self.next_uid = 1
         self._out: list[bytes] = []
         self.lost = False
+        self.paused = False
+        """The transport's buffer is past its high-water mark: the plugin does not read as fast as we write."""
+        self.resumed = 0
+        """Times the buffer drained below its low-water mark again, which only a plugin reading makes happen."""
 
     def __repr__(self) -> str:
-        state = "lost" if self.lost else "ready" if self.transport else "connecting"
+        state = "lost" if self.lost else "paused" if self.paused else "ready" if self.transport else "connecting"
         return f"<Upstream {self.pool.name} {state} pending={len(self.pending)}>"
 
     # --- asyncio callbacks ---------------------------------------------------------------
@@ -144,9 +168,22 @@ class Upstream(LineWriter, asyncio.Protocol):
         self.pool.lost(self, "the plugin closed its connection with calls in flight")
 
     def pause_writing(self) -> None:
-        # The plugin is not reading: calls keep queueing in the transport, bounded by max_pending.
+        # The plugin is not reading: calls keep queueing in the transport, bounded by max_pending;
+        # notifications are dropped until it reads again.
+        self.paused = True
         if log.isEnabledFor(logging.DEBUG):
             log.debug("plugin is not keeping up; buffering", extra={"plugin": self.pool.name})
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self.resumed += 1
+
+    def unread(self) -> int:
+        """Bytes written to this connection that the plugin has not read: ours, and the kernel's send queue."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return 0
+        return transport.get_write_buffer_size() + _kernel_unread(transport)
 
     # --- the hot path --------------------------------------------------------------------
 
@@ -175,6 +212,7 @@ class Upstream(LineWriter, asyncio.Protocol):
             self.queue(line)
 
     def notify(self, method: str, params: Any) -> None:
+        """The router's own notification (`rpc.cancel`): never dropped, one per call at most."""
         if params is NOPARAMS:
             self.queue(dumps({"jsonrpc": "2.0", "method": method}))
         else:
@@ -264,6 +302,8 @@ class PluginPool:
         self._loop = asyncio.get_running_loop()
         self._reopen_delay = CONNECT_RETRY
         """Seconds before reopening the kept connection after losing it; doubles while it keeps being lost."""
+        self._drop_logged = -DROP_LOG_INTERVAL
+        """When dropping a client's notification was last logged."""
 
     def __repr__(self) -> str:
         ready = sum(1 for c in self.conns if c.transport is not None)
@@ -295,12 +335,45 @@ class PluginPool:
         self._run_assign()
 
     def notify(self, method: str, params: Any, sink: Sink | None = None) -> None:
-        """Forward a notification on any ready connection; with none, it is dropped (no one to tell)."""
+        """Forward a notification on a ready connection, unless the plugin cannot take more (module docstring).
+
+        With no ready connection it is dropped too: nobody is there to tell.
+        """
         if self.supervisor.available:
             self.supervisor.ensure_running()
-        conn = self._fast or next((c for c in self.conns if c.transport is not None), None)
-        if conn is not None:
-            conn.notify(method, params)
+        conn = self._fast or next((c for c in self.conns if c.transport is not None and not c.lost), None)
+        if conn is None:
+            self._dropped("the plugin has no connection open")
+        elif conn.paused:
+            self._dropped("the plugin does not read as fast as it is sent to")
+        elif self.inflight + len(self.waiting) >= self._max_pending:
+            self._dropped(f"it has {self.spec.max_pending} calls pending")
+        else:
+            msg = {"jsonrpc": "2.0", "method": method} if params is NOPARAMS else \
+                {"jsonrpc": "2.0", "method": method, "params": params}
+            try:
+                line = _dumps(msg, option=_NEWLINE)
+            except orjson.JSONEncodeError:
+                self._dropped("its params cannot be forwarded")
+                return
+            conn.write_now(line)  # now, so the transport says at once when it is past its high-water mark
+
+    def _dropped(self, why: str) -> None:
+        """Count a client's notification not forwarded, and say so at most once per `DROP_LOG_INTERVAL`."""
+        self.stats.dropped += 1
+        now = clock()
+        if now - self._drop_logged >= DROP_LOG_INTERVAL:
+            self._drop_logged = now
+            log.warning("dropping notifications to this plugin: %s (%d so far; router.plugins counts them)", why,
+                        self.stats.dropped, extra={"plugin": self.name})
+
+    def unread(self) -> int:
+        """Bytes written to the plugin's connections that it has not read yet (the liveness check's measure)."""
+        return sum(conn.unread() for conn in self.conns)
+
+    def resumed(self) -> int:
+        """How often a connection's full buffer drained: it grows only while the plugin reads."""
+        return sum(conn.resumed for conn in self.conns)
 
     def cancel(self, call: Call) -> None:
         """The caller is gone: stop waiting for `call`, and tell the plugin if it already has it."""

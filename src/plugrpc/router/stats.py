@@ -63,6 +63,8 @@ OUTCOMES: Final = {
     codes.MESSAGE_TOO_LARGE: "too_large",
 }
 """How a call the router failed with one of its own codes is counted; a plugin's errors are `error`."""
+DROP_LOG_INTERVAL: Final = 10.0
+"""Seconds between two log lines about one plugin's dropped notifications (each one is counted)."""
 
 
 class CallStats:
@@ -72,7 +74,7 @@ class CallStats:
     and outcome on their own path (`failures`), so an ok call costs two increments and a sum.
     """
 
-    __slots__ = ("errors", "timeouts", "hist", "us", "methods", "failures")
+    __slots__ = ("errors", "timeouts", "hist", "us", "methods", "failures", "dropped")
 
     def __init__(self, methods: Iterable[str] = ()) -> None:
         self.errors = 0
@@ -84,6 +86,8 @@ class CallStats:
         """Calls finished by method: the exported ones, which are all a client can reach."""
         self.failures: dict[tuple[str, str], int] = {}
         """Calls that did not succeed, by (method, outcome): `error` (the plugin's), or one of `OUTCOMES`."""
+        self.dropped = 0
+        """Clients' notifications not forwarded because the plugin could not take them (no one is told else)."""
 
     @property
     def calls(self) -> int:
@@ -135,4 +139,5 @@ class CallStats:
             "p50_ms": ms(self.percentile(0.5)),
             "p90_ms": ms(self.percentile(0.9)),
             "p99_ms": ms(self.percentile(0.99)),
+            "notifications_dropped": self.dropped,
         }
