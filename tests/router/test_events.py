@@ -59,6 +59,7 @@ async def test_bounds_and_refusals(plugrpc_image: Image, plugrpc_tmp: Path, monk
                                    caplog: pytest.LogCaptureFixture) -> None:
     root = plugrpc_image({"raw": ("raw.py", RAW, RAW_EXPORTS, {"events": [">"]})})
     monkeypatch.setattr(events, "MAX_SUBSCRIPTIONS", 3)
+    monkeypatch.setattr(events, "MAX_PATTERNS", 3)
     async with run_server(config(root, plugrpc_tmp)) as server, await AsyncRawConn.open(server.config.socket) as raw:
         router = server.router
         for i in range(3):

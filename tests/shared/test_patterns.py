@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from plugrpc.patterns import CACHE_LIMIT, Matcher, matches, name_problem, pattern_problem
+from plugrpc.patterns import CACHE_BYTES, CACHE_LIMIT, Matcher, PatternIndex, matches, name_problem, pattern_problem
 
 
 @pytest.mark.parametrize("name", ["up", "port.added", "ovs.port.added", "a-b_c.9", "naïve.ünïcode"])
@@ -61,3 +63,37 @@ def test_matcher_of_several_patterns_remembers_within_a_bound() -> None:
         assert matcher(f"port.{i}")
     assert len(matcher._known) <= CACHE_LIMIT
     assert "port.*" in repr(matcher)
+
+
+def test_matcher_remembers_names_within_a_bound_of_characters() -> None:
+    matcher = Matcher([">"])
+    long = "x" * (CACHE_BYTES // 4)
+    for i in range(10):
+        assert matcher(f"{i}.{long}")
+    assert sum(map(len, matcher._known)) <= CACHE_BYTES
+
+
+_TOKENS = st.sampled_from(["a", "b", "c"])
+_NAMES = st.lists(_TOKENS, min_size=1, max_size=4).map(".".join)
+_PATTERNS = st.lists(st.sampled_from(["a", "b", "*"]), min_size=1, max_size=4).flatmap(
+    lambda tokens: st.sampled_from([".".join(tokens), ".".join([*tokens[:-1], ">"])]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_PATTERNS, max_size=12), st.lists(_NAMES, min_size=1, max_size=8), st.data())
+def test_the_index_finds_exactly_what_matching_one_by_one_finds(patterns: list[str], names: list[str],
+                                                               data: st.DataObject) -> None:
+    index = PatternIndex()
+    values = list(enumerate(patterns))
+    for value in values:
+        index.add(value[1], value)
+    gone = data.draw(st.lists(st.sampled_from(values), unique=True)) if values else []
+    for value in gone:
+        index.remove(value[1], value)
+    left = [v for v in values if v not in gone]
+    for name in names:
+        expected = {v for v in left if matches(tuple(v[1].split(".")), name.split("."))}
+        assert index.match(name) == expected, (name, left)
+    for value in left:
+        index.remove(value[1], value)
+    assert not index  # every node pruned

@@ -12,11 +12,17 @@ What it costs, and who pays:
   lines of a loop turn once for all of them and, at the end of the turn (it is a writer of the
   router's `Outbox`), queues them joined on each member's `LineWriter`: a subscriber costs one
   queued chunk per turn, however many events the turn had;
-- the flocks a name reaches are found once per name, then looked up, until subscriptions change.
+- the flocks a name reaches are found in a `PatternIndex` of every flock's patterns (time bounded
+  by the name's tokens, not by the count of patterns), then remembered per name, for at most
+  `ROUTE_CACHE` names, until subscriptions change;
+- a connection's patterns are bounded in count and characters (`MAX_PATTERNS`, `MAX_PATTERN_CHARS`),
+  so is the count of its subscriptions (`MAX_SUBSCRIPTIONS`).
 
 A subscriber that does not read never slows anyone: once its transport's buffer is full
-(`pause_writing`), its events wait in a backlog of at most `Config.event_queue` lines; what
-overflows is dropped and counted per subscription, and its next event carries `"dropped": K`.
+(`pause_writing`), its events wait in a backlog of at most `Config.event_queue` events and
+`BACKLOG_BYTES` bytes; what overflows is dropped and counted per subscription, and its next event
+carries `"dropped": K`. The backlog holds the events' bodies, shared with every other backlog
+that holds the same event; a subscription's line is made when it is written.
 Progress is dropped rather than queued for such a connection: late progress is worth nothing.
 
 Another part of the router (the NATS bridge) gets every accepted event by `EventHub.listen`.
@@ -33,7 +39,7 @@ import orjson
 
 from .. import codes
 from ..outbox import Outbox
-from ..patterns import Matcher, name_problem, pattern_problem
+from ..patterns import Matcher, PatternIndex, name_problem, pattern_problem
 from ..wire import dumps, error_response, result_response
 from .front import Batch, FrontProtocol
 from .interfaces import Call, Message, Sink
@@ -41,7 +47,16 @@ from .interfaces import Call, Message, Sink
 log = logging.getLogger("plugrpc.events")
 
 MAX_SUBSCRIPTIONS: Final = 1024
-"""Subscriptions one connection may hold, and patterns one subscription may have: memory stays bounded."""
+"""Subscriptions one connection may hold."""
+MAX_PATTERNS: Final = 1024
+"""Patterns one connection's subscriptions may have in all..."""
+MAX_PATTERN_CHARS: Final = 64 << 10
+"""...and their characters in all: what a connection costs in the index stays bounded."""
+BACKLOG_BYTES: Final = 8 << 20
+"""Bytes of events a paused connection may have waiting (with at most `Config.event_queue` events)."""
+ROUTE_CACHE: Final = 4096
+"""Event names whose flocks are remembered; past that, or past `ROUTE_CACHE_CHARS`, they start again."""
+ROUTE_CACHE_CHARS: Final = 1 << 20
 WARN_LIMIT: Final = 256
 """Different faults logged per plugin; past that, faults are still counted but no longer logged."""
 _HEAD: Final = b'{"jsonrpc":"2.0","method":"rpc.event","params":{"subscription":%d,'
@@ -84,9 +99,13 @@ class Subscription:
     def __repr__(self) -> str:
         return f"<Subscription {self.id} {list(self.patterns)!r}{' progress' if self.progress else ''}>"
 
-    def line(self, body: bytes) -> bytes:
-        """This subscription's `rpc.event` line for an event's body, with the count it missed if any."""
+    def missed(self) -> int:
+        """The events it missed since its last one, which its next one says: counting starts again."""
         dropped, self.dropped = self.dropped, 0
+        return dropped
+
+    def line(self, body: bytes, dropped: int) -> bytes:
+        """This subscription's `rpc.event` line for an event's body, with the count it missed before it."""
         return self.head + (_DROPPED % dropped if dropped else b"") + body[1:] + _END
 
 
@@ -98,12 +117,11 @@ class Flock:
     missed events, takes them one by one instead (`Outlet.hold`).
     """
 
-    __slots__ = ("hub", "key", "matcher", "members", "lines", "bodies")
+    __slots__ = ("hub", "key", "members", "lines", "bodies")
 
     def __init__(self, hub: EventHub, key: tuple[tuple[str, ...], int]) -> None:
         self.hub = hub
         self.key = key
-        self.matcher = Matcher(key[0])
         self.members: list[Subscription] = []
         self.lines: list[bytes] = []
         """This turn's lines (of the members' id)..."""
@@ -137,7 +155,7 @@ class Flock:
 class Outlet:
     """A client connection's side of its subscriptions: what it asked for, and its bounded backlog."""
 
-    __slots__ = ("hub", "front", "subs", "next_id", "progress", "paused", "backlog")
+    __slots__ = ("hub", "front", "subs", "next_id", "progress", "paused", "backlog", "held", "patterns", "chars")
 
     def __init__(self, hub: EventHub, front: FrontProtocol) -> None:
         self.hub = hub
@@ -148,7 +166,13 @@ class Outlet:
         """Subscriptions that asked for progress: the connection gets progress while there is one."""
         self.paused = front.flow.write_paused
         """The transport's buffer is full: events wait in `backlog` instead of being written."""
-        self.backlog: deque[bytes] = deque()
+        self.backlog: deque[tuple[Subscription, bytes, int]] = deque()
+        """Events waiting: the subscription, the event's body, and what the subscription missed before it."""
+        self.held = 0
+        """Bytes of the bodies in `backlog`."""
+        self.patterns = 0
+        self.chars = 0
+        """Patterns of its subscriptions, and their characters: bounded by `MAX_PATTERNS`, `MAX_PATTERN_CHARS`."""
 
     def __repr__(self) -> str:
         return f"<Outlet {len(self.subs)} subscriptions{' paused' if self.paused else ''} backlog={len(self.backlog)}>"
@@ -156,9 +180,10 @@ class Outlet:
     def hold(self, sub: Subscription, body: bytes) -> None:
         """An event for `sub` while the connection is paused, or after `sub` missed some."""
         if not self.paused:
-            self.front.queue(sub.line(body))
-        elif len(self.backlog) < self.hub.queue_limit:
-            self.backlog.append(sub.line(body))
+            self.front.queue(sub.line(body, sub.missed()))
+        elif len(self.backlog) < self.hub.queue_limit and self.held + len(body) <= BACKLOG_BYTES:
+            self.backlog.append((sub, body, sub.missed()))
+            self.held += len(body)
         else:
             sub.dropped += 1
             self.hub.dropped += 1
@@ -171,13 +196,16 @@ class Outlet:
         self.paused = False
         backlog, queue = self.backlog, self.front.queue
         while backlog and not self.paused:
-            queue(backlog.popleft())
+            sub, body, dropped = backlog.popleft()
+            self.held -= len(body)
+            queue(sub.line(body, dropped))
 
     def close(self) -> None:
         """The connection is gone: its subscriptions end."""
         self.hub.forget(self)
         self.subs.clear()
         self.backlog.clear()
+        self.held = 0
 
 
 class EventHub:
@@ -189,8 +217,12 @@ class EventHub:
         self.outbox = outbox
         self.flocks: dict[tuple[tuple[str, ...], int], Flock] = {}
         """The subscriptions with patterns, by their patterns and id."""
+        self._index = PatternIndex()
+        """Every flock, under each of its patterns."""
         self._routes: dict[str, list[Flock]] = {}
-        """Full event name -> the flocks it reaches; emptied whenever subscriptions change."""
+        """Full event name -> the flocks it reaches; emptied whenever subscriptions change, or it is full."""
+        self._route_chars = 0
+        """Characters of the names in `_routes`."""
         self._seq: dict[str, int] = {}
         self._listeners: list[Listener] = []
         self._warned: dict[str, set[str]] = {}
@@ -222,13 +254,16 @@ class EventHub:
         outlet = front.events
         if outlet is None:
             outlet = front.events = Outlet(self, front)
-        if len(outlet.subs) >= MAX_SUBSCRIPTIONS:
-            return error_response(call.id, codes.OVERLOADED, data={
-                "reason": f"a connection may hold {MAX_SUBSCRIPTIONS} subscriptions; router.unsubscribe some first"})
         patterns, progress = tuple(dict.fromkeys(params.get("events", ()))), bool(params.get("progress", False))
+        chars = sum(map(len, patterns))
+        full = _full_problem(outlet, len(patterns), chars)
+        if full is not None:
+            return error_response(call.id, codes.OVERLOADED, data={"reason": full})
         sub = Subscription(outlet.next_id, outlet, patterns, progress)
         outlet.next_id += 1
         outlet.subs[sub.id] = sub
+        outlet.patterns += len(patterns)
+        outlet.chars += chars
         if progress:
             outlet.progress += 1
         if patterns:
@@ -236,6 +271,8 @@ class EventHub:
             flock = self.flocks.get(key)
             if flock is None:
                 flock = self.flocks[key] = Flock(self, key)
+                for pattern in patterns:
+                    self._index.add(pattern, flock)
                 self._routes.clear()
             flock.members.append(sub)
         return result_response(call.id, {"subscription": sub.id})
@@ -256,14 +293,19 @@ class EventHub:
         return result_response(call.id, True)
 
     def _end(self, sub: Subscription) -> None:
+        outlet = sub.outlet
         if sub.progress:
-            sub.outlet.progress -= 1
+            outlet.progress -= 1
+        outlet.patterns -= len(sub.patterns)
+        outlet.chars -= sum(map(len, sub.patterns))
         if sub.patterns:
             key = (sub.patterns, sub.id)
             flock = self.flocks[key]
             flock.members.remove(sub)
             if not flock.members:
                 del self.flocks[key]
+                for pattern in sub.patterns:
+                    self._index.remove(pattern, flock)
                 self._routes.clear()
 
     def forget(self, outlet: Outlet) -> None:
@@ -304,8 +346,16 @@ class EventHub:
             flock.add(line, body)
 
     def _route(self, full: str) -> list[Flock]:
-        flocks = [flock for flock in self.flocks.values() if flock.matcher(full)]
+        """The flocks `full` reaches, from the index, remembered within `ROUTE_CACHE` (none is, with no flock)."""
+        if not self.flocks:
+            return []
+        flocks: list[Flock] = list(self._index.match(full))  # type: ignore[arg-type]
+        if len(self._routes) >= ROUTE_CACHE or self._route_chars + len(full) > ROUTE_CACHE_CHARS:
+            self._routes.clear()
+        if not self._routes:
+            self._route_chars = 0
         self._routes[full] = flocks
+        self._route_chars += len(full)
         return flocks
 
     def _refuse(self, plugin: str, declared: Matcher, params: Any, name: Any) -> None:
@@ -395,9 +445,21 @@ def _subscribe_problem(params: Any) -> dict[str, Any] | None:
         return {"reason": usage}
     if not patterns and not progress:
         return {"reason": f"nothing to subscribe to: {usage}"}
-    if len(patterns) > MAX_SUBSCRIPTIONS:
-        return {"reason": f"a subscription may have {MAX_SUBSCRIPTIONS} patterns"}
+    if len(patterns) > MAX_PATTERNS:
+        return {"reason": f"a subscription may have {MAX_PATTERNS} patterns"}
     bad = {str(p): problem for p in patterns if (problem := pattern_problem(p)) is not None}
     if bad:
         return {"reason": "; ".join(bad.values()), "patterns": list(bad)}
+    if sum(map(len, patterns)) > MAX_PATTERN_CHARS:
+        return {"reason": f"a subscription's patterns may have {MAX_PATTERN_CHARS} characters in all"}
+    return None
+
+
+def _full_problem(outlet: Outlet, patterns: int, chars: int) -> str | None:
+    """Why a connection cannot take one more subscription (the reason of its -32003), or None."""
+    if len(outlet.subs) >= MAX_SUBSCRIPTIONS:
+        return f"a connection may hold {MAX_SUBSCRIPTIONS} subscriptions; router.unsubscribe some first"
+    if outlet.patterns + patterns > MAX_PATTERNS or outlet.chars + chars > MAX_PATTERN_CHARS:
+        return (f"a connection's subscriptions may have {MAX_PATTERNS} patterns of {MAX_PATTERN_CHARS} characters "
+                f"in all; this one has {outlet.patterns} of {outlet.chars}: router.unsubscribe some first")
     return None
