@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from socket import socket as Socket
 from typing import TYPE_CHECKING, Final, Literal
 
 from .errors import ConfigError
-from .sockets import bind_socket, remove_socket
+from .sockets import bind_socket, check_private_dir, remove_socket
 from .wire import DEFAULT_MAX_LINE
 
 if TYPE_CHECKING:
@@ -45,17 +44,23 @@ def default_socket() -> Path:
     """
     if env := os.environ.get("PLUGRPC_ROUTER"):
         return Path(env)
-    base = runtime_base()
-    name = "plugrpc" if os.environ.get("XDG_RUNTIME_DIR") else f"plugrpc-{os.getuid()}"
-    return base / name / "router.sock"
+    return default_dir() / "router.sock"
+
+
+def default_dir() -> Path:
+    """The directory of the default front socket: one per user, private (mode 0700), at a well-known name."""
+    return runtime_base() / ("plugrpc" if os.environ.get("XDG_RUNTIME_DIR") else f"plugrpc-{os.getuid()}")
+
+
+def in_default_dir(path: Path) -> bool:
+    """Whether a client must find `path`'s directory private: it is the default one, however it was named."""
+    return os.path.dirname(os.path.abspath(path)) == os.path.abspath(default_dir())
 
 
 def private_dir(path: Path) -> Path:
     """Create `path` (mode 0700) or check that an existing one is ours and private."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = path.stat()
-    if st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) & 0o077:
-        raise ConfigError(f"{path} must be a directory owned by uid {os.getuid()} with mode 0700")
+    check_private_dir(path)
     return path
 
 

@@ -1,7 +1,8 @@
-"""Unix sockets the way every plugrpc process makes them: private, listening with a deep backlog.
+"""Unix sockets the way every plugrpc process makes them: private, listening with a deep backlog;
+and whom a client may trust to be listening on one.
 
-Shared by the router (its front socket, its plugins' sockets) and the plugin side (a plugin run
-by hand binds its own), so it imports nothing a plugin does not need.
+Shared by the router (its front socket, its plugins' sockets), the plugin side (a plugin run by
+hand binds its own) and clients, so it imports nothing a plugin does not need.
 """
 
 from __future__ import annotations
@@ -72,3 +73,77 @@ def remove_socket(path: str | PathLike[str]) -> None:
     """Remove a socket file we created, ignoring one that is already gone."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+_SHARED: Final = 0o022
+"""Write permission for the group or others: who has it can put a socket in the directory."""
+
+
+def check_private_dir(path: str | PathLike[str]) -> None:
+    """Refuse `path` unless it is a directory of ours with mode 0700, as the default socket's is.
+
+    The default directory has a well-known name in a shared /tmp: another user can make it first
+    and listen in it, to read what clients send and answer in the router's place.
+    """
+    st = os.lstat(path)
+    me = os.getuid()
+    if stat.S_ISDIR(st.st_mode) and st.st_uid == me and not stat.S_IMODE(st.st_mode) & 0o077:
+        return
+    what = (f"owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}" if stat.S_ISDIR(st.st_mode)
+            else "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a directory")
+    raise ConfigError(f"{path} is {what}, not a directory of yours (uid {me}) with mode 0700: another user could "
+                      f"take the router's place in it; remove it (rm -r {path}, as root if another user owns it) "
+                      f"and start the router again, or set XDG_RUNTIME_DIR, or pass --socket")
+
+
+def socket_owner(path: str | PathLike[str], private: bool) -> int:
+    """The uid that must be listening on `path` (root may too), once its directory shows nobody else could have
+    put the socket there; raises ConfigError saying why not.
+
+    `private`: the default directory, which must be ours (`check_private_dir`). Otherwise a directory
+    that only its owner can write vouches for its owner; in one that others can write, only the sticky
+    bit keeps a socket from being replaced, and only a socket of ours, root's or the directory owner's
+    is trusted there.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    me = os.getuid()
+    if private:
+        check_private_dir(directory)
+        return me
+    st = os.stat(directory)
+    mode = stat.S_IMODE(st.st_mode)
+    if not mode & _SHARED:
+        return st.st_uid
+    if not mode & stat.S_ISVTX:
+        raise ConfigError(f"{directory} can be written by other users (mode {mode:04o}) and is not sticky: anyone "
+                          f"could have put {os.path.basename(path)} there; keep the router's socket in a directory "
+                          f"only its owner can write")
+    owner = os.lstat(path).st_uid
+    if owner not in (me, st.st_uid, 0):
+        raise ConfigError(f"{path} belongs to uid {owner}, in {directory}, which other users can write (mode "
+                          f"{mode:04o}): another user may have put it there; only a socket of yours (uid {me}), "
+                          f"root's or the directory owner's is trusted in such a directory")
+    return owner
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    """The uid of the process at the other end of a unix socket (SO_PEERCRED), if the OS says."""
+    import struct  # here: plugins load this module and never ask
+
+    if not hasattr(socket, "SO_PEERCRED"):
+        return None
+    creds = struct.Struct("3i")  # pid, uid, gid
+    try:
+        _pid, uid, _gid = creds.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, creds.size))
+    except OSError:
+        return None
+    return int(uid)
+
+
+def check_peer(sock: socket.socket, owner: int) -> None:
+    """Refuse a connection whose listener is neither `owner` (see `socket_owner`) nor root."""
+    uid = peer_uid(sock)
+    if uid is not None and uid not in (owner, 0):
+        raise ConfigError(f"the process listening on it runs as uid {uid}, but only uid {owner} or root can have put "
+                          f"the socket there: another user may have taken the router's place; stop that process "
+                          f"and start the router again")

@@ -30,10 +30,11 @@ from jsonrpcclient.requests import notification, request_pure
 from jsonrpcclient.responses import to_response
 
 from .. import codes
-from ..config import default_socket
+from ..config import default_socket, in_default_dir
 from ..errors import CallTimeout, ConfigError, ConnectError, ConnectionLost, RpcError, rpc_error
 from ..nats_link import is_nats_url
 from ..outbox import LineWriter, Outbox
+from ..sockets import check_peer, socket_owner
 from ..wire import DEFAULT_MAX_LINE, JSONDecodeError, LineSplitter, LineTooLong, dumps, loads
 from .events import MAXSIZE, Subscription
 
@@ -110,7 +111,11 @@ class Client(_ByTarget):
         await self.close()
 
     async def connect(self) -> None:
-        """Open the connection (calls do it on first use); raises ConnectError if nobody listens."""
+        """Open the connection (calls do it on first use); raises ConnectError if nobody listens.
+
+        Or if someone other than the router may be listening: the socket's directory must show that
+        nobody else could have put it there, and the process listening must be its owner (or root).
+        """
         async with self._connect_lock:
             if self._closed:
                 raise ConnectionLost(CLOSED)
@@ -118,11 +123,19 @@ class Client(_ByTarget):
                 return
             loop = asyncio.get_running_loop()
             try:
+                owner = socket_owner(self.path, in_default_dir(self.path))
                 sock = await _connect_unix(self.path, CONNECT_TIMEOUT if self.timeout is None else self.timeout)
             except (FileNotFoundError, ConnectionRefusedError) as exc:
                 raise ConnectError(f"cannot connect to {self.path}: {exc.strerror}; {_HINT}") from exc
             except OSError as exc:
                 raise ConnectError(f"cannot connect to {self.path}: {exc}") from exc
+            except ConfigError as exc:
+                raise ConnectError(f"refusing to connect to {self.path}: {exc}") from None
+            try:
+                check_peer(sock, owner)
+            except ConfigError as exc:
+                sock.close()
+                raise ConnectError(f"refusing to use {self.path}: {exc}") from None
             try:
                 _, self._conn = await loop.create_unix_connection(lambda: _Connection(loop), sock=sock)
             except BaseException:
