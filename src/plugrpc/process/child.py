@@ -281,6 +281,7 @@ class Child:
         ]
         self._pidfd = -1
         self._thread: threading.Thread | None = None
+        self._capturing: asyncio.Task[None] | None = None
         self._watch_exit()
 
     def __repr__(self) -> str:
@@ -331,7 +332,15 @@ class Child:
             os.killpg(self.pid, sig)
 
     async def capture_logs(self, on_line: OnLine) -> None:
-        """Log stdout at INFO and stderr at WARNING, one record per line, each line also to `on_line`."""
+        """Log stdout at INFO and stderr at WARNING, one record per line, each line also to `on_line`.
+
+        Not cancelled halfway (a stop right after the spawn): a pipe handed to the loop is its
+        transport's to close, so `close` must know of every transport made.
+        """
+        self._capturing = self._loop.create_task(self._capture(on_line))
+        await asyncio.shield(self._capturing)
+
+    async def _capture(self, on_line: OnLine) -> None:
         extra = {"plugin": self.name, "pid": self.pid}
         for i, level in enumerate((logging.INFO, logging.WARNING)):
             pipe = self._pipes[i][0]
@@ -341,6 +350,8 @@ class Child:
 
     async def close(self) -> None:
         """After exit: let the log pipes reach EOF (bounded, in case something escaped the group), close them."""
+        if self._capturing is not None:
+            await asyncio.wait((self._capturing,))
         pending = [protocol.closed for _, _, protocol in self._pipes if protocol is not None]
         if pending:
             await asyncio.wait(pending, timeout=LOG_DRAIN)

@@ -243,6 +243,10 @@ class ExecPlugin:
         """Calls queued or running: what a graceful shutdown waits for."""
         return self._pending
 
+    def pids(self) -> set[int]:
+        """The processes of the executions running now (each leads a session of its own)."""
+        return {run.pid for run in self._running if run.pid is not None}
+
     def status(self) -> dict[str, Any]:
         """What `router.` built-ins report for this plugin."""
         return {

@@ -13,7 +13,7 @@ from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from .. import __version__, codes
-from ..errors import ManifestError, RpcError
+from ..errors import RpcError
 from ..process.logbook import Logbook
 from ..process.supervisor import PluginState
 from ..wire import error_response, result_response
@@ -99,7 +99,7 @@ class Builtins(_Tasks):
     async def _reload(self, call: Call) -> None:
         try:
             result = await self.router.reload()
-        except ManifestError as exc:
+        except Exception as exc:  # a manifest refused, a socket that cannot be bound: answered, never left hanging
             reply(call, error_response(call.id, codes.INTERNAL_ERROR, f"reload refused: {exc}"))
             return
         reply(call, result_response(call.id, result))

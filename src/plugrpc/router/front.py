@@ -38,7 +38,7 @@ from ..wire import (
     parse_error_line,
     too_large_line,
 )
-from .interfaces import Call, Dispatch, Message
+from .interfaces import Call, Dispatch, Handle, Message
 
 if TYPE_CHECKING:
     from .events import Outlet
@@ -61,7 +61,7 @@ class FrontProtocol(LineWriter, asyncio.Protocol):
         # shared by every connection
         self.router = router
         self.outbox = router.outbox
-        self.handle = router.handle
+        self.handle: Handle = router.handle
         self.limit = config.max_inflight_per_client
         self.resume_at = self.limit // 2
         self.allow_uids = config.allow_uids
@@ -87,6 +87,7 @@ class FrontProtocol(LineWriter, asyncio.Protocol):
             if uid not in self.allow_uids:
                 self._refuse(uid)
                 return
+        self.handle = self.router.handler_for(transport.get_extra_info("socket"))  # a plugin's: narrower
         self.router.clients.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

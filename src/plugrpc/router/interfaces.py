@@ -9,6 +9,7 @@ batch, or a future of the router's own). The front connection sees the router on
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from ..wire import NOID
@@ -64,6 +65,10 @@ class Sink(Protocol):
 
     def cancel(self, id: Any) -> bool:
         """The client gave up on its own call `id` (`rpc.cancel`): stop it; False if none is in flight."""
+
+
+Handle = Callable[[Any, Sink], None]
+"""Routes one parsed request object, its answer to the sink: `Dispatch.handle`, or a narrower one."""
 
 
 class Link(Protocol):
@@ -128,3 +133,6 @@ class Dispatch(Protocol):
 
     def cancel(self, call: Call) -> None:
         """The client of `call` went away or gave up on it."""
+
+    def handler_for(self, sock: Any) -> Handle:
+        """What routes the requests of a client just connected on `sock` (a plugin's own: less)."""

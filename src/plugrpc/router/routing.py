@@ -4,7 +4,8 @@ A method is split at its first dot into plugin and method. Only exported methods
 reachable; `router.*` and `rpc.*` are the router's own (plugins can never take those names: the
 manifest refuses them). Each plugin is one `Plugin` record: its spec, its supervisor (for
 `mode = "rpc"`) and its target, a `PluginPool` or, for core0 binaries, an `ExecTarget`.
-`routes` is derived from the records and the built-ins, and is all the hot path reads.
+`routes` is derived from the records and the built-ins, and is all the hot path reads. A plugin's
+own connections get a narrower `handle` (router/access.py), chosen once when they connect.
 """
 
 from __future__ import annotations
@@ -21,18 +22,19 @@ from typing import TYPE_CHECKING, Any, Final
 
 from .. import codes
 from ..config import Config
-from ..errors import rpc_error
-from ..manifest import Manifest, PluginSpec, load_manifest
+from ..errors import ConfigError, rpc_error
+from ..manifest import SOCKET_COPIES, Manifest, PluginSpec, load_manifest
 from ..outbox import Outbox
 from ..process.execmode import ExecPlugin
 from ..process.logbook import Logbook
 from ..process.runtime_dir import RuntimeDir
 from ..process.supervisor import GIVEN_UP, PluginState, Supervisor
 from ..wire import error_response, reply_id, request_problem
+from .access import handler, owner, peer_pid
 from .builtins import Builtins
 from .events import EventHub
 from .exec_target import ExecTarget
-from .interfaces import INTERNAL, NOPARAMS, Call, Message, Peer, PluginTarget, Sink, Target, clock
+from .interfaces import INTERNAL, NOPARAMS, Call, Handle, Message, Peer, PluginTarget, Sink, Target, clock
 from .liveness import Liveness
 from .memory import release_free_memory
 from .order import wait_after
@@ -70,6 +72,12 @@ class Plugin:
         if self.liveness is not None:
             status["pings"] = self.liveness.pings
         return status
+
+    def pids(self) -> set[int]:
+        """Its processes running now: each leads a process group and session of its own."""
+        if self.supervisor is not None:
+            return set() if self.supervisor.pid is None else {self.supervisor.pid}
+        return self.target.plugin.pids() if isinstance(self.target, ExecTarget) else set()
 
     async def stop(self) -> None:
         if self.liveness is not None:
@@ -128,9 +136,19 @@ class Router:
         """Plugins' records with their processes started; calls are routed to them once they are published.
 
         Every record exists before any process starts, so a plugin may start `after` one created with it.
+        If one cannot start (its socket cannot be bound), every one of them is stopped and the error raised.
         """
-        plugins = [self._record(spec) for spec in specs]
-        await asyncio.gather(*(p.supervisor.start() for p in plugins if p.supervisor is not None))
+        plugins: list[Plugin] = []
+        try:
+            plugins.extend(self._record(spec) for spec in specs)
+            starts = await asyncio.gather(*(p.supervisor.start() for p in plugins if p.supervisor is not None),
+                                          return_exceptions=True)
+            for outcome in starts:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+        except BaseException:
+            await asyncio.gather(*(plugin.stop() for plugin in plugins))
+            raise
         return plugins
 
     def _record(self, spec: PluginSpec) -> Plugin:
@@ -161,6 +179,9 @@ class Router:
         n = 1
         while (path := self.runtime_dir.socket_for(name if n == 1 else f"{name}.{n}")) in taken:
             n += 1
+        if n > SOCKET_COPIES:  # the manifest checked that names fit up to NAME.99.sock
+            raise ConfigError(f"plugin {name} has {n - 1} older processes still finishing their calls; reload "
+                              "again once they have")
         return path
 
     def _publish(self) -> None:
@@ -177,18 +198,27 @@ class Router:
 
         Calls to unchanged plugins are never touched. A changed plugin's new process starts on a
         new socket before calls move to it; the old one finishes its in-flight calls, then stops.
-        An invalid manifest raises `ManifestError` and changes nothing.
+        The manifest is read in a thread (executables are hashed again only if they changed on
+        disk), so calls go on meanwhile. An invalid manifest raises `ManifestError`, a plugin that
+        cannot be started the error why; either way nothing has changed and nothing new is left running.
         """
         async with self._reload_lock:
-            new = load_manifest(self.manifest.root)
+            new = await asyncio.to_thread(load_manifest, self.manifest.root, sockets=self.runtime_dir.path,
+                                          previous=self.manifest)
             old = self.manifest.plugins
             added = [n for n in new.plugins if n not in old]
             removed = [n for n in old if n not in new.plugins]
             changed = [n for n in new.plugins if n in old and new.plugins[n] != old[n]]
             unchanged = [n for n in new.plugins if n not in added and n not in changed]
+            newest = dict(self._newest)
+            try:
+                fresh = await self._create(new.plugins[n] for n in added + changed)
+            except BaseException:
+                self._newest.clear()  # in place: the `after` gates of running plugins hold this dict
+                self._newest.update(newest)
+                raise
             for name in removed:
                 del self._newest[name]
-            fresh = await self._create(new.plugins[n] for n in added + changed)
             retiring = [self.plugins[n] for n in removed + changed]
             self.retiring.update(retiring)
             by_name = {plugin.spec.name: plugin for plugin in fresh}
@@ -207,6 +237,14 @@ class Router:
             await plugin.stop()
         finally:
             self.retiring.discard(plugin)
+
+    def handler_for(self, sock: Any) -> Handle:
+        """How a new client connection's requests are routed: `handle`, or a plugin's narrower one.
+
+        Decided once per connection, from the peer's pid (router/access.py); never per call.
+        """
+        plugins = ((p.spec.name, p.spec.router_access, p.pids()) for p in (*self.plugins.values(), *self.retiring))
+        return handler(self.handle, owner(peer_pid(sock), plugins))
 
     def inflight(self) -> int:
         """Calls given to plugins and not yet answered (queued in the router or running)."""

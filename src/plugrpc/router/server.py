@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import sdnotify
 from ..config import Config, loop_factory, metrics_address
-from ..errors import ConfigError, ManifestError
+from ..errors import ConfigError
 from ..manifest import load_manifest
 from ..process.runtime_dir import RuntimeDir
 from ..sockets import BACKLOG
@@ -72,14 +72,15 @@ class Server:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.should_exit.set)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
-        # Everything that can be refused is checked before any process starts.
-        manifest = load_manifest(config.root)
+        # Everything that can be refused is checked before any process starts: names against the
+        # directory their sockets go in, made first (and removed by shutdown if startup fails).
+        self._runtime_dir = RuntimeDir()
+        manifest = load_manifest(config.root, sockets=self._runtime_dir.path)
         bridge = _nats_bridge() if config.nats else None
         if config.metrics is not None:
             self._metrics_sock = _metrics_module().bind(metrics_address(config.metrics))
         sock = config.bind_socket()
         self._bound = True
-        self._runtime_dir = RuntimeDir()
         self.router = router = Router(config, manifest, self._runtime_dir)
         await router.start()
         self._server = await loop.create_unix_server(lambda: FrontProtocol(router, config), sock=sock,
@@ -112,7 +113,7 @@ class Server:
         assert self.router is not None
         try:
             await self.router.reload()
-        except ManifestError as exc:
+        except Exception as exc:  # as router.reload answers it
             log.error("reload refused, still serving the previous manifest: %s", exc)
 
     async def shutdown(self) -> None:
