@@ -33,6 +33,7 @@ RESERVED_NAMES: Final = frozenset({"router", "rpc"})
 Mode = Literal["rpc", "exec"]
 Restart = Literal["always", "on-failure", "never"]
 Ready = Literal["started", "notify"]
+Transport = Literal["socket", "stdio"]
 SIZE_UNITS: Final = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 """Multiples a `limits.memory` size may end with (powers of 1024: "256M" is 256 MiB)."""
 MIN_MEMORY: Final = 1 << 20
@@ -75,6 +76,17 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class Handshake:
+    """`handshake = {...}`: what the router asks a stdio server at every start before the plugin is ready."""
+
+    method: str
+    params: Any = None
+    """The request's params as the manifest gives them; None: the request has none."""
+    notify: str | None = None
+    """A notification sent once the request is answered (MCP's `notifications/initialized`)."""
+
+
+@dataclass(frozen=True, slots=True)
 class PluginSpec:
     """One `[plugin.NAME]` table, validated, with defaults filled in."""
 
@@ -94,6 +106,10 @@ class PluginSpec:
     (it answers a start as a server with core0's `missing command`) is run in exec mode."""
     queue: bool = False
     """core0's `queue`: calls one at a time, in the order they came (one connection, one call in flight)."""
+    transport: Transport = "socket"
+    """`socket`: a listening socket on fd 3; `stdio`: JSON-RPC on its stdin and stdout, as MCP servers speak it."""
+    handshake: Handshake | None = None
+    """The request a stdio server needs before any call, made at every start (`initialize` for MCP)."""
     timeout: float = 30.0
     """Seconds a call may take before it fails with -32002."""
     pool_size: int = 1
@@ -237,10 +253,28 @@ def _plugin(name: str, table: Any, root: Path, file: str, sockets: Path | None, 
             if values.get(key, 1) != 1:
                 raise fail(f"queue = true runs calls one at a time: remove {key} or set it to 1", key)
         values["max_inflight"] = values["pool_size"] = 1
+    _check_transport(values, fail)
     values["mode_given"] = "mode" in values
     values["path"] = path = _confine(values["path"], root, fail)
     values["digest"], values["file_id"] = _digest(path, older)
     return PluginSpec(name=name, **values)
+
+
+def _check_transport(values: dict[str, Any], fail: Callable[[str, str], ManifestError]) -> None:
+    """A stdio server has one connection, its pipes, and is ready once its handshake is answered."""
+    if values.get("transport") != "stdio":
+        if "handshake" in values:
+            raise fail('only a server on stdin and stdout needs a handshake: add transport = "stdio" or remove '
+                       "handshake", "handshake")
+        return
+    if values.get("pool_size", 1) != 1:
+        raise fail("a stdio plugin has one connection, its stdin and stdout: remove pool_size or set it to 1",
+                   "pool_size")
+    if values.get("mode") == "exec":
+        raise fail('an exec plugin runs once per call, read as core0 read it: remove transport or mode', "transport")
+    if values.get("ready") == "notify":
+        raise fail("a stdio plugin is ready once its handshake is answered (or once it runs, without one): remove "
+                   "ready", "ready")
 
 
 def _name_room(sockets: Path) -> int:
@@ -515,6 +549,32 @@ def _router_access(value: Any) -> frozenset[str]:
     return PLUGIN_ACCESS | frozenset(value)
 
 
+_HANDSHAKE_KEYS: Final = ("method", "params", "notify")
+
+
+def _handshake(value: Any) -> Handshake:
+    """`{ method = "initialize", params = {...}, notify = "notifications/initialized" }`."""
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a table like {{ method = \"initialize\", params = {{...}}, notify = "
+                        f"\"notifications/initialized\" }}, got {value!r}")
+    for key in value:
+        if key not in _HANDSHAKE_KEYS:
+            raise _KeyedError(f"handshake.{key}", f"unknown key (known: {', '.join(_HANDSHAKE_KEYS)})")
+    if "method" not in value:
+        raise _KeyedError("handshake.method", "required key is missing: the request to make, e.g. \"initialize\"")
+    try:
+        method = _str(value["method"])
+    except TypeError as exc:
+        raise _KeyedError("handshake.method", str(exc)) from None
+    params = value.get("params")
+    if params is not None and not isinstance(params, dict | list):
+        raise _KeyedError("handshake.params", f"expected a table or an array, got {params!r}")
+    notify = value.get("notify")
+    if notify is not None and (not isinstance(notify, str) or not notify):
+        raise _KeyedError("handshake.notify", f"expected a non-empty string, got {notify!r}")
+    return Handshake(method, params, notify)
+
+
 def _after(value: Any) -> tuple[str, ...]:
     names = _str_tuple(value)
     if len(set(names)) != len(names):
@@ -536,6 +596,8 @@ _FIELDS: Final[dict[str, Callable[[Any], Any]]] = {
     "restart": _choice("always", "on-failure", "never"),
     "lazy": _bool,
     "queue": _bool,
+    "transport": _choice("socket", "stdio"),
+    "handshake": _handshake,
     "idle_stop": _number(0),
     "grace": _number(0),
     "events": _events,
