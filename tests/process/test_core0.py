@@ -42,7 +42,7 @@ def test_one_line_messages_keep_their_level() -> None:
 
 def test_a_block_gathers_lines_until_a_line_of_three_colons() -> None:
     found, _ = messages([b"3:::first", b"second", b" ::: ", b":::", b"after"])
-    assert found == [Message(3, b"first\nsecond\n ::: "), Message(1, b"after")]
+    assert found == [Message(3, b"first\nsecond\n ::: ", True), Message(1, b"after")]
 
 
 def test_a_block_left_open_is_reported() -> None:
@@ -59,7 +59,7 @@ def test_lines_that_match_no_prefix_are_plain(line: bytes) -> None:
 
 def test_four_colons_open_a_block_whose_text_starts_with_one() -> None:
     # core0's pattern takes at most three colons; the rest is the text.
-    assert messages([b"20::::x", b":::"]) == ([Message(20, b":x")], False)
+    assert messages([b"20::::x", b":::"]) == ([Message(20, b":x", True)], False)
 
 
 def test_a_huge_level_saturates_as_core0s_uint16_did() -> None:

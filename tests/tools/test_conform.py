@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from plugrpc.config import EXAMPLE_ROOT
+from plugrpc.process import core0
 from plugrpc.tools import conform as c
 
 from util import LEGACY, PLUGINS, REPO
@@ -232,7 +233,9 @@ def test_exec_cli(tmp_path: Path) -> None:
     out = plugrpc("conform", "--exec", str(LEGACY / "core0.sh"))
     assert out.returncode == 0 and verdicts(out.stdout)["exec: call"] == "SKIP"
     out = plugrpc("conform", "--exec", str(EXAMPLE_ROOT / "legacy" / "sysinfo.sh"), "--call", "hostname")
-    assert out.returncode == 1  # it writes its errors on stderr, as core0's shell plugins did
+    assert out.returncode == 0, out.stdout
+    out = plugrpc("conform", "--exec", str(LEGACY / "plugin.sh"), "--call", "version")
+    assert out.returncode == 1  # it writes its errors on stderr, as some hand-written core0 scripts did
     assert verdicts(out.stdout)["exec: no command"] == "FAIL"
     assert "frames errors on stdout" in out.stdout and 'declare mode = "exec"' in out.stdout
 
@@ -281,10 +284,12 @@ def test_exec_cannot_run(tmp_path: Path) -> None:
 
 
 def test_frames() -> None:
-    assert c._frames(b'log\n20:::"a"\n:::') == ([c.Frame(c.FRAMINGS["latest"], b'"a"')], False)
-    assert c._frames(b'20:::"a"\n\n:::\nlog\n') == ([c.Frame(c.FRAMINGS["blank"], b'"a"\n')], False)
-    assert c._frames(b'20:::\n"a"\n:::\n') == ([c.Frame(c.FRAMINGS["split"], b'\n"a"')], False)
-    assert c._frames(b'20:::\n"a"\n"b"\n:::')[0][0].framing == r"20:::\n<json>\n:::" + " (none of core0's framings)"
+    latest, blank, split = core0.FRAMINGS.values()
+    assert c._frames(b'log\n20:::"a"\n:::') == ([c.Frame(latest, b'"a"')], False)
+    assert c._frames(b'20:::"a"\n\n:::\nlog\n') == ([c.Frame(blank, b'"a"\n')], False)
+    assert c._frames(b'20:::\n"a"\n:::\n') == ([c.Frame(split, b'\n"a"')], False)
+    assert c._frames(b'20:::\n"a"\n"b"\n:::')[0][0].framing == r"20:::\n<json>\n<json>\n::: (none of core0's framings)"
+    assert c._frames(b'20:::"a"\n:::\n')[0][0].framing == r"20:::<json>\n:::\n (none of core0's framings)"
     assert c._frames(b'20:::"a"\n') == ([], True)
     assert c._frames(b"no frame\n") == ([], False)
 

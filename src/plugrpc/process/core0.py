@@ -50,10 +50,11 @@ _MAX_LEVEL: Final = 0xFFFF  # core0 parsed levels as uint16; Go's ParseUint satu
 
 
 class Message(NamedTuple):
-    """One message of a pipe: its level and its text (the lines of a block joined by newlines)."""
+    """One message of a pipe: its level, its text (the lines of a block joined by newlines), whether a block."""
 
     level: int
     text: bytes
+    block: bool = False
 
 
 class Reader:
@@ -72,7 +73,7 @@ class Reader:
         if block is not None:
             if line == _END:
                 self.block = None
-                return Message(block[0], b"\n".join(block[1]))
+                return Message(block[0], b"\n".join(block[1]), True)
             block[1].append(line)
             return None
         match = _LINE.fullmatch(line)
@@ -90,6 +91,28 @@ def messages(lines: Iterable[bytes], level: int = STDOUT) -> tuple[list[Message]
     reader = Reader(level)
     out = [msg for line in lines if (msg := reader.feed(line)) is not None]
     return out, reader.block is not None
+
+
+FRAMINGS: Final = {
+    "latest": r"20:::<json>\n:::",
+    "blank": r"20:::<json>\n\n:::\n",
+    "split": r"20:::\n<json>\n:::\n",
+}
+"""core0's three framings of a result, as its plugin library wrote them over its history."""
+
+
+def framing(msg: Message, newline_after: bool) -> str:
+    """How a result was written, for authors (`plugrpc conform --exec`): one of `FRAMINGS`, else its shape.
+
+    `newline_after`: whether a newline followed its closing `:::` (the latest library wrote none).
+    """
+    lines = [b"<json>" if line.strip() else b"" for line in msg.text.split(b"\n")]
+    if msg.block:
+        shape = f"{msg.level}:::" + r"\n".join(part.decode() for part in lines) + r"\n:::"
+        shape += r"\n" if newline_after else ""
+    else:
+        shape = f"{msg.level}::<json>"
+    return shape if shape in FRAMINGS.values() else f"{shape} (none of core0's framings)"
 
 
 def result_text(found: Iterable[Message]) -> bytes | None:

@@ -143,7 +143,7 @@ class _Run(asyncio.SubprocessProtocol):
             msg = reader.feed(line)
             if msg is None:
                 continue
-            level, text = msg
+            level, text = msg.level, msg.text
             if level == core0.RESULT_JSON:
                 self.result = text
                 continue

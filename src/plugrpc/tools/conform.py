@@ -29,6 +29,7 @@ from typing import Any, Final, Literal, NamedTuple
 import orjson
 
 from ..manifest import PluginSpec
+from ..process import core0
 from ..process.child import Child, ExecFailed, above_stdio, describe_exit
 from ..process.env import plugin_env, plugin_log
 from ..process.runtime_dir import RuntimeDir
@@ -807,16 +808,8 @@ async def _guarded(check: Check, probe: Probe, opts: Options) -> Verdict:
 
 # --- core0's exec contract ---------------------------------------------------------------------------
 
-FRAMINGS: Final = {
-    "latest": r"20:::<json>\n:::",
-    "blank": r"20:::<json>\n\n:::\n",
-    "split": r"20:::\n<json>\n:::\n",
-}
-"""core0's three framings of a result, as the plugin library wrote them over its history."""
-
-
 class Frame(NamedTuple):
-    """A level-20 block read from stdout: its framing as written, and its text."""
+    """A level-20 message read from stdout as core0 read it: how it was framed, and its text."""
 
     framing: str
     text: bytes
@@ -831,34 +824,15 @@ class Ran(NamedTuple):
 
 
 def _frames(stdout: bytes) -> tuple[list[Frame], bool]:
-    """The level-20 blocks of `stdout` as core0 read them (other lines are logs), and whether one was left open."""
+    """The level-20 messages of `stdout` as core0 read them (other lines are logs), and whether a block was left open."""
     lines = stdout.split(b"\n")
-    ends_with_newline = lines[-1] == b""
-    if ends_with_newline:
+    if lines[-1] == b"":
         lines.pop()
-    frames: list[Frame] = []
-    i = 0
-    while i < len(lines):
-        if not lines[i].startswith(b"20:::"):
-            i += 1
-            continue
-        end = next((j for j in range(i + 1, len(lines)) if lines[j] == b":::"), None)
-        if end is None:
-            return frames, True
-        first, body = lines[i][5:], lines[i + 1 : end]
-        last = end == len(lines) - 1 and not ends_with_newline
-        if first and not body and last:
-            framing = FRAMINGS["latest"]
-        elif first and body == [b""] and not last:
-            framing = FRAMINGS["blank"]
-        elif not first and len(body) == 1 and not last:
-            framing = FRAMINGS["split"]
-        else:
-            shape = (r"<json>" if first else "") + r"\n" + r"<json>\n" * bool(body) + ":::" + r"\n" * (not last)
-            framing = f"20:::{shape} (none of core0's framings)"
-        frames.append(Frame(framing, b"\n".join([first, *body])))
-        i = end + 1
-    return frames, False
+    found, unclosed = core0.messages(lines)
+    last = len(found) - 1
+    # Only the last message can lack a newline after it: the output ended there.
+    return [Frame(core0.framing(msg, i < last or stdout.endswith(b"\n")), msg.text)
+            for i, msg in enumerate(found) if msg.level == core0.RESULT_JSON], unclosed
 
 
 def judge_exec(ran: Ran, code: int, expect: str | None = None) -> tuple[Frame | None, Any, str | None]:

@@ -1,28 +1,30 @@
 #!/bin/sh
-# A core0-style legacy plugin (mode = "exec"): run once per call as `sysinfo.sh <command> [<json-args>]`.
-# It writes its result between "20:::" and ":::" lines on stdout; other stdout lines are logs.
-# On failure it writes the error on stderr and exits non-zero.
+# A core0 plugin written as a shell script (mode = "exec"): run once per call as
+# `sysinfo.sh <command> <json-args>`. As core0's plugin library did, it frames its result on stdout
+# as `20:::` + JSON + a `:::` line, and on failure frames the error text as a JSON string the same
+# way and exits 1; other stdout lines are its log.
 
-result() {
-    printf '20:::\n%s\n:::\n' "$1"
+frame() {
+    printf '20:::%s\n:::' "$1"
 }
 
-if [ $# -eq 0 ]; then
-    echo "missing command" >&2
+fail() {
+    frame "\"$1\""
     exit 1
-fi
+}
+
+[ $# -eq 0 ] && fail "missing command"
 
 case $1 in
 hostname)
     # Host names are letters, digits, '-' and '.': no JSON escaping needed.
-    result "\"$(uname -n)\""
+    frame "\"$(uname -n)\""
     ;;
 echo)
     echo "echoing $# argument(s)"
-    result "${2-null}"
+    frame "${2-null}"
     ;;
 *)
-    echo "unknown command: $1" >&2
-    exit 1
+    fail "unknown command: $1"
     ;;
 esac
