@@ -824,7 +824,7 @@ class Ran(NamedTuple):
 
 
 def _frames(stdout: bytes) -> tuple[list[Frame], bool]:
-    """The level-20 messages of `stdout` as core0 read them (other lines are logs), and whether a block was left open."""
+    """The level-20 messages of `stdout` as core0 read them (the rest is log), and whether a block was left open."""
     lines = stdout.split(b"\n")
     if lines[-1] == b"":
         lines.pop()
