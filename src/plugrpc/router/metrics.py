@@ -5,8 +5,11 @@ text format, or OpenMetrics when the scraper asks for it) of a registry holding 
 which reads the router's state when it is scraped: the call path records nothing for metrics
 (its counters are `router.stats`' own). Served on the router's event loop, so the collector sees
 a consistent state, by a small HTTP/1.1 responder that reads one request, writes one response
-and closes; a scraper that stalls, never reads or sends too much is cut off after
-`SCRAPE_TIMEOUT` and at most `MAX_SCRAPERS` are served at once: nothing else waits for them.
+and closes. Scrapes are served side by side, at most `MAX_SCRAPERS` connections at once: one
+more closes the oldest, so connections that never ask cannot keep a scraper out. A request must
+arrive within `REQUEST_TIMEOUT`, its answer be read within `SCRAPE_TIMEOUT`, and one that sends
+too much is answered 431: nothing else waits for them. The endpoint has no authentication of its
+own: bind it to 127.0.0.1 or a unix socket (mode 0600), or put a proxy with authentication in front.
 
 This module is imported only when `--metrics` is given, and only then is prometheus-client needed.
 """
@@ -34,10 +37,12 @@ from .stats import CallStats, bucket_bounds
 if TYPE_CHECKING:
     from .routing import Router
 
+REQUEST_TIMEOUT: Final = 2.0
+"""Seconds from accept to the end of the request's headers: a connection that does not ask is closed."""
 SCRAPE_TIMEOUT: Final = 10.0
-"""Seconds a scrape connection may take from accept to the last byte read by the scraper."""
+"""Seconds the scraper has to read the answer once it is written."""
 MAX_SCRAPERS: Final = 16
-"""Scrape connections served at once; more are closed at once (Prometheus makes one at a time)."""
+"""Scrape connections held at once; one more closes the oldest (Prometheus makes one at a time)."""
 MAX_REQUEST: Final = 8192
 """Bytes of request line and headers read; a longer request is answered 431 and closed."""
 _BOUNDS: Final = bucket_bounds()
@@ -179,7 +184,8 @@ class MetricsServer:
 
     def __init__(self, router: Router) -> None:
         self.registry = registry(router)
-        self.scrapers: set[Scrape] = set()
+        self.scrapers: dict[Scrape, None] = {}
+        """Connections held now, oldest first."""
         self.url = ""
         self._server: asyncio.AbstractServer | None = None
         self._path: Path | None = None
@@ -221,12 +227,14 @@ class Scrape(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        if len(self.server.scrapers) >= MAX_SCRAPERS:
-            log.warning("more than %d scrapes at once; closing this one", MAX_SCRAPERS)
-            self.transport.abort()
-            return
-        self.server.scrapers.add(self)
-        self._timer = asyncio.get_running_loop().call_later(SCRAPE_TIMEOUT, self.abort)
+        scrapers = self.server.scrapers
+        if len(scrapers) >= MAX_SCRAPERS:
+            oldest = next(iter(scrapers))
+            del scrapers[oldest]
+            log.warning("more than %d metrics connections at once; closing the oldest", MAX_SCRAPERS)
+            oldest.abort()
+        scrapers[self] = None
+        self._timer = asyncio.get_running_loop().call_later(REQUEST_TIMEOUT, self.abort)
 
     def data_received(self, data: bytes) -> None:
         if self.answered:
@@ -245,7 +253,7 @@ class Scrape(asyncio.Protocol):
         return True  # keep the transport open until our answer is written
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.server.scrapers.discard(self)
+        self.server.scrapers.pop(self, None)
         if self._timer is not None:
             self._timer.cancel()
 
@@ -281,3 +289,6 @@ class Scrape(asyncio.Protocol):
         if not head:
             self.transport.write(body)
         self.transport.close()  # after what is buffered is written; the timer cuts off one who never reads
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = asyncio.get_running_loop().call_later(SCRAPE_TIMEOUT, self.abort)
