@@ -55,18 +55,43 @@ class LineTooLong(Exception):
         self.lines = lines or []
 
 
+class OverBudget(LineTooLong):
+    """The unfinished lines of every connection sharing a `ReadBudget` would pass its limit with this one.
+
+    Handled as `LineTooLong` (answer -32004, close), so that no connection can hold the budget's bytes
+    hostage by growing a line it never ends.
+    """
+
+
+class ReadBudget:
+    """Bytes of unfinished lines held across connections (`used`), and how many they may hold (`limit`)."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+
+SMALL_CHUNK: Final = 4096
+"""Chunks shorter than this are merged into one buffer while a line is incomplete: a peer writing one
+byte at a time costs about one byte of memory per byte, not one object per byte."""
+
+
 class LineSplitter:
     """Turns a byte stream into complete lines, never buffering more than `max_line` bytes.
 
     Chunks of a partial line are kept in a list and joined once, when the newline arrives,
-    so a multi-MiB message costs one copy rather than one per chunk.
+    so a multi-MiB message costs one copy rather than one per chunk. With a `budget`, the
+    bytes of the partial line count against it, shared with other connections.
     """
 
-    __slots__ = ("max_line", "_parts", "_size")
+    __slots__ = ("max_line", "budget", "_parts", "_size")
 
-    def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
+    def __init__(self, max_line: int = DEFAULT_MAX_LINE, budget: ReadBudget | None = None) -> None:
         self.max_line = max_line
-        self._parts: list[bytes | memoryview] = []
+        self.budget = budget
+        self._parts: list[bytes | bytearray | memoryview] = []
         self._size = 0
 
     @property
@@ -85,10 +110,14 @@ class LineSplitter:
         parts = self._parts
         first = data.find(NL)
         if first < 0:
-            self._size += len(data)
-            if self._size > max_line:
-                raise LineTooLong(self._size)
-            parts.append(data)
+            size = self._size + len(data)
+            if size > max_line:
+                raise LineTooLong(size)
+            self._hold(size, [])
+            if len(data) < SMALL_CHUNK and parts and type(parts[-1]) is bytearray:
+                parts[-1] += data
+            else:
+                parts.append(bytearray(data) if len(data) < SMALL_CHUNK else data)
             return []
         if not parts and 0 < first == len(data) - 1 and first <= max_line:
             return [data[:first]]  # the common case: exactly one whole line
@@ -99,8 +128,9 @@ class LineSplitter:
             if self._size + first > max_line:
                 raise LineTooLong(self._size + first)
             parts.append(memoryview(data)[:first])
-            lines.append(b"".join(parts))
-            self._parts = []
+            line = b"".join(parts)
+            parts.clear()  # the chunks go now, before `joined` looks at the line
+            lines.append(self.joined(line))
             start = first + 1
         if start <= nl:
             more = data.split(NL) if start == 0 and nl == len(data) - 1 else data[start:nl + 1].split(NL)
@@ -112,12 +142,34 @@ class LineSplitter:
         if b"" in lines:
             lines = [line for line in lines if line]
         tail_size = len(data) - nl - 1
-        self._size = tail_size
+        if tail_size > max_line:
+            raise LineTooLong(tail_size, lines)
+        self._hold(tail_size, lines)
         if tail_size:
-            if tail_size > max_line:
-                raise LineTooLong(tail_size, lines)
-            self._parts.append(data[nl + 1 :])
+            parts.append(data[nl + 1 :])
         return lines
+
+    def joined(self, line: bytes) -> bytes:
+        """A line that came in several chunks, whole: a subclass may vet it (b"" drops it)."""
+        return line
+
+    def release(self) -> None:
+        """Drop the incomplete line and give its bytes back to the budget (the connection is closing)."""
+        self._hold(0, [])
+        self._parts = []
+
+    def _hold(self, size: int, lines: list[bytes]) -> None:
+        """The incomplete line is now `size` bytes: count the change against the budget, if any.
+
+        Raises `OverBudget` (carrying `lines`, the complete lines before it) when it would grow past it.
+        """
+        budget = self.budget
+        if budget is not None:
+            used = budget.used + size - self._size
+            if size > self._size and used > budget.limit:
+                raise OverBudget(size, lines)
+            budget.used = used
+        self._size = size
 
 
 def request_problem(msg: Any) -> str | None:

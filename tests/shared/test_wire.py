@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from plugrpc import codes
-from plugrpc.wire import LineSplitter, LineTooLong, error_line, loads, reply_id, request_problem
+from plugrpc.wire import LineSplitter, LineTooLong, OverBudget, ReadBudget, error_line, loads, reply_id, request_problem
 
 
 class TestLineSplitter:
@@ -84,3 +84,49 @@ def test_error_line_is_one_json_line() -> None:
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     assert loads(line) == {"jsonrpc": "2.0", "id": "a",
                            "error": {"code": -32003, "message": "Overloaded", "data": {"plugin": "p"}}}
+
+
+class TestUnfinishedLines:
+    def test_one_byte_at_a_time_costs_about_a_byte_per_byte(self) -> None:
+        import tracemalloc
+
+        s = LineSplitter(1 << 20)
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for _ in range(100_000):
+                s.feed(b"x")
+            held = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert held < 2 * 100_000, held  # one object per byte was about 50 bytes per byte
+        assert s.feed(b"\n") == [b"x" * 100_000]
+
+    def test_small_and_large_chunks_join_in_order(self) -> None:
+        s = LineSplitter(1 << 20)
+        for chunk in (b"a", b"b", b"c" * 5000, b"d", b"e"):
+            s.feed(chunk)
+        assert s.feed(b"f\ng") == [b"ab" + b"c" * 5000 + b"def"]
+        assert s.feed(b"h\n") == [b"gh"]
+
+    def test_connections_share_one_budget(self) -> None:
+        budget = ReadBudget(10)
+        a, b = LineSplitter(8, budget), LineSplitter(8, budget)
+        a.feed(b"12345")
+        b.feed(b"1234")
+        assert budget.used == 9
+        with pytest.raises(OverBudget) as info:
+            b.feed(b"ok\nabcdefg")  # a whole line, then an unfinished one past the budget
+        assert info.value.lines == [b"1234ok"]
+        b.release()
+        assert budget.used == 5
+        assert a.feed(b"678\n") == [b"12345678"] and budget.used == 0
+
+    def test_finishing_lines_gives_the_budget_back(self) -> None:
+        budget = ReadBudget(100)
+        s = LineSplitter(50, budget)
+        s.feed(b'{"a":')
+        assert budget.used == 5
+        assert s.feed(b'1}\n{"b"') == [b'{"a":1}'] and budget.used == 4
+        s.release()
+        assert budget.used == 0 and s.buffered == 0
