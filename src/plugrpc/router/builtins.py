@@ -7,6 +7,7 @@ prefixes `router` and `rpc`, which the manifest refuses as plugin names.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Coroutine, Mapping
@@ -155,6 +156,9 @@ class RpcBuiltins(_Tasks):
         super().__init__()
         self.router = router
         self.exported = frozenset({"discover", "cancel"})
+        self._document: asyncio.Task[tuple[Message, bool]] | None = None
+        """The `rpc.discover` answer, built (or being built) once for the routing table in `_routes`."""
+        self._routes: object = None
 
     def submit(self, call: Call) -> None:
         call.target = self
@@ -163,34 +167,71 @@ class RpcBuiltins(_Tasks):
             assert sink is not None
             sink.deliver(call, result_response(call.id, _cancel(call.params, sink)))
             return
-        self.spawn(self._discover(call))
+        self._discover(call)
 
     def notify(self, method: str, params: Any, sink: Sink) -> None:
         if method == "cancel":
             _cancel(params, sink)
 
-    async def _discover(self, call: Call) -> None:
+    async def aclose(self) -> None:
+        if self._document is not None:
+            self._document.cancel()  # its callers are answered -32001
+        await super().aclose()
+
+    def _discover(self, call: Call) -> None:
+        """Answer from the document of the current routing table: built once however many ask at once
+        (a batch of them), then kept until the table changes (a reload), unless a plugin could not say."""
+        document = self._document
+        if document is None or self._routes is not self.router.routes:
+            self._routes = self.router.routes
+            self._document = document = asyncio.get_running_loop().create_task(self._describe())
+            document.add_done_callback(self._described)
+        if document.done():
+            _answer_discover(call, document)
+        else:
+            document.add_done_callback(functools.partial(_answer_discover, call))
+
+    def _described(self, document: asyncio.Task[tuple[Message, bool]]) -> None:
+        """Forget a document that failed or lacks a running plugin's own description: the next call asks again."""
+        if document is self._document and (document.cancelled() or document.exception() or not document.result()[1]):
+            self._document = None
+
+    async def _describe(self) -> tuple[Message, bool]:
+        """The OpenRPC document, and whether every running plugin answered for itself (so it may be kept)."""
         router = self.router
         names = list(router.manifest.plugins)
         docs = await asyncio.gather(*(self._plugin_methods(name) for name in names))
-        methods = [m for doc in docs for m in doc]
+        methods = [m for doc, _ in docs for m in doc]
         methods += [{"name": f"router.{m}", "params": [], "description": BUILTIN_DOCS[m]} for m in sorted(BUILTIN_DOCS)]
         doc = {"openrpc": "1.2.6", "info": {"title": "plugrpc router", "version": __version__}, "methods": methods,
                "x-events": {name: [f"{name}.{p}" for p in router.manifest.plugins[name].events] for name in names}}
-        reply(call, result_response(call.id, doc))
+        return doc, all(complete for _, complete in docs)
 
-    async def _plugin_methods(self, name: str) -> list[dict[str, Any]]:
+    async def _plugin_methods(self, name: str) -> tuple[list[dict[str, Any]], bool]:
+        """A plugin's methods, and False when it was not running or did not answer in time (to ask again later)."""
         plugin = self.router.plugins[name]
         spec = plugin.spec
         described: dict[str, Any] = {}
-        if plugin.supervisor is not None and plugin.supervisor.state is PluginState.RUNNING:
+        complete = plugin.supervisor is None or plugin.supervisor.state is PluginState.RUNNING
+        if plugin.supervisor is not None and complete:
             try:
                 result = await self.router.call_plugin(name, "rpc.discover",
                                                        timeout=min(spec.timeout, DISCOVER_TIMEOUT))
                 described = {m["name"]: m for m in result.get("methods", []) if isinstance(m, dict) and "name" in m}
             except (TimeoutError, RpcError, AttributeError, TypeError) as exc:
+                complete = not isinstance(exc, TimeoutError)
                 log.info("rpc.discover not answered (%s); listing exports only", exc, extra={"plugin": name})
-        return [{**described.get(export, {"params": []}), "name": f"{name}.{export}"} for export in spec.exports]
+        methods = [{**described.get(export, {"params": []}), "name": f"{name}.{export}"} for export in spec.exports]
+        return methods, complete
+
+
+def _answer_discover(call: Call, document: asyncio.Task[tuple[Message, bool]]) -> None:
+    if document.cancelled():
+        reply(call, error_response(call.id, codes.PLUGIN_UNAVAILABLE, data="the router is shutting down"))
+    elif document.exception() is not None:
+        reply(call, error_response(call.id, codes.INTERNAL_ERROR, data=f"rpc.discover failed: {document.exception()}"))
+    else:
+        reply(call, result_response(call.id, document.result()[0]))
 
 
 def _logs_params(params: Any, plugins: Mapping[str, Any]) -> tuple[str, int, int | None, float]:
