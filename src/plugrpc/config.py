@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -93,6 +94,15 @@ class Config:
     max_line: int = DEFAULT_MAX_LINE
     max_inflight_per_client: int = 1024
     """Calls one client connection may have in flight before the router stops reading from it."""
+    max_batch: int = 1024
+    """Requests one batch may hold; a longer batch is refused whole (-32600) before any of it runs."""
+    max_clients: int | None = None
+    """Client connections served at once; past it a new one is told so and closed. None: derived from
+    RLIMIT_NOFILE at start (`client_cap`), keeping descriptors for plugins, their sockets and pipes."""
+    max_buffered: int = 256 * 1024 * 1024
+    """Bytes of unfinished lines the router holds across all clients; a line that would pass it gets -32004."""
+    partial_timeout: float = 30.0
+    """Seconds a client's unfinished line may wait for its end while the router reads it; then it is closed."""
     shutdown_grace: float = 10.0
     """Seconds in-flight calls get to finish on SIGTERM/SIGINT before plugins are stopped."""
     event_queue: int = 1000
@@ -121,6 +131,16 @@ class Config:
                               f"got {self.socket_mode:o}")
         if self.max_inflight_per_client < 1:
             raise ConfigError("max_inflight_per_client must be at least 1")
+        if self.max_batch < 1:
+            raise ConfigError(f"--max-batch (max_batch) must be at least 1, got {self.max_batch}")
+        if self.max_clients is not None and self.max_clients < 1:
+            raise ConfigError(f"--max-clients (max_clients) must be at least 1, got {self.max_clients}")
+        if self.max_buffered < self.max_line:
+            raise ConfigError(f"--max-buffered (max_buffered) must be at least --max-line ({self.max_line} bytes), "
+                              f"got {self.max_buffered}")
+        if self.partial_timeout <= 0:
+            raise ConfigError(f"--partial-timeout (partial_timeout) must be more than 0 seconds, "
+                              f"got {self.partial_timeout}")
         if self.event_queue < 1:
             raise ConfigError(f"--event-queue (event_queue) must be at least 1, got {self.event_queue}")
         if self.shutdown_grace < 0:
@@ -154,6 +174,25 @@ class Config:
 
     def _default_dir(self) -> bool:
         return self.socket == default_socket() and not os.environ.get("PLUGRPC_ROUTER")
+
+
+FD_RESERVE: Final = 256
+"""Descriptors kept from clients at the least: plugins' sockets, pipes and restarts, the router's own files."""
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard one, as servers that hold many connections do; return it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(OSError, ValueError):  # a hard limit the kernel caps lower (nr_open)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return soft
+
+
+def client_cap(fd_limit: int) -> int:
+    """The default `max_clients`: the descriptor limit less a reserve (an eighth of it, at least `FD_RESERVE`)."""
+    return max(1, fd_limit - max(FD_RESERVE, fd_limit // 8))
 
 
 def metrics_address(text: str) -> tuple[str, int] | Path:

@@ -73,3 +73,44 @@ def configure(level: str = "info", json: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+
+
+class RateLimited:
+    """One kind of log line a peer can make the router write at will (refusals, closed connections).
+
+    The first is logged at once; for `interval` seconds after a logged one the rest are only
+    counted, and the next line logged (by a later one, or by `flush` once the interval is over)
+    says how many were left out: a flood costs one line per interval instead of one per event.
+    """
+
+    __slots__ = ("logger", "level", "interval", "_quiet_until", "_suppressed", "_last")
+
+    def __init__(self, logger: logging.Logger, level: int = logging.WARNING, interval: float = 10.0) -> None:
+        self.logger = logger
+        self.level = level
+        self.interval = interval
+        self._quiet_until = 0.0
+        self._suppressed = 0
+        self._last: tuple[str, tuple[object, ...]] = ("", ())
+
+    def __call__(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now < self._quiet_until:
+            self._suppressed += 1
+            self._last = (msg, args)
+            return
+        self._log(now, msg, args)
+
+    def flush(self) -> None:
+        """Log how many were left out once their interval is over (their owner calls this now and then)."""
+        now = time.monotonic()
+        if self._suppressed and now >= self._quiet_until:
+            self._suppressed -= 1  # the latest one is logged itself
+            self._log(now, *self._last)
+
+    def _log(self, now: float, msg: str, args: tuple[object, ...]) -> None:
+        if self._suppressed:
+            msg += f" (and {self._suppressed} more like it not logged in the {self.interval:g}s before)"
+            self._suppressed = 0
+        self._quiet_until = now + self.interval
+        self.logger.log(self.level, msg, *args)

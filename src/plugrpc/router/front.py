@@ -11,14 +11,25 @@ them are answered, whether they came one by one or in batches.
 Notifications to the client (events and progress, once it subscribed: router/events.py) leave
 through the same writer; while the client does not read, its events wait in the bounded backlog
 of its `Outlet` instead of the transport's buffer.
+
+What one client could otherwise take from all, `FrontDoor` bounds for every connection at once:
+connections (`--max-clients`), requests per batch (`--max-batch`, counted before a long batch is
+parsed), bytes of unfinished lines (`--max-buffered`) and how long one may stay unfinished
+(`--partial-timeout`). Each bound is checked where its data already flows, never per call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json.decoder
 import logging
+import os
+import re
 import socket
 import struct
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 import orjson
@@ -26,11 +37,14 @@ import orjson
 from .. import codes
 from ..config import Config
 from ..flow import FlowControl
+from ..logs import RateLimited
 from ..outbox import LineWriter
 from ..wire import (
     JSONDecodeError,
     LineSplitter,
     LineTooLong,
+    OverBudget,
+    ReadBudget,
     dumps,
     error_line,
     error_response,
@@ -47,33 +61,112 @@ log = logging.getLogger("plugrpc.front")
 _PEERCRED: Final = struct.Struct("3i")
 _NEWLINE: Final = orjson.OPT_APPEND_NEWLINE
 _dumps = orjson.dumps
-REFUSED_LINGER: Final = 1.0
-"""Seconds a refused client gets to read why before its connection is closed."""
+REFUSED_LINGER: Final = 0.25
+"""Seconds a client refused by `--allow-uid` gets to send its request and read why before the close."""
+_scan: Callable[[str, int], tuple[Any, int]] = json.decoder.JSONDecoder().scan_once  # type: ignore[attr-defined]
+"""The standard library's C scanner: the value at an index of a str, and the index after it."""
+_BATCH_START: Final = re.compile(r"[ \t\r]*\[[ \t\r]*")
+_SEPARATOR: Final = re.compile(r"[ \t\r]*([,\]])[ \t\r]*")
+
+
+class FrontDoor:
+    """What every client connection of the front socket shares: the router, the bounds, the read budget.
+
+    It is the server's protocol factory, and watches unfinished lines (`sweep`) on a timer of its own.
+    """
+
+    def __init__(self, router: Dispatch, config: Config, max_clients: int) -> None:
+        self.router = router
+        self.max_line = config.max_line
+        self.limit = config.max_inflight_per_client
+        self.max_batch = config.max_batch
+        self.max_clients = max_clients
+        self.allow_uids = config.allow_uids
+        self.partial_timeout = config.partial_timeout
+        self.budget = ReadBudget(config.max_buffered)
+        self.connections = 0
+        """Client connections open now, those being turned away included."""
+        self.log_full = RateLimited(log)
+        self.log_refused = RateLimited(log)
+        self.log_too_long = RateLimited(log)
+        self.log_over_budget = RateLimited(log)
+        self.log_stalled = RateLimited(log)
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __call__(self) -> FrontProtocol:
+        return FrontProtocol(self)
+
+    def start(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(self._interval(), self.sweep)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def sweep(self) -> None:
+        """Close connections whose unfinished line waited too long; say what the rate-limited logs left out."""
+        if self.budget.used:
+            now = time.monotonic()
+            for client in list(self.router.clients):
+                if type(client) is FrontProtocol:
+                    client.check_partial(now, self.partial_timeout)
+        for limited in (self.log_full, self.log_refused, self.log_too_long, self.log_over_budget, self.log_stalled):
+            limited.flush()
+        self.start()
+
+    def _interval(self) -> float:
+        """A quarter of the timeout: an unfinished line is closed within 1.25 to 1.5 times it."""
+        return min(1.0, self.partial_timeout / 4)
+
+
+class FrontSplitter(LineSplitter):
+    """A client's lines, its unfinished one counted against the door's budget; a batch too long to parse is dropped."""
+
+    __slots__ = ("front", "joins")
+
+    def __init__(self, front: FrontProtocol, door: FrontDoor) -> None:
+        super().__init__(door.max_line, door.budget)
+        self.front = front
+        self.joins = 0
+        """Lines completed from several chunks: while it stays the same, the unfinished line is the same one."""
+
+    def joined(self, line: bytes) -> bytes:
+        """A line longer than one read may be a batch too long to parse: refuse it before it is."""
+        self.joins += 1
+        limit = self.front.max_batch
+        if len(line) > 2 * limit and batch_longer_than(line, limit):
+            self.front.reply(too_long_batch(limit))
+            return b""
+        return line
 
 
 class FrontProtocol(LineWriter, asyncio.Protocol):
     """A client connection to the router; the `Sink` of the calls it makes one by one."""
 
-    __slots__ = ("router", "outbox", "handle", "limit", "resume_at", "allow_uids", "transport", "flow",
-                 "splitter", "_out", "calls", "_closing", "events")
+    __slots__ = ("router", "door", "outbox", "handle", "limit", "resume_at", "max_batch", "transport", "flow",
+                 "splitter", "_out", "calls", "_closing", "_partial", "events")
 
-    def __init__(self, router: Dispatch, config: Config) -> None:
+    def __init__(self, door: FrontDoor) -> None:
         # shared by every connection
-        self.router = router
+        self.router = router = door.router
+        self.door = door
         self.outbox = router.outbox
         self.handle: Handle = router.handle
-        self.limit = config.max_inflight_per_client
+        self.limit = door.limit
         self.resume_at = self.limit // 2
-        self.allow_uids = config.allow_uids
+        self.max_batch = door.max_batch
         # this connection
         self.transport: asyncio.Transport | None = None
         self.flow = FlowControl()
-        self.splitter = LineSplitter(config.max_line)
+        self.splitter = FrontSplitter(self, door)
         self._out: list[bytes] = []
         self.calls: set[Call] = set()
         """Calls of this client still in flight: cancelled if it disconnects."""
         self._closing = False
-        """Set after an oversized line: answer what is in flight, then close."""
+        """Set after an oversized or stalled line: answer what is in flight, then close."""
+        self._partial: tuple[int, float] | None = None
+        """(`splitter.joins`, when `FrontDoor.sweep` first saw the unfinished line), while there is one."""
         self.events: Outlet | None = None
         """Its subscriptions (router/events.py), once it asks for notifications: until then, none reach it."""
 
@@ -82,15 +175,25 @@ class FrontProtocol(LineWriter, asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports have asyncio.Transport's methods but not its class.
         self.transport = self.flow.transport = cast(asyncio.Transport, transport)
-        if self.allow_uids is not None:
+        door = self.door
+        door.connections += 1
+        if door.connections > door.max_clients:
+            door.log_full("turned a client away: %d connections open, the most --max-clients allows", door.max_clients)
+            self._turn_away(error_line(None, codes.OVERLOADED, data={
+                "reason": f"the router serves {door.max_clients} client connections, its most (plugrpc run "
+                          "--max-clients): try again later"}))
+            return
+        if door.allow_uids is not None:
             uid = _peer_uid(transport)
-            if uid not in self.allow_uids:
+            if uid not in door.allow_uids:
                 self._refuse(uid)
                 return
         self.handle = self.router.handler_for(transport.get_extra_info("socket"))  # a plugin's: narrower
         self.router.clients.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.door.connections -= 1
+        self.splitter.release()
         self.router.clients.discard(self)
         if self.events is not None:
             self.events.close()
@@ -107,31 +210,44 @@ class FrontProtocol(LineWriter, asyncio.Protocol):
             self.transport.close()
 
     def _refuse(self, uid: int | None) -> None:
-        """A peer whose uid `--allow-uid` does not list: say so, then close.
+        """A peer whose uid `--allow-uid` does not list: say so, end our side, close soon after.
 
-        Whatever it already sent is read and dropped until it closes (or `REFUSED_LINGER`
-        passes): closing a unix socket with unread data resets the peer, which would lose the
-        explanation.
+        Until the peer closes (or `REFUSED_LINGER` passes) what it sends is read and dropped: a
+        peer that writes after a close gets "broken pipe" instead of reading why. The connection
+        counts against `--max-clients` meanwhile, so a flood of them is turned away at once.
         """
+        who = "an unknown uid" if uid is None else f"uid {uid}"
+        self.door.log_refused("refused a client with %s: not in --allow-uid", who)
         transport = self.transport
         assert transport is not None
-        who = "an unknown uid" if uid is None else f"uid {uid}"
-        log.warning("refused a client with %s: not in --allow-uid", who)
-        self.splitter = _Discard()
+        self.splitter = _Discard(self, self.door)
         transport.write(error_line(None, codes.INVALID_REQUEST,
                                    data={"reason": f"{who} may not use this socket (plugrpc run --allow-uid)"}))
         if transport.can_write_eof():
             transport.write_eof()
         asyncio.get_running_loop().call_later(REFUSED_LINGER, transport.close)
 
+    def _turn_away(self, why: bytes) -> None:
+        """Past `--max-clients`: write why, then close at once, so the descriptor is free now.
+
+        What the peer already sent is read and dropped first: closing a unix socket with unread
+        data makes the peer's next read fail with "connection reset" instead of end of file.
+        """
+        transport = self.transport
+        assert transport is not None
+        self.flow.close()
+        transport.write(why)
+        _drop_unread(transport)
+        transport.close()
+
     # --- requests ------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        too_long = False
+        too_long = None
         try:
             lines = self.splitter.feed(data)
         except LineTooLong as exc:
-            lines, too_long = exc.lines, True
+            lines, too_long = exc.lines, exc
         handle = self.handle
         for line in lines:
             try:
@@ -143,26 +259,59 @@ class FrontProtocol(LineWriter, asyncio.Protocol):
                 self._batch(msg)
             else:
                 handle(msg, self)
-        if too_long:
-            self._too_large()
+        if too_long is not None:
+            self._too_large(too_long)
 
     def _batch(self, msgs: list[Any]) -> None:
         if not msgs:
             self.reply(error_response(None, codes.INVALID_REQUEST, data="an empty batch is not a request"))
+            return
+        if len(msgs) > self.max_batch:
+            self.reply(too_long_batch(self.max_batch))
             return
         batch = Batch(self)
         for msg in msgs:
             self.handle(msg, batch)
         batch.seal()
 
-    def _too_large(self) -> None:
-        """A line over the limit: answer -32004 and close this connection only, without reading the rest.
+    def _too_large(self, exc: LineTooLong) -> None:
+        """A line over the limit, or over what all clients' unfinished lines may hold: -32004, then close."""
+        door = self.door
+        if isinstance(exc, OverBudget):
+            door.log_over_budget("closing a client connection: its unfinished line would take the bytes held for "
+                                 "all clients past %d (--max-buffered)", door.budget.limit)
+            self._shut(error_line(None, codes.MESSAGE_TOO_LARGE, data=(
+                f"the router holds {door.budget.limit} bytes of unfinished lines for all clients at most "
+                "(plugrpc run --max-buffered), and this line would pass it: send it again later")))
+            return
+        door.log_too_long("closing a client connection: line over %d bytes (--max-line)", self.splitter.max_line)
+        self._shut(too_large_line(self.splitter.max_line))
 
-        Calls still in flight are answered before the close: the transport is closed once they are.
+    def check_partial(self, now: float, timeout: float) -> None:
+        """From `FrontDoor.sweep`: close the connection if the same unfinished line has waited `timeout`.
+
+        The wait counts only while its calls in flight leave the router reading it (not while `busy`).
         """
-        log.warning("closing a client connection: line over %d bytes (--max-line)", self.splitter.max_line)
+        splitter = self.splitter
+        if not splitter.buffered or self.flow.busy or self._closing:
+            self._partial = None
+            return
+        mark = self._partial
+        if mark is None or mark[0] != splitter.joins:
+            self._partial = (splitter.joins, now)
+        elif now - mark[1] >= timeout:
+            size = splitter.buffered
+            self.door.log_stalled("closing a client connection: an unfinished line waited over %gs for its end "
+                                  "(--partial-timeout)", timeout)
+            self._shut(error_line(None, codes.INVALID_REQUEST, data=(
+                f"an unfinished line ({size} bytes, no newline yet) waited over {timeout:g}s for its end "
+                "(plugrpc run --partial-timeout): end every request with a newline")))
+
+    def _shut(self, why: bytes) -> None:
+        """Stop reading, drop the unfinished line, answer `why`; close once the calls in flight are answered."""
         self.flow.close()
-        self.queue(too_large_line(self.splitter.max_line))
+        self.splitter.release()
+        self.queue(why)
         self._closing = True
         self._close_when_done()
 
@@ -297,11 +446,44 @@ class Batch:
             self.responses = []
 
 
-class _Discard(LineSplitter):
+class _Discard(FrontSplitter):
     """The splitter of a refused connection: whatever arrives is dropped unread."""
 
     def feed(self, data: bytes) -> list[bytes]:
         return []
+
+
+def too_long_batch(limit: int) -> Message:
+    """The -32600 that a batch of more than `limit` requests gets instead of any answer."""
+    return error_response(None, codes.INVALID_REQUEST, data={
+        "reason": f"a batch of more than {limit} requests: the router takes at most {limit} in one batch "
+                  "(plugrpc run --max-batch); send them as smaller batches"})
+
+
+def batch_longer_than(line: bytes, limit: int) -> bool:
+    """Whether `line` is a batch of more than `limit` requests, counted one at a time, never parsed whole.
+
+    Fewer than `limit` commas cannot make more than `limit` elements. Otherwise the standard library's
+    scanner steps over `limit` elements of the line read as latin-1 (one character per byte; JSON's
+    syntax is all ASCII). A line whose first `limit` elements are not valid JSON is left to the parser.
+    """
+    if line.count(b",") < limit:
+        return False
+    text = line.decode("latin-1")
+    start = _BATCH_START.match(text)
+    if start is None:
+        return False
+    index = start.end()
+    try:
+        for _ in range(limit):
+            _value, index = _scan(text, index)
+            separator = _SEPARATOR.match(text, index)
+            if separator is None or separator.group(1) == "]":
+                return False
+            index = separator.end()
+    except (StopIteration, ValueError, RecursionError):
+        return False
+    return True
 
 
 def _unencodable(msg: Message, exc: Exception) -> Message:
@@ -315,6 +497,17 @@ def _encodable(msg: Message) -> Message:
     except orjson.JSONEncodeError as exc:
         return _unencodable(msg, exc)
     return msg
+
+
+def _drop_unread(transport: asyncio.BaseTransport, most: int = 1 << 20) -> None:
+    """Read and drop what the peer has sent so far, up to `most` bytes (the socket is non-blocking)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    fd = sock.fileno()
+    with contextlib.suppress(OSError):  # BlockingIOError once nothing is left
+        while most > 0 and (chunk := os.read(fd, 1 << 16)):
+            most -= len(chunk)
 
 
 def _peer_uid(transport: asyncio.BaseTransport) -> int | None:

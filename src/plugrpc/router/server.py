@@ -17,12 +17,12 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from .. import sdnotify
-from ..config import Config, loop_factory, metrics_address
+from ..config import FD_RESERVE, Config, client_cap, loop_factory, metrics_address, raise_fd_limit
 from ..errors import ConfigError
 from ..manifest import load_manifest
 from ..process.runtime_dir import RuntimeDir
 from ..sockets import BACKLOG
-from .front import FrontProtocol
+from .front import FrontDoor
 from .memory import keep_large_buffers
 from .routing import Router
 
@@ -50,6 +50,8 @@ class Server:
         """The router's NATS side, with `--nats` (router/nats_bridge.py)."""
         self._metrics_sock: socket.socket | None = None
         self.metrics: MetricsServer | None = None
+        self.door: FrontDoor | None = None
+        """What the front socket's connections share: its bounds, counts and read budget."""
 
     def run(self) -> None:
         """Serve until SIGINT/SIGTERM, on the configured event loop (this process is the router's)."""
@@ -72,6 +74,7 @@ class Server:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.should_exit.set)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        max_clients = _max_clients(config)  # before any plugin starts: they all inherit the same limit
         # Everything that can be refused is checked before any process starts: names against the
         # directory their sockets go in, made first (and removed by shutdown if startup fails).
         self._runtime_dir = RuntimeDir()
@@ -83,8 +86,9 @@ class Server:
         self._bound = True
         self.router = router = Router(config, manifest, self._runtime_dir)
         await router.start()
-        self._server = await loop.create_unix_server(lambda: FrontProtocol(router, config), sock=sock,
-                                                     backlog=BACKLOG)
+        self.door = FrontDoor(router, config, max_clients)
+        self.door.start()
+        self._server = await loop.create_unix_server(self.door, sock=sock, backlog=BACKLOG)
         if self._metrics_sock is not None:
             self.metrics = _metrics_module().MetricsServer(router)
             await self.metrics.serve(self._metrics_sock)
@@ -134,6 +138,8 @@ class Server:
             await self.metrics.close()
         if self._server is not None:
             self._server.close()
+        if self.door is not None:
+            self.door.close()
         if self._bound:
             self.config.unbind_socket()
         if self.bridge is not None:
@@ -162,6 +168,18 @@ class Server:
 
     def _already_stopping(self, sig: signal.Signals) -> None:
         log.info("got %s while shutting down; still finishing the shutdown", sig.name)
+
+
+def _max_clients(config: Config) -> int:
+    """`--max-clients`, or what the descriptor limit (raised to its hard limit first) leaves for clients."""
+    fd_limit = raise_fd_limit()
+    if config.max_clients is None:
+        return client_cap(fd_limit)
+    if config.max_clients > fd_limit - FD_RESERVE:
+        log.warning("--max-clients %d leaves fewer than %d of the %d file descriptors this process may open for "
+                    "plugins: a plugin may fail to restart while that many clients are connected",
+                    config.max_clients, FD_RESERVE, fd_limit)
+    return config.max_clients
 
 
 def _nats_bridge() -> type[NatsBridge]:

@@ -70,6 +70,18 @@ def _parser() -> argparse.ArgumentParser:
                           f"(default: {DEFAULT_MAX_LINE} = {DEFAULT_MAX_LINE >> 20} MiB; at least 1024)")
     run.add_argument("--shutdown-grace", type=float, default=None, metavar="SECONDS",
                      help="time in-flight calls get on shutdown (default 10)")
+    run.add_argument("--max-clients", type=int, default=None, metavar="N",
+                     help="client connections served at once; past it a new one is told so and closed (default: the "
+                          "open-files limit, raised to its hard limit, less an eighth of it (at least 256) kept for "
+                          "plugins)")
+    run.add_argument("--max-batch", type=int, default=None, metavar="REQUESTS",
+                     help="requests one batch may hold; a longer batch is refused whole with -32600 (default 1024)")
+    run.add_argument("--max-buffered", type=int, default=None, metavar="BYTES",
+                     help="bytes of unfinished lines held for all clients together; a line that would pass it gets "
+                          "-32004 and its connection is closed (default: 268435456 = 256 MiB; at least --max-line)")
+    run.add_argument("--partial-timeout", type=float, default=None, metavar="SECONDS",
+                     help="how long a client's unfinished line may wait for its newline before the connection is "
+                          "closed (default 30)")
     run.add_argument("--event-queue", type=int, default=None, metavar="EVENTS",
                      help="events a subscriber that does not read may have waiting before newer ones are dropped "
                           "(and counted: its next event says how many; default 1000)")
@@ -181,6 +193,9 @@ def _config(args: argparse.Namespace) -> Config:
         options["shutdown_grace"] = args.shutdown_grace
     if args.event_queue is not None:
         options["event_queue"] = args.event_queue
+    for option in ("max_clients", "max_batch", "max_buffered", "partial_timeout"):
+        if getattr(args, option) is not None:
+            options[option] = getattr(args, option)
     if args.nats is not None:
         options.update(nats=args.nats, name=args.name, nats_creds=args.nats_creds, nats_ca=args.nats_ca)
     elif args.name is not None:
