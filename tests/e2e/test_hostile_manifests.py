@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -202,3 +204,18 @@ def test_a_plugin_reaches_what_nats_reaches_unless_its_manifest_grants_more(plug
         assert c.raw("admin.forward", ["router.reload"])["unchanged"] == ["ovs", "fwd", "logs", "admin"]
         assert c.raw("admin.shell", ["router.stats"])[0] == 0
         assert c.raw("router.reload")["unchanged"] == ["ovs", "fwd", "logs", "admin"]  # other clients: all
+
+
+def test_plugrpc_status_says_why_a_plugin_cannot_start(plugrpc_image: Image, plugrpc_router: Router) -> None:
+    root = plugrpc_image({"ovs": ("ovs.py", OVS, ["version"]),
+                          "nofile": ("ovs.py", OVS, ["version"], {"limits": {"open_files": 1 << 40}})})
+    router = plugrpc_router(root)  # past any nr_open: the kernel refuses it, root or not
+    status = [sys.executable, "-m", "plugrpc", "status", "--socket", str(router.socket)]
+
+    def table() -> str:
+        return subprocess.run(status, capture_output=True, text=True, timeout=WAIT).stdout
+
+    row = wait_until(lambda: next((r for r in table().splitlines() if r.startswith("nofile ")
+                                   and "cannot start" in r), None), "nofile's row to say it cannot start")
+    assert "cannot set limits.open_files" in row, row
+    assert f"cannot set limits.open_files to {1 << 40}: " in router.log()

@@ -66,10 +66,11 @@ def last_exit(row: Mapping[str, Any]) -> str:
 
 
 def notes(row: Mapping[str, Any]) -> str:
-    """What else is worth a glance: the plugins it waits for, else what it last said with STATUS=."""
+    """What else is worth a glance: the plugins it waits for, else what it last said with STATUS=, else
+    why it cannot start (the step its process failed at, after LAST_EXIT's `cannot start`)."""
     if row.get("waiting_for"):
         return "waiting for " + ", ".join(row["waiting_for"])
-    text = str(row.get("status_text") or "")
+    text = str(row.get("status_text") or row.get("last_error") or "").removeprefix("cannot start: ")
     if not text:
         return MISSING
     return text if len(text) <= STATUS_WIDTH else text[: STATUS_WIDTH - 3] + "..."
