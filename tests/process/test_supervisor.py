@@ -294,6 +294,8 @@ async def test_killed_plugin_restarts_and_serves_calls_made_while_it_was_dead(ma
         "last_error": None,
         "last_exit": -9,
         "mode": "rpc",
+        "mode_detected": False,
+        "transport": "socket",
         "lazy": False,
         "status_text": None,
         "waiting_for": [],

@@ -32,6 +32,7 @@ from ..manifest import CPU_KILL_AFTER, Limits, PluginSpec, group_entry, passwd_e
 from ..wire import LineSplitter
 from .env import die_with_parent, libc, log_line
 from .reaper import reaper
+from .stdio import PipeConnection
 
 LISTEN_FD: Final = 3
 """First socket-activation fd (systemd's SD_LISTEN_FDS_START)."""
@@ -227,8 +228,10 @@ class Child:
     when the *thread* that forked exits, so a spawn from an executor thread would be killed early.
     """
 
-    def __init__(self, spec: PluginSpec, root: Path, listen_fd: int, env: dict[str, str],
+    def __init__(self, spec: PluginSpec, root: Path, listen_fd: int | None, env: dict[str, str],
                  confinement: Confinement | None = None) -> None:
+        """`listen_fd`: the socket to hand over as fd 3; None for a stdio server, whose stdin and stdout
+        are its connection (`connect_stdio`) and only stderr its log."""
         self.name = spec.name
         self._loop = asyncio.get_running_loop()
         path = os.fspath(spec.path)
@@ -240,7 +243,7 @@ class Child:
             self.popen = subprocess.Popen(
                 argv,
                 bufsize=0,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL if listen_fd is not None else subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 cwd=root,
@@ -261,7 +264,7 @@ class Child:
         """CPU time the process used (user and system, its reaped children included), once it has exited."""
         if failure:
             self.popen.wait()
-            for pipe in (self.popen.stdout, self.popen.stderr):
+            for pipe in (self.popen.stdin, self.popen.stdout, self.popen.stderr):
                 if pipe is not None:
                     pipe.close()
             number, _, rest = failure.decode(errors="replace").partition(" ")
@@ -275,9 +278,18 @@ class Child:
         self.stop_reason: str | None = None
         """Why the runtime is stopping it, when it is not simply `stopped` (`unresponsive`)."""
         self.exited: asyncio.Future[int] = self._loop.create_future()
+        self.stdio: tuple[IO[bytes], IO[bytes]] | None = None
+        """A stdio server's stdin and stdout, until `connect_stdio` hands them to its connection."""
+        self.connection: PipeConnection | None = None
+        logs: tuple[IO[bytes] | None, ...] = (self.popen.stdout, self.popen.stderr)
+        self._levels: tuple[int, ...] = (logging.INFO, logging.WARNING)
+        if listen_fd is None:
+            assert self.popen.stdin is not None and self.popen.stdout is not None
+            self.stdio = (self.popen.stdin, self.popen.stdout)
+            logs, self._levels = (self.popen.stderr,), (logging.WARNING,)
         # (pipe, transport, protocol); a pipe is closed by its transport once it has one.
         self._pipes: list[tuple[IO[bytes], asyncio.ReadTransport | None, LogPipe | None]] = [
-            (pipe, None, None) for pipe in (self.popen.stdout, self.popen.stderr) if pipe is not None
+            (pipe, None, None) for pipe in logs if pipe is not None
         ]
         self._pidfd = -1
         self._thread: threading.Thread | None = None
@@ -342,16 +354,40 @@ class Child:
 
     async def _capture(self, on_line: OnLine) -> None:
         extra = {"plugin": self.name, "pid": self.pid}
-        for i, level in enumerate((logging.INFO, logging.WARNING)):
+        for i, level in enumerate(self._levels):
             pipe = self._pipes[i][0]
             factory = functools.partial(LogPipe, self._loop.create_future(), level, extra, on_line)
             transport, protocol = await self._loop.connect_read_pipe(factory, pipe)
             self._pipes[i] = (pipe, transport, protocol)
 
+    async def connect_stdio(self, protocol: asyncio.Protocol) -> PipeConnection:
+        """A stdio server's stdin and stdout as one connection to `protocol` (once, right after the spawn)."""
+        assert self.stdio is not None
+        stdin, stdout = self.stdio
+        self.stdio = None
+        self.connection = await PipeConnection.open(protocol, stdin, stdout)
+        return self.connection
+
+    def close_input(self) -> bool:
+        """Close a stdio server's stdin, the end of its input (most such servers exit then); False for others."""
+        if self.connection is not None:
+            self.connection.close_input()
+        elif self.stdio is not None:
+            self.stdio[0].close()
+        else:
+            return False
+        return True
+
     async def close(self) -> None:
-        """After exit: let the log pipes reach EOF (bounded, in case something escaped the group), close them."""
+        """After exit: let the log pipes and a stdio server's stdout reach EOF (bounded, in case something
+        escaped the group), close them."""
         if self._capturing is not None:
             await asyncio.wait((self._capturing,))
+        for pipe in self.stdio or ():
+            pipe.close()
+        if self.connection is not None:
+            await asyncio.wait((self.connection.done,), timeout=LOG_DRAIN)
+            self.connection.abort()
         pending = [protocol.closed for _, _, protocol in self._pipes if protocol is not None]
         if pending:
             await asyncio.wait(pending, timeout=LOG_DRAIN)
@@ -452,7 +488,7 @@ def _exec_hint(code: int) -> str:
 
 
 def _child_setup(
-    listen_fd: int, parent_pid: int, path: str, argv: list[str], env: dict[str, str], report_fd: int,
+    listen_fd: int | None, parent_pid: int, path: str, argv: list[str], env: dict[str, str], report_fd: int,
     confinement: Confinement,
 ) -> Callable[[], None]:
     """The function Popen runs in the forked child: it execs the plugin itself.
@@ -468,16 +504,19 @@ def _child_setup(
     def setup() -> None:
         step = "hand the socket over as fd 3"
         try:
-            os.dup2(listen_fd, LISTEN_FD)
-            os.set_inheritable(LISTEN_FD, True)  # dup2 of fd 3 onto itself keeps close-on-exec
-            # O_NONBLOCK lives in the open file description we share with the runtime (bound
-            # non-blocking) and with earlier plugin processes (Go sets it): hand it over blocking,
-            # as systemd does, so `socket.socket(fileno=3).accept()` simply waits.
-            os.set_blocking(LISTEN_FD, True)
-            _close_above(LISTEN_FD, report_fd)
+            if listen_fd is None:  # a stdio server: nothing above its stdio
+                _close_above(LISTEN_FD - 1, report_fd)
+            else:
+                os.dup2(listen_fd, LISTEN_FD)
+                os.set_inheritable(LISTEN_FD, True)  # dup2 of fd 3 onto itself keeps close-on-exec
+                # O_NONBLOCK lives in the open file description we share with the runtime (bound
+                # non-blocking) and with earlier plugin processes (Go sets it): hand it over blocking,
+                # as systemd does, so `socket.socket(fileno=3).accept()` simply waits.
+                os.set_blocking(LISTEN_FD, True)
+                _close_above(LISTEN_FD, report_fd)
+                env["LISTEN_PID"] = str(os.getpid())
             confinement.apply()
             die_with_parent(parent_pid)
-            env["LISTEN_PID"] = str(os.getpid())
             step = f"execute {path}"
             os.execve(path, argv, env)
         except SetupFailed as exc:

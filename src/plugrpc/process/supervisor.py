@@ -79,6 +79,9 @@ class PluginState(enum.StrEnum):
 _UNAVAILABLE: Final = frozenset({PluginState.CRASHLOOP, PluginState.FAILED, PluginState.STOPPING})
 GIVEN_UP: Final = frozenset({PluginState.CRASHLOOP, PluginState.FAILED})
 """States in which calls waiting for the plugin are failed at once rather than left to time out."""
+FAULTS: Final = frozenset({"unresponsive", "handshake", "protocol"})
+"""Why the runtime stops a process it gave up on (an exit to restart, whatever its status): it did not
+answer pings, it failed its handshake, it broke the protocol on its stdout."""
 
 
 def backoff_delay(streak: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
@@ -140,9 +143,13 @@ class Supervisor:
         """What the plugin last said with STATUS=... on its notify socket."""
         self.up = asyncio.Event()
         """Set while RUNNING: what plugins started `after` this one wait for."""
-        self.holding = spec.ready == "notify"
+        self._holds = spec.ready == "notify" or spec.transport == "stdio"
+        self.holding = self._holds
         """Calls must wait in the router, not be written: a notify plugin that has not said READY=1."""
         self.gate: Callable[[], Awaitable[None]] | None = None
+        self.attach: Callable[[Child], Awaitable[None]] | None = None
+        """Awaited after each spawn of a stdio server: the router connects to its pipes and makes the
+        handshake; the plugin is RUNNING once it says the server is `ready`."""
         """Awaited before each spawn: the router's wait for the plugins this one starts `after`."""
         self.waiting_for: list[str] = []
         """The plugins `gate` is waiting for now, for status views."""
@@ -151,7 +158,7 @@ class Supervisor:
         self._sock: socket.socket | None = None
         self._notify: NotifySocket | None = None
         self._child: Child | None = None
-        self._stopping: asyncio.Task[bool] | None = None
+        self._stopping: asyncio.Task[None] | None = None
         """Stopping an unresponsive process (its exit is watched as any other)."""
 
         # Lifecycle: one task owns the process; `_demand` is set while a process should exist.
@@ -198,6 +205,7 @@ class Supervisor:
             "exit_detail": self.exit_detail,
             "last_error": self.last_error,
             "mode": self.spec.mode,
+            "transport": self.spec.transport,
             "mode_detected": False,
             "lazy": self.spec.lazy,
             "status_text": self.status_text,
@@ -228,7 +236,7 @@ class Supervisor:
 
     def bind(self) -> None:
         """Create the listening socket (0600), and the notify socket if it says READY=1, unless they exist."""
-        if self._sock is None:
+        if self._sock is None and self.spec.transport == "socket":
             self._sock = above_stdio(sockets.bind_socket(self.socket_path, 0o600))
         if self._notify is None and self.spec.ready == "notify":
             self._notify = NotifySocket(self.spec.name, self._notified)
@@ -314,11 +322,26 @@ class Supervisor:
             return
         log.warning("unresponsive: %s; stopping it (SIGTERM, then SIGKILL after %gs)", why, self.spec.grace,
                     extra={"plugin": self.spec.name, "pid": child.pid})
-        child.stop_reason = "unresponsive"
-        self.exit_detail = why
+        self._discard(child, "unresponsive", why)
         self._set_state(PluginState.UNRESPONSIVE)
-        self._stopping = asyncio.create_task(terminate(child, self.spec.grace),
-                                             name=f"plugrpc-unresponsive-{self.spec.name}")
+
+    def ready(self, child: Child) -> None:
+        """`child`, a stdio server, answered its handshake: the plugin is RUNNING, calls may be written."""
+        if child is self._child and self.state is PluginState.STARTING and child.stop_reason is None:
+            self._set_state(PluginState.RUNNING)
+
+    def fault(self, child: Child, reason: str, why: str) -> None:
+        """`child` failed its handshake or broke the protocol (`reason`, one of `FAULTS`): stop it, and the
+        restart policy brings the next one. Calls wait for that one meanwhile."""
+        if child is not self._child or child.stop_reason is not None or child.kill_at is not None or self._closed:
+            return
+        log.warning("%s; stopping it", why, extra={"plugin": self.spec.name, "pid": child.pid})
+        self._discard(child, reason, why)
+
+    def _discard(self, child: Child, reason: str, why: str) -> None:
+        child.stop_reason = reason
+        self.exit_detail = why
+        self._stopping = asyncio.create_task(self._end(child), name=f"plugrpc-{reason}-{self.spec.name}")
 
     def _notified(self, pid: int, fields: dict[str, str]) -> bool:
         """A message on the notify socket: take it if it comes from the plugin's process group."""
@@ -350,7 +373,7 @@ class Supervisor:
             self.up.set()
         else:
             self.up.clear()
-        self.holding = self.spec.ready == "notify" and not running
+        self.holding = self._holds and not running
         if self.on_state is not None:
             try:
                 self.on_state(self)
@@ -359,7 +382,7 @@ class Supervisor:
 
     def _after_exit(self, returncode: int | None, uptime: float) -> float | None:
         """Apply spec.restart to an exit (`None`: could not spawn): seconds until the next start, or None."""
-        failed = returncode != 0 or self.exit_reason == "unresponsive"  # SIGTERM may end a stuck one with 0
+        failed = returncode != 0 or self.exit_reason in FAULTS  # SIGTERM may end a stuck one with 0
         policy = self.spec.restart
         if policy == "never" or (policy == "on-failure" and not failed):
             self._demand.clear()
@@ -408,7 +431,7 @@ class Supervisor:
         Run with no command, as a persistent plugin is, core0's library frames `"missing command"`
         on stdout and exits 1. An explicit `mode` always wins: then it only shows in the reason.
         """
-        if self.spec.mode_given or self.last_exit != 1 or self.exit_reason != "crash":
+        if self.spec.mode_given or self.spec.transport == "stdio" or self.last_exit != 1 or self.exit_reason != "crash":
             return False
         lines = [line.text.encode() for line in self.output.lines if line.seq >= self._first_line]
         return core0.says_missing_command(lines)
@@ -436,14 +459,17 @@ class Supervisor:
         if not (spec.path.is_file() and os.access(spec.path, os.X_OK)):
             self._spawn_failed(f"{spec.path} is not an executable file")
             return None
-        assert self._sock is not None  # bound by start(), closed only by stop() after this task ended
-        extra = {"PLUGRPC_SOCKET": str(self.socket_path), "LISTEN_FDS": "1", "LISTEN_FDNAMES": spec.name,
-                 **router_env(self._router_socket)}
+        extra = router_env(self._router_socket)
+        listen_fd = None
+        if spec.transport == "socket":
+            assert self._sock is not None  # bound by start(), closed only by stop() after this task ended
+            listen_fd = self._sock.fileno()
+            extra.update(PLUGRPC_SOCKET=str(self.socket_path), LISTEN_FDS="1", LISTEN_FDNAMES=spec.name)
         if self._notify is not None:
             extra["NOTIFY_SOCKET"] = self._notify.address
         env = plugin_env(spec, extra)
         try:
-            child = Child(spec, self.root, self._sock.fileno(), env, Confinement.of(spec))
+            child = Child(spec, self.root, listen_fd, env, Confinement.of(spec))
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             self._spawn_failed(str(exc.strerror) if isinstance(exc, ExecFailed) else str(exc))
             return None
@@ -454,7 +480,9 @@ class Supervisor:
         self.last_error = None
         self.status_text = None
         await child.capture_logs(self.output.add)
-        if spec.ready != "notify":
+        if self.attach is not None:
+            await self.attach(child)  # RUNNING once the server answers its handshake (`ready`)
+        elif spec.ready != "notify":
             self._set_state(PluginState.RUNNING)  # else: once it says READY=1 (`_notified`)
         return child
 
@@ -483,8 +511,14 @@ class Supervisor:
 
     async def _terminate(self, child: Child) -> None:
         """Stop the process group (SIGTERM, spec.grace, SIGKILL) and reap it. Safe to call again."""
-        await terminate(child, self.spec.grace)
+        await self._end(child)
         await self._reaped(child, child.stop_reason or "stopped")
+
+    async def _end(self, child: Child) -> None:
+        """SIGTERM, grace, SIGKILL; a stdio server's stdin is closed first, and it gets `grace` to exit by itself."""
+        if child.close_input():
+            await asyncio.wait((child.exited,), timeout=self.spec.grace)
+        await terminate(child, self.spec.grace)
 
     async def _reaped(self, child: Child, reason: str | None) -> None:
         """Bookkeeping once the process is gone: flush its logs, record the exit and why, forget it.
@@ -501,7 +535,7 @@ class Supervisor:
             self.exit_detail = broken_limit(self.spec.limits, returncode, child.cpu_seconds,
                                             [line.text for line in self.output.tail(LIMIT_LINES)])
             reason = "crash" if self.exit_detail is None else "limit"
-        elif reason != "unresponsive":  # whose detail `unresponsive()` gave
+        elif reason not in FAULTS:  # whose detail `_discard()` gave
             self.exit_detail = None
         self.last_exit = returncode
         self.exit_reason = reason

@@ -39,6 +39,7 @@ from .liveness import Liveness
 from .memory import release_free_memory
 from .order import wait_after
 from .pool import PluginPool
+from .stdio import StdioPool
 
 if TYPE_CHECKING:
     from .nats_bridge import NatsBridge
@@ -163,7 +164,8 @@ class Router:
             sock = self._free_socket(spec.name)
             sup = Supervisor(spec, self.manifest.root, sock, router_socket=front)
             sup.output = output
-            pool = PluginPool(spec, sock, sup, self.outbox, self.config.max_line, self.events)
+            kind = StdioPool if spec.transport == "stdio" else PluginPool
+            pool = kind(spec, sock, sup, self.outbox, self.config.max_line, self.events)
             plugin = Plugin(spec, pool, sup, sock, output)
             sup.on_state = lambda _: self._on_state(plugin)
             if spec.after:
