@@ -224,6 +224,7 @@ sys.stdin.read()
 def test_twenty_thousand_connections_leave_room_for_a_plugin_to_restart(image: Path, plugrpc_router: Router) -> None:
     router = plugrpc_router(image)  # RLIMIT_NOFILE 20,000 here: 17,500 clients at most
     caller = Caller(router.socket)
+    probe = RawConn(router.socket, timeout=30)  # admitted before the flood, to see good restart
     holders = [subprocess.Popen([sys.executable, "-c", HOLDER, str(router.socket), "4060"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, text=True) for _ in range(5)]
     try:
@@ -232,9 +233,10 @@ def test_twenty_thousand_connections_leave_room_for_a_plugin_to_restart(image: P
         wait_until(lambda: fd_count(router.pid) >= 17_400, "the router to hold its most connections", timeout=60)
         with RawConn(router.socket, timeout=5) as turned:
             assert outcome(turned)["error"]["code"] == codes.OVERLOADED
-        restart_and_answer(caller.conn)
+        restart_and_answer(probe)
         figure("connections_router_fds", fd_count(router.pid), "fds", attempted=20_300)
     finally:
+        probe.close()
         for holder in holders:
             holder.kill()
             holder.wait(WAIT)

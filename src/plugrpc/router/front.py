@@ -464,12 +464,22 @@ def batch_longer_than(line: bytes, limit: int) -> bool:
     """Whether `line` is a batch of more than `limit` requests, counted one at a time, never parsed whole.
 
     Fewer than `limit` commas cannot make more than `limit` elements. Otherwise the standard library's
-    scanner steps over `limit` elements of the line read as latin-1 (one character per byte; JSON's
-    syntax is all ASCII). A line whose first `limit` elements are not valid JSON is left to the parser.
+    scanner steps over `limit` elements of the line's start read as latin-1 (one character per byte;
+    JSON's syntax is all ASCII), a start twice as long each time they do not fit in it. A line whose
+    first `limit` elements are not valid JSON is left to the parser.
     """
     if line.count(b",") < limit:
         return False
-    text = line.decode("latin-1")
+    window = 64 * limit
+    while True:
+        counted = _count_elements(str(memoryview(line)[:window], "latin-1"), limit)
+        if counted is not None or window >= len(line):
+            return bool(counted)
+        window *= 2
+
+
+def _count_elements(text: str, limit: int) -> bool | None:
+    """True if `text` starts a batch with more than `limit` elements, False if not, None if it is cut too short."""
     start = _BATCH_START.match(text)
     if start is None:
         return False
@@ -479,10 +489,10 @@ def batch_longer_than(line: bytes, limit: int) -> bool:
             _value, index = _scan(text, index)
             separator = _SEPARATOR.match(text, index)
             if separator is None or separator.group(1) == "]":
-                return False
+                return None if separator is None and index == len(text) else False
             index = separator.end()
     except (StopIteration, ValueError, RecursionError):
-        return False
+        return None
     return True
 
 
