@@ -20,12 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import nats as nats_py
 import pytest
 
 import plugrpc
+from plugrpc.client.nats import NatsClient
 from plugrpc.testing import RouterProcess, _toml_value, write_image
 
-from util import PLUGINS, WAIT, alive, descendants, wait_until
+from util import PLUGINS, WAIT, NatsServer, alive, descendants, wait_until
 
 Image = Callable[..., Path]
 Router = Callable[..., RouterProcess]
@@ -174,7 +176,6 @@ def test_kill_9_restarts_the_server_with_a_new_handshake(mcp: Server, plugrpc_ro
         assert second["handshake"]["protocolVersion"] == "2025-06-18"
         assert mcp.echoed(c.raw("mcp.tools/call", mcp.echo("after"))) == "after"
         assert not alive(first["pid"])
-    assert router.log().count("notifications/initialized") == 0  # sent, not logged: the server logs nothing of it
 
 
 def test_python_server_notifications_are_events_and_its_requests_are_answered(
@@ -410,3 +411,37 @@ def test_a_notification_flood_and_a_slow_server_leave_the_others_alone(
     with router.client() as c:
         assert c.raw("router.stats")["events"]["emitted"] == 200_000
         assert all(row(c, name)["restarts"] == 0 for name in ("flood", "slow", "ok"))
+
+
+# --- NATS -------------------------------------------------------------------------------------
+
+
+def test_over_nats_calls_reach_a_stdio_server_and_its_notifications_are_published(
+        plugrpc_image: Image, plugrpc_router: Router, plugrpc_tmp: Path) -> None:
+    server = NatsServer(plugrpc_tmp)
+    try:
+        root = plugrpc_image({"s": scripted(events=["notifications/resources/updated"])})
+        router = plugrpc_router(root, "--nats", server.url, "--name", "r1")
+        with router.client() as c:
+            wait_until(lambda: running(c, "s"), "the handshake")
+
+        async def scenario() -> tuple[Any, Any, bytes]:
+            bus = await nats_py.connect(server.url)
+            try:
+                sub = await bus.subscribe("plugrpc.event.r1.s.>")
+                async with NatsClient(server.url, router="r1", timeout=10) as one, \
+                        NatsClient(server.url, timeout=10) as any_router:
+                    by_name = await one.raw("s.echo.a.b/c", [1])
+                    by_plugin = await any_router.raw("s.echo", ["any"])
+                    await one.raw("s.notify", {"uri": "file:///n"})
+                    msg = await sub.next_msg(timeout=WAIT)
+                    return by_name, by_plugin, msg.subject.encode() + b" " + msg.data
+            finally:
+                await bus.close()
+
+        by_name, by_plugin, event = asyncio.run(scenario())
+        assert by_name == {"method": "echo.a.b/c", "params": [1]} and by_plugin == ["any"]
+        assert event.startswith(b"plugrpc.event.r1.s.notifications/resources/updated ")
+        assert b'"file:///n"' in event
+    finally:
+        server.stop()

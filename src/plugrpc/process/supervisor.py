@@ -7,8 +7,11 @@ One task per plugin owns the process: it waits for the plugins it starts `after`
 with jittered exponential backoff, stops it when idle and respawns it on demand; `stop()` cancels
 that task and then stops the process gracefully. A `ready = "notify"` plugin is RUNNING only once
 it says READY=1 on its notify socket; one the router's liveness check finds stuck is
-`unresponsive()`: stopped and, by the restart policy, started again. Every state change goes
-through `_set_state`, which does no I/O.
+`unresponsive()`: stopped and, by the restart policy, started again. A `transport = "stdio"`
+plugin has no socket: each process comes with its pipes, which the router connects to (`attach`),
+and is RUNNING once it answered its handshake (`ready`), or replaced when it fails it or breaks the
+protocol (`fault`); stopping it closes its stdin first. Every state change goes through
+`_set_state`, which does no I/O.
 """
 
 from __future__ import annotations
