@@ -52,8 +52,9 @@ ROUTER_METHODS: Final = frozenset({"router.plugins", "router.stats", "router.hea
                                    "router.subscribe", "router.unsubscribe", "router.logs", "rpc.discover",
                                    "rpc.cancel"})
 """The router's built-in methods: what `router_access` may grant."""
-PLUGIN_ACCESS: Final = frozenset({"router.plugins", "router.stats", "router.health", "rpc.discover",
-                                  "router.subscribe", "router.unsubscribe", "rpc.cancel"})
+READ_ONLY: Final = frozenset({"router.plugins", "router.stats", "router.health", "rpc.discover"})
+"""The built-ins that only read: what callers over NATS reach besides exported methods."""
+PLUGIN_ACCESS: Final = READ_ONLY | {"router.subscribe", "router.unsubscribe", "rpc.cancel"}
 """The built-ins a plugin's own connections reach by default: NATS's read-only ones, events (a plugin may
 follow another's), and cancelling its own calls. Not `router.reload`, nor every plugin's `router.logs`."""
 

@@ -134,7 +134,8 @@ class Builtins(_Tasks):
             "inflight": router.inflight(),
             "calls": sum(p.get("calls", 0) for p in plugins.values()),
             "errors": sum(p.get("errors", 0) for p in plugins.values()),
-            "plugins": {name: {k: p.get(k) for k in ("calls", "errors", "timeouts", "inflight", "p50_ms", "p99_ms")}
+            "plugins": {name: {k: p.get(k) for k in ("calls", "errors", "timeouts", "inflight", "p50_ms", "p99_ms",
+                                                     "notifications_dropped")}
                         for name, p in plugins.items()},
             "events": router.events.status(),
         }

@@ -51,7 +51,7 @@ from nats.nuid import NUID
 
 from .. import __version__, codes
 from ..config import Config
-from ..manifest import RESERVED_NAMES
+from ..manifest import READ_ONLY, RESERVED_NAMES
 from ..nats_link import QUEUE, SERVICE, any_subject, call_subject, connect, event_subject, redacted, services
 from ..wire import JSONDecodeError, error_response, loads, request_problem
 from .front import Batch, _unencodable
@@ -67,7 +67,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("plugrpc.nats")
 
-READ_ONLY: Final = frozenset({"router.plugins", "router.stats", "router.health", "rpc.discover"})
 """The built-ins reachable over NATS: they change nothing (not `router.reload`, not `rpc.cancel`)."""
 PENDING_BYTES: Final = 64 << 20
 """Bytes of messages a subscription may hold while the bridge is at its in-flight limit."""
