@@ -52,7 +52,8 @@ class Requests:
                 try:
                     msg = loads(line)
                 except JSONDecodeError as exc:
-                    answer(parse_error_line(exc))
+                    if line.strip():  # a line of blanks is skipped, as an empty line is
+                        answer(parse_error_line(exc))
                     continue
                 outcome = dispatch(self.table, msg)
                 if outcome is None:

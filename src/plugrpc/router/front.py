@@ -253,7 +253,8 @@ class FrontProtocol(LineWriter, asyncio.Protocol):
             try:
                 msg = loads(line)
             except JSONDecodeError as exc:
-                self.queue(parse_error_line(exc))
+                if line.strip():  # a line of blanks is skipped, as an empty line is
+                    self.queue(parse_error_line(exc))
                 continue
             if type(msg) is list:
                 self._batch(msg)

@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="plugrpc", description="Plugins as persistent JSON-RPC 2.0 servers.")
     parser.add_argument("--version", action="version", version=f"plugrpc {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.set_defaults(usage=parser)
     socket_help = f"the router's front socket (default: {default_socket()}, or $PLUGRPC_ROUTER)"
 
     run = sub.add_parser("run", help="supervise an image's plugins and serve the router",
@@ -140,7 +141,8 @@ def _parser() -> argparse.ArgumentParser:
     logs = sub.add_parser("logs", help="show a plugin's recent output (stdout and stderr), as the router keeps it",
                           description="The last lines a plugin printed, from the router's memory (its last 1000 "
                                       "lines, across restarts), oldest first, with their time and level.")
-    logs.add_argument("name", metavar="NAME", help="the plugin")
+    logs.add_argument("name", metavar="NAME", nargs="?", default=None,
+                      help="the plugin (without it: the plugins there are)")
     logs.add_argument("-n", "--lines", type=int, default=20, metavar="N", help="how many lines (default 20)")
     logs.add_argument("-f", "--follow", action="store_true", help="then print new lines as they come, until ^C")
     logs.add_argument("--socket", type=Path, default=None, help=socket_help)
@@ -177,6 +179,8 @@ def _parser() -> argparse.ArgumentParser:
                          ("--event", "a method whose call emits an event (rpc.event)"),
                          ("--progress", "a method that reports progress (rpc.progress) before its answer")):
         conform.add_argument(option, nargs="+", default=None, metavar=("METHOD", "PARAMS_JSON"), help=what)
+    for command in sub.choices.values():
+        command.set_defaults(usage=command)
     return parser
 
 
@@ -282,6 +286,10 @@ def _events(args: argparse.Namespace) -> int:
 
 
 def _logs(args: argparse.Namespace) -> int:
+    if args.name is None:
+        names = "".join(f"\n  {printable(row['name'])}" for row in api.status(socket=args.socket))
+        print(f"plugrpc: which plugin? plugrpc logs NAME, one of:{names}", file=sys.stderr)
+        return 2
     if args.lines < 0:
         print("plugrpc: -n must be 0 or more", file=sys.stderr)
         return 2
@@ -337,8 +345,16 @@ COMMANDS = {"call": _call, "status": _status, "reload": _reload, "events": _even
             "conform": _conform}
 
 
+EXTRA_HINTS: Final = {"call": "PARAMS is one JSON text: quote it, as in '[1, 2]' or '{\"name\": \"Ada\"}'"}
+"""What to say besides the usage when a command gets words it does not take."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # the command's own usage, not the top-level one
+        hint = EXTRA_HINTS.get(args.command)
+        args.usage.error(f"unrecognized arguments: {' '.join(extra)}" + (f"; {hint}" if hint else ""))
     if args.command == "run" and pid1.is_init():
         # A container's first process: an init forwards signals to the router and reaps orphans.
         return pid1.run_as_init(lambda: _command(args))

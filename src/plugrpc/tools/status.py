@@ -95,6 +95,12 @@ def mode(row: Mapping[str, Any]) -> str:
     return f"{text} (core0)" if row.get("mode_detected") else text
 
 
+def state(row: Mapping[str, Any]) -> str:
+    """The plugin's state; a lazy plugin with no process yet says so, as it starts on its first call."""
+    text = _plain(row.get("state"))
+    return f"{text} (lazy)" if text == "stopped" and row.get("lazy") else text
+
+
 def _field(key: str, fmt: Callable[[Any], str]) -> Callable[[Mapping[str, Any]], str]:
     return lambda row: fmt(row.get(key))
 
@@ -103,7 +109,7 @@ COLUMNS: Final[tuple[tuple[str, Callable[[Mapping[str, Any]], str]], ...]] = (
     # header, what it shows of a router.plugins row
     ("NAME", _field("name", _plain)),
     ("MODE", mode),
-    ("STATE", _field("state", _plain)),
+    ("STATE", state),
     ("PID", _field("pid", _plain)),
     ("UPTIME", _field("uptime", duration)),
     ("RESTARTS", _field("restarts", _plain)),

@@ -1,0 +1,77 @@
+"""What a newcomer meets first, tried as they would: blank lines, the command line's usage and errors, status."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+
+from plugrpc.config import EXAMPLE_ROOT
+from plugrpc.testing import RouterProcess
+
+from util import PLUGINS, Fd3Plugin, RawConn, req
+
+Router = Callable[..., RouterProcess]
+BLANKS = b"\n   \n\t\r\n \r\n"
+
+
+def plugrpc(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "plugrpc", *args], capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def router(plugrpc_router: Router) -> RouterProcess:
+    return plugrpc_router(EXAMPLE_ROOT)
+
+
+def test_lines_of_blanks_are_skipped_as_empty_lines_are(router: RouterProcess) -> None:
+    with RawConn(router.socket) as conn:
+        conn.send(BLANKS)
+        assert conn.ask(req("ovs.version", id=7)) == {"jsonrpc": "2.0", "result": "1.0alpha", "id": 7}
+
+
+@pytest.mark.parametrize("script", ["sdk_basic.py", "plain_plugin.py"])  # the asyncio and the plain engine
+def test_a_plugin_skips_lines_of_blanks(plugrpc_tmp: Path, script: str) -> None:
+    plugin = Fd3Plugin(PLUGINS / script, plugrpc_tmp, script.partition(".")[0], {}, ())
+    with plugin.connect() as conn:
+        conn.send(BLANKS)
+        answer = conn.ask({"jsonrpc": "2.0", "method": "nope", "id": 1})
+    plugin.stop()
+    assert answer["id"] == 1 and answer["error"]["code"] == -32601
+
+
+def test_extra_arguments_get_the_commands_usage_and_a_hint(router: RouterProcess) -> None:
+    done = plugrpc("call", "--socket", str(router.socket), "demo.add", "1", "2")
+    assert done.returncode == 2
+    assert done.stderr.startswith("usage: plugrpc call ")
+    assert "PARAMS is one JSON text: quote it, as in '[1, 2]'" in done.stderr
+    assert plugrpc("call", "--socket", str(router.socket), "demo.add", "[1, 2]").stdout == "3\n"
+
+
+def test_logs_without_a_name_lists_the_plugins(router: RouterProcess) -> None:
+    done = plugrpc("logs", "--socket", str(router.socket))
+    assert done.returncode == 2
+    assert "plugrpc logs NAME" in done.stderr
+    for name in ("ovs", "demo", "sysinfo", "node"):
+        assert f"  {name}" in done.stderr
+
+
+def test_status_says_lazy_and_json_ends_with_a_newline(router: RouterProcess) -> None:
+    table = plugrpc("status", "--socket", str(router.socket)).stdout
+    [node] = [line for line in table.splitlines() if line.startswith("node ")]
+    assert "stopped (lazy)" in node
+    out = plugrpc("status", "--socket", str(router.socket), "--json").stdout
+    assert out.endswith("]\n") and orjson.loads(out)[0]["name"] == "ovs"
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/operators.md"])
+def test_the_docs_status_tables_have_the_columns_status_prints(router: RouterProcess, doc: str) -> None:
+    text = (Path(__file__).resolve().parents[2] / doc).read_text()
+    header = plugrpc("status", "--socket", str(router.socket)).stdout.splitlines()[0].split()
+    shown = [line.split() for line in text.splitlines() if line.startswith("NAME ")]
+    assert shown and all(columns == header for columns in shown), (header, shown)
