@@ -11,8 +11,10 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -131,8 +133,7 @@ func (s *server) accept(ln net.Listener) {
 			continue
 		}
 		delay = 0
-		c := &conn{srv: s, nc: nc, running: map[string][]*running{}}
-		c.ctx, c.cancel = context.WithCancel(s.ctx)
+		c := newConn(s, nc)
 		s.mu.Lock()
 		if s.closing {
 			s.mu.Unlock()
@@ -148,8 +149,10 @@ func (s *server) accept(ln net.Listener) {
 			c.wmu.Lock()
 			s.mu.Unlock()
 			for _, line := range early {
-				c.writeLocked(line)
+				c.queue = append(c.queue, line)
+				c.queued += len(line)
 			}
+			c.flushLocked()
 			c.wmu.Unlock()
 		} else {
 			s.mu.Unlock()
@@ -203,8 +206,19 @@ type conn struct {
 	nc     net.Conn
 	ctx    context.Context // cancelled when the peer goes away
 	cancel context.CancelFunc
-	wmu    sync.Mutex // one line at a time
-	broken bool
+
+	// Lines go out whole, in the order write was called. The first writer to find nobody
+	// writing writes, and goes on writing what others queued meanwhile, all of it in one
+	// writev, until nothing is left: one system call carries many answers when calls finish
+	// together, and a lone answer goes out at once.
+	wmu      sync.Mutex
+	wdone    sync.Cond   // on wmu: a flush ended, or the queue was taken
+	queue    net.Buffers // lines waiting for the writer
+	queued   int         // their bytes
+	spare    net.Buffers
+	flushing bool
+	busy     int32 // calls running (atomic)
+	broken   bool  // a write failed, or the connection closed: nothing more is sent
 
 	mu      sync.Mutex
 	running map[string][]*running // calls in flight by id (compacted), for rpc.cancel
@@ -213,36 +227,102 @@ type conn struct {
 
 type running struct{ cancel context.CancelFunc }
 
-// write sends one whole line; after a failed write (the peer is gone) nothing more is sent
-// and the connection's calls are cancelled.
-func (c *conn) write(line []byte) {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	c.writeLocked(line)
+func newConn(s *server, nc net.Conn) *conn {
+	c := &conn{srv: s, nc: nc, running: map[string][]*running{}}
+	c.ctx, c.cancel = context.WithCancel(s.ctx)
+	c.wdone.L = &c.wmu
+	return c
 }
 
-func (c *conn) writeLocked(line []byte) {
+// maxQueued bounds the bytes queued behind a write in progress: past it, writers wait (as
+// they would in a blocking write) for the peer to read.
+const maxQueued = 4 << 20
+
+// write sends one whole line; after a failed write (the peer is gone) nothing more is sent
+// and the connection's calls are cancelled. The line must not change afterwards.
+func (c *conn) write(line []byte) {
+	c.writeParts(line)
+}
+
+// writeParts writes the parts of one line, together.
+func (c *conn) writeParts(parts ...[]byte) {
+	c.wmu.Lock()
+	for c.flushing && c.queued >= maxQueued && !c.broken {
+		c.wdone.Wait()
+	}
 	if c.broken {
+		c.wmu.Unlock()
 		return
 	}
-	if _, err := c.nc.Write(line); err != nil {
-		c.broken = true
-		c.cancel()
+	for _, part := range parts {
+		c.queue = append(c.queue, part)
+		c.queued += len(part)
 	}
+	if !c.flushing {
+		c.flushLocked()
+	}
+	c.wmu.Unlock()
+}
+
+// flushLocked writes the queue until it is empty; wmu is held, and released while writing.
+func (c *conn) flushLocked() {
+	c.flushing = true
+	for len(c.queue) > 0 && !c.broken {
+		if atomic.LoadInt32(&c.busy) > 0 {
+			// Calls are running: let those about to answer queue their answers first, to go
+			// out in the same write.
+			c.wmu.Unlock()
+			runtime.Gosched()
+			c.wmu.Lock()
+			if c.broken {
+				break
+			}
+		}
+		out := c.queue
+		c.queue, c.spare = c.spare[:0], nil
+		c.queued = 0
+		c.wdone.Broadcast()
+		c.wmu.Unlock()
+		bufs := out
+		_, err := bufs.WriteTo(c.nc) // writev; it consumes bufs, not out
+		c.wmu.Lock()
+		for i := range out {
+			out[i] = nil
+		}
+		c.spare = out[:0]
+		if err != nil {
+			c.broken = true
+			c.queue, c.queued = nil, 0
+			c.cancel()
+		}
+	}
+	c.flushing = false
+	c.wdone.Broadcast()
+}
+
+// closeWriter waits for a write in progress to end, then lets nothing more be sent.
+func (c *conn) closeWriter() {
+	c.wmu.Lock()
+	for c.flushing {
+		c.wdone.Wait()
+	}
+	c.broken = true
+	c.queue, c.queued = nil, 0
+	c.wmu.Unlock()
 }
 
 func (c *conn) serve() {
 	defer c.srv.wg.Done()
 	r := bufio.NewReaderSize(c.nc, 64<<10)
 	for {
-		line, err := readLine(r, c.srv.maxLine)
+		line, owned, err := readLine(r, c.srv.maxLine)
 		if err == errTooLong {
 			c.write(errorLine(nullID, &Error{Code: messageTooLarge, Message: "Message too large",
 				Data: fmt.Sprintf("a line exceeded the maximum of %d bytes", c.srv.maxLine)}))
 			break
 		}
 		if len(line) > 0 {
-			c.handle(line)
+			c.handle(line, owned)
 		}
 		if err != nil {
 			break
@@ -257,6 +337,7 @@ func (c *conn) serve() {
 	}
 	c.calls.Wait()
 	c.srv.remove(c)
+	c.closeWriter()
 	c.nc.Close()
 	c.cancel()
 }
@@ -265,63 +346,76 @@ var errTooLong = errors.New("line too long")
 
 // readLine reads one line without its "\n", growing up to max bytes; a longer one is
 // errTooLong. At the end of the stream the last, unterminated, line comes with the error.
-// The line may share the reader's buffer: it is valid until the next read.
-func readLine(r *bufio.Reader, max int) ([]byte, error) {
-	var line []byte
+// Unless owned, the line shares the reader's buffer: it is valid until the next read. A line
+// longer than the buffer is gathered in pieces, then copied once into memory of its own.
+func readLine(r *bufio.Reader, max int) (line []byte, owned bool, err error) {
+	var pieces []*[]byte
+	total := 0
 	for {
 		frag, err := r.ReadSlice('\n')
 		n := len(frag)
 		if err == nil {
 			n-- // the newline is not part of the line
 		}
-		if len(line)+n > max {
-			return nil, errTooLong
+		if total+n > max {
+			releasePieces(pieces)
+			return nil, false, errTooLong
 		}
-		switch {
-		case err == bufio.ErrBufferFull:
-			line = append(line, frag...)
+		if err == bufio.ErrBufferFull {
+			p := piecePool.Get().(*[]byte)
+			*p = append(*p, frag...)
+			pieces = append(pieces, p)
+			total += n
 			continue
-		case line == nil:
-			line = frag[:n]
-		default:
-			line = append(line, frag[:n]...)
 		}
-		if err == io.EOF && len(line) == 0 {
-			return nil, err
+		if pieces == nil {
+			if err == io.EOF && n == 0 {
+				return nil, false, err
+			}
+			return frag[:n], false, err
 		}
-		return line, err
+		line = make([]byte, 0, total+n)
+		for _, p := range pieces {
+			line = append(line, *p...)
+		}
+		releasePieces(pieces)
+		return append(line, frag[:n]...), true, err
 	}
 }
 
-// handle answers one line: a request, a notification or a batch.
-func (c *conn) handle(line []byte) {
+func releasePieces(pieces []*[]byte) {
+	for _, p := range pieces {
+		*p = (*p)[:0]
+		piecePool.Put(p)
+	}
+}
+
+// piecePool holds the pieces of long lines while they are read.
+var piecePool = sync.Pool{New: func() interface{} { b := make([]byte, 0, 64<<10); return &b }}
+
+// handle answers one line: a request, a notification or a batch. Unless owned, the line is
+// the reader's and is only valid until handle returns.
+func (c *conn) handle(line []byte, owned bool) {
 	line = bytes.TrimSpace(line)
 	if len(line) == 0 {
 		return
+	}
+	if line[0] == '{' {
+		// The common case, one request: checked and taken apart in one pass.
+		if !owned { // the request (its id and params) keeps the line
+			line = append([]byte(nil), line...)
+		}
+		if m, ok := scanRequest(line); ok {
+			c.handleRequest(checkRequest(&m))
+			return
+		}
 	}
 	if !json.Valid(line) {
 		c.write(errorLine(nullID, &Error{Code: ParseError, Message: "Parse error", Data: "the line is not valid JSON"}))
 		return
 	}
 	if line[0] != '[' {
-		req, bad := parseRequest(line)
-		if bad != nil {
-			c.write(bad)
-			return
-		}
-		if answer, inline := c.builtin(req); inline {
-			if answer != nil {
-				c.write(answer)
-			}
-			return
-		}
-		c.calls.Add(1)
-		go func() {
-			defer c.calls.Done()
-			if answer := c.run(req); answer != nil {
-				c.write(answer)
-			}
-		}()
+		c.handleRequest(parseRequest(line))
 		return
 	}
 	var items []json.RawMessage
@@ -344,7 +438,9 @@ func (c *conn) handle(line []byte) {
 		batch.Add(1)
 		go func(i int, req *request) {
 			defer batch.Done()
-			answers[i] = c.run(req)
+			if answer := c.run(req); answer != nil {
+				answers[i] = bytes.Join(answer, nil)
+			}
 		}(i, req)
 	}
 	c.calls.Add(1)
@@ -368,6 +464,34 @@ func (c *conn) handle(line []byte) {
 			c.write(out.Bytes())
 		}
 	}()
+}
+
+// handleRequest answers a bad request at once, and runs a good one in its own goroutine
+// (rpc.cancel and rpc.ping on this one).
+func (c *conn) handleRequest(req *request, bad []byte) {
+	if bad != nil {
+		c.write(bad)
+		return
+	}
+	if answer, inline := c.builtin(req); inline {
+		if answer != nil {
+			c.write(answer)
+		}
+		return
+	}
+	c.calls.Add(1)
+	atomic.AddInt32(&c.busy, 1)
+	go c.answer(req)
+}
+
+// answer runs a call and writes its answer.
+func (c *conn) answer(req *request) {
+	defer c.calls.Done()
+	answer := c.run(req)
+	atomic.AddInt32(&c.busy, -1)
+	if answer != nil {
+		c.writeParts(answer...)
+	}
 }
 
 // builtin answers rpc.cancel and rpc.ping (unless the plugin has its own) at once, on the
@@ -403,6 +527,9 @@ func (c *conn) builtin(req *request) (answer []byte, inline bool) {
 }
 
 func idKey(id json.RawMessage) string {
+	if len(id) > 0 && (id[0] == '"' || id[0] == '-' || id[0] >= '0' && id[0] <= '9') && !bytes.ContainsAny(id, " \t\r\n") {
+		return string(id) // a scalar without whitespace: compact already
+	}
 	var b bytes.Buffer
 	if json.Compact(&b, id) != nil {
 		return string(id)
@@ -428,14 +555,21 @@ type callInfo struct {
 	id   json.RawMessage // nil for a notification
 }
 
-// run calls the command and returns its answer line (nil for a notification).
-func (c *conn) run(req *request) (answer []byte) {
+// callState is what run keeps of a call, in one allocation.
+type callState struct {
+	running
+	info callInfo
+}
+
+// run calls the command and returns its answer line, in parts (nil for a notification).
+func (c *conn) run(req *request) (answer [][]byte) {
 	ctx, cancel := context.WithCancel(c.ctx)
 	defer cancel()
+	st := &callState{running: running{cancel: cancel}, info: callInfo{conn: c, id: req.id}}
 	var key string
 	if req.id != nil {
 		key = idKey(req.id)
-		r := &running{cancel: cancel}
+		r := &st.running
 		c.mu.Lock()
 		c.running[key] = append(c.running[key], r)
 		c.mu.Unlock()
@@ -463,8 +597,8 @@ func (c *conn) run(req *request) (answer []byte) {
 	defer func() {
 		if p := recover(); p != nil {
 			fmt.Fprintf(logw, "plugin: command %q panicked: %v\n%s", req.method, p, debug.Stack())
-			answer = errorLine(id, &Error{Code: InternalError, Message: "Internal error",
-				Data: fmt.Sprintf("paniced with error: %v", p)})
+			answer = [][]byte{errorLine(id, &Error{Code: InternalError, Message: "Internal error",
+				Data: fmt.Sprintf("paniced with error: %v", p)})}
 		}
 		if req.id == nil {
 			answer = nil
@@ -472,16 +606,16 @@ func (c *conn) run(req *request) (answer []byte) {
 	}()
 	fn, ok := c.srv.commands[req.method]
 	if !ok {
-		return errorLine(id, &Error{Code: MethodNotFound, Message: "Method not found", Data: req.method})
+		return [][]byte{errorLine(id, &Error{Code: MethodNotFound, Message: "Method not found", Data: req.method})}
 	}
-	ctx = context.WithValue(ctx, callKey{}, &callInfo{conn: c, id: req.id})
+	ctx = context.WithValue(ctx, callKey{}, &st.info)
 	result, err := fn(ctx, req.params)
 	if err != nil {
 		var rpcErr *Error
 		if errors.As(err, &rpcErr) {
-			return errorLine(id, rpcErr)
+			return [][]byte{errorLine(id, rpcErr)}
 		}
-		return errorLine(id, &Error{Code: CommandFailed, Message: err.Error()})
+		return [][]byte{errorLine(id, &Error{Code: CommandFailed, Message: err.Error()})}
 	}
-	return resultLine(id, result)
+	return resultParts(id, result, req.params)
 }

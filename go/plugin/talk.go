@@ -210,7 +210,7 @@ func (r *routerConn) read() {
 	var err error
 	for {
 		var line []byte
-		line, err = readLine(in, DefaultMaxLine)
+		line, _, err = readLine(in, DefaultMaxLine)
 		if len(line) > 0 {
 			r.answer(line)
 		}

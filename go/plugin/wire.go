@@ -51,39 +51,65 @@ type request struct {
 // parseRequest checks one request object; on failure it returns the error response to send
 // (always sent: an invalid request is answered even without an id, with the id null).
 func parseRequest(raw []byte) (*request, []byte) {
-	var members map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &members); err != nil || members == nil {
+	var all map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &all); err != nil || all == nil {
 		return nil, errorLine(nullID, &Error{Code: InvalidRequest, Message: "Invalid Request",
 			Data: "a request is a JSON object"})
 	}
+	var m members
+	m.id, m.hasID = all["id"]
+	m.jsonrpc, m.hasJSONRPC = all["jsonrpc"]
+	m.method, m.hasMethod = all["method"]
+	m.params, m.hasParams = all["params"]
+	return checkRequest(&m)
+}
+
+// checkRequest makes a request of an object's members, or the error response to send.
+func checkRequest(m *members) (*request, []byte) {
 	req := &request{}
-	if id, ok := members["id"]; ok {
-		if !validID(id) {
+	if m.hasID {
+		if !validID(m.id) {
 			return nil, errorLine(nullID, &Error{Code: InvalidRequest, Message: "Invalid Request",
 				Data: "id must be a string, a number or null"})
 		}
-		req.id = id
+		req.id = m.id
 	}
 	answerID := req.id
 	if answerID == nil {
 		answerID = nullID
 	}
-	if v, ok := members["jsonrpc"]; !ok || !bytes.Equal(v, jsonrpc20) {
+	if !m.hasJSONRPC || !bytes.Equal(m.jsonrpc, jsonrpc20) {
 		return nil, errorLine(answerID, &Error{Code: InvalidRequest, Message: "Invalid Request",
 			Data: `jsonrpc must be "2.0"`})
 	}
-	m, ok := members["method"]
-	if !ok || len(m) == 0 || m[0] != '"' || json.Unmarshal(m, &req.method) != nil {
+	if method, ok := plainString(m.method); ok {
+		req.method = method
+	} else if !m.hasMethod || len(m.method) == 0 || m.method[0] != '"' || json.Unmarshal(m.method, &req.method) != nil {
 		return nil, errorLine(answerID, &Error{Code: InvalidRequest, Message: "Invalid Request",
 			Data: "method must be a string"})
 	}
 	// Params go to the command untouched, as core0 passed its args JSON whatever it held.
-	if p, ok := members["params"]; ok && !bytes.Equal(p, nullID) {
-		req.params = p
+	if m.hasParams && !bytes.Equal(m.params, nullID) {
+		req.params = m.params
 	} else {
 		req.params = emptyArgs // core0 always passed the args JSON, {} when there were none
 	}
 	return req, nil
+}
+
+// plainString is the text of a JSON string (raw, known valid) without escapes and in ASCII,
+// which decoding would leave as it is.
+func plainString(raw []byte) (string, bool) {
+	if len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
+		return "", false
+	}
+	text := raw[1 : len(raw)-1]
+	for _, c := range text {
+		if c == '\\' || c == '"' || c < 0x20 || c >= 0x80 {
+			return "", false
+		}
+	}
+	return string(text), true
 }
 
 // validID: a string, a number or null, as JSON-RPC 2.0 allows (never an object, array or bool).
@@ -101,20 +127,37 @@ func validID(id json.RawMessage) bool {
 
 // resultLine is a response line, or an internal error's when the result cannot be encoded.
 func resultLine(id json.RawMessage, result interface{}) []byte {
-	text, err := json.Marshal(result)
-	if err != nil {
-		return errorLine(id, &Error{Code: InternalError, Message: "Internal error",
-			Data: "the result cannot be encoded as JSON: " + err.Error()})
-	}
-	var b bytes.Buffer
-	b.Grow(len(text) + len(id) + 32)
-	b.WriteString(`{"jsonrpc":"2.0","result":`)
-	b.Write(text)
-	b.WriteString(`,"id":`)
-	b.Write(id)
-	b.WriteString("}\n")
-	return b.Bytes()
+	return bytes.Join(resultParts(id, result, nil), nil)
 }
+
+// resultParts is resultLine in pieces to write one after the other: a long result that is
+// the call's own params (args), as an echo or a pass-through returns them, is not copied.
+func resultParts(id json.RawMessage, result interface{}, args []byte) [][]byte {
+	var text []byte
+	if raw, ok := result.(json.RawMessage); ok && compactJSON(raw) {
+		text = raw // what json.Marshal would make of it, without its copies
+	} else {
+		var err error
+		if text, err = json.Marshal(result); err != nil {
+			return [][]byte{errorLine(id, &Error{Code: InternalError, Message: "Internal error",
+				Data: "the result cannot be encoded as JSON: " + err.Error()})}
+		}
+	}
+	const head, tail = `{"jsonrpc":"2.0","result":`, `,"id":`
+	if len(text) >= 32<<10 && len(text) == len(args) && &text[0] == &args[0] {
+		end := make([]byte, 0, len(tail)+len(id)+2)
+		end = append(append(append(end, tail...), id...), "}\n"...)
+		return [][]byte{resultHead, text, end}
+	}
+	b := make([]byte, 0, len(head)+len(text)+len(tail)+len(id)+2)
+	b = append(b, head...)
+	b = append(b, text...)
+	b = append(b, tail...)
+	b = append(b, id...)
+	return [][]byte{append(b, "}\n"...)}
+}
+
+var resultHead = []byte(`{"jsonrpc":"2.0","result":`)
 
 // errorLine is an error response line; data that cannot be encoded is left out.
 func errorLine(id json.RawMessage, e *Error) []byte {
