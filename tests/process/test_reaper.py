@@ -40,6 +40,9 @@ def test_watched_group_is_killed_when_the_runtime_side_closes(group: list[int]) 
     reaper.watch(group[0])
     watchdog = reaper.pid
     assert watchdog is not None and alive(watchdog)
+    with open(f"/proc/{watchdog}/cmdline", "rb") as f:  # what ps shows: its name, not a page of code
+        assert f.read().split(b"\0")[1:4] == [b"-I", b"-S", os.fsencode(os.path.join(
+            os.path.dirname(sys.modules[Reaper.__module__].__file__ or ""), "watchdog.py"))]
     reaper.close()
     wait_until(lambda: not any(alive(p) for p in group), timeout=10)
     assert not alive(watchdog)

@@ -324,7 +324,9 @@ async def test_exiting_at_once_becomes_crashloop_with_growing_delays(make: Make)
     assert waits[3] > waits[0], waits
 
 
-async def test_crashloop_ends_once_a_process_stays_up(make: Make, short_dir: Path) -> None:
+async def test_crashloop_ends_once_a_process_stays_up(make: Make, short_dir: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="plugrpc.supervisor")
     marker = short_dir / "crash"
     marker.touch()
     states = States()
@@ -338,6 +340,9 @@ async def test_crashloop_ends_once_a_process_stays_up(make: Make, short_dir: Pat
     os.kill(pid, signal.SIGKILL)
     await until(lambda: sup.pid not in (None, pid), "the restart")
     assert states.names[before] is PluginState.BACKOFF  # a fresh streak, not CRASHLOOP
+    restarts = [r.getMessage() for r in caplog.records if r.getMessage().startswith("restarting in")]
+    assert "quick exit(s) in a row" in restarts[0]
+    assert "it had run" in restarts[-1] and "quick" not in restarts[-1]  # a process that stayed up was no quick exit
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,8 @@
 
 A plugin process gets SIGKILL when the runtime dies (`process.die_with_parent`), but the kernel
 does not pass that setting on to the plugin's own children: after `kill -9` of the router they
-would live on, reparented to init (DESIGN.md: "The runtime never leaves a child behind, even when
-it is itself killed"). Nothing inside a SIGKILLed process runs, so a small watchdog process does
+would live on, reparented to init (the runtime never leaves a child behind, even when
+it is itself killed). Nothing inside a SIGKILLed process runs, so a small watchdog process does
 it: the runtime tells it, over a pipe, each process group it creates (`watch`) and each one it has
 reaped and killed (`forget`). When the pipe reaches end of file, because the runtime exited in
 whatever way, the watchdog SIGKILLs every group still listed and exits.
@@ -25,26 +25,8 @@ from typing import Final
 
 log = logging.getLogger("plugrpc.reaper")
 
-WATCHDOG: Final = r"""
-import os, signal
-groups, rest = set(), b""
-while True:
-    try:
-        data = os.read(0, 65536)
-    except InterruptedError:
-        continue
-    if not data:
-        break
-    *lines, rest = (rest + data).split(b"\n")
-    for line in lines:
-        (groups.add if line[:1] == b"+" else groups.discard)(int(line[1:]))
-for group in groups:
-    try:
-        os.killpg(group, signal.SIGKILL)
-    except OSError:
-        pass
-"""
-"""The watchdog: stdlib only, started with -I -S so that it costs a few MiB and milliseconds."""
+WATCHDOG: Final = os.path.join(os.path.dirname(__file__), "watchdog.py")
+"""The watchdog's own file: run by path with -I -S, it imports nothing of plugrpc's."""
 STOP_TIMEOUT: Final = 5.0
 
 
@@ -103,7 +85,7 @@ class Reaper:
         read, write = os.pipe()  # not inheritable: no plugin keeps the watchdog from seeing EOF
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", WATCHDOG],
+                [sys.executable, "-I", "-S", WATCHDOG],
                 stdin=read,
                 stdout=subprocess.DEVNULL,
                 start_new_session=True,  # a ^C meant for the runtime must not take the watchdog first

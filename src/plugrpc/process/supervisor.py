@@ -406,25 +406,25 @@ class Supervisor:
             if self.gate is not None:
                 await self.gate()
             child = await self._spawn()
+            uptime = 0.0
             if child is None:
-                delay = self._after_exit(None, 0.0)
+                delay = self._after_exit(None, uptime)
             elif await self._watch(child):
                 if self._core0():
                     self._demand.clear()
                     self._set_state(PluginState.EXEC)
                     return
-                delay = self._after_exit(self.last_exit, time.monotonic() - child.started_at)
+                uptime = time.monotonic() - child.started_at
+                delay = self._after_exit(self.last_exit, uptime)
             else:
                 continue  # stopped for idleness; back to waiting for demand
             if delay is None:
                 continue
             if log.isEnabledFor(logging.INFO):
-                log.info(
-                    "restarting in %.2fs (%d quick exit(s) in a row)",
-                    delay,
-                    self._streak,
-                    extra=self._extra,
-                )
+                if uptime >= self._stable_after:
+                    log.info("restarting in %.2fs (it had run %.1fs)", delay, uptime, extra=self._extra)
+                else:
+                    log.info("restarting in %.2fs (%d quick exit(s) in a row)", delay, self._streak, extra=self._extra)
             await asyncio.sleep(delay)
             self.restarts += 1
 
