@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 from plugrpc.config import EXAMPLE_ROOT
 from plugrpc.testing import RouterProcess
 
-from util import PLUGINS, Fd3Plugin, RawConn, req
+from util import PLUGINS, Fd3Plugin, RawConn, req, wait_until
 
 Router = Callable[..., RouterProcess]
 BLANKS = b"\n   \n\t\r\n \r\n"
@@ -75,3 +77,33 @@ def test_the_docs_status_tables_have_the_columns_status_prints(router: RouterPro
     header = plugrpc("status", "--socket", str(router.socket)).stdout.splitlines()[0].split()
     shown = [line.split() for line in text.splitlines() if line.startswith("NAME ")]
     assert shown and all(columns == header for columns in shown), (header, shown)
+
+
+@pytest.mark.parametrize("tail", [b"\n", b""])  # `echo ... |` ends its line; `printf ... |` may not
+def test_a_client_that_half_closes_gets_its_answers(router: RouterProcess, tail: bytes) -> None:
+    # What `echo '...' | socat - UNIX-CONNECT:...` and `nc -N` do: write, shut the writing side, read.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(30)
+        sock.connect(str(router.socket))
+        sock.sendall(orjson.dumps(req("demo.sleep", [0.3], id=1)) + b"\n" + orjson.dumps(req("ovs.version", id=2))
+                     + tail)
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    answers = sorted((orjson.loads(line) for line in received.splitlines()), key=lambda a: a["id"])
+    assert [a.get("result") for a in answers] == [0.3, "1.0alpha"]
+
+
+def test_a_client_that_closes_fully_has_its_calls_cancelled(router: RouterProcess) -> None:
+    with router.client() as c:
+        before = c.raw("router.plugins")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(router.socket))
+        sock.sendall(orjson.dumps(req("demo.sleep", [30], id=1)) + b"\n")
+        time.sleep(0.3)
+    with router.client() as c:
+        def idle() -> bool:
+            return bool([p for p in c.raw("router.plugins") if p["name"] == "demo"][0]["inflight"] == 0)
+        wait_until(idle, "the gone client's call to be cancelled", timeout=10)
+    assert before  # the router was reachable before and after

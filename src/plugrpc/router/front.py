@@ -26,6 +26,7 @@ import json.decoder
 import logging
 import os
 import re
+import select
 import socket
 import struct
 import time
@@ -120,6 +121,13 @@ class FrontDoor:
         return min(1.0, self.partial_timeout / 4)
 
 
+def hung_up(transport: asyncio.BaseTransport) -> bool:
+    """Whether the peer of a unix socket closed fully (POLLHUP), rather than only its writing side."""
+    poller = select.poll()
+    poller.register(transport.get_extra_info("socket").fileno(), select.POLLHUP | select.POLLRDHUP)
+    return any(events & select.POLLHUP for _, events in poller.poll(0))
+
+
 class FrontSplitter(LineSplitter):
     """A client's lines, its unfinished one counted against the door's budget; a batch too long to parse is dropped."""
 
@@ -202,6 +210,21 @@ class FrontProtocol(LineWriter, asyncio.Protocol):
             for call in self.calls:
                 cancel(call)
             self.calls.clear()
+
+    def eof_received(self) -> bool:
+        """The client stopped writing: after a half-close, answer what it asked, then close.
+
+        A client that half-closes (`shutdown(SHUT_WR)`, as `nc -N` and socat do after their input)
+        still reads; one that closed fully never will, and its calls are cancelled as it goes
+        (`connection_lost`). On a unix socket only a full close sets POLLHUP. A last request
+        without its newline counts, as a line ended by the end of input.
+        """
+        if self.splitter.buffered and not self._closing:
+            self.data_received(b"\n")
+        if not self.calls or self.transport is None or hung_up(self.transport):
+            return False
+        self._closing = True
+        return True
 
     def close(self) -> None:
         """Close at once (shutdown): what was queued is written first."""
