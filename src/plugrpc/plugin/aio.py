@@ -20,15 +20,16 @@ from ..outbox import LineWriter, Outbox
 from ..sockets import BACKLOG
 from ..wire import NOID
 from . import talk
+from .direct import FIGURES
 from .dispatch import Handler, encode
 from .lifecycle import FLUSH_TIMEOUT, announce, start_up_failure
-from .session import CANCEL, Requests, check_cancel_id
+from .session import CANCEL, Requests, check_cancel_id, outlet
 from .talk import CURRENT, Current
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .dispatch import Outcome
+    from .dispatch import Outcome, Pending, Response
 
 log = logging.getLogger("plugrpc.sdk")
 
@@ -120,6 +121,10 @@ class Connection(LineWriter, asyncio.Protocol):
         self.running: dict[Any, asyncio.Task[None]] = {}
         """Tasks of async/threaded calls, by request id (a fresh key for notifications and batches)."""
         self.closed: asyncio.Future[None] = self._loop.create_future()
+        # Direct-connection state (see plugin/direct.py), set by rpc.direct
+        self.max_inflight = 0
+        """Calls that may run at once on this direct connection (0: no bound)."""
+        self.slots: asyncio.Semaphore | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports have asyncio.Transport's methods but not its class.
@@ -132,7 +137,8 @@ class Connection(LineWriter, asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         connections = self._server.connections
         connections.discard(self)
-        talk.closed(self, lambda: next(iter(connections), None))
+        self.requests.end()
+        talk.closed(self, lambda: outlet(connections))
         # Nobody is left to read these answers (the router sends rpc.cancel for the same reason).
         # EOF counts too: a half-close looks the same as a peer gone, and a gone peer's calls must end.
         self.cancel_all()
@@ -170,6 +176,8 @@ class Connection(LineWriter, asyncio.Protocol):
             task.cancel()
 
     def _start(self, pending: Outcome, id: Any) -> None:
+        if self.requests.direct is not None:
+            pending = self._direct(pending)  # type: ignore[arg-type]
         key = id if id is not NOID and id not in self.running else object()
         self.running[key] = self._loop.create_task(self._complete(pending, key, id))
 
@@ -181,6 +189,35 @@ class Connection(LineWriter, asyncio.Protocol):
             del self.running[key]
         if outcome is not None:
             self.send(encode(outcome))
+
+    def make_direct(self, exports: list[str], max_inflight: int) -> None:
+        """`rpc.direct` came on this connection: bind it to `exports` and `max_inflight`; events leave elsewhere."""
+        self.requests.make_direct(exports)
+        self.max_inflight = max_inflight
+        if max_inflight:
+            self.slots = asyncio.Semaphore(max_inflight)
+        talk.closed(self, lambda: outlet(self._server.connections))
+
+    def _direct(self, pending: Pending) -> Pending:
+        """A call on a direct connection: at its bound, reading stops (backpressure) until a call finishes."""
+        if self.max_inflight and len(self.running) + 1 >= self.max_inflight:
+            self.flow.too_many()
+        return self._direct_call(pending)
+
+    async def _direct_call(self, pending: Pending) -> Response | list[Response] | None:
+        """Run the call once a slot is free (a chunk may carry more calls than the bound), and count it."""
+        try:
+            if self.slots is None:
+                outcome = await pending
+            else:
+                async with self.slots:
+                    outcome = await pending
+        finally:
+            pending.close()  # cancelled while waiting for a slot: it never started, and must not warn so
+            if len(self.running) <= self.max_inflight:  # this call is still in `running`
+                self.flow.few_enough()
+        FIGURES.count(outcome)
+        return outcome
 
     def send(self, line: bytes) -> None:
         """Queue a line (an async completion, an event, progress); those of one loop turn leave in one write."""

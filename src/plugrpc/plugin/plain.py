@@ -24,7 +24,7 @@ from ..outbox import LineWriter, Outbox
 from . import talk
 from .dispatch import Handler
 from .lifecycle import FLUSH_TIMEOUT, announce, start_up_failure
-from .session import CANCEL, Requests, check_cancel_id
+from .session import CANCEL, Requests, check_cancel_id, outlet
 
 TYPE_CHECKING = False  # typing's, without importing typing: a plugin loads these modules (see plugin/plain.py)
 if TYPE_CHECKING:
@@ -254,6 +254,12 @@ class PlainConnection(LineWriter):
             else:
                 self.flow.resume_writing()
 
+    def make_direct(self, exports: list[str], max_inflight: int) -> None:
+        """`rpc.direct` came on this connection: bind it to `exports`; events leave on another one. Each call
+        here is answered before the next request is read, so one runs at a time, within any `max_inflight`."""
+        self.requests.make_direct(exports)
+        talk.closed(self, lambda: outlet(self.server.connections))
+
     # --- talk.Sender, and the end ------------------------------------------------------------
 
     def send(self, line: bytes) -> None:
@@ -279,7 +285,8 @@ class PlainConnection(LineWriter):
         self.sock.close()
         connections = self.server.connections
         connections.discard(self)
-        talk.closed(self, lambda: next(iter(connections), None))
+        self.requests.end()
+        talk.closed(self, lambda: outlet(connections))
 
 
 def _cancel(id: Any) -> bool:

@@ -9,7 +9,8 @@ Two engines serve the same protocol: a plugin whose commands (and `on_start`) ar
 functions runs on `plain.py`, a selectors loop that loads no asyncio (half the start-up time,
 6 MB less memory); one with async or `@threaded` commands runs on `aio.py`, on asyncio (uvloop
 where installed). `loop=` chooses by hand. Built-ins: `rpc.discover` (an OpenRPC document, built
-on the first call) and `rpc.cancel` (the router giving up on a call).
+on the first call), `rpc.cancel` (the router giving up on a call), `rpc.ping` (the router's liveness
+check, answered with the direct-call figures) and `rpc.direct` (see `direct.py`).
 
 `on_start` is the plugin's start-up work (open a database, warm a cache): it runs before the
 first request is read, and once it is done the plugin says READY=1 on `$NOTIFY_SOCKET` when it
@@ -25,6 +26,7 @@ import socket
 from ..errors import ConfigError
 from ..sockets import bind_socket, remove_socket
 from ..wire import DEFAULT_MAX_LINE
+from .direct import DIRECT, PING, ping, rpc_direct
 from .dispatch import Handler, _is_coroutine_function, resolve, threaded
 
 TYPE_CHECKING = False  # typing's, without importing typing: a plugin loads these modules (see plugin/plain.py)
@@ -65,6 +67,8 @@ def serve(
         commands = global_methods
     table = resolve(commands)
     table[DISCOVER] = Handler(DISCOVER, _discover(table, os.environ.get("PLUGRPC_PLUGIN") or "plugin"))
+    table[PING] = Handler(PING, ping)
+    table[DIRECT] = Handler(DIRECT, rpc_direct)
     engine = _engine(table, on_start, loop)
     sock, bound = listening_socket(path)
     # stderr is the plugin's log (the runtime tags each line); a no-op if logging is set up already.

@@ -11,16 +11,23 @@ from __future__ import annotations
 from .. import codes
 from ..errors import RpcError
 from ..wire import NOID, JSONDecodeError, LineSplitter, LineTooLong, loads, parse_error_line, too_large_line, valid_id
+from .direct import FIGURES, direct_table
 from .dispatch import dispatch, encode
 from .talk import INLINE
 
 TYPE_CHECKING = False  # typing's, without importing typing: a plugin loads these modules (see plugin/plain.py)
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
-    from typing import Any
+    from collections.abc import Callable, Iterable, Mapping
+    from typing import Any, Protocol, TypeVar
 
+    from .direct import Figures
     from .dispatch import Handler, Pending
     from .talk import Sender
+
+    class Connection(Protocol):
+        requests: Requests
+
+    C = TypeVar("C", bound=Connection)
 
 CANCEL = "rpc.cancel"
 """The router giving up on a call it sent (its timeout, or its client went away)."""
@@ -29,11 +36,25 @@ CANCEL = "rpc.cancel"
 class Requests:
     """The requests of one connection: its line splitter and its command table."""
 
-    __slots__ = ("splitter", "table")
+    __slots__ = ("splitter", "table", "direct")
 
     def __init__(self, table: Mapping[str, Handler], max_line: int) -> None:
         self.splitter = LineSplitter(max_line)
         self.table = table
+        self.direct: Figures | None = None
+        """Where calls are counted once the connection is direct (see plugin/direct.py); None until then."""
+
+    def make_direct(self, exports: list[str]) -> None:
+        """Only `exports` (and the kept built-ins) are callable from now on, and each call is counted."""
+        self.table = direct_table(self.table, exports)
+        self.direct = FIGURES
+        FIGURES.connections += 1
+
+    def end(self) -> None:
+        """The connection closed: a direct one is no longer open."""
+        if self.direct is not None:
+            self.direct = None
+            FIGURES.connections -= 1
 
     def answer(self, data: bytes, conn: Sender, start: Callable[[Pending, Any], None]) -> tuple[bytes, bool]:
         """The answers ready now to the requests in `data` as one write (b"" for none), and whether a
@@ -55,7 +76,10 @@ class Requests:
                     if line.strip():  # a line of blanks is skipped, as an empty line is
                         answer(parse_error_line(exc))
                     continue
+                direct = self.direct  # before dispatch: rpc.direct itself is not a direct call
                 outcome = dispatch(self.table, msg)
+                if direct is not None and not _is_pending(outcome):
+                    direct.count(outcome)  # type: ignore[arg-type]
                 if outcome is None:
                     continue
                 if type(outcome) is dict or type(outcome) is list:
@@ -68,6 +92,16 @@ class Requests:
         if too_long:
             answer(too_large_line(self.splitter.max_line))
         return (answers[0] if len(answers) == 1 else b"".join(answers)), too_long
+
+
+def outlet(connections: Iterable[C]) -> C | None:
+    """The connection events go out on next: any but a direct one (its reader did not subscribe)."""
+    return next((conn for conn in connections if conn.requests.direct is None), None)
+
+
+def _is_pending(outcome: Any) -> bool:
+    """A coroutine: the engine counts it when it completes."""
+    return outcome is not None and type(outcome) is not dict and type(outcome) is not list
 
 
 def check_cancel_id(id: Any) -> None:
