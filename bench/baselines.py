@@ -5,7 +5,7 @@
 per client connection, copying complete lines both ways without parsing them. Both run on
 uvloop with asyncio.Protocol and write once per read: the least any server or router can do.
 
-`python -m bench.baselines router --upstream PATH` is issue 8's design with none of plugrpc's
+`python -m bench.baselines router --upstream PATH` is the least design of a router that parses, with none of plugrpc's
 features: it parses each request, routes it by the method's prefix, remaps its id onto one
 pipelined upstream connection and coalesces writes per loop turn, with plugrpc's own line
 splitter and outbox. No exports, validation, timeouts, in-flight bounds or statistics: it is

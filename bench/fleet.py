@@ -1,4 +1,4 @@
-"""The NATS rows (issue 14): a nats-server for the run, its floor, routers on NATS, and the requester that drives them.
+"""The NATS rows: a nats-server for the run, its floor, routers on NATS, and the requester that drives them.
 
 - `NatsBroker`: one `nats-server` on 127.0.0.1 for the whole run, shared by the NATS rows.
 - `NatsEcho`, the floor: `python -m bench.fleet echo --nats URL`, a bare nats-py responder on

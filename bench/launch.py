@@ -16,7 +16,7 @@ import time
 from plugrpc.process.env import die_with_parent
 
 LISTEN_FD = 3
-"""systemd socket activation (and DESIGN.md's plugin contract) put the listening socket here."""
+"""systemd socket activation (and plugrpc's plugin contract, docs/design.md) put the listening socket here."""
 CPUS_ENV = "PLUGRPC_BENCH_CPUS"
 """Comma-separated CPUs the server (and every process it starts) is pinned to, when set."""
 EXEC_STAMP_ENV = "PLUGRPC_BENCH_EXEC_STAMP"

@@ -236,7 +236,7 @@ ROWS: Final = (
         cannot=(GO_SCENARIOS,), needs=(GO_TOOLCHAIN,)),
     Row("go_exec", "router + the Go plugin, exec per call", 2, Router("router-go-exec", go_mode="exec"),
         method="bench.echo", cannot=(GO_SCENARIOS, ARGV_CAP), needs=(GO_TOOLCHAIN,)),
-    # NATS (issue 14): client -> nats-server -> responder is 2 hops; via a router to its plugin, 3.
+    # NATS: client -> nats-server -> responder is 2 hops; via a router to its plugin, 3.
     Row("nats_floor", "NATS floor: nats-py echo responder", 2, NatsEcho(), NATS_REQUEST, method="bench.echo",
         cannot=(NATS_SCENARIOS,), needs=(NATS_INSTALLED,)),
     Row("nats_router", "router over NATS (plugrpc.call)", 3, NatsRouters("nats-router"), NATS_REQUEST,

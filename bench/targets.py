@@ -1,4 +1,4 @@
-"""The targets the issues set for the router, each keyed by what it measures, and how a run is judged against them.
+"""The targets the project holds the router to, each keyed by what it measures, and how a run is judged against them.
 
 A target is a figure of the run (mostly a ratio between two rows within each round) and a bound.
 It passes when its median over the rounds is within the bound and so is a majority of the rounds
@@ -299,7 +299,7 @@ TARGETS: Final = [
            _fanout, lambda v: v >= 50, ">= 50"),
     Target("p2p-call-vs-client-call", "a plugin-to-plugin call costs <= 1.2x a client call through the router",
            _r("p2p", "client", LAT1, "p50_us"), lambda v: v <= 1.2, "<= 1.2"),
-    # NATS (issue 14): ratios to the NATS floor (bare nats-py request-reply to a bare responder) in the same round.
+    # NATS: ratios to the NATS floor (bare nats-py request-reply to a bare responder) in the same round.
     Target("nats-router-p50-vs-floor", "router over NATS p50 <= 1.3x the NATS floor p50",
            _r("nats_router", "nats_floor", LAT1, "p50_us"), lambda v: v <= 1.3, "<= 1.3"),
     Target("nats-router-tput64-vs-floor", "router over NATS throughput at 64 callers >= 0.8x the NATS floor's",

@@ -97,7 +97,7 @@ def raw(mode: str) -> str:
 
 NODE = '''
 #!/usr/bin/env node
-// A plugin written from DESIGN.md alone: listen on fd 3, NDJSON JSON-RPC 2.0.
+// A plugin written from docs/design.md alone: listen on fd 3, NDJSON JSON-RPC 2.0.
 const net = require("net");
 net.createServer((sock) => {
   let buf = "";
@@ -121,7 +121,7 @@ net.createServer((sock) => {
 '''
 
 
-# Operations (issue 16): a plugin that can get stuck, stay busy, eat memory or CPU, leave orphans.
+# Operations: a plugin that can get stuck, stay busy, eat memory or CPU, leave orphans.
 OPS = '''
 #!/usr/bin/env python3
 import os, resource, sys, time

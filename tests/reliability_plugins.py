@@ -1,6 +1,6 @@
 """Plugin sources and figures for the reliability suite (e2e/test_reliability_*.py, test_fuzz.py, test_security.py).
 
-Heavy scenarios run scaled down by default; `PLUGRPC_SLOW=1` runs them at the sizes of issue 5
+Heavy scenarios run scaled down by default; `PLUGRPC_SLOW=1` runs them at full size
 (tests marked `slow`). With `PLUGRPC_FIGURES=FILE`, tests append what they measured (RSS, time to
 first good answer, ...) to FILE as JSON lines; docs/reliability.md reports those figures.
 """

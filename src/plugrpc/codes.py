@@ -1,4 +1,4 @@
-"""Every JSON-RPC error code plugrpc sends, named once (DESIGN.md, "Error codes")."""
+"""Every JSON-RPC error code plugrpc sends, named once (docs/design.md, "Errors")."""
 
 from __future__ import annotations
 

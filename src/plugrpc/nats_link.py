@@ -1,4 +1,4 @@
-"""How routers and callers meet on NATS (DESIGN.md, "Beyond one machine: NATS"): subjects, URLs, connecting.
+"""How routers and callers meet on NATS (docs/design.md, "NATS: beyond one machine"): subjects, URLs, connecting.
 
 Shared by the router's bridge (router/nats_bridge.py) and the client (client/nats.py). Importing
 this module does not import nats-py: only `connect()` does, so a caller of a unix socket never

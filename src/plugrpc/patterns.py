@@ -1,4 +1,4 @@
-"""Event names and the patterns that match them, as NATS subjects (DESIGN.md, "Events, progress and calls").
+"""Event names and the patterns that match them, as NATS subjects (docs/design.md, "Events").
 
 A name is tokens joined by dots: `port.added` as a plugin emits it, `ovs.port.added` with its
 plugin in front, as subscribers see it. A pattern is a name in which a token may be `*` (exactly

@@ -1,4 +1,4 @@
-"""The wire format: JSON-RPC 2.0, one JSON text per line (DESIGN.md, "Wire format").
+"""The wire format: JSON-RPC 2.0, one JSON text per line (docs/design.md, "Wire format").
 
 Pure helpers shared by every protocol in plugrpc (router front, plugin side, client):
 splitting a byte stream into bounded lines, checking a request's envelope, and encoding

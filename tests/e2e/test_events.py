@@ -1,4 +1,4 @@
-"""Events, progress and calls from plugins (issue 15), end to end: `plugrpc run` in a subprocess, plugins
+"""Events, progress and calls from plugins, end to end: `plugrpc run` in a subprocess, plugins
 as processes, subscribers through plugrpc.Client and through raw JSON lines."""
 
 from __future__ import annotations

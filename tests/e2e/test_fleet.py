@@ -1,4 +1,4 @@
-"""A fleet on one machine (issue 14): a real nats-server, routers as real `plugrpc run --nats` processes,
+"""A fleet on one machine: a real nats-server, routers as real `plugrpc run --nats` processes,
 callers on NATS. Queue-group balancing, a router killed -9 under load, NATS restarted under load and
 down at start, subject permissions, TLS with a private CA, and the command line as docs/fleet.md uses it.
 

@@ -1,4 +1,4 @@
-"""Bad input (issue 5): property-based tests of the wire layer, the SDK and the router.
+"""Bad input: property-based tests of the wire layer, the SDK and the router.
 
 Any bytes, any JSON, deep nesting, huge numbers, invalid UTF-8, lone surrogates and wrong types
 in every field must get a valid JSON-RPC response or a clean close: never a crash, never a hang.

@@ -1,4 +1,4 @@
-"""The Makefile's bootstrap installs what each command needs and no more (checked with `make -n` on a fresh venv path)."""
+"""The Makefile's bootstrap installs what each command needs and no more (`make -n` on a fresh venv path)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""Operations (issue 16), end to end: `plugrpc run` in a subprocess, real plugin processes, real sockets.
+"""Operations, end to end: `plugrpc run` in a subprocess, real plugin processes, real sockets.
 
 Liveness (a stuck plugin restarted, a busy one left alone), readiness and `after` order, limits (a
 plugin over its memory or CPU limit dies alone and restarts with the reason), logs, PID 1 in a
-PID namespace, and the faults of the issue: bad limits and users, garbage on $NOTIFY_SOCKET, a
+PID namespace, and their faults: bad limits and users, garbage on $NOTIFY_SOCKET, a
 plugin that says READY=1 and never answers.
 """
 

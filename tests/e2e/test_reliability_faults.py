@@ -1,4 +1,4 @@
-"""Faults (issue 5): plugins that die, hang, crash-loop or break the protocol; clients that vanish; routers killed.
+"""Faults: plugins that die, hang, crash-loop or break the protocol; clients that vanish; routers killed.
 
 Beyond tests/test_e2e.py (one death, one timeout, one bad reply, one disconnect, an idle SIGTERM
 and kill -9), these put each fault under load, with several plugins, and check what is left

@@ -1,7 +1,7 @@
-"""Load (issue 5): every call answered exactly once, memory bounded, under many clients and big payloads.
+"""Load: every call answered exactly once, memory bounded, under many clients and big payloads.
 
 Real `plugrpc run` processes, real plugins, real unix sockets. Default sizes keep `make test`
-quick; `PLUGRPC_SLOW=1` runs the sizes issue 5 names, whose figures docs/reliability.md reports.
+quick; `PLUGRPC_SLOW=1` runs the full sizes, whose figures docs/reliability.md reports.
 """
 
 from __future__ import annotations

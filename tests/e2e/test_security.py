@@ -1,4 +1,4 @@
-"""Security (issue 5): who may call, what can be reached, what a plugin gets, what never runs.
+"""Security: who may call, what can be reached, what a plugin gets, what never runs.
 
 Beyond tests/test_e2e.py (default socket modes, one secret kept from a plugin) and
 tests/test_manifest.py (path confinement while parsing): the front socket's configurable mode and

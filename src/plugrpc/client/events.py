@@ -1,4 +1,4 @@
-"""Events on a `Client`: `subscribe()` and the notifications the router sends (DESIGN.md, "Events ...").
+"""Events on a `Client`: `subscribe()` and the notifications the router sends (docs/design.md, "Events").
 
     async with client.subscribe("ovs.port.*", "demo.>") as events:
         async for ev in events:          # Event(name="ovs.port.added", data={...}, seq=7, dropped=0)

@@ -1,6 +1,6 @@
 """The plugin side: `serve(commands)` runs a plugin as a persistent JSON-RPC server.
 
-It mirrors core0's `plugin.Plugin(plugin.Commands{...})` (DESIGN.md, "Python API"): a mapping
+It mirrors core0's `plugin.Plugin(plugin.Commands{...})` (docs/design.md, "Command line and Python API"): a mapping
 of names to plain or async callables, served on the socket the runtime hands over as fd 3
 (the systemd socket-activation convention). With no mapping it serves jsonrpcserver's `@method`
 registry, so a jsonrpcserver module serves unchanged.

@@ -4,7 +4,7 @@
     plugrpc.progress(0.5)                            # inside a handler: for the call it serves
     await plugrpc.call("other.method", {...})        # inside an async handler: through the router
 
-On the wire (DESIGN.md, "Events, progress and calls from plugins") an event is an `rpc.event`
+On the wire (docs/design.md, "Events, progress and calls from plugins") an event is an `rpc.event`
 notification on a connection the router opened, progress an `rpc.progress` notification with
 the request's id on the connection the request came on, and a call a request to the router's
 front socket (`$PLUGRPC_ROUTER`), as any client makes.

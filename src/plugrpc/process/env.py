@@ -1,4 +1,4 @@
-"""What every plugin process gets from the runtime, whatever its mode (DESIGN.md, "Plugin process").
+"""What every plugin process gets from the runtime, whatever its mode (docs/design.md, "The plugin process").
 
 An explicit environment (never the runtime's whole one), a PATH that starts with this
 interpreter's directory so `#!/usr/bin/env python3` plugins import plugrpc, and a child-side

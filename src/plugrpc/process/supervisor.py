@@ -1,4 +1,4 @@
-"""Keep one `mode = "rpc"` plugin running: its states, restart policy and lifecycle (DESIGN.md, "Plugin process").
+"""Keep one `mode = "rpc"` plugin running: its states, restart policy and lifecycle (docs/design.md).
 
 The runtime binds the plugin's unix socket before the first spawn and keeps it listening across
 restarts, so calls written to it wait in the kernel backlog while the plugin starts or restarts.

@@ -1,4 +1,4 @@
-"""The event hub: subscriptions, events fanned out to them, progress passed on (DESIGN.md, "Events, progress ...").
+"""The event hub: subscriptions, events fanned out to them, progress passed on (docs/design.md, "Events").
 
 Plugins emit `rpc.event` and `rpc.progress` notifications on the router's connections to them;
 `pool.py` hands them here. Clients ask for notifications with `router.subscribe` and get none

@@ -1,4 +1,4 @@
-"""The router on NATS (DESIGN.md, "Beyond one machine: NATS"): the socket's calls, from anywhere.
+"""The router on NATS (docs/design.md, "NATS: beyond one machine"): the socket's calls, from anywhere.
 
 With `plugrpc run --nats URL`, a `NatsBridge` connects out to NATS beside the unix socket and serves
 
@@ -283,7 +283,7 @@ class NatsBridge:
             return
         self.route(msg, sink, only)
         if not sink.tracked and not sink.answered:
-            sink.send(b"", None)  # a notification: the reply only says it arrived (DESIGN.md)
+            sink.send(b"", None)  # a notification: the reply only says it arrived
 
     def _batch(self, msgs: list[Any], sink: NatsRequest, only: str | None) -> None:
         if not msgs:

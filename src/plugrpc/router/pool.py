@@ -8,7 +8,7 @@ and each connection's `pending` (calls written, which only that connection can a
 move between them in `_assign()`, which does no I/O.
 
 A call is retried on another connection only while it is waiting. Once written, a plugin's
-death fails it at once with -32001 (DESIGN.md, "Router"): it may have run, and must not run twice.
+death fails it at once with -32001 (docs/design.md, "The router"): it may have run, and must not run twice.
 
 A running plugin always has a connection open, calls or not, so that it can emit events: the
 pool opens one when the plugin starts running and again after losing it. Notifications a plugin
@@ -535,7 +535,7 @@ class PluginPool:
             self._keep_open()
 
     def _keep_open(self) -> None:
-        """Open the connection a running plugin emits events on, unless it has one (DESIGN.md, "Events")."""
+        """Open the connection a running plugin emits events on, unless it has one (docs/design.md, "Events")."""
         if not self.conns and not self.closed and self.supervisor.state is _RUNNING:
             self._run_assign()
 
