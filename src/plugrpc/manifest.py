@@ -1,4 +1,4 @@
-"""`.plugin.toml`: the image's declaration of its plugins (DESIGN.md, "Image and manifest").
+"""`.plugin.toml`: the image's declaration of its plugins (docs/design.md, "Image and manifest").
 
 A core0 manifest (`path` and `exports` only) loads unchanged; every further key is optional
 with a default. Loading is strict: an unknown key, a wrong type, a path that leaves the image root or a value

@@ -243,7 +243,7 @@ def _call(args: argparse.Namespace) -> int:
 
 
 def _print_error(exc: RpcError) -> int:
-    """A JSON-RPC error as JSON on stderr, exit status 1 (DESIGN.md, "Command line")."""
+    """A JSON-RPC error as JSON on stderr, exit status 1 (docs/design.md, "Command line and Python API")."""
     sys.stderr.buffer.write(orjson.dumps(exc.to_error()) + b"\n")
     return 1
 
