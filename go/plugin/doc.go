@@ -19,4 +19,8 @@
 // call's context is cancelled when its caller goes away; Emit sends events, Progress reports
 // on the call being served, Call reaches other plugins through the router, Ready and Status
 // speak sd_notify, and a command returns an *Error to choose its JSON-RPC error code.
+//
+// Direct calls need nothing of the plugin: the package answers the router's rpc.direct, then
+// holds that connection to the exports and max_inflight it was given and writes no events on it,
+// and answers rpc.ping with the figures of its direct connections.
 package plugin

@@ -58,6 +58,7 @@ type server struct {
 	pending [][]byte
 	dropped int
 	wg      sync.WaitGroup // connection goroutines, each waiting for its own calls
+	direct  directState    // direct connections: their figures, and no events on them (direct.go)
 }
 
 // active is the serving server, for Emit; nil before Serve (and in tests, the latest one).
@@ -161,16 +162,18 @@ func (s *server) accept(ln net.Listener) {
 	}
 }
 
-// emit writes an event line on the oldest open connection (the router keeps one open); before
-// there is any, a bounded number wait for the first.
+// emit writes an event line on the oldest open connection that is not direct (the router keeps
+// one open); before there is any, a bounded number wait for the first.
 func (s *server) emit(line []byte) {
+	s.direct.events.RLock()
+	defer s.direct.events.RUnlock()
 	s.mu.Lock()
-	if len(s.conns) == 0 {
+	c := s.outlet()
+	if c == nil {
 		keep(s, line)
 		s.mu.Unlock()
 		return
 	}
-	c := s.conns[0]
 	s.mu.Unlock()
 	c.write(line)
 }
@@ -222,6 +225,7 @@ type conn struct {
 
 	mu      sync.Mutex
 	running map[string][]*running // calls in flight by id (compacted), for rpc.cancel
+	direct  *direct               // set by rpc.direct, on the reader's goroutine (direct.go)
 	calls   sync.WaitGroup
 }
 
@@ -336,6 +340,7 @@ func (c *conn) serve() {
 		c.cancel()
 	}
 	c.calls.Wait()
+	c.closedDirect()
 	c.srv.remove(c)
 	c.closeWriter()
 	c.nc.Close()
@@ -435,10 +440,21 @@ func (c *conn) handle(line []byte, owned bool) {
 			answers[i] = answer
 			continue
 		}
+		d := c.direct
+		if d != nil {
+			if refusal, ok := c.admitItem(req); !ok {
+				answers[i] = refusal
+				continue
+			}
+		}
 		batch.Add(1)
 		go func(i int, req *request) {
 			defer batch.Done()
-			if answer := c.run(req); answer != nil {
+			answer := c.run(req)
+			if d != nil {
+				d.finished(answer)
+			}
+			if answer != nil {
 				answers[i] = bytes.Join(answer, nil)
 			}
 		}(i, req)
@@ -479,23 +495,30 @@ func (c *conn) handleRequest(req *request, bad []byte) {
 		}
 		return
 	}
+	if c.direct != nil && !c.admit(req) {
+		return
+	}
 	c.calls.Add(1)
 	atomic.AddInt32(&c.busy, 1)
-	go c.answer(req)
+	go c.answer(req, c.direct)
 }
 
-// answer runs a call and writes its answer.
-func (c *conn) answer(req *request) {
+// answer runs a call and writes its answer; d is the connection's direct terms it was admitted
+// under (nil: none).
+func (c *conn) answer(req *request, d *direct) {
 	defer c.calls.Done()
 	answer := c.run(req)
 	atomic.AddInt32(&c.busy, -1)
+	if d != nil {
+		d.finished(answer)
+	}
 	if answer != nil {
 		c.writeParts(answer...)
 	}
 }
 
-// builtin answers rpc.cancel and rpc.ping (unless the plugin has its own) at once, on the
-// reader's goroutine, so that a cancel is seen in order with the requests around it.
+// builtin answers rpc.cancel, rpc.direct and rpc.ping (unless the plugin has its own) at once,
+// on the reader's goroutine, so that a cancel is seen in order with the requests around it.
 func (c *conn) builtin(req *request) (answer []byte, inline bool) {
 	switch req.method {
 	case "rpc.cancel":
@@ -521,7 +544,9 @@ func (c *conn) builtin(req *request) (answer []byte, inline bool) {
 		if req.id == nil {
 			return nil, true
 		}
-		return resultLine(req.id, true), true
+		return resultLine(req.id, c.srv.direct.pingResult()), true
+	case "rpc.direct":
+		return c.rpcDirect(req), true
 	}
 	return nil, false
 }
