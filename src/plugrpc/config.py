@@ -120,6 +120,8 @@ class Config:
     """`--nats-ca FILE`: a CA (PEM) to trust for `tls://` servers, beside the system's."""
     metrics: str | None = None
     """`HOST:PORT` or `unix:PATH` to serve Prometheus metrics on (`--metrics`); None: no metrics."""
+    direct: bool = True
+    """Whether `router.connect` hands callers connections of their own to plugins (`--no-direct`: never)."""
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)

@@ -49,8 +49,8 @@ SUN_PATH_MAX: Final = 107
 SOCKET_COPIES: Final = 99
 """The highest N of `NAME.N.sock`, where a changed plugin's new process listens while older ones drain."""
 ROUTER_METHODS: Final = frozenset({"router.plugins", "router.stats", "router.health", "router.reload",
-                                   "router.subscribe", "router.unsubscribe", "router.logs", "rpc.discover",
-                                   "rpc.cancel"})
+                                   "router.subscribe", "router.unsubscribe", "router.logs", "router.connect",
+                                   "rpc.discover", "rpc.cancel"})
 """The router's built-in methods: what `router_access` may grant."""
 READ_ONLY: Final = frozenset({"router.plugins", "router.stats", "router.health", "rpc.discover"})
 """The built-ins that only read: what callers over NATS reach besides exported methods."""
@@ -145,6 +145,10 @@ class PluginSpec:
     """PR_SET_NO_NEW_PRIVS: neither the plugin nor what it runs can gain privileges (setuid, file caps)."""
     router_access: frozenset[str] = PLUGIN_ACCESS
     """The built-ins the plugin's own connections to the router may call (`PLUGIN_ACCESS`, or more)."""
+    direct: bool = True
+    """Whether callers may get a connection of their own to it (`router.connect`), one hop instead of two."""
+    max_direct: int = 256
+    """Direct connections handed out to it and not yet ended; `router.connect` gets -32003 past it."""
     digest: str = ""
     """Hash of the executable when loaded: a rebuilt plugin counts as changed on reload."""
     file_id: tuple[int, int, int] = field(default=(0, 0, 0), compare=False)
@@ -611,4 +615,6 @@ _FIELDS: Final[dict[str, Callable[[Any], Any]]] = {
     "group": _identity,
     "no_new_privileges": _bool,
     "router_access": _router_access,
+    "direct": _bool,
+    "max_direct": _number(1, integer=True),
 }

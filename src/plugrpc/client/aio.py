@@ -6,6 +6,9 @@
         async with c.subscribe("ovs.port.*") as events:       # events (client/events.py)
             async for ev in events: ...
 
+    async with Client(path, direct=True) as c:  # each plugin's calls on a connection of their own to it
+        await c.raw("ovs.version", {})          # (client/direct.py)
+
 One connection carries many concurrent calls, pipelined and matched by id. Requests are built
 with jsonrpcclient's `request_pure` (with our own integer ids); an error response goes through
 its `to_response` and raises the matching `RpcError` subclass. Requests queued in the same
@@ -36,6 +39,7 @@ from ..nats_link import is_nats_url
 from ..outbox import LineWriter, Outbox
 from ..sockets import check_peer, socket_owner
 from ..wire import DEFAULT_MAX_LINE, JSONDecodeError, LineSplitter, LineTooLong, dumps, loads
+from .direct import DirectMode, DirectRoutes, direct_mode, lost_error
 from .events import MAXSIZE, Subscription
 
 __all__ = ["Client"]
@@ -80,16 +84,23 @@ class Client(_ByTarget):
     `Client("nats://host:4222", router=NAME)` is a `NatsClient` (client/nats.py): the same calls
     through a fleet of routers on NATS, to router NAME or (no router) to any that runs the plugin;
     `creds` (a NATS credentials file) and `ca` (a CA to trust for `tls://`) are for NATS only.
+
+    `direct=True` calls each plugin on a connection of the client's own to it, which the router
+    brokers on first use (client/direct.py); a plugin that cannot take one is called through the
+    router, unless `direct="require"`, which raises then. There `timeout` is the only limit of a call.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, timeout: float | None = None,
                  router: str | None = None, creds: str | os.PathLike[str] | None = None,
-                 ca: str | os.PathLike[str] | None = None) -> None:
+                 ca: str | os.PathLike[str] | None = None, direct: DirectMode = False) -> None:
         if router is not None or creds is not None or ca is not None:
             raise ConfigError(f"router=, creds= and ca= are for NATS URLs (nats://, tls://), not the socket {path}")
         self.path = Path(path) if path is not None else default_socket()
         self.timeout = timeout
         """Default seconds a call may take (None: wait as long as the router lets it run)."""
+        mode = direct_mode(direct)
+        self._direct = DirectRoutes(self.path, mode, timeout, self._direct_connection) if mode else None
+        """Each plugin's direct connection, with `direct=`; None: every call goes through the router."""
         self._conn: _Connection | None = None
         self._closed = False
         self._connect_lock = asyncio.Lock()
@@ -153,13 +164,23 @@ class Client(_ByTarget):
         handler calls `progress(value)` before the result comes (the connection asks the
         router for progress, once, on the first such call).
         """
+        if self._direct is not None:
+            direct = await self._direct.connection(method)
+            if direct is not None:
+                return await self._call(direct, method, params, timeout, progress, method.partition(".")[2])
         conn = self._conn
         if conn is None or progress is not None:
             conn = await self._connection(progress is not None)
+        return await self._call(conn, method, params, timeout, progress)
+
+    async def _call(self, conn: _Connection, method: str, params: Any, timeout: float | None,
+                    progress: Progress | None, sent: str | None = None) -> Any:
+        """`raw` on `conn`: the router's, or a plugin's direct connection, where `sent` is `method` without
+        the plugin's name."""
         id = next(self._ids)
         if progress is not None:
             conn.progress[id] = progress
-        future = conn.call(id, dumps(request_pure(self._ids, method, params, id)))
+        future = conn.call(id, dumps(request_pure(self._ids, sent or method, params, id)))
         if timeout is None:
             timeout = self.timeout
         expiry = None if timeout is None else conn.loop.call_later(timeout, _expire, future, method, timeout)
@@ -208,8 +229,16 @@ class Client(_ByTarget):
     async def close(self) -> None:
         """Close the connection; calls in flight and later calls fail with ConnectionLost."""
         self._closed = True
+        if self._direct is not None:
+            await self._direct.close()
         if self._conn is not None:
             await self._conn.close()
+
+    async def _direct_connection(self, plugin: str, sock: socket.socket) -> _Connection:
+        """A socket `router.connect` handed over, as a connection of its own to `plugin`."""
+        loop = asyncio.get_running_loop()
+        _, conn = await loop.create_unix_connection(lambda: _DirectConnection(loop, plugin), sock=sock)
+        return conn
 
 
 async def _connect_unix(path: Path, timeout: float) -> socket.socket:
@@ -406,3 +435,20 @@ class _Connection(LineWriter, asyncio.Protocol):
         self.queue(line)
         if len(self._out) >= FLUSH_EVERY:
             self.flush()
+
+
+class _DirectConnection(_Connection):
+    """A connection to one plugin that the router handed over: when it ends, calls in flight fail -32001."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, plugin: str) -> None:
+        super().__init__(loop)
+        self.plugin = plugin
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.lost != CLOSED:
+            why = self.lost or (f"connection lost: {exc}" if exc is not None else "end of file")
+            pending, self.pending = self.pending, {}
+            for future in pending.values():
+                if not future.done():
+                    future.set_exception(lost_error(self.plugin, why))
+        super().connection_lost(exc)

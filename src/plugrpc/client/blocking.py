@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from ..config import loop_factory
 from ..errors import ConnectionLost
 from .aio import CLOSED, Client, Progress
+from .direct import DirectMode
 from .events import MAXSIZE, Event, Subscription
 
 __all__ = ["BlockingClient"]
@@ -29,8 +30,8 @@ class BlockingClient:
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, timeout: float | None = None,
                  router: str | None = None, creds: str | os.PathLike[str] | None = None,
-                 ca: str | os.PathLike[str] | None = None) -> None:
-        self._client = Client(path, timeout=timeout, router=router, creds=creds, ca=ca)
+                 ca: str | os.PathLike[str] | None = None, direct: DirectMode = False) -> None:
+        self._client = Client(path, timeout=timeout, router=router, creds=creds, ca=ca, direct=direct)
         self._loop = loop_factory("auto")()
         self._thread = threading.Thread(target=self._loop.run_forever, name="plugrpc-client", daemon=True)
         self._thread.start()

@@ -64,7 +64,10 @@ class NatsClient(Client):
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, timeout: float | None = None,
                  router: str | None = None, creds: str | os.PathLike[str] | None = None,
-                 ca: str | os.PathLike[str] | None = None) -> None:
+                 ca: str | os.PathLike[str] | None = None, direct: Any = False) -> None:
+        if direct:
+            raise ValueError("direct connections are for a router's unix socket: a socket cannot be passed over "
+                             "NATS; leave direct= out for NATS URLs")
         if not is_nats_url(path):
             raise ConfigError(f"NatsClient takes a NATS URL (nats://host:4222, tls://...), got {path!r}")
         if router is not None and not NAME_RE.fullmatch(router):

@@ -1,4 +1,5 @@
-"""The router's own methods: `router.plugins`, `.stats`, `.health`, `.reload`, `.logs`; `rpc.discover`, `rpc.cancel`.
+"""The router's own methods: `router.plugins`, `.stats`, `.health`, `.reload`, `.logs`, `.connect`; `rpc.discover`,
+`rpc.cancel`.
 
 They are targets like any plugin, reached through the same routing table under the reserved
 prefixes `router` and `rpc`, which the manifest refuses as plugin names.
@@ -38,6 +39,7 @@ BUILTIN_DOCS: Final = {
     "subscribe": 'Ask for notifications on this connection: {"events": ["ovs.port.*"], "progress": true}.',
     "unsubscribe": 'End a subscription: {"subscription": S}.',
     "logs": "A plugin's recent output lines (seq, time, level, text): {plugin, lines, after, wait}.",
+    "connect": 'A connection of your own to a plugin, passed as SCM_RIGHTS with the answer: {"plugin": NAME}.',
 }
 LOG_LINES: Final = 20
 """Lines `router.logs` returns when not told how many."""
@@ -94,6 +96,8 @@ class Builtins(_Tasks):
             reply(call, self.router.events.unsubscribe(call))
         elif call.method == "logs":
             self._logs(call)
+        elif call.method == "connect":
+            self.spawn(self.router.direct.broker(call))
         else:
             reply(call, result_response(call.id, self.health()))
 
@@ -135,7 +139,7 @@ class Builtins(_Tasks):
             "calls": sum(p.get("calls", 0) for p in plugins.values()),
             "errors": sum(p.get("errors", 0) for p in plugins.values()),
             "plugins": {name: {k: p.get(k) for k in ("calls", "errors", "timeouts", "inflight", "p50_ms", "p99_ms",
-                                                     "notifications_dropped")}
+                                                     "notifications_dropped", "direct") if k in p or k != "direct"}
                         for name, p in plugins.items()},
             "events": router.events.status(),
         }

@@ -56,6 +56,7 @@ from ..wire import (
 from .interfaces import Call, Dispatch, Handle, Message
 
 if TYPE_CHECKING:
+    from .direct import Brokered
     from .events import Outlet
 
 log = logging.getLogger("plugrpc.front")
@@ -68,6 +69,9 @@ _scan: Callable[[str, int], tuple[Any, int]] = json.decoder.JSONDecoder().scan_o
 """The standard library's C scanner: the value at an index of a str, and the index after it."""
 _BATCH_START: Final = re.compile(r"[ \t\r]*\[[ \t\r]*")
 _SEPARATOR: Final = re.compile(r"[ \t\r]*([,\]])[ \t\r]*")
+FD_WRITE_TIMEOUT: Final = 10.0
+"""Seconds `router.connect`'s answer waits for what was written before it to leave, for a client that does not read."""
+FD_WRITE_POLL: Final = 0.005
 
 
 class FrontDoor:
@@ -153,7 +157,7 @@ class FrontProtocol(LineWriter, asyncio.Protocol):
     """A client connection to the router; the `Sink` of the calls it makes one by one."""
 
     __slots__ = ("router", "door", "outbox", "handle", "limit", "resume_at", "max_batch", "transport", "flow",
-                 "splitter", "_out", "calls", "_closing", "_partial", "events")
+                 "splitter", "_out", "calls", "_closing", "_partial", "events", "brokered")
 
     def __init__(self, door: FrontDoor) -> None:
         # shared by every connection
@@ -177,6 +181,8 @@ class FrontProtocol(LineWriter, asyncio.Protocol):
         """(`splitter.joins`, when `FrontDoor.sweep` first saw the unfinished line), while there is one."""
         self.events: Outlet | None = None
         """Its subscriptions (router/events.py), once it asks for notifications: until then, none reach it."""
+        self.brokered: Brokered | None = None
+        """The connections to plugins it got with `router.connect` (router/direct.py): they end with it."""
 
     # --- connection ----------------------------------------------------------------------
 
@@ -205,6 +211,8 @@ class FrontProtocol(LineWriter, asyncio.Protocol):
         self.router.clients.discard(self)
         if self.events is not None:
             self.events.close()
+        if self.brokered is not None:
+            self.brokered.close()
         if self.calls:
             cancel = self.router.cancel
             for call in self.calls:
@@ -374,6 +382,36 @@ class FrontProtocol(LineWriter, asyncio.Protocol):
         """An answer the router made itself (errors, built-ins)."""
         self.queue(dumps(msg))
 
+    async def deliver_fd(self, call: Call, msg: Message, sock: socket.socket) -> bool:
+        """`deliver` for `router.connect`: the answer's bytes carry `sock` to the client (SCM_RIGHTS).
+
+        sendmsg goes around the transport, so whatever was written before must have left first:
+        what is queued is flushed and the transport's buffer drains (polled: brokering is rare).
+        Nothing is awaited between the last look and the sendmsg, so nothing slips in between;
+        bytes the kernel does not take at once follow through the transport, the descriptor having
+        gone with the first ones. False if the client left, or did not read for `FD_WRITE_TIMEOUT`.
+        """
+        line = _dumps(msg, option=_NEWLINE)
+        deadline = time.monotonic() + FD_WRITE_TIMEOUT
+        while True:
+            transport = self.transport
+            if call.sink is None or transport is None or transport.is_closing():
+                return False
+            self.flush()
+            if not transport.get_write_buffer_size():
+                sent = _send_fd(transport, line, sock.fileno())
+                if sent is None:
+                    return False
+                if sent:
+                    if sent < len(line):
+                        transport.write(line[sent:])
+                    call.sink = None
+                    self.finished(call)
+                    return True
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(FD_WRITE_POLL)
+
     def cancel(self, id: Any) -> bool:
         for call in self.calls:
             if call.id == id and call.sink is not None:
@@ -542,6 +580,22 @@ def _drop_unread(transport: asyncio.BaseTransport, most: int = 1 << 20) -> None:
     with contextlib.suppress(OSError):  # BlockingIOError once nothing is left
         while most > 0 and (chunk := os.read(fd, 1 << 16)):
             most -= len(chunk)
+
+
+def _send_fd(transport: asyncio.Transport, data: bytes, fd: int) -> int | None:
+    """sendmsg `data` with `fd` as SCM_RIGHTS on the transport's socket: bytes sent (0: the kernel's buffer is
+    full), None if the socket is broken. uvloop's transports hand out a stand-in without sendmsg: a duplicate
+    of the descriptor is a real socket object of the same connection."""
+    raw = transport.get_extra_info("socket")
+    if raw is None:
+        return None
+    try:
+        with socket.socket(fileno=os.dup(raw.fileno())) as sock:
+            return sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))])
+    except (BlockingIOError, InterruptedError):
+        return 0
+    except OSError:
+        return None
 
 
 def _peer_uid(transport: asyncio.BaseTransport) -> int | None:

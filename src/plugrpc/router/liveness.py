@@ -31,17 +31,20 @@ PROGRESS_POLL: Final = 0.02
 """Seconds between two looks at what a plugin with a ping unanswered has read."""
 
 Ask = Callable[[Target, str, Any, float], Awaitable[Message]]
+Report = Callable[[int | None, Message], None]
+"""Takes a ping's answer and the pid that gave it: the figures of direct calls ride on it (router/direct.py)."""
 
 
 class Liveness:
     """Pings one plugin for as long as its record lives (`close()` ends it)."""
 
-    def __init__(self, pool: PluginPool, supervisor: Supervisor, ask: Ask) -> None:
+    def __init__(self, pool: PluginPool, supervisor: Supervisor, ask: Ask, report: Report | None = None) -> None:
         self.pool = pool
         self.supervisor = supervisor
         self.pings = 0
         """Pings sent (an answer to each was had, but for the last one when it made the plugin unresponsive)."""
         self._ask = ask
+        self._report = report
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"plugrpc-liveness-{pool.name}")
 
     def __repr__(self) -> str:
@@ -81,6 +84,8 @@ class Liveness:
                 # error is: the plugin's own, or the router's when the process died meanwhile, which the
                 # supervisor deals with.
                 silent = msg is None or (msg.get("error") or {}).get("code") == codes.CALL_TIMEOUT
+                if msg is not None and "result" in msg and self._report is not None:
+                    self._report(self.supervisor.pid, msg)
                 return not silent or read
         finally:
             ask.cancel()  # the call is withdrawn and the plugin told (routing.ask)

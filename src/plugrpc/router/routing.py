@@ -32,6 +32,7 @@ from ..process.supervisor import GIVEN_UP, PluginState, Supervisor
 from ..wire import error_response, reply_id, request_problem
 from .access import handler, owner, peer_pid
 from .builtins import Builtins
+from .direct import DirectHub, DirectState
 from .events import EventHub
 from .exec_target import ExecTarget
 from .interfaces import INTERNAL, NOPARAMS, Call, Handle, Message, Peer, PluginTarget, Sink, Target, clock
@@ -62,6 +63,8 @@ class Plugin:
     output: Logbook = field(default_factory=Logbook)
     """What its processes printed (`router.logs`): kept across restarts and reloads."""
     liveness: Liveness | None = None
+    direct: DirectState = field(default_factory=DirectState)
+    """The connections callers got to it with `router.connect` (router/direct.py), and their calls' figures."""
 
     def status(self) -> dict[str, Any]:
         """Its row of `router.plugins`."""
@@ -72,6 +75,8 @@ class Plugin:
         status["events"] = list(self.spec.events)
         if self.liveness is not None:
             status["pings"] = self.liveness.pings
+        if sup is not None and self.spec.transport == "socket":
+            status["direct"] = self.direct.status()
         return status
 
     def pids(self) -> set[int]:
@@ -109,6 +114,8 @@ class Router:
         """Subscriptions, and the events and progress plugins send them (router/events.py)."""
         self.started = time.monotonic()
         self.builtins = Builtins(self)
+        self.direct = DirectHub(self)
+        """`router.connect`: connections of callers' own to plugins (router/direct.py)."""
         self.routes: dict[str, Target] = {}
         """What a method's prefix routes to: every plugin's target, and the built-ins."""
         self._loop = asyncio.get_running_loop()
@@ -171,7 +178,7 @@ class Router:
             if spec.after:
                 sup.gate = functools.partial(wait_after, sup, spec.after, self._newest)
             if spec.pings:
-                plugin.liveness = Liveness(pool, sup, ask)
+                plugin.liveness = Liveness(pool, sup, ask, plugin.direct.report)
         self._newest[spec.name] = plugin
         return plugin
 
@@ -222,6 +229,8 @@ class Router:
             for name in removed:
                 del self._newest[name]
             retiring = [self.plugins[n] for n in removed + changed]
+            for name in removed + changed:
+                _revoke_on_reload(old[name], new.plugins.get(name), self.plugins[name])
             self.retiring.update(retiring)
             by_name = {plugin.spec.name: plugin for plugin in fresh}
             self.plugins = {n: by_name.get(n) or self.plugins[n] for n in new.plugins}
@@ -266,6 +275,7 @@ class Router:
         """Stop the sweep and the built-ins' work, then every plugin (retiring ones included)."""
         if self._sweeper is not None:
             self._sweeper.cancel()
+        self.direct.close()
         await self.builtins.aclose()
         await asyncio.gather(*(plugin.stop() for plugin in (*self.plugins.values(), *self.retiring)))
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -352,6 +362,8 @@ class Router:
         sup = plugin.supervisor
         assert sup is not None
         log.info("%s", sup.state.value, extra={"plugin": sup.spec.name, "pid": sup.pid})
+        if sup.state is not PluginState.RUNNING:
+            plugin.direct.revoke(f"the plugin is {sup.state.value}", sup.spec.name)
         if sup.state is PluginState.EXEC:
             self._run_as_exec(plugin)
             return
@@ -420,6 +432,17 @@ async def ask(target: Target, method: str, params: Any = NOPARAMS, timeout: floa
     finally:
         if call.sink is not None and call.target is not None:
             call.target.cancel(call)
+
+
+def _revoke_on_reload(old: PluginSpec, new: PluginSpec | None, plugin: Plugin) -> None:
+    """A reload that removes a plugin, changes its exports or turns direct calls off ends its direct connections
+    at once; for any other change they end when the old process stops, after its calls through the router."""
+    if new is None:
+        plugin.direct.revoke("a reload removed the plugin", old.name)
+    elif new.exports != old.exports:
+        plugin.direct.revoke("a reload changed its exports", old.name)
+    elif not new.direct:
+        plugin.direct.revoke("a reload turned its direct connections off", old.name)
 
 
 async def _until_idle(busy: Callable[[], int], timeout: float) -> bool:

@@ -86,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--event-queue", type=int, default=None, metavar="EVENTS",
                      help="events a subscriber that does not read may have waiting before newer ones are dropped "
                           "(and counted: its next event says how many; default 1000)")
+    run.add_argument("--no-direct", action="store_true",
+                     help="never hand callers a connection of their own to a plugin (router.connect answers "
+                          "'disabled' and clients call through the router)")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                      help="least severe log records shown, plugins' output included (default: info)")
     run.add_argument("--log-json", action="store_true", help="log JSON lines instead of text")
@@ -206,6 +209,8 @@ def _config(args: argparse.Namespace) -> Config:
         raise ConfigError("--name is the router's name on NATS: it needs --nats URL")
     if args.metrics is not None:
         options["metrics"] = args.metrics
+    if args.no_direct:
+        options["direct"] = False
     return Config(**options)
 
 
