@@ -88,15 +88,15 @@ def test_sdk_plain_engine_passes() -> None:
     assert "FAIL" not in found.values()
     assert found["events"] == found["progress"] == found["SIGTERM: in-flight calls"] == "PASS"
     assert found["out-of-order answers"] == "SKIP"  # a blocking plain command: answered in order, allowed
-    assert found["rpc.direct"] == "SKIP"
+    assert found["rpc.direct"] == "PASS"  # every SDK plugin takes direct connections
 
 
 def test_sdk_asyncio_engine_passes() -> None:
     status, found, out, _ = check(EXAMPLE_ROOT / "plugins" / "demo", "--call", "add", "[1, 2]", "--slow", "sleep",
                                   "[0.6]", "--event", "greet", '{"name": "Ada"}', "--progress", "build", "[2]")
     assert status == 0, out
-    assert [clause for clause, verdict in found.items() if verdict != "PASS"] == ["rpc.direct"]
-    assert out[-1] == "16 passed, 0 failed, 1 skipped"
+    assert [clause for clause, verdict in found.items() if verdict != "PASS"] == []
+    assert out[-1] == "17 passed, 0 failed, 0 skipped"
 
 
 @pytest.mark.skipif(NODE is None, reason="node is not installed")
