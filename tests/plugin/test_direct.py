@@ -142,6 +142,14 @@ def test_max_inflight_bounds_the_calls_running_at_once(start: Callable[..., Fd3P
     assert ids.index("late") >= 2  # read only once a call had finished
 
 
+def test_max_inflight_0_is_no_bound(start: Callable[..., Fd3Plugin]) -> None:
+    plugin = start(DIRECT, name="direct", env={"DIRECT_ENGINE": "asyncio"})
+    with plugin.connect() as direct:
+        make_direct(direct, max_inflight=0)
+        direct.send(*(req("slow", [0.3], id=i) for i in range(4)))
+        assert max(direct.recv()["result"] for _ in range(4)) == 4
+
+
 def test_a_call_waiting_for_a_slot_is_cancelled_with_its_connection(start: Callable[..., Fd3Plugin]) -> None:
     plugin = start(DIRECT, name="direct", env={"DIRECT_ENGINE": "asyncio"})
     with plugin.connect() as direct:
