@@ -62,6 +62,7 @@ class RouterCollector:
     def collect(self) -> Iterator[Metric]:
         yield from self._calls()
         yield from self._plugins()
+        yield from self._direct()
         yield GaugeMetricFamily("plugrpc_clients", "Client connections to the router's socket now.",
                                 value=len(self.router.clients))
         yield from self._events()
@@ -93,6 +94,12 @@ class RouterCollector:
                                 "answered yet (bounded like one socket connection's).", value=bridge.inflight)
         yield CounterMetricFamily("plugrpc_nats_events_dropped", "Events not published on NATS: NATS away, or "
                                   "over the server's max_payload.", value=bridge.events_dropped)
+        expired = CounterMetricFamily("plugrpc_calls_expired", "Calls from NATS dropped unrun because their "
+                                      "caller's deadline had passed, by plugin (empty: dropped unread, sent by "
+                                      "router name).", labels=["plugin"])
+        for plugin, count in bridge.expired.counts.items():
+            expired.add_metric([plugin], count)
+        yield expired
 
     def _calls(self) -> Iterator[Metric]:
         calls = CounterMetricFamily("plugrpc_calls", "Calls answered, by plugin, method and outcome (ok; error: "
@@ -139,6 +146,24 @@ class RouterCollector:
             if plugin.liveness is not None:
                 pings.add_metric([name], plugin.liveness.pings)
         yield from (up, restarts, exits, pings)
+
+
+    def _direct(self) -> Iterator[Metric]:
+        """Direct connections, as the router counts them, and their calls, as the plugin last reported them."""
+        calls = CounterMetricFamily("plugrpc_direct_calls", "Calls made on direct connections to the plugin, as it "
+                                    "reported them in its last answer to the router's ping.", labels=["plugin"])
+        errors = CounterMetricFamily("plugrpc_direct_errors", "Direct calls the plugin answered with an error, as it "
+                                     "reported them in its last answer to the router's ping.", labels=["plugin"])
+        conns = GaugeMetricFamily("plugrpc_direct_connections", "Direct connections handed out to the plugin "
+                                  "(router.connect) and not ended.", labels=["plugin"])
+        for name, plugin in self.router.plugins.items():
+            if plugin.supervisor is None or plugin.spec.transport != "socket":
+                continue
+            figures = plugin.direct.status()
+            conns.add_metric([name], figures["connections"])
+            calls.add_metric([name], figures["calls"] or 0)
+            errors.add_metric([name], figures["errors"] or 0)
+        yield from (calls, errors, conns)
 
 
 def _buckets(stats: CallStats) -> list[tuple[str, float]]:

@@ -15,6 +15,7 @@ from typing import Any, Final
 from .. import logs as logging_setup
 from ..client.aio import Client
 from ..client.blocking import BlockingClient
+from ..client.direct import DirectMode
 from ..client.events import Event
 from ..config import Config
 from ..router.server import Server
@@ -33,15 +34,18 @@ def run(config: Config | None = None) -> None:
 
 def call(method: str, params: Any = None, *, socket: str | os.PathLike[str] | None = None,
          timeout: float | None = None, nats: str | None = None, router: str | None = None,
-         creds: str | os.PathLike[str] | None = None, ca: str | os.PathLike[str] | None = None) -> Any:
+         creds: str | os.PathLike[str] | None = None, ca: str | os.PathLike[str] | None = None,
+         direct: DirectMode = False) -> Any:
     """Call `method` through the router at `socket` and return its result (raises `RpcError`).
 
-    With `nats` (a NATS URL), through router `router`, or any router that runs the plugin.
+    With `nats` (a NATS URL), through router `router`, or any router that runs the plugin. With
+    `direct`, on a connection of its own to the plugin that the router brokers (`Client(direct=...)`).
     """
 
     async def _call() -> Any:
         target = socket if nats is None else nats
-        async with Client(target, timeout=timeout, router=router, creds=creds, ca=ca) as client:
+        options: dict[str, Any] = {"direct": direct} if direct else {}
+        async with Client(target, timeout=timeout, router=router, creds=creds, ca=ca, **options) as client:
             return await client.raw(method, params)
 
     return asyncio.run(_call())

@@ -1,7 +1,7 @@
 """`plugrpc` on the command line: parse arguments, build a `Config`, call `api`.
 
     plugrpc run    [--root DIR] [--socket PATH] [--metrics HOST:PORT] ...   serve an image's plugins
-    plugrpc call   [--socket PATH] METHOD [PARAMS]    call a method, print its result as JSON
+    plugrpc call   [--socket PATH] [--direct] METHOD [PARAMS]   call a method, print its result as JSON
     plugrpc status [--socket PATH] [--json]           a table of the plugins of a running router
     (run, call, status and events take --nats URL: a fleet of routers on NATS, docs/fleet.md)
     plugrpc reload [--socket PATH] [--json]           make a running router re-read its manifest
@@ -95,6 +95,11 @@ def _parser() -> argparse.ArgumentParser:
     _nats_options(run, "also serve on NATS: plugrpc.call.NAME, plugrpc.any.PLUGIN, service plugrpc")
     run.add_argument("--name", default=None,
                      help="the router's name on NATS, unique in the fleet (default: the host name)")
+    run.add_argument("--nats-ping-interval", type=float, default=None, metavar="SECONDS",
+                     help="seconds between pings to the NATS server (default 2)")
+    run.add_argument("--nats-max-pings-out", type=int, default=None, metavar="PINGS",
+                     help="pings unanswered before the NATS link counts as dead and the router reconnects "
+                          "(default 2: a dead link is noticed within about 6 s)")
     run.add_argument("--metrics", metavar="HOST:PORT|unix:PATH", default=None,
                      help="serve Prometheus metrics at http://HOST:PORT/metrics (or on a unix socket); needs "
                           "prometheus-client: pip install 'plugrpc[metrics]'")
@@ -109,6 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     _nats_options(call, "call over NATS instead of the socket")
     call.add_argument("--router", default=None, metavar="NAME",
                       help="with --nats: the router to call (default: any router that runs the plugin)")
+    call.add_argument("--direct", action="store_true",
+                      help="call the plugin on a connection of its own that the router hands over (one hop instead "
+                           "of two); a plugin that cannot take one is called through the router")
     call.add_argument("method", metavar="METHOD", help="plugin.method, e.g. ovs.version")
     call.add_argument("params", metavar="PARAMS_JSON", nargs="?", default=None,
                       help="params as a JSON object or array, e.g. '{\"a\": 1}'")
@@ -205,6 +213,9 @@ def _config(args: argparse.Namespace) -> Config:
             options[option] = getattr(args, option)
     if args.nats is not None:
         options.update(nats=args.nats, name=args.name, nats_creds=args.nats_creds, nats_ca=args.nats_ca)
+        for option in ("nats_ping_interval", "nats_max_pings_out"):
+            if getattr(args, option) is not None:
+                options[option] = getattr(args, option)
     elif args.name is not None:
         raise ConfigError("--name is the router's name on NATS: it needs --nats URL")
     if args.metrics is not None:
@@ -235,8 +246,10 @@ def _call(args: argparse.Namespace) -> int:
             print("plugrpc: PARAMS_JSON must be a JSON object or array", file=sys.stderr)
             return 2
     try:
+        if args.direct and args.nats:
+            raise ConfigError("--direct is for the router's unix socket: a connection cannot be handed over NATS")
         result = api.call(args.method, params, socket=args.socket, timeout=args.timeout, router=args.router,
-                          **_nats(args))
+                          direct=args.direct, **_nats(args))
     except RpcError as exc:
         return _print_error(exc)
     except ConnectionLost as exc:

@@ -67,10 +67,16 @@ def last_exit(row: Mapping[str, Any]) -> str:
 
 def notes(row: Mapping[str, Any]) -> str:
     """What else is worth a glance: the plugins it waits for, else what it last said with STATUS=, else
-    why it cannot start (the step its process failed at, after LAST_EXIT's `cannot start`)."""
+    why it cannot start (the step its process failed at, after LAST_EXIT's `cannot start`); first, the
+    direct connections callers hold to it, whose calls the other columns do not count."""
     if row.get("waiting_for"):
         return "waiting for " + ", ".join(row["waiting_for"])
     text = str(row.get("status_text") or row.get("last_error") or "").removeprefix("cannot start: ")
+    direct = row.get("direct")
+    if isinstance(direct, Mapping) and direct.get("connections"):
+        calls = direct.get("calls")
+        text = f"{direct['connections']} direct ({'-' if calls is None else calls} calls)" + (f"; {text}" if text
+                                                                                                else "")
     if not text:
         return MISSING
     return text if len(text) <= STATUS_WIDTH else text[: STATUS_WIDTH - 3] + "..."
