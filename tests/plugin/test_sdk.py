@@ -386,7 +386,8 @@ def test_a_plugin_process_loads_only_the_plugin_side(
     script = plugrpc_tmp / "mods.py"
     script.write_text(MODULES.lstrip())
     script.chmod(0o755)
-    loaded = plugrpc_plugin(script, ["modules"]).raw("mods.modules")
+    # Without coverage's own start-up in the plugin (make test measures plugins too): it imports typing.
+    loaded = plugrpc_plugin(script, ["modules"], env={"COVERAGE_PROCESS_CONFIG": ""}).raw("mods.modules")
     assert "plugrpc.plugin.sdk" in loaded
     assert not [name for name in loaded if name.split(".")[1:2] in (["router"], ["process"], ["client"], ["tools"])]
     # Plain commands only: the plain engine, with neither asyncio nor typing (together ~6.5 MB of memory).
