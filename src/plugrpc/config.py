@@ -118,6 +118,10 @@ class Config:
     """`--nats-creds FILE`: a NATS credentials file (JWT and NKey seed)."""
     nats_ca: Path | None = None
     """`--nats-ca FILE`: a CA (PEM) to trust for `tls://` servers, beside the system's."""
+    nats_ping_interval: float = 2.0
+    """`--nats-ping-interval`: seconds between the router's pings to its NATS server."""
+    nats_max_pings_out: int = 2
+    """`--nats-max-pings-out`: pings unanswered before the link counts as dead and the router reconnects."""
     metrics: str | None = None
     """`HOST:PORT` or `unix:PATH` to serve Prometheus metrics on (`--metrics`); None: no metrics."""
     direct: bool = True
@@ -151,6 +155,9 @@ class Config:
             from .nats_link import router_name, servers  # only routers on NATS load it
 
             servers(self.nats)
+            if self.nats_ping_interval <= 0 or self.nats_max_pings_out < 1:
+                raise ConfigError("--nats-ping-interval must be more than 0 seconds and --nats-max-pings-out at "
+                                  f"least 1, got {self.nats_ping_interval} and {self.nats_max_pings_out}")
             self.name = router_name(self.name)
             for option, path in (("--nats-creds", self.nats_creds), ("--nats-ca", self.nats_ca)):
                 if path is not None and not Path(path).is_file():

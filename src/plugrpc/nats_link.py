@@ -39,6 +39,12 @@ EVENT: Final = "plugrpc.event."
 """`plugrpc.event.ROUTER.PLUGIN.EVENT`: an event a router's plugin emitted, the params of `rpc.event`."""
 NO_RESPONDERS: Final = "503"
 """The Status header NATS answers a request with when nobody subscribes to its subject."""
+DEADLINE: Final = "Plugrpc-Deadline"
+"""The header a call's deadline travels in: unix time in milliseconds, after which nobody waits for its answer."""
+PING_INTERVAL: Final = 2.0
+"""Seconds between a connection's pings to its NATS server (nats-py's default is 120)."""
+MAX_PINGS_OUT: Final = 2
+"""Pings unanswered before a connection counts as dead: with PING_INTERVAL, a silent link is noticed in 4-6 s."""
 FIRST_CONNECT: Final = 5.0
 """Seconds a caller's first connect may take (twice per server, a second apart, is usually well under it)."""
 INSTALL: Final = "NATS support needs nats-py: pip install 'plugrpc[nats]'"
@@ -180,8 +186,12 @@ Callback = Callable[..., Awaitable[None]]
 
 async def connect(url: str, *, creds: str | os.PathLike[str] | None = None, ca: str | os.PathLike[str] | None = None,
                   name: str, forever: bool, error_cb: Callback, disconnected_cb: Callback | None = None,
-                  reconnected_cb: Callback | None = None, **options: Any) -> Nats:
+                  reconnected_cb: Callback | None = None, ping_interval: float = PING_INTERVAL,
+                  max_pings_out: int = MAX_PINGS_OUT, **options: Any) -> Nats:
     """A nats-py connection to `url` that reconnects by itself, every second, for as long as it is open.
+
+    It pings the server every `ping_interval` seconds; once `max_pings_out` are unanswered at the next
+    ping, the link is dead (a partition or a stopped server says nothing) and it reconnects.
 
     Credentials come from the URL (`nats://user:password@host`, `nats://token@host`) or a creds
     file; TLS from `tls://` (with `ca` to trust a private CA). With `forever`, the first connect
@@ -197,8 +207,8 @@ async def connect(url: str, *, creds: str | os.PathLike[str] | None = None, ca: 
     urls = servers(url)
     kwargs: dict[str, Any] = {
         "name": name, "error_cb": error_cb, "allow_reconnect": True, "reconnect_time_wait": 1,
-        "max_reconnect_attempts": -1 if forever else 1, "connect_timeout": 2, "ping_interval": 10,
-        "max_outstanding_pings": 3, **options,
+        "max_reconnect_attempts": -1 if forever else 1, "connect_timeout": 2, "ping_interval": ping_interval,
+        "max_outstanding_pings": max_pings_out, **options,
     }
     if disconnected_cb is not None:
         kwargs["disconnected_cb"] = disconnected_cb

@@ -3,32 +3,52 @@
     async with plugrpc.Client("nats://host:4222", router="c1") as c:
         await c.raw("ovs.version")       # a request on plugrpc.call.c1
 
-Without `router`, `ovs.version` goes to `plugrpc.any.ovs`, which NATS hands to one of the routers
-that run ovs. Every call has its own reply subject under one inbox subscription, so calls run
-concurrently, matched by that subject. The errors are the socket's: a JSON-RPC error raises its
-`RpcError`; nobody serving the subject, NATS not connected, or the connection lost with the call
-in flight, -32001 (the call may have run: it is never sent again); no answer within the timeout,
--32002; a request over the server's payload limit, -32004. A router that dies with a call says
-nothing, so over NATS a call always has a timeout: `NATS_TIMEOUT` unless the client or the call
+Without `router`, `ovs.version` goes to one of the routers that run ovs, picked here
+(client/balance.py): the client learns them from the Services API (`$SRV.INFO.plugrpc`, again
+every few seconds and after a failure) and sends to `plugrpc.call.NAME` of the less loaded of two
+picked at random, leaving out for a while a router whose calls time out. Until it knows of one,
+the call goes to `plugrpc.any.ovs`, which NATS hands to any of them. Every call has its own reply
+subject under one inbox subscription, so calls run concurrently, matched by that subject. Each
+carries its deadline (the `Plugrpc-Deadline` header, from its timeout), past which no router
+starts it.
+
+The errors are the socket's: a JSON-RPC error raises its `RpcError`; nobody serving the subject,
+NATS not connected, or the connection lost with the call in flight, -32001 (the call may have
+run: it is never sent again; while the client knows the link is down, at once); no answer within
+the timeout, -32002; a request over the server's payload limit, -32004. A router that dies with a
+call says nothing, so over NATS a call always has a timeout: `NATS_TIMEOUT` unless the client or the call
 gives one. `Client("nats://...")` makes one of these; this module is imported only then.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
+import time
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 from jsonrpcclient.requests import notification, request_pure
 
 from .. import codes
-from ..errors import ConfigError, ConnectError, ConnectionLost, MessageTooLarge, PluginUnavailable, RpcError
+from ..errors import (
+    CallTimeout,
+    ConfigError,
+    ConnectError,
+    ConnectionLost,
+    MessageTooLarge,
+    PluginUnavailable,
+    RpcError,
+)
 from ..manifest import NAME_RE, RESERVED_NAMES
 from ..nats_link import (
+    DEADLINE,
+    MAX_PINGS_OUT,
     NO_RESPONDERS,
+    PING_INTERVAL,
     any_subject,
     call_subject,
     connect,
@@ -41,7 +61,8 @@ from ..nats_link import (
 )
 from ..patterns import Matcher, pattern_problem
 from ..wire import JSONDecodeError, loads
-from .aio import CLOSED, Client, Progress, _error, _expire
+from .aio import CLOSED, Client, Progress, _error
+from .balance import Balancer
 from .events import MAXSIZE, Subscription
 
 if TYPE_CHECKING:
@@ -56,7 +77,16 @@ NATS_TIMEOUT: Final = 60.0
 """Seconds a call over NATS waits when neither the client nor the call sets a timeout."""
 FLEET_WAIT: Final = 2.0
 """Seconds `routers()` listens for the Services API's answers at most."""
+DISCOVER_EVERY: Final = 5.0
+"""Seconds between two discoveries of the routers that calls by plugin are balanced over."""
+DISCOVER_WAIT: Final = 1.0
+"""Seconds a discovery listens for routers' answers: all of it after the first (a slow router answers late)."""
+FIRST_QUIET: Final = 0.1
+"""Seconds without another answer that end the first discovery, which the first call by plugin waits for."""
+DISCOVER_AGAIN: Final = 1.0
+"""Fewest seconds between two discoveries that failures ask for."""
 _UNAVAILABLE: Final = codes.MESSAGES[codes.PLUGIN_UNAVAILABLE]
+ANY_PREFIX: Final = any_subject("")
 
 
 class NatsClient(Client):
@@ -64,7 +94,8 @@ class NatsClient(Client):
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, timeout: float | None = None,
                  router: str | None = None, creds: str | os.PathLike[str] | None = None,
-                 ca: str | os.PathLike[str] | None = None, direct: Any = False) -> None:
+                 ca: str | os.PathLike[str] | None = None, direct: Any = False,
+                 ping_interval: float = PING_INTERVAL, max_pings_out: int = MAX_PINGS_OUT) -> None:
         if direct:
             raise ValueError("direct connections are for a router's unix socket: a socket cannot be passed over "
                              "NATS; leave direct= out for NATS URLs")
@@ -88,6 +119,17 @@ class NatsClient(Client):
         self._connect_lock = asyncio.Lock()
         self._errors: list[Exception] = []
         """What nats-py reported while connecting, for the ConnectError if it fails."""
+        if ping_interval <= 0 or max_pings_out < 1:
+            raise ConfigError(f"ping_interval must be more than 0 seconds and max_pings_out at least 1, got "
+                              f"{ping_interval} and {max_pings_out}")
+        self._ping_interval, self._max_pings_out = ping_interval, max_pings_out
+        self.balancer = Balancer()
+        """The routers calls by plugin go to (client/balance.py)."""
+        self._discovery: asyncio.Task[None] | None = None
+        self._discovered: asyncio.Future[None] | None = None
+        """Done once the first discovery is over: the first call by plugin waits for it."""
+        self._rediscover = asyncio.Event()
+        self._discovered_at = 0.0
 
     def __repr__(self) -> str:
         nc = self._nc
@@ -104,7 +146,8 @@ class NatsClient(Client):
                 return
             try:
                 nc = await connect(self.url, creds=self._creds, ca=self._ca, name="plugrpc client", forever=False,
-                                   error_cb=self._on_error, disconnected_cb=self._on_disconnected)
+                                   error_cb=self._on_error, disconnected_cb=self._on_disconnected,
+                                   ping_interval=self._ping_interval, max_pings_out=self._max_pings_out)
             except ConfigError:
                 raise
             except Exception as exc:
@@ -124,7 +167,10 @@ class NatsClient(Client):
         if progress is not None:
             raise ConfigError("progress= needs the router's socket: over NATS a call gets its answer and nothing "
                               "before it")
-        return await self._request(self._subject(method), method, params, timeout)
+        subject = self._subject(method)
+        if self.router is not None:
+            return await self._request(subject, method, params, timeout)
+        return await self._by_plugin(subject[len(ANY_PREFIX):], method, params, timeout)
 
     def subscribe(self, *patterns: str, maxsize: int = MAXSIZE) -> Subscription:
         """Events of the client's router (or of every router) whose name matches a pattern; see `Client.subscribe`.
@@ -145,6 +191,10 @@ class NatsClient(Client):
     async def close(self) -> None:
         """Close the connection; calls in flight and later calls fail with ConnectionLost."""
         self._closed = True
+        if self._discovery is not None:
+            self._discovery.cancel()
+            with contextlib.suppress(BaseException):
+                await self._discovery
         self._fail_pending(lambda _: ConnectionLost(CLOSED))
         nc = self._nc
         if nc is not None and not nc.is_closed:
@@ -207,8 +257,9 @@ class NatsClient(Client):
                 "reason": f"the request is {len(body)} bytes, over the NATS server's max_payload of "
                           f"{nc.max_payload} bytes"})
         if not nc.is_connected:
-            raise PluginUnavailable(codes.PLUGIN_UNAVAILABLE, _UNAVAILABLE, {
-                "reason": f"not connected to NATS at {redacted(self.url)} (reconnecting); the call was not sent"})
+            raise Unreachable(codes.PLUGIN_UNAVAILABLE, _UNAVAILABLE, {
+                "reason": f"NATS at {redacted(self.url)} is unreachable (the client lost its connection and is "
+                          "reconnecting); the call was not sent"})
         token = str(id)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
@@ -216,9 +267,10 @@ class NatsClient(Client):
         if timeout is None:
             timeout = self.timeout if self.timeout is not None else NATS_TIMEOUT
         expiry = loop.call_later(timeout, _expire, future, method, timeout)
+        deadline = {DEADLINE: str(int((time.time() + timeout) * 1000))}
         try:
             try:
-                await nc.publish(subject, body, reply=self._prefix + token)
+                await nc.publish(subject, body, reply=self._prefix + token, headers=deadline)
             except Exception as exc:
                 raise self._lost(exc) from exc
             return await future
@@ -235,8 +287,7 @@ class NatsClient(Client):
             return
         headers = msg.headers
         if headers and headers.get("Status") == NO_RESPONDERS:
-            future.set_exception(PluginUnavailable(codes.PLUGIN_UNAVAILABLE, _UNAVAILABLE,
-                                                   no_responders_reason(subject)))
+            future.set_exception(NoResponders(codes.PLUGIN_UNAVAILABLE, _UNAVAILABLE, no_responders_reason(subject)))
             return
         try:
             reply = loads(msg.data)
@@ -250,11 +301,87 @@ class NatsClient(Client):
             future.set_exception(RpcError(codes.INTERNAL_ERROR, codes.MESSAGES[codes.INTERNAL_ERROR],
                                           f"the router sent a malformed answer: {msg.data[:300]!r}"))
 
+    async def _by_plugin(self, plugin: str, method: str, params: Any, timeout: float | None) -> Any:
+        """A call by plugin: to the router the balancer picks, else to `plugrpc.any.PLUGIN` (module docstring).
+
+        A call nobody received (NATS: no responders as that router any more) is sent again elsewhere.
+        """
+        await self._first_discovery()
+        balancer = self.balancer
+        for _ in range(3):
+            pick = balancer.pick(plugin, time.monotonic())
+            if pick is None:
+                break
+            try:
+                result = await self._request(call_subject(pick.router), method, params, timeout)
+            except NoAnswer:
+                if balancer.timed_out(pick, time.monotonic()):
+                    log.info("router %s answered none of its last calls in time: calls by plugin go elsewhere for "
+                             "%.1f s", pick.router, balancer.ejected(time.monotonic()).get(pick.router, 0.0))
+                self._discover_soon()
+                raise
+            except NoResponders:
+                balancer.abandoned(pick)
+                balancer.gone(pick.router)
+                self._discover_soon()
+                continue  # it reached no router: safe to send elsewhere
+            except RpcError as exc:
+                if isinstance(exc, Unreachable):
+                    balancer.abandoned(pick)  # NATS's fault, not the router's
+                else:
+                    balancer.answered(pick)
+                raise
+            except BaseException:
+                balancer.abandoned(pick)
+                raise
+            balancer.answered(pick)
+            return result
+        return await self._request(any_subject(plugin), method, params, timeout)
+
+    async def _first_discovery(self) -> None:
+        """Start discovering routers (once), and wait for the first discovery to end."""
+        if self._discovered is None:
+            self._discovered = asyncio.get_running_loop().create_future()
+            self._discovery = asyncio.ensure_future(self._discover_forever())
+        if not self._discovered.done():
+            await asyncio.shield(self._discovered)
+
+    def _discover_soon(self) -> None:
+        self._rediscover.set()
+
+    async def _discover_forever(self) -> None:
+        """Learn the routers and their plugins from the Services API, every `DISCOVER_EVERY` s and after failures."""
+        first = True
+        while True:
+            try:
+                nc = await self._nats()
+                if nc.is_connected:
+                    found: dict[str, frozenset[str]] = {}
+                    answers = await services(nc, "INFO", DISCOVER_WAIT, FIRST_QUIET if first else DISCOVER_WAIT)
+                    for info in answers:
+                        meta = info["metadata"]
+                        plugins = frozenset(p for p in str(meta.get("plugins", "")).split(",") if p)
+                        found[meta["name"]] = found.get(meta["name"], frozenset()) | plugins
+                    self.balancer.discovered(found)
+                    self._discovered_at = time.monotonic()
+            except ConnectionLost:
+                return
+            except Exception as exc:  # NATS away meanwhile: again at the next round
+                log.debug("discovering routers on NATS: %r", exc)
+            finally:
+                if first and self._discovered is not None and not self._discovered.done():
+                    self._discovered.set_result(None)
+            first = False
+            self._rediscover.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._rediscover.wait(), DISCOVER_EVERY)
+            await asyncio.sleep(max(0.0, self._discovered_at + DISCOVER_AGAIN - time.monotonic()))
+
     def _lost(self, exc: Exception) -> Exception:
         """What a failed publish means to the caller: closed (ConnectionLost) or NATS away (-32001)."""
         if self._closed or (self._nc is not None and self._nc.is_closed):
             return ConnectionLost(CLOSED)
-        return PluginUnavailable(codes.PLUGIN_UNAVAILABLE, _UNAVAILABLE, {
+        return Unreachable(codes.PLUGIN_UNAVAILABLE, _UNAVAILABLE, {
             "reason": f"NATS at {redacted(self.url)} did not take the request ({exc or type(exc).__name__}); "
                       "it was not sent"})
 
@@ -269,7 +396,7 @@ class NatsClient(Client):
     async def _on_disconnected(self) -> None:
         if self._closed:
             return
-        self._fail_pending(lambda _: PluginUnavailable(codes.PLUGIN_UNAVAILABLE, _UNAVAILABLE, {
+        self._fail_pending(lambda _: Unreachable(codes.PLUGIN_UNAVAILABLE, _UNAVAILABLE, {
             "reason": "lost the connection to NATS with the call in flight; it may have run, and is not sent again "
                       "(the client reconnects by itself)"}))
 
@@ -280,11 +407,29 @@ class NatsClient(Client):
         text = str(exc)
         if "permissions violation for publish to" in text:  # nats-py lowercases the server's -ERR
             subject = text.rsplit(" ", 1)[-1].strip("'\"")
-            self._fail_pending(lambda to: PluginUnavailable(codes.PLUGIN_UNAVAILABLE, _UNAVAILABLE, {
+            self._fail_pending(lambda to: Unreachable(codes.PLUGIN_UNAVAILABLE, _UNAVAILABLE, {
                 "reason": f"NATS refused the request: this account may not publish to {to} (NATS subject "
                           "permissions)"}), subject)
         elif log.isEnabledFor(logging.DEBUG):
             log.debug("NATS: %s", text)
+
+
+class NoAnswer(CallTimeout):
+    """-32002 made by the client: no answer came within the call's timeout (its router may be silent)."""
+
+
+class Unreachable(PluginUnavailable):
+    """-32001 made by the client: NATS is unreachable or refused the request; no router is to blame."""
+
+
+class NoResponders(PluginUnavailable):
+    """-32001 made by NATS: nobody subscribes to the subject any more; the request reached no router."""
+
+
+def _expire(future: asyncio.Future[Any], method: str, timeout: float) -> None:
+    if not future.done():
+        future.set_exception(NoAnswer(codes.CALL_TIMEOUT, codes.MESSAGES[codes.CALL_TIMEOUT],
+                                      f"{method} got no response within {timeout:g}s"))
 
 
 class NatsSubscription(Subscription):

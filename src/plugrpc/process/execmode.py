@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, cast
 
@@ -260,8 +261,11 @@ class ExecPlugin:
             "errors": self.errors,
         }
 
-    async def call(self, method: str, params: Any) -> Any:
+    async def call(self, method: str, params: Any, late: Callable[[], str | None] | None = None) -> Any:
         """Run the plugin once for `method`; its `20:::` block is the result.
+
+        `late`, asked once a slot is free, says why the call must not start any more (its caller's
+        deadline passed while it queued): CallTimeout with that reason, and nothing runs.
 
         Raises `RpcError`: `EXEC_FAILED` for a non-zero exit, -32001 for a broken result or a
         plugin that cannot run, -32002 on timeout, -32003 when too many calls wait, -32004 for
@@ -278,6 +282,9 @@ class ExecPlugin:
             self._pending += 1
             try:
                 async with asyncio.timeout(self.spec.timeout), self._slots:
+                    if late is not None and (why := late()) is not None:
+                        raise CallTimeout(codes.CALL_TIMEOUT, codes.MESSAGES[codes.CALL_TIMEOUT],
+                                          {"plugin": self.name, "reason": why})
                     return await self._execute(method, params)
             except TimeoutError:
                 log.warning(

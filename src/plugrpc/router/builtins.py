@@ -142,6 +142,7 @@ class Builtins(_Tasks):
                                                      "notifications_dropped", "direct") if k in p or k != "direct"}
                         for name, p in plugins.items()},
             "events": router.events.status(),
+            **({"expired": router.nats.expired.status()} if router.nats is not None else {}),
         }
 
     def health(self) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from ..errors import RpcError
 from ..process.execmode import ExecPlugin
 from ..wire import error_response, result_response
 from .builtins import reply
+from .deadline import overdue, owner
 from .interfaces import NOPARAMS, Call, Sink, clock
 from .stats import DROP_LOG_INTERVAL, OUTCOMES, CallStats
 
@@ -45,9 +46,19 @@ class ExecTarget:
 
     def submit(self, call: Call) -> None:
         call.target = self
-        task = self._loop.create_task(self.plugin.call(call.method, _params(call.params)))
+        late = None if owner(call.sink) is None else lambda: self._late(call)
+        task = self._loop.create_task(self.plugin.call(call.method, _params(call.params), late))
         self._running[call] = task
         task.add_done_callback(lambda t: self._done(call, t))
+
+    def _late(self, call: Call) -> str | None:
+        """Why `call`, which has a slot now, must not start: its caller's deadline passed (router/deadline.py)."""
+        found = overdue(call.sink, clock())
+        if found is None:
+            return None
+        who, late = found
+        who.expired(self.name, late)
+        return f"its caller's deadline passed {late:.3f} s ago while it waited for a slot; it was not run"
 
     def notify(self, method: str, params: Any, sink: Sink) -> None:
         """Run a notification on a free slot, or drop it (module docstring)."""

@@ -52,10 +52,21 @@ from nats.nuid import NUID
 from .. import __version__, codes
 from ..config import Config
 from ..manifest import READ_ONLY, RESERVED_NAMES
-from ..nats_link import QUEUE, SERVICE, any_subject, call_subject, connect, event_subject, redacted, services
+from ..nats_link import (
+    DEADLINE,
+    QUEUE,
+    SERVICE,
+    any_subject,
+    call_subject,
+    connect,
+    event_subject,
+    redacted,
+    services,
+)
 from ..wire import JSONDecodeError, error_response, loads, request_problem
+from .deadline import UNREAD, Expired, seconds_left
 from .front import Batch, _unencodable
-from .interfaces import Call, Message, Sink
+from .interfaces import Call, Message, Sink, clock
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as Nats
@@ -101,6 +112,8 @@ class NatsBridge:
         self.resume_at = self.limit // 2
         self.max_line = config.max_line
         self.grace = config.shutdown_grace
+        self.ping_interval = config.nats_ping_interval
+        self.max_pings_out = config.nats_max_pings_out
         # the connection
         self.nc: Nats | None = None
         self.max_payload = 1 << 20
@@ -120,6 +133,8 @@ class NatsBridge:
         self._tasks: list[asyncio.Task[None]] = []
         self.events_dropped = 0
         """Events not published: NATS away, or over its payload limit."""
+        self.expired = Expired()
+        """Calls dropped past their deadline (router/deadline.py)."""
         router.on_routes.append(self._changed.set)
         self._unlisten = router.events.listen(self._event)
 
@@ -139,7 +154,8 @@ class NatsBridge:
     async def _run(self) -> None:
         self.nc = await connect(self.url, creds=self.creds, ca=self.ca, name=f"plugrpc router {self.name}",
                                 forever=True, error_cb=self._on_error, disconnected_cb=self._on_disconnected,
-                                reconnected_cb=self._on_reconnected)
+                                reconnected_cb=self._on_reconnected, ping_interval=self.ping_interval,
+                                max_pings_out=self.max_pings_out)
         self._joined()
         await self._check_name()
         while True:
@@ -222,7 +238,8 @@ class NatsBridge:
         self.max_payload = self.nc.max_payload
         self._said.clear()
         self.connected.set()
-        log.info("joined NATS at %s", redacted(self.url))
+        joined = self.nc.connected_url
+        log.info("joined NATS at %s", redacted(joined.geturl()) if joined is not None else redacted(self.url))
 
     async def _on_disconnected(self) -> None:
         self.connected.clear()
@@ -262,13 +279,16 @@ class NatsBridge:
 
     # --- requests (nats-py awaits `Endpoint.on_message` per message, which calls this) ------
 
-    def serve(self, endpoint: Endpoint, data: bytes, to: str) -> None:
-        """Route one message: a request or a batch; without a reply subject, notifications."""
+    def serve(self, endpoint: Endpoint, data: bytes, to: str, deadline: float | None = None) -> None:
+        """Route one message: a request or a batch; without a reply subject, notifications.
+
+        `deadline` (router clock) is when its caller stops waiting: a call still queued then never starts.
+        """
         only = endpoint.only
         if not to:
             self._notifications(data, only)
             return
-        sink = NatsRequest(self, endpoint, to)
+        sink = NatsRequest(self, endpoint, to, deadline)
         if len(data) > self.max_line:
             sink.reply(error_response(None, codes.MESSAGE_TOO_LARGE,
                                       data=f"a message exceeded the maximum of {self.max_line} bytes (--max-line)"))
@@ -410,15 +430,21 @@ class NatsRequest:
     """The sink of one NATS message with a reply subject: its one answer (a response, a batch's array, or an
     empty body for notifications only) is published there. It is also the `BatchOwner` of a batch."""
 
-    __slots__ = ("bridge", "endpoint", "to", "received", "tracked", "answered")
+    __slots__ = ("bridge", "endpoint", "to", "received", "tracked", "answered", "deadline")
 
-    def __init__(self, bridge: NatsBridge, endpoint: Endpoint, to: str) -> None:
+    def __init__(self, bridge: NatsBridge, endpoint: Endpoint, to: str, deadline: float | None = None) -> None:
         self.bridge = bridge
         self.endpoint = endpoint
         self.to = to
         self.received = time.perf_counter_ns()
         self.tracked = False
         self.answered = False
+        self.deadline = deadline
+        """When its caller stops waiting, on the router's clock (router/deadline.py); None: no deadline."""
+
+    def expired(self, plugin: str, late: float) -> None:
+        """One of its calls was dropped past the deadline, before it started (router/deadline.py)."""
+        self.bridge.expired.drop(plugin, late, "while it waited in the router")
 
     def track(self, call: Call) -> None:
         self.tracked = True
@@ -503,7 +529,28 @@ class Endpoint:
         if bridge.inflight >= bridge.limit:
             await bridge.wait_room()
         self.requests += 1
+        headers = msg.headers
+        if headers is not None and (value := headers.get(DEADLINE)) is not None:
+            left = seconds_left(value)
+            if left is not None:
+                if left <= 0:
+                    self.late(msg.reply, -left)
+                    return
+                bridge.serve(self, msg.data, msg.reply, clock() + left)
+                return
         bridge.serve(self, msg.data, msg.reply)
+
+    def late(self, to: str, late: float) -> None:
+        """A request that arrived past its deadline: -32002, unread, and never run (router/deadline.py)."""
+        bridge = self.bridge
+        bridge.expired.drop(self.only or UNREAD, late, "on arrival, unread")
+        if not to:
+            return  # notifications: nobody to tell
+        self.errors += 1
+        self.last_error = f"{codes.CALL_TIMEOUT} {codes.MESSAGES[codes.CALL_TIMEOUT]}"
+        bridge.send(to, _dumps(error_response(None, codes.CALL_TIMEOUT, data={
+            "reason": f"the request reached router {bridge.name} {late:.3f} s after its deadline "
+                      f"({DEADLINE}); it was not run"})), None)
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "subject": self.subject, "queue_group": QUEUE, "metadata": self.metadata}

@@ -43,6 +43,7 @@ from ..outbox import LineWriter, Outbox
 from ..patterns import Matcher
 from ..process.supervisor import PluginState, Supervisor
 from ..wire import JSONDecodeError, LineSplitter, LineTooLong, dumps, error_response, loads
+from .deadline import overdue
 from .events import EventHub
 from .interfaces import INTERNAL, NOPARAMS, Call, Message, Sink, clock
 from .stats import BUCKET_OF, DROP_LOG_INTERVAL, OUTCOMES, TABLE_LIMIT, CallStats, bucket
@@ -420,6 +421,17 @@ class PluginPool:
             self.stats.record(call.method, clock() - call.started, OUTCOMES[code])
         sink.deliver(call, error_response(call.id, code, data={"plugin": self.name, "reason": reason}))
 
+    def expire(self, call: Call) -> None:
+        """Drop a call that waited past its caller's deadline: -32002, counted, never written."""
+        now = clock()
+        found = overdue(call.sink, now)
+        if found is None:
+            return
+        owner, late = found
+        owner.expired(self.name, late)
+        self.fail(call, codes.CALL_TIMEOUT, f"its caller's deadline passed {late:.3f} s ago while it waited in the "
+                                            "router; it was not run")
+
     def lost(self, conn: Upstream, reason: str) -> None:
         """A connection closed: fail what it was given, keep what was waiting for another one."""
         if conn in self.conns:
@@ -439,19 +451,25 @@ class PluginPool:
 
     # --- assignment (no I/O) and its effects ---------------------------------------------
 
-    def _assign(self) -> tuple[list[tuple[Upstream, Call]], int]:
-        """Match waiting calls to ready connections with room; say how many connections to open.
+    def _assign(self) -> tuple[list[tuple[Upstream, Call]], int, list[Call]]:
+        """Match waiting calls to ready connections with room; say how many connections to open, and which
+        calls are past their caller's deadline (router/deadline.py) and must not start.
 
-        Pure bookkeeping: the caller writes the matched calls and opens the connections.
+        Pure bookkeeping: the caller writes the matched calls, opens the connections, drops the late.
         """
         ready = [c for c in self.conns if c.transport is not None and not c.lost]
         load = {c: len(c.pending) for c in ready}
         sends: list[tuple[Upstream, Call]] = []
+        late: list[Call] = []
         waiting = self.waiting
+        now = clock()
         while waiting:
             call = waiting[0]
             if call.sink is None:  # cancelled or timed out while waiting
                 waiting.popleft()
+                continue
+            if overdue(call.sink, now) is not None:
+                late.append(waiting.popleft())
                 continue
             room = [c for c in ready if load[c] < self._capacity]
             if not room:
@@ -461,12 +479,14 @@ class PluginPool:
             load[best] += 1
             sends.append((best, call))
         opens = self.spec.pool_size - len(self.conns) if (waiting or not self.conns) else 0
-        return sends, max(opens, 0)
+        return sends, max(opens, 0), late
 
     def _run_assign(self) -> None:
         if self.closed or self.supervisor.holding:  # a notify plugin's calls wait for its READY=1
             return
-        sends, opens = self._assign()
+        sends, opens, late = self._assign()
+        for call in late:
+            self.expire(call)
         for conn, call in sends:
             conn.send(call)
         for _ in range(opens):
