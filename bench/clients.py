@@ -156,15 +156,19 @@ class PlugrpcConnections:
         self.calls: list[Call] = [functools.partial(c.raw, method) for c in clients]
 
     @classmethod
-    async def open(cls, path: str, n: int, method: str) -> PlugrpcConnections:
+    async def open(cls, path: str, n: int, method: str, direct: bool = False) -> PlugrpcConnections:
+        """With `direct`, each client brokers its direct connection to the plugin at once (a first call), so
+        the measured calls are direct ones only."""
         import plugrpc
 
         clients: list[Any] = []
         try:
             for _ in range(n):
-                client = plugrpc.Client(path)
+                client = plugrpc.Client(path, direct="require") if direct else plugrpc.Client(path)
                 await client.connect()
                 clients.append(client)
+                if direct:
+                    await client.raw(method, {"data": "warm"})
         except BaseException:
             await cls(clients, method).aclose()
             raise

@@ -47,6 +47,10 @@ async def _plugrpc(server: Server, n: int, method: str) -> Connections:
     return await PlugrpcConnections.open(server.path, n, method)
 
 
+async def _plugrpc_direct(server: Server, n: int, method: str) -> Connections:
+    return await PlugrpcConnections.open(server.path, n, method, direct=True)
+
+
 async def _grpc(server: Server, n: int, method: str) -> Connections:
     return GrpcConnections(server.path, n)
 
@@ -88,6 +92,8 @@ async def _nats(server: Server, n: int, method: str) -> Connections:
 BARE: Final = Client("bare", _bare)
 """The bench's own NDJSON client (bench.clients), the same for every NDJSON row."""
 PLUGRPC_CLIENT: Final = Client("plugrpc.Client", _plugrpc)
+PLUGRPC_DIRECT: Final = Client("plugrpc.Client(direct=True)", _plugrpc_direct)
+"""`plugrpc.Client` calling the plugin on the connection the router brokered for it: one hop."""
 GRPCIO: Final = Client("grpcio", _grpc)
 AIOHTTP: Final = Client("aiohttp", _http)
 EXEC: Final = Client("exec", _exec, charges_children=True)
@@ -203,6 +209,8 @@ ROWS: Final = (
         Fd3("sdk-uvloop", (str(PLUGINS / "sdk_echo.py"), "uvloop"), role="plugin"), cannot=(TARGETS_ONLY,)),
     Row("router", "router + SDK plugin", 2, ROUTER, method="bench.echo"),
     Row("client", "router via plugrpc.Client", 2, ROUTER, PLUGRPC_CLIENT, method="bench.echo"),
+    Row("direct_client", "plugrpc.Client(direct=True), brokered by the router", 1, ROUTER, PLUGRPC_DIRECT,
+        method="bench.echo"),
     Row("router_asyncio", "router on asyncio loop", 2, Router("router-asyncio", loop="asyncio"), method="bench.echo"),
     Row("progress", "router + SDK plugin reporting progress once", 2, ROUTER, PROGRESS, method="bench.progress_echo",
         cannot=(TARGETS_ONLY,)),
