@@ -177,7 +177,9 @@ class Row:
 
     key: str
     label: str
+    """What the row measures, in one line a newcomer can read: the report's list of rows and the plot's legend."""
     hops: int
+    """Sockets a call crosses from the caller to the process that answers it."""
     server: Spec
     client: Client = BARE
     method: str = "echo"
@@ -198,58 +200,100 @@ PROXY: Final = Fd3("proxy", ("-m", "bench.baselines", "proxy"), upstream=ECHO)
 ROUTER: Final = Router("router", relay=True)
 
 ROWS: Final = (
-    Row("floor", "floor: uvloop NDJSON echo", 1, ECHO),
-    Row("proxy", "floor: naive line proxy -> echo", 2, PROXY),
-    Row("bare_router", "floor: bare parsing router -> echo", 2,
-        Fd3("bare-router", ("-m", "bench.baselines", "router"), role="bare router", upstream=ECHO, check="bench.echo"),
+    Row("floor",
+        "the floor: a bare uvloop echo server (NDJSON lines, orjson), nothing in between",
+        1, ECHO),
+    Row("proxy",
+        "a line proxy in front of the floor's echo: copies lines both ways, parses nothing",
+        2, PROXY),
+    Row("bare_router",
+        "a minimal parsing router in front of the echo: routes by method, none of plugrpc's features",
+        2, Fd3("bare-router", ("-m", "bench.baselines", "router"), role="bare router", upstream=ECHO,
+               check="bench.echo"),
         method="bench.echo", cannot=(TARGETS_ONLY,)),
-    Row("direct", "SDK plugin, direct", 1, Fd3("sdk", (str(PLUGINS / "sdk_echo.py"),), role="plugin")),
+    Row("direct",
+        "the SDK echo plugin called on its own socket, no router in between",
+        1, Fd3("sdk", (str(PLUGINS / "sdk_echo.py"),), role="plugin")),
     # Whether uvloop pays for itself in a plugin: the same plugin on uvloop instead of the plain engine.
-    Row("direct_uvloop", "SDK plugin on uvloop, direct", 1,
-        Fd3("sdk-uvloop", (str(PLUGINS / "sdk_echo.py"), "uvloop"), role="plugin"), cannot=(TARGETS_ONLY,)),
-    Row("router", "router + SDK plugin", 2, ROUTER, method="bench.echo"),
-    Row("client", "router via plugrpc.Client", 2, ROUTER, PLUGRPC_CLIENT, method="bench.echo"),
-    Row("direct_client", "plugrpc.Client(direct=True), brokered by the router", 1, ROUTER, PLUGRPC_DIRECT,
-        method="bench.echo"),
-    Row("router_asyncio", "router on asyncio loop", 2, Router("router-asyncio", loop="asyncio"), method="bench.echo"),
-    Row("progress", "router + SDK plugin reporting progress once", 2, ROUTER, PROGRESS, method="bench.progress_echo",
-        cannot=(TARGETS_ONLY,)),
-    Row("p2p", "plugin -> router -> SDK plugin (plugrpc.call)", 2, ROUTER, PLUGRPC_CALL, method="bench.echo",
-        cannot=(ONE_CALLER,)),
+    Row("direct_uvloop",
+        "the same SDK plugin run on uvloop instead of its plain engine, called directly",
+        1, Fd3("sdk-uvloop", (str(PLUGINS / "sdk_echo.py"), "uvloop"), role="plugin"), cannot=(TARGETS_ONLY,)),
+    Row("router",
+        "plugrpc run (the router) in front of the SDK echo plugin: the path a real call takes",
+        2, ROUTER, method="bench.echo"),
+    Row("client",
+        "the router row's router and plugin, driven by plugrpc.Client instead of the bench's bare client",
+        2, ROUTER, PLUGRPC_CLIENT, method="bench.echo"),
+    Row("direct_client",
+        "plugrpc.Client(direct=True): the router brokers a connection, calls go straight to the plugin",
+        1, ROUTER, PLUGRPC_DIRECT, method="bench.echo"),
+    Row("router_asyncio",
+        "the router row with the router on asyncio instead of uvloop (plugrpc run --loop asyncio)",
+        2, Router("router-asyncio", loop="asyncio"), method="bench.echo"),
+    Row("progress",
+        "the router row's router and plugin, each call reporting progress once to its caller",
+        2, ROUTER, PROGRESS, method="bench.progress_echo", cannot=(TARGETS_ONLY,)),
+    Row("p2p",
+        "a plugin calling another plugin through the router (plugrpc.call), one caller",
+        2, ROUTER, PLUGRPC_CALL, method="bench.echo", cannot=(ONE_CALLER,)),
     # Pings every second (10x the default) and a scrape every second (15x Prometheus's default).
-    Row("router_ops", "router + --metrics + pings", 2, Router("router-ops", ping_interval=1.0, scrape_every=1.0),
-        method="bench.echo", needs=(METRICS_INSTALLED,)),
-    Row("jsonrpcserver", "jsonrpcserver.dispatch plugin", 1,
-        Fd3("jsonrpcserver", (str(PLUGINS / "jsonrpcserver_echo.py"),), role="plugin")),
-    Row("grpc", "gRPC (grpcio aio), unix", 1, OwnSocket("grpc", ("-m", "bench.peers", "grpc")), GRPCIO,
-        needs=(GRPC_INSTALLED,)),
+    Row("router_ops",
+        "the router with --metrics scraped and pings every second: what operating it costs",
+        2, Router("router-ops", ping_interval=1.0, scrape_every=1.0), method="bench.echo",
+        needs=(METRICS_INSTALLED,)),
+    Row("jsonrpcserver",
+        "the floor's echo server dispatching each call with the jsonrpcserver library",
+        1, Fd3("jsonrpcserver", (str(PLUGINS / "jsonrpcserver_echo.py"),), role="plugin")),
+    Row("grpc",
+        "gRPC with grpcio (its asyncio API), the same echo on a unix socket",
+        1, OwnSocket("grpc", ("-m", "bench.peers", "grpc")), GRPCIO, needs=(GRPC_INSTALLED,)),
     # Not checked with an NDJSON call when it starts (it speaks HTTP): the first measured call checks it.
-    Row("http", "HTTP JSON-RPC (aiohttp), unix", 1,
-        Fd3("http", ("-m", "bench.peers", "http"), role="server", check=None), AIOHTTP,
+    Row("http",
+        "JSON-RPC over HTTP with aiohttp, one call per POST, on a unix socket",
+        1, Fd3("http", ("-m", "bench.peers", "http"), role="server", check=None), AIOHTTP,
         cannot=(NO_PIPELINING,), needs=(AIOHTTP_INSTALLED,)),
-    Row("rpyc", "rpyc ThreadedServer, unix", 1, OwnSocket("rpyc", ("-m", "bench.pypeers", "rpyc")), RPYC,
+    Row("rpyc",
+        "rpyc, a Python RPC library (its ThreadedServer), on a unix socket; each caller a thread",
+        1, OwnSocket("rpyc", ("-m", "bench.pypeers", "rpyc")), RPYC,
         cannot=(PEER_TARGETS_ONLY,), needs=(RPYC_INSTALLED,)),
-    Row("pyro5", "Pyro5 thread server, unix", 1, OwnSocket("pyro5", ("-m", "bench.pypeers", "pyro5")), PYRO5,
+    Row("pyro5",
+        "Pyro5, a Python remote-object library (thread server), on a unix socket; each caller a thread",
+        1, OwnSocket("pyro5", ("-m", "bench.pypeers", "pyro5")), PYRO5,
         cannot=(PYRO_ONE_CALL, PEER_TARGETS_ONLY), needs=(PYRO5_INSTALLED,)),
-    Row("grpclib", "gRPC (grpclib, pure Python), unix", 1, OwnSocket("grpclib", ("-m", "bench.pypeers", "grpclib")),
-        GRPCLIB, cannot=(PEER_TARGETS_ONLY,), needs=(GRPCLIB_INSTALLED,)),
-    Row("exec_c", "exec per call: C plugin", 1, Exec("exec-c", BENCH_DIR / "exec_c" / "plugin.c"), EXEC,
+    Row("grpclib",
+        "gRPC with grpclib (pure Python, asyncio), on a unix socket",
+        1, OwnSocket("grpclib", ("-m", "bench.pypeers", "grpclib")), GRPCLIB,
+        cannot=(PEER_TARGETS_ONLY,), needs=(GRPCLIB_INSTALLED,)),
+    Row("exec_c",
+        "core0's old model: a C program started once per call, its answer read from its stdout",
+        1, Exec("exec-c", BENCH_DIR / "exec_c" / "plugin.c"), EXEC,
         cannot=(SEQUENTIAL, ARGV_CAP), needs=(C_COMPILER,)),
-    Row("exec_py", "exec per call: Python plugin", 1, Exec("exec-py", PLUGINS / "exec_echo.py"), EXEC,
-        cannot=(SEQUENTIAL, ARGV_CAP)),
+    Row("exec_py",
+        "core0's old model with a Python program started once per call",
+        1, Exec("exec-py", PLUGINS / "exec_echo.py"), EXEC, cannot=(SEQUENTIAL, ARGV_CAP)),
     # The Go echo plugin (bench/plugins/go_echo, on the go/ package), one binary built at the start of the run, behind
     # the router both ways: persistent, and declared mode = "exec" (one process per call, as core0 ran it; the router
     # runs up to 4 per CPU at once, so it serves many callers, but never more than its argv holds).
-    Row("go_router", "router + Go plugin (go/plugin)", 2, Router("router-go", go_mode="rpc"), method="bench.echo",
+    Row("go_router",
+        "the router in front of a Go echo plugin (go/plugin), kept running",
+        2, Router("router-go", go_mode="rpc"), method="bench.echo",
         cannot=(GO_SCENARIOS,), needs=(GO_TOOLCHAIN,)),
-    Row("go_exec", "router + the Go plugin, exec per call", 2, Router("router-go-exec", go_mode="exec"),
+    Row("go_exec",
+        "the router running the same Go plugin once per call (mode = \"exec\")",
+        2, Router("router-go-exec", go_mode="exec"),
         method="bench.echo", cannot=(GO_SCENARIOS, ARGV_CAP), needs=(GO_TOOLCHAIN,)),
     # NATS: client -> nats-server -> responder is 2 hops; via a router to its plugin, 3.
-    Row("nats_floor", "NATS floor: nats-py echo responder", 2, NatsEcho(), NATS_REQUEST, method="bench.echo",
+    Row("nats_floor",
+        "the NATS floor: a bare nats-py echo responder behind nats-server, no plugrpc",
+        2, NatsEcho(), NATS_REQUEST, method="bench.echo",
         cannot=(NATS_SCENARIOS,), needs=(NATS_INSTALLED,)),
-    Row("nats_router", "router over NATS (plugrpc.call)", 3, NatsRouters("nats-router"), NATS_REQUEST,
+    Row("nats_router",
+        "a router joined to NATS (plugrpc run --nats), its SDK plugin called by name",
+        3, NatsRouters("nats-router"), NATS_REQUEST,
         method="bench.echo", cannot=(NATS_SCENARIOS,), needs=(NATS_INSTALLED,)),
-    Row("nats_any3", "3 routers via plugrpc.any", 3, NatsRouters("nats-any", 3), NATS_REQUEST,
+    Row("nats_any3",
+        "three routers joined to NATS behind one name; NATS picks one per call (plugrpc.any)",
+        3, NatsRouters("nats-any", 3), NATS_REQUEST,
         method="bench.echo", cannot=(NATS_SCENARIOS,), needs=(NATS_INSTALLED,)),
 )
 
@@ -266,12 +310,13 @@ class Fanout:
 
 
 FANOUTS: Final = (
-    Fanout("fanout1", "one plugin emitting to 1 subscriber", 1),
-    Fanout("fanout100", "one plugin emitting to 100 subscribers", 100),
-    Fanout("fanout1000", "one plugin emitting to 1,000 subscribers", 1000),
+    Fanout("fanout1", "one plugin emitting bursts of events through the router to 1 subscriber", 1),
+    Fanout("fanout100", "one plugin emitting bursts of events through the router to 100 subscribers", 100),
+    Fanout("fanout1000", "one plugin emitting bursts of events through the router to 1,000 subscribers", 1000),
 )
 CALLS100: Final = 100
 """Callers of the same plugin, on their own connections, that the fan-out to 100 subscribers is compared with."""
+CALLS100_LABEL: Final = "100 callers calling the fan-out rows' plugin, each on its own connection (fan-out's yardstick)"
 
 
 def select_rows(which: set[str] | None = None) -> list[Row]:
