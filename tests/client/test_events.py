@@ -11,8 +11,8 @@ import pytest
 
 import plugrpc
 from event_plugins import EMITTER, EMITTER_EXPORTS
-from plugrpc.client.aio import _Connection
-from plugrpc.client.events import Event, Subscription
+from plugrpc.client.connection import Connection
+from plugrpc.client.events import Event, SocketSubscription
 from plugrpc.testing import RouterProcess
 
 WAIT = 10.0
@@ -70,7 +70,7 @@ async def test_the_blocking_client_iterates_events(router: RouterProcess) -> Non
 
 async def test_a_connection_shrugs_off_notifications_it_did_not_ask_for() -> None:
     """Old or new, a Client's connection never fails on a notification: it matches what it asked for only."""
-    conn = _Connection(asyncio.get_running_loop())
+    conn = Connection(asyncio.get_running_loop())
     conn.connection_made(FakeWriter())  # type: ignore[arg-type]
     future = conn.call(1, b"")
     conn.data_received(b'{"jsonrpc":"2.0","method":"rpc.event","params":{"subscription":9,"name":"a.b","seq":1}}\n'
@@ -80,7 +80,7 @@ async def test_a_connection_shrugs_off_notifications_it_did_not_ask_for() -> Non
                        b'{"jsonrpc":"2.0","method":"something.else"}\n'
                        b'{"jsonrpc":"2.0","result":"ok","id":1}\n')
     assert await future == "ok" and conn.lost is None
-    sub = Subscription(plugrpc.Client("/nonexistent"), ("a.>",))
+    sub = SocketSubscription(plugrpc.Client("/nonexistent"), ("a.>",))
     conn.subscriptions[9] = sub
     conn.data_received(b'{"jsonrpc":"2.0","method":"rpc.event","params":{"subscription":9,"name":"a.b","seq":2}}\n')
     assert (await asyncio.wait_for(anext(sub), WAIT)).seq == 2

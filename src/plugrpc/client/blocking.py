@@ -16,9 +16,9 @@ from typing import Any, TypeVar
 
 from ..config import loop_factory
 from ..errors import ConnectionLost
-from .aio import CLOSED, Client, Progress
+from .aio import Client
+from .common import CLOSED, MAXSIZE, Event, Progress, Subscription
 from .direct import DirectMode
-from .events import MAXSIZE, Event, Subscription
 
 __all__ = ["BlockingClient"]
 

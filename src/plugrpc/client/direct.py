@@ -3,7 +3,7 @@
 On the first call to a plugin the client asks the router, on a broker connection of its own (a
 blocking socket, used from a thread: this happens once per plugin), `router.connect {"plugin":
 NAME}`; the answer carries a socket already connected to the plugin (SCM_RIGHTS). That socket
-becomes a `_Connection` like the router's, with the client's own ids: the same `raw()`, errors,
+becomes a `Connection` like the router's, with the client's own ids: the same `raw()`, errors,
 progress and pipelining, and the client's `timeout` (the router's per-call timeout does not apply
 there). The router ends such a connection when the plugin stops, restarts or changes, and when the
 broker connection closes: calls in flight on it fail -32001 (they may have run: never retried),
@@ -36,7 +36,7 @@ from ..sockets import check_peer, socket_owner
 from ..wire import JSONDecodeError, loads
 
 if TYPE_CHECKING:
-    from .aio import _Connection
+    from .connection import Connection
 
 DirectMode = bool | Literal["require"]
 BUILTINS: Final = frozenset({"router", "rpc"})
@@ -64,18 +64,18 @@ class DirectRoutes:
         self.path = path
         self.require = mode == "require"
         self.timeout = timeout
-        self.conns: dict[str, _Connection] = {}
+        self.conns: dict[str, Connection] = {}
         self.fallback: dict[str, float] = {}
         """Plugins called through the router, until when (`FOREVER`: they cannot take direct connections)."""
         self._make = make
-        """Wraps a connected socket as a `_Connection` for a plugin (`Client._direct_connection`)."""
-        self._brokering: dict[str, asyncio.Future[_Connection | None]] = {}
+        """Wraps a connected socket as a `Connection` for a plugin (`Client._direct_connection`)."""
+        self._brokering: dict[str, asyncio.Future[Connection | None]] = {}
         self._broker: socket.socket | None = None
         self._broker_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._closed = False
 
-    async def connection(self, method: str) -> _Connection | None:
+    async def connection(self, method: str) -> Connection | None:
         """The direct connection for `method`'s plugin, brokered if need be; None: call through the router."""
         plugin, dot, _ = method.partition(".")
         conn = self.conns.get(plugin)
@@ -93,7 +93,7 @@ class DirectRoutes:
         # Shielded: a caller that gives up does not leave a descriptor half received for the others.
         return await asyncio.shield(brokering)
 
-    async def _connect(self, plugin: str) -> _Connection | None:
+    async def _connect(self, plugin: str) -> Connection | None:
         try:
             sock = await asyncio.to_thread(self._exchange, plugin)
         except RpcError as exc:
@@ -113,7 +113,7 @@ class DirectRoutes:
             _end(sock)
             return None
         try:
-            conn: _Connection = await self._make(plugin, sock)
+            conn: Connection = await self._make(plugin, sock)
         except BaseException:
             _end(sock)
             raise
@@ -212,14 +212,6 @@ def _handed(msg: Any, fds: list[int], plugin: str, path: Path) -> socket.socket:
             "plugin": plugin, "reason": "router.connect passed something other than a unix stream socket"})
     sock.setblocking(False)
     return sock
-
-
-def lost_error(plugin: str, why: str) -> PluginUnavailable:
-    """What a call in flight on a direct connection raises when the connection ends."""
-    return PluginUnavailable(codes.PLUGIN_UNAVAILABLE, codes.MESSAGES[codes.PLUGIN_UNAVAILABLE], {
-        "plugin": plugin, "direct": "lost", "reason": (
-            f"the direct connection to plugin {plugin} ended with the call in flight ({why}): the plugin stopped, "
-            "restarted or was changed; the call may have run, so it is not made again")})
 
 
 def _shutdown(transport: asyncio.BaseTransport) -> None:

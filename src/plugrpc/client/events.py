@@ -1,110 +1,42 @@
-"""Events on a `Client`: `subscribe()` and the notifications the router sends (docs/design.md, "Events").
+"""Events on a `Client`'s socket: `subscribe()` and the notifications the router sends (docs/design.md, "Events").
 
     async with client.subscribe("ovs.port.*", "demo.>") as events:
         async for ev in events:          # Event(name="ovs.port.added", data={...}, seq=7, dropped=0)
             ...
 
 The router sends a connection notifications only once it subscribed (`router.subscribe`), so a
-client that never subscribes never sees one. A subscription keeps at most `maxsize` events its
-reader has not taken yet; what overflows is dropped and counted into the next event's `dropped`,
-as the router counts what it drops, so a reader that falls behind never stops the connection:
-the answers to its calls keep coming.
+client that never subscribes never sees one. What a subscription keeps for its reader, and what it
+drops, is the same over every transport (client/common.py).
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections import deque
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .common import MAXSIZE, Event, Progress, Subscription
 
 if TYPE_CHECKING:
-    from .aio import Client, _Connection
+    from .connection import Connection
 
-log = logging.getLogger("plugrpc.client")
-
-MAXSIZE: Final = 10_000
-"""Events a subscription keeps for its reader by default before it drops (and counts) newer ones."""
+__all__ = ["MAXSIZE", "Event", "SocketSubscription", "Subscription"]
 
 
-class Event(NamedTuple):
-    """One event: its full name (`plugin.event`), its data, the plugin's `seq`, how many were missed before
-    it, and over NATS the router it came from.
+class Caller(Protocol):
+    """What a socket subscription needs of its client: the router's connection, and calls on it."""
 
-    `seq` counts up per plugin and router; a gap in it is events this subscription missed: ones it
-    did not subscribe to, `dropped` ones (it did not keep up), or a restart of the plugin (which
-    skips one). Events from several routers (NATS, no `router=`) each have their own sequence.
-    """
+    async def _connection(self, progress: bool = False) -> Connection: ...
 
-    name: str
-    data: Any
-    seq: int
-    dropped: int = 0
-    router: str | None = None
-    """The router that published it, over NATS; None on a router's own socket."""
-
-    @property
-    def plugin(self) -> str:
-        """The plugin that emitted it: the name's first token."""
-        return self.name.partition(".")[0]
-
-    def to_json(self) -> dict[str, Any]:
-        """The event as the router sent it, without the subscription's id (`dropped` only when some were)."""
-        out = {"name": self.name, "data": self.data, "seq": self.seq}
-        if self.dropped:
-            out["dropped"] = self.dropped
-        if self.router is not None:
-            out["router"] = self.router
-        return out
+    async def raw(self, method: str, params: Any = None, *, timeout: float | None = None,
+                  progress: Progress | None = None) -> Any: ...
 
 
-class Subscription:
+class SocketSubscription(Subscription):
     """Events matching some patterns, on one client's connection: an async context manager and iterator."""
 
-    def __init__(self, client: Client, patterns: tuple[str, ...], maxsize: int = MAXSIZE) -> None:
-        if maxsize < 1:
-            raise ValueError(f"maxsize must be at least 1, got {maxsize}")
+    def __init__(self, client: Caller, patterns: tuple[str, ...], maxsize: int = MAXSIZE) -> None:
+        super().__init__(patterns, maxsize)
         self.client = client
-        self.patterns = patterns
-        self.maxsize = maxsize
-        self.id: int | None = None
-        """The router's number for it, once subscribed."""
-        self._conn: _Connection | None = None
-        self._events: deque[Event] = deque()
-        self._missed = 0
-        """Dropped here since the last event the reader took: added to the next one's `dropped`."""
-        self._waiter: asyncio.Future[None] | None = None
-        self._ended: BaseException | None = None
-
-    def __repr__(self) -> str:
-        return f"<Subscription {self.id} {list(self.patterns)!r} waiting={len(self._events)}>"
-
-    async def __aenter__(self) -> Subscription:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
-    def __aiter__(self) -> Subscription:
-        return self
-
-    async def __anext__(self) -> Event:
-        """The next event; StopAsyncIteration once closed, ConnectionLost if the connection goes."""
-        while not self._events:
-            if self._ended is not None:
-                if isinstance(self._ended, StopAsyncIteration):
-                    raise StopAsyncIteration
-                raise self._ended
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._events.popleft()
+        self._conn: Connection | None = None
 
     async def start(self) -> None:
         """Subscribe (`router.subscribe`); raises RpcError (-32602) naming a bad pattern."""
@@ -129,26 +61,3 @@ class Subscription:
             return
         if conn.lost is None:
             await self.client.raw("router.unsubscribe", {"subscription": self.id})
-
-    # --- fed by the connection -------------------------------------------------------------
-
-    def _put(self, params: dict[str, Any]) -> None:
-        """An `rpc.event`'s params for this subscription."""
-        dropped = params.get("dropped", 0)
-        if len(self._events) >= self.maxsize:
-            self._missed += 1 + dropped
-            return
-        self._events.append(Event(params["name"], params.get("data"), params["seq"], dropped + self._missed,
-                                  params.get("router")))
-        self._missed = 0
-        self._wake()
-
-    def _end(self, why: BaseException) -> None:
-        """No more events: closed (StopAsyncIteration) or the connection was lost."""
-        if self._ended is None:
-            self._ended = why
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)

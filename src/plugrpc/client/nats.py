@@ -61,9 +61,9 @@ from ..nats_link import (
 )
 from ..patterns import Matcher, pattern_problem
 from ..wire import JSONDecodeError, loads
-from .aio import CLOSED, Client, Progress, _error
+from .aio import Client
 from .balance import Balancer
-from .events import MAXSIZE, Subscription
+from .common import CLOSED, MAXSIZE, Progress, Subscription, response_error
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as Nats
@@ -296,7 +296,7 @@ class NatsClient(Client):
         if type(reply) is dict and "result" in reply:
             future.set_result(reply["result"])
         elif type(reply) is dict and "error" in reply:
-            future.set_exception(_error(reply))
+            future.set_exception(response_error(reply))
         else:
             future.set_exception(RpcError(codes.INTERNAL_ERROR, codes.MESSAGES[codes.INTERNAL_ERROR],
                                           f"the router sent a malformed answer: {msg.data[:300]!r}"))
@@ -442,10 +442,9 @@ class NatsSubscription(Subscription):
     subscription dropped itself, beyond `maxsize`.
     """
 
-    client: NatsClient
-
     def __init__(self, client: NatsClient, patterns: tuple[str, ...], maxsize: int = MAXSIZE) -> None:
-        super().__init__(client, patterns, maxsize)
+        super().__init__(patterns, maxsize)
+        self.client = client
         self._sub: Any = None
         self._matches: Matcher | None = None
         """None when the server filters (one pattern)."""
