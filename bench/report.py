@@ -16,12 +16,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import rows as bench_rows
 from .figures import LAT1, MB, median, ratio, stat, summary
 from .settings import size_label
 from .targets import REPEAT_PCT, evaluate_targets
 
 
-def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]], note: str = "") -> str:
+def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]], note: str = "", *, better: str) -> str:
+    """A titled text table; `better` says which way its figures are better, on the line under it, then `note`."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     lines = [title, "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths,
                                                                                                    strict=True)))]
@@ -29,6 +31,7 @@ def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]], not
     for r in rows:
         lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths,
                                                                                                   strict=True))))
+    lines.append(better)
     if note:
         lines.append(note)
     return "\n".join(lines)
@@ -54,6 +57,36 @@ def times(v: dict[str, float] | None) -> str:
 
 def spread(v: dict[str, float] | None) -> str:
     return "-" if v is None else f"±{v['spread_pct'] / 2:.0f}%"
+
+
+DESCRIPTIONS: dict[str, str] = {**{r.key: r.label for r in bench_rows.ROWS},
+                                 **{f.key: f.label for f in bench_rows.FANOUTS}, "calls100": bench_rows.CALLS100_LABEL}
+"""Each row's one-line meaning, from the rows' table (bench.rows): the list atop the report and the plot's legend."""
+
+
+def describe(data: dict[str, Any], key: str) -> str:
+    """What row `key` measures: its label in bench.rows, else the one its saved run recorded (a row since removed)."""
+    saved = data["rows"].get(key) or data.get("fanouts", {}).get(key) or {}
+    return DESCRIPTIONS.get(key) or saved.get("label") or ""
+
+
+def _listed(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """(name as the tables print it, description) for every row of the run, the fan-out rows and calls100 after."""
+    out = [(_label(data, key), describe(data, key)) for key in data["rows"]]
+    fanouts = data.get("fanouts") or {}
+    out += [(key, describe(data, key)) for key in fanouts]
+    if any("calls100" in r for r in (data.get("fanout") or {}).get("rounds", [])):
+        out.append(("calls100", describe(data, "calls100")))
+    return out
+
+
+def rows_block(data: dict[str, Any]) -> str:
+    """One line per row name the tables below use, saying what it measures."""
+    listed = _listed(data)
+    width = max(len(name) for name, _ in listed)
+    lines = ["The rows (a name's (Nh): the sockets a call crosses from its caller to the process that answers it)"]
+    lines += [f"  {name:{width}}  {text}" for name, text in listed]
+    return "\n".join(lines)
 
 
 def _live_rows(data: dict[str, Any]) -> list[str]:
@@ -93,7 +126,7 @@ def latency_table(data: dict[str, Any]) -> str:
                  ["row (hops)", "p50", "p90", "p99", "p99.9", "calls/s", "p50 spread", "p50 xfloor", "p50 xproxy",
                   "p99 xproxy"], rows,
                  "spread: half of (max-min)/median over rounds; xfloor/xproxy: ratio to the echo / line proxy "
-                 "in the same round (median); lower is better")
+                 "in the same round (median)", better="lower is better, except calls/s (higher is better)")
 
 
 def load_table(data: dict[str, Any], mode: str) -> str:
@@ -116,7 +149,8 @@ def load_table(data: dict[str, Any], mode: str) -> str:
     c64 = 64 if 64 in conc else max(conc)
     return table(f"Throughput (calls/s) / p99 by concurrency, 100 B, {what}",
                  ["row (hops)", *[f"c={c}" for c in conc], f"xproxy c={c64}", "spread"], rows,
-                 "higher calls/s is better; c=1 is the latency run above")
+                 "c=1 is the latency run above; xproxy: calls/s over the line proxy's in the same round",
+                 better="calls/s and xproxy: higher is better; p99: lower is better")
 
 
 def payload_table(data: dict[str, Any]) -> str:
@@ -136,7 +170,8 @@ def payload_table(data: dict[str, Any]) -> str:
             t = median(data, key, scen, "throughput")
             cells += [us(median(data, key, scen, "p50_us")), "-" if t is None else f"{t * size * 2 / MB:,.1f}"]
         rows.append([_label(data, key), *cells, times(ratio(data, key, "proxy", scen_keys[-1][0], "p50_us"))])
-    return table("Payload sizes at concurrency 1 (params size; MB/s counts request + response)", headers, rows)
+    return table("Payload sizes at concurrency 1 (params size; MB/s counts request + response)", headers, rows,
+                 better="p50 and xproxy: lower is better; MB/s: higher is better")
 
 
 def cpu_table(data: dict[str, Any]) -> str:
@@ -151,7 +186,8 @@ def cpu_table(data: dict[str, Any]) -> str:
     if c64:
         headers += ["server CPU/call c=64", "client c=64"]
     return table("CPU time per call (utime+stime from /proc over the window / calls)", headers, rows,
-                 "router = the router process alone; plugin = its plugin process(es); client = this load generator")
+                 "router = the router process alone; plugin = its plugin process(es); client = this load generator",
+                 better="lower is better")
 
 
 def _mb(kib: int | None) -> str:
@@ -173,7 +209,7 @@ def rss_table(data: dict[str, Any]) -> str:
     return table(f"RSS in MB (10^6 B): at rest, with {first.get('idle_connections', '?')} idle client connections "
                  f"(each after one call), under {first.get('load_callers', '?')} callers",
                  ["process", "rest", "idle conns", "load", "plugins"], rows,
-                 "plugin rows are the sum over all plugin processes")
+                 "plugin rows are the sum over all plugin processes", better="lower is better")
 
 
 def dispatch_table(data: dict[str, Any]) -> str:
@@ -194,7 +230,8 @@ def dispatch_table(data: dict[str, Any]) -> str:
         rel = stat([v / b for v, b in zip(vals, sdk, strict=False) if isinstance(v, float) and isinstance(b, float)])
         rows.append([name, us(s["median"] / 1000), spread(s), times(rel)])
     return table("Dispatch microbenchmark, in-process: request line -> response line, ~100 B echo",
-                 ["dispatcher", "per call", "spread", "x SDK"], rows)
+                 ["dispatcher", "per call", "spread", "x SDK"], rows,
+                 better="lower is better (x SDK: its time per call over the SDK's)")
 
 
 def events_table(data: dict[str, Any]) -> str:
@@ -220,25 +257,27 @@ def events_table(data: dict[str, Any]) -> str:
         lines.append(table(f"Events: one plugin emitting bursts of events to its subscribers (median of {len(rounds)} "
                            "rounds)", ["row", "deliveries/s", "events/s", "p50 emit->delivery", "p99", "spread"], rows,
                            "deliveries count each event once per subscriber; the latencies are of one event at a "
-                           "time; calls100: the same plugin answering 100 callers on their own connections"))
+                           "time; calls100: the same plugin answering 100 callers on their own connections",
+                           better="deliveries/s, events/s and calls/s: higher is better; latencies: lower is better"))
     for num, den, what in (("progress", "router", "progress per call (each call reports once to a subscribed caller)"),
                            ("p2p", "client", "a plugin-to-plugin call (plugrpc.call) vs plugrpc.Client's call")):
         p50 = ratio(data, num, den, LAT1, "p50_us")
         if p50 is not None:
             tput = ratio(data, num, den, "conns-c64-100B", "throughput")
             mine, theirs = us(median(data, num, LAT1, "p50_us")), us(median(data, den, LAT1, "p50_us"))
-            lines.append(f"{what}: p50 {mine} vs {theirs} ({times(p50)} {den}, {spread(p50)})"
-                         + (f"; throughput at 64 callers {times(tput)} {den}" if tput is not None else ""))
+            lines.append(f"{what}: p50 {mine} vs {theirs} ({times(p50)} {den}, {spread(p50)}; lower is better)"
+                         + (f"; throughput at 64 callers {times(tput)} {den} (higher is better)" if tput is not None
+                            else ""))
     return "\n".join(lines)
 
 
 def targets_block(data: dict[str, Any]) -> str:
     lines = ["Targets (ratios within each round, median over rounds; [min..max]; PASS: the median and most rounds "
-             "hold)"]
+             "hold; each bound's <= or >= says which way is better)"]
     for t in data["targets"]:
         head = f"{t['status']:10}  {t['id']}: {t['target']}"
         if t["status"] == "SKIP":
-            lines.append(f"{head} -- not measured: {t['what']}")
+            lines.append(f"{head} -- {t.get('missing', 'not measured')}: {t['what']}")
             continue
         bare = f"; bare parsing router {t['bare_router']:.2f}" if "bare_router" in t else ""
         of = t.get("of", "rounds")
@@ -276,7 +315,8 @@ def peers_table(data: dict[str, Any]) -> str:
                  "[min..max])", ["row (hops)", "p50 c=1", "router faster at p50", f"calls/s c={c64}",
                                  f"router x calls/s c={c64}", f"pipelined c={c64}"], rows,
                  "each on a unix socket, 100 B; rpyc and Pyro5 callers are threads (synchronous libraries), "
-                 "the others asyncio tasks")
+                 "the others asyncio tasks",
+                 better="p50: lower is better; calls/s: higher is better; a ratio above 1.00x: the router is ahead")
 
 
 GO_ROWS = ("go_router", "go_exec")
@@ -306,7 +346,8 @@ def go_table(data: dict[str, Any]) -> str:
                   f"go_router's calls/s / row's c={c64}", f"pipelined c={c64}"],
                  [_go_cells(data, k, conns, pipe) for k in keys],
                  "the same echo over the same bare client, 100 B; exec: the router runs up to 4 executions per CPU "
-                 "at once, further calls queue")
+                 "at once, further calls queue",
+                 better="p50: lower is better; calls/s: higher is better; a ratio above 1.00x: go_router is ahead")
 
 
 def _runs_cells(values: list[float], runs: list[dict[str, Any]], digits: int) -> list[str]:
@@ -349,16 +390,19 @@ def plugin_cost_table(data: dict[str, Any]) -> str:
         errors += [f"FAILED  plugrpc run start {i + 1}: {r['error'][:300]}" for i, r in enumerate(start["runs"])
                    if "error" in r]
     return table("Plugins that cost little to keep (fresh processes; times from the exec of the command)",
-                 ["what", "median", "min..max", "starts ok"], rows, "\n".join(errors))
+                 ["what", "median", "min..max", "starts ok"], rows, "\n".join(errors),
+                 better="lower is better (times and MB)")
 
 
 def repeat_block(data: dict[str, Any]) -> str:
     """Each key ratio beside the previous full run's, so a reader sees which row moved."""
     prev = data.get("previous")
+    if prev and prev.get("not_compared"):
+        return f"Key ratios: not compared: {prev['not_compared']}"
     if not prev or not prev.get("ratios"):
         return ""
-    lines = [f"Key ratios, previous full run ({prev['file']}, {prev.get('timestamp', '?')}) -> this run "
-             f"(a change beyond {REPEAT_PCT:g}% is marked)"]
+    lines = [f"Key ratios, previous run of the same kind ({prev['file']}, {prev.get('timestamp', '?')}) -> this run "
+             f"(a change of either sign beyond {REPEAT_PCT:g}% is marked)"]
     width = max(len(k) for k in prev["ratios"])
     for key, v in prev["ratios"].items():
         change = 100 * (v["now"] / v["before"] - 1) if v["before"] else math.nan
@@ -438,9 +482,10 @@ def background_line(data: dict[str, Any]) -> str:
 
 
 def render(data: dict[str, Any]) -> str:
-    blocks = [machine_line(data), background_line(data), latency_table(data), load_table(data, "conns"),
-              load_table(data, "pipe"), payload_table(data), cpu_table(data), rss_table(data), dispatch_table(data),
-              events_table(data), peers_table(data), go_table(data), plugin_cost_table(data),
+    blocks = [machine_line(data), background_line(data), rows_block(data), latency_table(data),
+              load_table(data, "conns"), load_table(data, "pipe"), payload_table(data), cpu_table(data),
+              rss_table(data), dispatch_table(data), events_table(data), peers_table(data),
+              go_table(data), plugin_cost_table(data),
               skipped_block(data), profile_block(data), targets_block(data), repeat_block(data)]
     return "\n\n".join(b for b in blocks if b) + "\n"
 

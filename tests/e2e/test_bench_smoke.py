@@ -200,7 +200,7 @@ def test_repeat_check_compares_with_the_previous_full_run_latest_json_included(t
     empty.mkdir()
     now["previous"] = targets.compare_previous(now, empty, empty / "20260601T000000Z.json")
     [line] = [line for line in _target_lines(now) if line.split()[1] == "ratios-repeat-vs-previous:"]
-    assert f"no earlier full run in {empty}" in line and not line.startswith(("PASS", "MISS"))
+    assert f"no earlier run of the same kind in {empty}" in line and not line.startswith(("PASS", "MISS"))
 
 
 def test_quick_run_judges_no_target_on_its_short_windows() -> None:
