@@ -68,10 +68,10 @@ async def test_bounds_and_refusals(plugrpc_image: Image, plugrpc_tmp: Path, monk
         assert error["code"] == -32003 and "3 subscriptions" in error["data"]["reason"]
         error = (await raw.ask(req("router.subscribe", {"events": ["a"] * 4})))["error"]
         assert error["code"] == -32602 and "3 patterns" in error["data"]["reason"]
-        outlet = next(iter(router.clients)).events  # type: ignore[attr-defined]
-        assert "3 subscriptions backlog=0" in repr(outlet) and "'raw.>'" in repr(outlet.subs[1])
-        flocks = list(router.events.flocks.values())  # same patterns, different ids: one flock each
-        assert len(flocks) == 3 and all("members=1 waiting=0" in repr(f) for f in flocks)
+        subscriber = next(iter(router.clients)).events  # type: ignore[attr-defined]
+        assert "3 subscriptions backlog=0" in repr(subscriber) and "'raw.>'" in repr(subscriber.subs[1])
+        groups = list(router.events.groups.values())  # same patterns, different ids: one group each
+        assert len(groups) == 3 and all("members=1 waiting=0" in repr(g) for g in groups)
         # a sink that cannot take notifications: the router's own calls
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         router.handle(req("router.subscribe", {"events": [">"]}), FutureSink(fut))

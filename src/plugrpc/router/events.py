@@ -8,11 +8,11 @@ patterns reaches it as `rpc.event` with the plugin's `seq`, in order, at most on
 What it costs, and who pays:
 - a client that never subscribed has no state here; its connection's `events` stays None;
 - an event is encoded once, and subscriptions that share their patterns and their id (ids
-  count per connection, so most are 1) share it further: they form a `Flock`, which keeps the
+  count per connection, so most are 1) share it further: they form a `SubscriptionGroup`, which keeps the
   lines of a loop turn once for all of them and, at the end of the turn (it is a writer of the
   router's `Outbox`), queues them joined on each member's `LineWriter`: a subscriber costs one
   queued chunk per turn, however many events the turn had;
-- the flocks a name reaches are found in a `PatternIndex` of every flock's patterns (time bounded
+- the groups a name reaches are found in a `PatternIndex` of every group's patterns (time bounded
   by the name's tokens, not by the count of patterns), then remembered per name, for at most
   `ROUTE_CACHE` names, until subscriptions change;
 - a connection's patterns are bounded in count and characters (`MAX_PATTERNS`, `MAX_PATTERN_CHARS`),
@@ -38,10 +38,11 @@ from typing import Any, Final, NamedTuple
 import orjson
 
 from .. import codes
+from ..flow import FlowControl
 from ..outbox import Outbox
 from ..patterns import Matcher, PatternIndex, name_problem, pattern_problem
 from ..wire import dumps, error_response, result_response
-from .front import Batch, FrontProtocol
+from .batch import Batch
 from .interfaces import Call, Message, Sink
 
 log = logging.getLogger("plugrpc.events")
@@ -55,7 +56,7 @@ MAX_PATTERN_CHARS: Final = 64 << 10
 BACKLOG_BYTES: Final = 8 << 20
 """Bytes of events a paused connection may have waiting (with at most `Config.event_queue` events)."""
 ROUTE_CACHE: Final = 4096
-"""Event names whose flocks are remembered; past that, or past `ROUTE_CACHE_CHARS`, they start again."""
+"""Event names whose groups are remembered; past that, or past `ROUTE_CACHE_CHARS`, they start again."""
 ROUTE_CACHE_CHARS: Final = 1 << 20
 WARN_LIMIT: Final = 256
 """Different faults logged per plugin; past that, faults are still counted but no longer logged."""
@@ -85,11 +86,11 @@ Listener = Callable[[Event], None]
 class Subscription:
     """One `router.subscribe` of one connection: its patterns, and what it missed since its last event."""
 
-    __slots__ = ("id", "outlet", "patterns", "progress", "dropped", "head")
+    __slots__ = ("id", "subscriber", "patterns", "progress", "dropped", "head")
 
-    def __init__(self, id: int, outlet: Outlet, patterns: tuple[str, ...], progress: bool) -> None:
+    def __init__(self, id: int, subscriber: Subscriber, patterns: tuple[str, ...], progress: bool) -> None:
         self.id = id
-        self.outlet = outlet
+        self.subscriber = subscriber
         self.patterns = patterns
         self.progress = progress
         self.dropped = 0
@@ -109,12 +110,12 @@ class Subscription:
         return self.head + (_DROPPED % dropped if dropped else b"") + body[1:] + _END
 
 
-class Flock:
+class SubscriptionGroup:
     """Subscriptions with the same patterns and the same id: the same lines reach them all, so the same bytes.
 
     A writer of the router's `Outbox`: the lines of one loop turn are kept once, and leave at the
     end of the turn, joined, queued on each member's connection. A member that is paused, or that
-    missed events, takes them one by one instead (`Outlet.hold`).
+    missed events, takes them one by one instead (`Subscriber.hold`).
     """
 
     __slots__ = ("hub", "key", "members", "lines", "bodies")
@@ -129,7 +130,8 @@ class Flock:
         """...and the same events' bodies, for a member that needs a line of its own."""
 
     def __repr__(self) -> str:
-        return f"<Flock {list(self.key[0])!r} id={self.key[1]} members={len(self.members)} waiting={len(self.lines)}>"
+        return (f"<SubscriptionGroup {list(self.key[0])!r} id={self.key[1]} members={len(self.members)} "
+                f"waiting={len(self.lines)}>")
 
     def add(self, line: bytes, body: bytes) -> None:
         if not self.lines:
@@ -144,20 +146,33 @@ class Flock:
         self.lines, self.bodies = [], []
         data = lines[0] if len(lines) == 1 else b"".join(lines)
         for sub in self.members:
-            outlet = sub.outlet
-            if outlet.paused or sub.dropped:
+            subscriber = sub.subscriber
+            if subscriber.paused or sub.dropped:
                 for body in bodies:
-                    outlet.hold(sub, body)
+                    subscriber.hold(sub, body)
             else:
-                outlet.front.queue(data)
+                subscriber.front.queue(data)
 
 
-class Outlet:
+class Subscribable:
+    """What a client's socket connection (router/front.py) is to the hub: it may hold subscriptions (`events`,
+    None until it subscribes), it takes lines with `queue`, and `flow` says whether its peer reads."""
+
+    __slots__ = ("events",)
+
+    events: Subscriber | None
+    flow: FlowControl
+
+    def queue(self, line: bytes) -> None:
+        raise NotImplementedError
+
+
+class Subscriber:
     """A client connection's side of its subscriptions: what it asked for, and its bounded backlog."""
 
     __slots__ = ("hub", "front", "subs", "next_id", "progress", "paused", "backlog", "held", "patterns", "chars")
 
-    def __init__(self, hub: EventHub, front: FrontProtocol) -> None:
+    def __init__(self, hub: EventHub, front: Subscribable) -> None:
         self.hub = hub
         self.front = front
         self.subs: dict[int, Subscription] = {}
@@ -175,7 +190,8 @@ class Outlet:
         """Patterns of its subscriptions, and their characters: bounded by `MAX_PATTERNS`, `MAX_PATTERN_CHARS`."""
 
     def __repr__(self) -> str:
-        return f"<Outlet {len(self.subs)} subscriptions{' paused' if self.paused else ''} backlog={len(self.backlog)}>"
+        paused = " paused" if self.paused else ""
+        return f"<Subscriber {len(self.subs)} subscriptions{paused} backlog={len(self.backlog)}>"
 
     def hold(self, sub: Subscription, body: bytes) -> None:
         """An event for `sub` while the connection is paused, or after `sub` missed some."""
@@ -215,12 +231,12 @@ class EventHub:
         self.queue_limit = queue_limit
         """Lines a paused connection may have waiting before its events are dropped (`Config.event_queue`)."""
         self.outbox = outbox
-        self.flocks: dict[tuple[tuple[str, ...], int], Flock] = {}
+        self.groups: dict[tuple[tuple[str, ...], int], SubscriptionGroup] = {}
         """The subscriptions with patterns, by their patterns and id."""
         self._index = PatternIndex()
-        """Every flock, under each of its patterns."""
-        self._routes: dict[str, list[Flock]] = {}
-        """Full event name -> the flocks it reaches; emptied whenever subscriptions change, or it is full."""
+        """Every group, under each of its patterns."""
+        self._routes: dict[str, list[SubscriptionGroup]] = {}
+        """Full event name -> the groups it reaches; emptied whenever subscriptions change, or it is full."""
         self._route_chars = 0
         """Characters of the names in `_routes`."""
         self._seq: dict[str, int] = {}
@@ -236,7 +252,7 @@ class EventHub:
 
     def subscriptions(self) -> int:
         """Subscriptions with patterns, of every connection."""
-        return sum(len(flock.members) for flock in self.flocks.values())
+        return sum(len(group.members) for group in self.groups.values())
 
     # --- built-ins: router.subscribe, router.unsubscribe -----------------------------------
 
@@ -251,30 +267,30 @@ class EventHub:
         if problem is not None:
             return error_response(call.id, codes.INVALID_PARAMS, data=problem)
         assert front is not None
-        outlet = front.events
-        if outlet is None:
-            outlet = front.events = Outlet(self, front)
+        subscriber = front.events
+        if subscriber is None:
+            subscriber = front.events = Subscriber(self, front)
         patterns, progress = tuple(dict.fromkeys(params.get("events", ()))), bool(params.get("progress", False))
         chars = sum(map(len, patterns))
-        full = _full_problem(outlet, len(patterns), chars)
+        full = _full_problem(subscriber, len(patterns), chars)
         if full is not None:
             return error_response(call.id, codes.OVERLOADED, data={"reason": full})
-        sub = Subscription(outlet.next_id, outlet, patterns, progress)
-        outlet.next_id += 1
-        outlet.subs[sub.id] = sub
-        outlet.patterns += len(patterns)
-        outlet.chars += chars
+        sub = Subscription(subscriber.next_id, subscriber, patterns, progress)
+        subscriber.next_id += 1
+        subscriber.subs[sub.id] = sub
+        subscriber.patterns += len(patterns)
+        subscriber.chars += chars
         if progress:
-            outlet.progress += 1
+            subscriber.progress += 1
         if patterns:
             key = (patterns, sub.id)
-            flock = self.flocks.get(key)
-            if flock is None:
-                flock = self.flocks[key] = Flock(self, key)
+            group = self.groups.get(key)
+            if group is None:
+                group = self.groups[key] = SubscriptionGroup(self, key)
                 for pattern in patterns:
-                    self._index.add(pattern, flock)
+                    self._index.add(pattern, group)
                 self._routes.clear()
-            flock.members.append(sub)
+            group.members.append(sub)
         return result_response(call.id, {"subscription": sub.id})
 
     def unsubscribe(self, call: Call) -> Message:
@@ -285,32 +301,32 @@ class EventHub:
             return error_response(call.id, codes.INVALID_PARAMS, data={
                 "reason": 'params must be {"subscription": S}, S as router.subscribe answered it'})
         front = _front_of(call.sink)
-        outlet = front.events if front is not None else None
-        sub = outlet.subs.pop(sid, None) if outlet is not None else None
+        subscriber = front.events if front is not None else None
+        sub = subscriber.subs.pop(sid, None) if subscriber is not None else None
         if sub is None:
             return result_response(call.id, False)
         self._end(sub)
         return result_response(call.id, True)
 
     def _end(self, sub: Subscription) -> None:
-        outlet = sub.outlet
+        subscriber = sub.subscriber
         if sub.progress:
-            outlet.progress -= 1
-        outlet.patterns -= len(sub.patterns)
-        outlet.chars -= sum(map(len, sub.patterns))
+            subscriber.progress -= 1
+        subscriber.patterns -= len(sub.patterns)
+        subscriber.chars -= sum(map(len, sub.patterns))
         if sub.patterns:
             key = (sub.patterns, sub.id)
-            flock = self.flocks[key]
-            flock.members.remove(sub)
-            if not flock.members:
-                del self.flocks[key]
+            group = self.groups[key]
+            group.members.remove(sub)
+            if not group.members:
+                del self.groups[key]
                 for pattern in sub.patterns:
-                    self._index.remove(pattern, flock)
+                    self._index.remove(pattern, group)
                 self._routes.clear()
 
-    def forget(self, outlet: Outlet) -> None:
+    def forget(self, subscriber: Subscriber) -> None:
         """Every subscription of a connection that closed."""
-        for sub in outlet.subs.values():
+        for sub in subscriber.subs.values():
             self._end(sub)
 
     # --- from plugins ----------------------------------------------------------------------
@@ -324,10 +340,10 @@ class EventHub:
         seq = self._seq[plugin] = self._seq.get(plugin, 0) + 1
         self.emitted[plugin] = self.emitted.get(plugin, 0) + 1
         full = f"{plugin}.{name}"
-        flocks = self._routes.get(full)
-        if flocks is None:
-            flocks = self._route(full)
-        if not flocks and not self._listeners:
+        groups = self._routes.get(full)
+        if groups is None:
+            groups = self._route(full)
+        if not groups and not self._listeners:
             return
         data = params.get("data")
         try:
@@ -338,25 +354,25 @@ class EventHub:
         if self._listeners:
             self._tell(Event(plugin, name, data, seq, body))
         lines: dict[int, bytes] = {}
-        for flock in flocks:
-            sid = flock.key[1]
+        for group in groups:
+            sid = group.key[1]
             line = lines.get(sid)
             if line is None:
                 line = lines[sid] = _HEAD % sid + body[1:] + _END
-            flock.add(line, body)
+            group.add(line, body)
 
-    def _route(self, full: str) -> list[Flock]:
-        """The flocks `full` reaches, from the index, remembered within `ROUTE_CACHE` (none is, with no flock)."""
-        if not self.flocks:
+    def _route(self, full: str) -> list[SubscriptionGroup]:
+        """The groups `full` reaches, from the index, remembered within `ROUTE_CACHE` (none is, with no group)."""
+        if not self.groups:
             return []
-        flocks: list[Flock] = list(self._index.match(full))  # type: ignore[arg-type]
+        groups: list[SubscriptionGroup] = list(self._index.match(full))  # type: ignore[arg-type]
         if len(self._routes) >= ROUTE_CACHE or self._route_chars + len(full) > ROUTE_CACHE_CHARS:
             self._routes.clear()
         if not self._routes:
             self._route_chars = 0
-        self._routes[full] = flocks
+        self._routes[full] = groups
         self._route_chars += len(full)
-        return flocks
+        return groups
 
     def _refuse(self, plugin: str, declared: Matcher, params: Any, name: Any) -> None:
         """Why an `rpc.event` is dropped: not of the contract's shape, or a name the manifest does not declare."""
@@ -373,14 +389,14 @@ class EventHub:
     def progress(self, call: Call, value: Any) -> None:
         """`rpc.progress` for a call in flight: to its caller's connection, if that asked for progress."""
         front = _front_of(call.sink)
-        outlet = front.events if front is not None else None
-        if outlet is None or not outlet.progress or outlet.paused:
+        subscriber = front.events if front is not None else None
+        if subscriber is None or not subscriber.progress or subscriber.paused:
             return
         try:
             line = dumps({"jsonrpc": "2.0", "method": "rpc.progress", "params": {"id": call.id, "value": value}})
         except orjson.JSONEncodeError:
             return
-        outlet.front.queue(line)
+        subscriber.front.queue(line)
 
     def started(self, plugin: str) -> None:
         """A new process of `plugin` runs: its events may have been lost in between, so `seq` skips one."""
@@ -419,11 +435,11 @@ class EventHub:
                 "rejected": sum(self.rejected.values()), "dropped": self.dropped}
 
 
-def _front_of(sink: Sink | None) -> FrontProtocol | None:
+def _front_of(sink: Sink | None) -> Subscribable | None:
     """The client connection a call came on, for calls from a socket (alone or in a batch)."""
-    if type(sink) is FrontProtocol:
+    if isinstance(sink, Subscribable):
         return sink
-    if type(sink) is Batch and type(sink.front) is FrontProtocol:  # not a batch that came over NATS
+    if type(sink) is Batch and isinstance(sink.front, Subscribable):  # not a batch that came over NATS
         return sink.front
     return None
 
@@ -455,11 +471,11 @@ def _subscribe_problem(params: Any) -> dict[str, Any] | None:
     return None
 
 
-def _full_problem(outlet: Outlet, patterns: int, chars: int) -> str | None:
+def _full_problem(subscriber: Subscriber, patterns: int, chars: int) -> str | None:
     """Why a connection cannot take one more subscription (the reason of its -32003), or None."""
-    if len(outlet.subs) >= MAX_SUBSCRIPTIONS:
+    if len(subscriber.subs) >= MAX_SUBSCRIPTIONS:
         return f"a connection may hold {MAX_SUBSCRIPTIONS} subscriptions; router.unsubscribe some first"
-    if outlet.patterns + patterns > MAX_PATTERNS or outlet.chars + chars > MAX_PATTERN_CHARS:
+    if subscriber.patterns + patterns > MAX_PATTERNS or subscriber.chars + chars > MAX_PATTERN_CHARS:
         return (f"a connection's subscriptions may have {MAX_PATTERNS} patterns of {MAX_PATTERN_CHARS} characters "
-                f"in all; this one has {outlet.patterns} of {outlet.chars}: router.unsubscribe some first")
+                f"in all; this one has {subscriber.patterns} of {subscriber.chars}: router.unsubscribe some first")
     return None

@@ -10,7 +10,7 @@ them are answered, whether they came one by one or in batches.
 
 Notifications to the client (events and progress, once it subscribed: router/events.py) leave
 through the same writer; while the client does not read, its events wait in the bounded backlog
-of its `Outlet` instead of the transport's buffer.
+of its `Subscriber` instead of the transport's buffer.
 
 What one client could otherwise take from all, `FrontDoor` bounds for every connection at once:
 connections (`--max-clients`), requests per batch (`--max-batch`, counted before a long batch is
@@ -31,7 +31,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, Protocol, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import orjson
 
@@ -53,11 +53,12 @@ from ..wire import (
     parse_error_line,
     too_large_line,
 )
+from .batch import Batch, unencodable
+from .events import Subscribable, Subscriber
 from .interfaces import Call, Dispatch, Handle, Message
 
 if TYPE_CHECKING:
     from .direct import Brokered
-    from .events import Outlet
 
 log = logging.getLogger("plugrpc.front")
 _PEERCRED: Final = struct.Struct("3i")
@@ -153,11 +154,11 @@ class FrontSplitter(LineSplitter):
         return line
 
 
-class FrontProtocol(LineWriter, asyncio.Protocol):
+class FrontProtocol(LineWriter, Subscribable, asyncio.Protocol):
     """A client connection to the router; the `Sink` of the calls it makes one by one."""
 
     __slots__ = ("router", "door", "outbox", "handle", "limit", "resume_at", "max_batch", "transport", "flow",
-                 "splitter", "_out", "calls", "_closing", "_partial", "events", "brokered")
+                 "splitter", "_out", "calls", "_closing", "_partial", "brokered")
 
     def __init__(self, door: FrontDoor) -> None:
         # shared by every connection
@@ -179,7 +180,7 @@ class FrontProtocol(LineWriter, asyncio.Protocol):
         """Set after an oversized or stalled line: answer what is in flight, then close."""
         self._partial: tuple[int, float] | None = None
         """(`splitter.joins`, when `FrontDoor.sweep` first saw the unfinished line), while there is one."""
-        self.events: Outlet | None = None
+        self.events: Subscriber | None = None
         """Its subscriptions (router/events.py), once it asks for notifications: until then, none reach it."""
         self.brokered: Brokered | None = None
         """The connections to plugins it got with `router.connect` (router/direct.py): they end with it."""
@@ -368,7 +369,7 @@ class FrontProtocol(LineWriter, asyncio.Protocol):
         try:
             line = _dumps(msg, option=_NEWLINE)
         except orjson.JSONEncodeError as exc:
-            line = _dumps(_unencodable(msg, exc), option=_NEWLINE)
+            line = _dumps(unencodable(msg, exc), option=_NEWLINE)
         calls = self.calls
         calls.discard(call)
         if calls:  # more answers may come for this client in this turn: one write for them all
@@ -446,68 +447,6 @@ class FrontProtocol(LineWriter, asyncio.Protocol):
             self.events.resume()
 
 
-class BatchOwner(Protocol):
-    """Whoever received a batch: a client connection, or a NATS request (router/nats_bridge.py)."""
-
-    def track(self, call: Call) -> None: ...
-
-    def finished(self, call: Call) -> None: ...
-
-    def cancel(self, id: Any) -> bool: ...
-
-    def queue(self, line: bytes) -> None: ...
-
-
-class Batch:
-    """Collects the answers of one batch request and sends them as one array (JSON-RPC 2.0 §6).
-
-    The `Sink` of the batch's calls; they count against the connection's in-flight limit
-    like any other, and leave it through `FrontProtocol.finished`.
-    """
-
-    __slots__ = ("front", "responses", "remaining", "sealed")
-
-    def __init__(self, front: BatchOwner) -> None:
-        self.front = front
-        self.responses: list[Message] = []
-        self.remaining = 0
-        self.sealed = False
-
-    def track(self, call: Call) -> None:
-        self.remaining += 1
-        self.front.track(call)
-
-    def deliver(self, call: Call, msg: Message) -> None:
-        msg["id"] = call.id
-        self.responses.append(msg)
-        self.remaining -= 1
-        self._maybe_send()
-        self.front.finished(call)
-
-    def reply(self, msg: Message) -> None:
-        self.responses.append(msg)
-
-    def cancel(self, id: Any) -> bool:
-        return self.front.cancel(id)
-
-    def seal(self) -> bool:
-        """Every element has been routed; send once the last answer is in. False: notifications only, no answer."""
-        self.sealed = True
-        answers = bool(self.remaining or self.responses)
-        self._maybe_send()
-        return answers
-
-    def _maybe_send(self) -> None:
-        # A batch of notifications only gets no response at all.
-        if self.sealed and not self.remaining and self.responses:
-            try:
-                line = dumps(self.responses)
-            except orjson.JSONEncodeError:
-                line = dumps([_encodable(msg) for msg in self.responses])
-            self.front.queue(line)
-            self.responses = []
-
-
 class _Discard(FrontSplitter):
     """The splitter of a refused connection: whatever arrives is dropped unread."""
 
@@ -556,19 +495,6 @@ def _count_elements(text: str, limit: int) -> bool | None:
     except (StopIteration, ValueError, RecursionError):
         return None
     return True
-
-
-def _unencodable(msg: Message, exc: Exception) -> Message:
-    """The -32603 sent instead of a plugin's answer that JSON cannot carry (nested over 254 levels)."""
-    return error_response(msg.get("id"), codes.INTERNAL_ERROR, data={"reason": f"the answer cannot be encoded: {exc}"})
-
-
-def _encodable(msg: Message) -> Message:
-    try:
-        dumps(msg)
-    except orjson.JSONEncodeError as exc:
-        return _unencodable(msg, exc)
-    return msg
 
 
 def _drop_unread(transport: asyncio.BaseTransport, most: int = 1 << 20) -> None:

@@ -9,7 +9,7 @@ With `plugrpc run --nats URL`, a `NatsBridge` connects out to NATS beside the un
   the router's name, host and plugins in the metadata, and what each endpoint answered.
 
 Each message is parsed once and goes to `Router.handle(msg, sink)` with a `NatsRequest` as its
-sink (a batch through front.py's `Batch`, as on the socket); the answer is published on the
+sink (a batch through batch.py's `Batch`, as on the socket); the answer is published on the
 message's reply subject by one publisher task, so a burst of answers costs one wake-up. Only
 exported methods and the read-only built-ins (`READ_ONLY`) are reachable. The calls in flight
 from NATS count against the same `max_inflight_per_client` as one socket connection's: at the
@@ -64,8 +64,8 @@ from ..nats_link import (
     services,
 )
 from ..wire import JSONDecodeError, error_response, loads, request_problem
+from .batch import Batch, unencodable
 from .deadline import UNREAD, Expired, seconds_left
-from .front import Batch, _unencodable
 from .interfaces import Call, Message, Sink, clock
 
 if TYPE_CHECKING:
@@ -467,7 +467,7 @@ class NatsRequest:
         try:
             body = _dumps(msg)
         except orjson.JSONEncodeError as exc:
-            body = _dumps(_unencodable(msg, exc))
+            body = _dumps(unencodable(msg, exc))
         self.send(body, msg.get("id"))
 
     def cancel(self, id: Any) -> bool:
