@@ -87,42 +87,42 @@ class Builtins(_Tasks):
         if call.method == "reload":
             self.spawn(self._reload(call))
         elif call.method == "plugins":
-            reply(call, result_response(call.id, self.plugins()))
+            call.finish(result_response(call.id, self.plugins()))
         elif call.method == "stats":
-            reply(call, result_response(call.id, self.stats()))
+            call.finish(result_response(call.id, self.stats()))
         elif call.method == "subscribe":
-            reply(call, self.router.events.subscribe(call))
+            call.finish(self.router.events.subscribe(call))
         elif call.method == "unsubscribe":
-            reply(call, self.router.events.unsubscribe(call))
+            call.finish(self.router.events.unsubscribe(call))
         elif call.method == "logs":
             self._logs(call)
         elif call.method == "connect":
             self.spawn(self.router.direct.broker(call))
         else:
-            reply(call, result_response(call.id, self.health()))
+            call.finish(result_response(call.id, self.health()))
 
     async def _reload(self, call: Call) -> None:
         try:
             result = await self.router.reload()
         except Exception as exc:  # a manifest refused, a socket that cannot be bound: answered, never left hanging
-            reply(call, error_response(call.id, codes.INTERNAL_ERROR, f"reload refused: {exc}"))
+            call.finish(error_response(call.id, codes.INTERNAL_ERROR, f"reload refused: {exc}"))
             return
-        reply(call, result_response(call.id, result))
+        call.finish(result_response(call.id, result))
 
     def _logs(self, call: Call) -> None:
         try:
             name, count, after, wait = _logs_params(call.params, self.router.plugins)
         except ValueError as exc:
-            reply(call, error_response(call.id, codes.INVALID_PARAMS, data=str(exc)))
+            call.finish(error_response(call.id, codes.INVALID_PARAMS, data=str(exc)))
             return
         book = self.router.plugins[name].output
         if after is None or book.seq > after or not wait:
-            reply(call, result_response(call.id, _log_lines(name, book, count, after)))
+            call.finish(result_response(call.id, _log_lines(name, book, count, after)))
             return
 
         async def follow() -> None:
             await book.wait(after, wait)
-            reply(call, result_response(call.id, _log_lines(name, book, count, after)))
+            call.finish(result_response(call.id, _log_lines(name, book, count, after)))
 
         self.spawn(follow())
 
@@ -233,11 +233,11 @@ class RpcBuiltins(_Tasks):
 
 def _answer_discover(call: Call, document: asyncio.Task[tuple[Message, bool]]) -> None:
     if document.cancelled():
-        reply(call, error_response(call.id, codes.PLUGIN_UNAVAILABLE, data="the router is shutting down"))
+        call.finish(error_response(call.id, codes.PLUGIN_UNAVAILABLE, data="the router is shutting down"))
     elif document.exception() is not None:
-        reply(call, error_response(call.id, codes.INTERNAL_ERROR, data=f"rpc.discover failed: {document.exception()}"))
+        call.finish(error_response(call.id, codes.INTERNAL_ERROR, data=f"rpc.discover failed: {document.exception()}"))
     else:
-        reply(call, result_response(call.id, document.result()[0]))
+        call.finish(result_response(call.id, document.result()[0]))
 
 
 def _logs_params(params: Any, plugins: Mapping[str, Any]) -> tuple[str, int, int | None, float]:
@@ -276,11 +276,3 @@ def _cancel(params: Any, sink: Sink) -> bool:
     if type(params) is not dict or "id" not in params:
         return False
     return sink.cancel(params["id"])
-
-
-def reply(call: Call, msg: Message) -> None:
-    """Finish a call of the router's own with `msg`, unless its caller has gone."""
-    sink = call.sink
-    if sink is not None:
-        call.sink = None
-        sink.deliver(call, msg)

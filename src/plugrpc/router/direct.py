@@ -174,7 +174,7 @@ class DirectHub:
         if sink is None:
             return
         if not hasattr(sink, "deliver_fd"):
-            _answer(call, error_response(call.id, codes.INVALID_REQUEST, data={
+            call.finish(error_response(call.id, codes.INVALID_REQUEST, data={
                 "reason": "router.connect hands over a socket: send it on its own on a connection to the router's "
                           "unix socket, not in a batch or over NATS"}))
             return
@@ -187,21 +187,21 @@ class DirectHub:
             state = plugin.direct
             self._check_room(plugin, owner)
         except Refused as exc:
-            _answer(call, error_response(call.id, exc.code, data=exc.data))
+            call.finish(error_response(call.id, exc.code, data=exc.data))
             return
         owner.pending += 1
         state.pending += 1
         try:
             sock = await self._connect(plugin)
         except Refused as exc:
-            _answer(call, error_response(call.id, exc.code, data=exc.data))
+            call.finish(error_response(call.id, exc.code, data=exc.data))
             return
         finally:
             owner.pending -= 1
             state.pending -= 1
         if call.sink is None or self.router.plugins.get(plugin.spec.name) is not plugin or not _running(plugin):
             sock.close()  # the caller left, or the plugin changed, while it was asked
-            _answer(call, error_response(call.id, codes.PLUGIN_UNAVAILABLE, data=_unavailable(
+            call.finish(error_response(call.id, codes.PLUGIN_UNAVAILABLE, data=_unavailable(
                 plugin, "it stopped or was replaced while its connection was made")))
             return
         handed = Handed(sock, state, owner)
@@ -391,11 +391,3 @@ def _unavailable(plugin: Plugin, why: str) -> dict[str, Any]:
     """`error.data` of a -32001 to try again later (not a reason to fall back for good)."""
     name = plugin.spec.name
     return {"plugin": name, "reason": f"plugin {name}: {why}; try again"}
-
-
-def _answer(call: Call, msg: Message) -> None:
-    """Finish `router.connect` with an answer that carries no descriptor, unless its caller has gone."""
-    sink = call.sink
-    if sink is not None:
-        call.sink = None
-        sink.deliver(call, msg)

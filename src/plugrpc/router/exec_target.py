@@ -20,7 +20,6 @@ from .. import codes
 from ..errors import RpcError
 from ..process.execmode import ExecPlugin
 from ..wire import error_response, result_response
-from .builtins import reply
 from .deadline import overdue, owner
 from .interfaces import NOPARAMS, Call, Sink, clock
 from .stats import DROP_LOG_INTERVAL, OUTCOMES, CallStats
@@ -102,17 +101,15 @@ class ExecTarget:
             task.cancel()
         for call, task in list(self._running.items()):
             task.cancel()
-            reply(call, error_response(call.id, codes.PLUGIN_UNAVAILABLE, data={"plugin": self.name, "reason": reason}))
+            call.finish(error_response(call.id, codes.PLUGIN_UNAVAILABLE, data={"plugin": self.name, "reason": reason}))
 
     def _done(self, call: Call, task: asyncio.Task[Any]) -> None:
         del self._running[call]
         if task.cancelled():
             return
         exc = task.exception()  # retrieved even when nobody waits for the answer any more
-        sink = call.sink
-        if sink is None:
+        if call.sink is None:
             return
-        call.sink = None
         if exc is None:
             msg = result_response(call.id, task.result())
         elif isinstance(exc, RpcError):
@@ -122,7 +119,7 @@ class ExecTarget:
             msg = error_response(call.id, codes.INTERNAL_ERROR, data={"plugin": self.name})
         outcome = None if exc is None else OUTCOMES.get(exc.code, "error") if isinstance(exc, RpcError) else "error"
         self.stats.record(call.method, clock() - call.started, outcome)
-        sink.deliver(call, msg)
+        call.finish(msg)
 
     def status(self) -> dict[str, Any]:
         return {**self.plugin.status(), **self.stats.snapshot()}

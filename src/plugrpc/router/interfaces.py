@@ -50,6 +50,19 @@ class Call:
     def __repr__(self) -> str:
         return f"<Call {self.method!r} id={self.id!r} uid={self.uid}{' done' if self.sink is None else ''}>"
 
+    def finish(self, msg: Message) -> bool:
+        """Deliver `msg`, the answer, unless the call has finished already (answered, or its caller gone).
+
+        The sink is taken before it is told, so that whatever the delivery sets off sees the call
+        finished and can never answer it twice. False: there was nobody to answer.
+        """
+        sink = self.sink
+        if sink is None:
+            return False
+        self.sink = None
+        sink.deliver(self, msg)
+        return True
+
 
 class Sink(Protocol):
     """Where answers go: a client connection, one batch of it, or a future of the router's own."""

@@ -388,7 +388,7 @@ class PluginPool:
     def finish(self, call: Call, msg: Message, now: float) -> None:
         """Deliver the answer, which arrived at `now`, of a written call that has just left flight."""
         sink = call.sink
-        if sink is not None:
+        if sink is not None:  # Call.finish, inlined: this runs once per call
             call.sink = None
             sink.deliver(call, msg)  # first: the caller's wait ends before our bookkeeping
             if call.id is not INTERNAL:
@@ -405,21 +405,15 @@ class PluginPool:
 
     def refuse(self, call: Call, reason: str) -> None:
         """`call` could not be written (its params cannot be encoded): -32600."""
-        sink = call.sink
-        if sink is not None:
-            call.sink = None
-            sink.deliver(call, error_response(call.id, codes.INVALID_REQUEST, data={"plugin": self.name,
-                                                                                    "reason": reason}))
+        call.finish(error_response(call.id, codes.INVALID_REQUEST, data={"plugin": self.name, "reason": reason}))
 
     def fail(self, call: Call, code: int, reason: str) -> None:
         """Answer `call` with one of the router's own errors (-32001..-32004)."""
-        sink = call.sink
-        if sink is None:
+        if call.sink is None:
             return
-        call.sink = None
         if call.id is not INTERNAL:
             self.stats.record(call.method, clock() - call.started, OUTCOMES[code])
-        sink.deliver(call, error_response(call.id, code, data={"plugin": self.name, "reason": reason}))
+        call.finish(error_response(call.id, code, data={"plugin": self.name, "reason": reason}))
 
     def expire(self, call: Call) -> None:
         """Drop a call that waited past its caller's deadline: -32002, counted, never written."""
