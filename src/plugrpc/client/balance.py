@@ -43,6 +43,8 @@ class RouterState:
     """Its ejection is over and one call is out to try it: no other call goes to it meanwhile."""
     missing: int = 0
     """Discoveries in a row it was missing from."""
+    refused: bool = False
+    """NATS refused this client's requests to it (subject permissions): never picked again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +86,18 @@ class Balancer:
             state.plugins = frozenset()
             state.missing = FORGET
 
+    def refused(self, name: str) -> None:
+        """NATS may not carry this client's requests to `name` (its account's permissions): leave it out for good."""
+        state = self.routers.get(name)
+        if state is not None:
+            state.refused = True
+
     def pick(self, plugin: str, now: float) -> Pick | None:
         """The router for a call to `plugin`, counted in flight; None when no known router can take it."""
         healthy: list[RouterState] = []
         trial: RouterState | None = None
         for state in self.routers.values():
-            if plugin not in state.plugins or state.missing >= FORGET:
+            if plugin not in state.plugins or state.missing >= FORGET or state.refused:
                 continue
             if state.ejected_until > now:
                 continue

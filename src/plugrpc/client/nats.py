@@ -325,6 +325,10 @@ class NatsClient(Client):
                 balancer.gone(pick.router)
                 self._discover_soon()
                 continue  # it reached no router: safe to send elsewhere
+            except Refused:
+                balancer.abandoned(pick)
+                balancer.refused(pick.router)  # this account may not call it by name; plugrpc.any.P may be allowed
+                continue
             except RpcError as exc:
                 if isinstance(exc, Unreachable):
                     balancer.abandoned(pick)  # NATS's fault, not the router's
@@ -407,7 +411,7 @@ class NatsClient(Client):
         text = str(exc)
         if "permissions violation for publish to" in text:  # nats-py lowercases the server's -ERR
             subject = text.rsplit(" ", 1)[-1].strip("'\"")
-            self._fail_pending(lambda to: Unreachable(codes.PLUGIN_UNAVAILABLE, _UNAVAILABLE, {
+            self._fail_pending(lambda to: Refused(codes.PLUGIN_UNAVAILABLE, _UNAVAILABLE, {
                 "reason": f"NATS refused the request: this account may not publish to {to} (NATS subject "
                           "permissions)"}), subject)
         elif log.isEnabledFor(logging.DEBUG):
@@ -420,6 +424,10 @@ class NoAnswer(CallTimeout):
 
 class Unreachable(PluginUnavailable):
     """-32001 made by the client: NATS is unreachable or refused the request; no router is to blame."""
+
+
+class Refused(Unreachable):
+    """-32001 made by NATS: this account may not publish to the subject; the request reached no router."""
 
 
 class NoResponders(PluginUnavailable):
