@@ -14,7 +14,7 @@ import os
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from . import rows as bench_rows
 from .figures import LAT1, MB, median, ratio, stat, summary
@@ -496,13 +496,51 @@ def _size(n: int) -> str:
 
 # --- plot ------------------------------------------------------------------------------------
 
+MARKERS: Final = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+LINESTYLES: Final = ("-", "--", "-.", ":")
+BOLD: Final = ("floor", "proxy", "router")
+"""The rows every other is read against: drawn thicker."""
+
+
+def _palette(plt: Any, n: int) -> list[tuple[float, ...]]:
+    """`n` colours, no two alike: tab10, tab20's light ones, Dark2, tab20b's darkest; then evenly spaced hues."""
+    cm = plt.cm
+    curated = [*cm.tab10.colors, *cm.tab20.colors[1::2], *cm.Dark2.colors, *cm.tab20b.colors[::4]]
+    colours = list(dict.fromkeys(tuple(c) for c in curated))
+    extra = max(0, n - len(colours))
+    colours += [tuple(cm.hsv(i / extra)[:3]) for i in range(extra)]
+    return colours[:max(n, 1)]
+
+
+def row_styles(plt: Any, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Each row's colour, line style and marker, its own and the same in every run: by its place in bench.rows
+    (a row a saved run has that bench.rows no longer does comes after). A colour is never shared; the marker and
+    line style change too, so rows whose colours are near still read apart."""
+    order = [*DESCRIPTIONS, *(k for k in keys if k not in DESCRIPTIONS)]
+    colours = _palette(plt, len(order))
+    styles = {}
+    for i, key in enumerate(order):
+        if key in keys:
+            styles[key] = {"color": colours[i], "marker": MARKERS[i % len(MARKERS)],
+                           "linestyle": LINESTYLES[(i // len(MARKERS)) % len(LINESTYLES)],
+                           "linewidth": 2.5 if key in BOLD else 1.3}
+    return styles
+
+
+PANELS: Final = (
+    ("conns", "throughput", "Throughput, one connection per caller (calls/s; higher is better)"),
+    ("pipe", "throughput", "Throughput, all callers on one pipelined connection (calls/s; higher is better)"),
+    ("conns", "p99_us", "p99 latency, one connection per caller (µs; lower is better)"),
+)
+
 
 def plot(data: dict[str, Any], path: Path) -> str | None:
     """Latency percentiles at c=1, throughput (both connection modes) and p99 by concurrency.
 
     Returns None, or why there is no plot. Shaded bands span the min..max over rounds. A figure a
-    row does not have is a gap in its curve, never a line drawn across it; the legends sit outside
-    the panels, where they hide no curve.
+    row does not have is a gap in its curve, never a line drawn across it. One legend below the
+    panels, where it hides no curve, gives every row its style and its one-line meaning; the
+    figure grows to hold it.
     """
     try:
         import matplotlib
@@ -512,40 +550,54 @@ def plot(data: dict[str, Any], path: Path) -> str | None:
     except ImportError:
         return "matplotlib is not installed (pip install -e '.[bench]')"
     rows = [k for k in _live_rows(data) if summary(data, k, LAT1, "p50_us")]
-    fig, axes = plt.subplots(2, 2, figsize=(16, 11))
+    styles = row_styles(plt, rows)
+    legend_lines = math.ceil(len(rows) / 2)
+    fig = plt.figure(figsize=(16, 11 + 0.24 * legend_lines), layout="constrained")
+    axes = fig.subplots(2, 2)
     _latency_bars(axes[0][0], data, rows)
-    conc = data["settings"]["concurrency"]
-    # tab20's strong colours first, then its light ones: more rows than the default cycle's ten, none alike.
-    palette = [*plt.cm.tab20.colors[::2], *plt.cm.tab20.colors[1::2]]
-    colors = {k: palette[i % len(palette)] for i, k in enumerate(rows)}
-    panels = ((axes[0][1], "conns", "throughput", "Throughput, one connection per caller (calls/s)"),
-              (axes[1][0], "pipe", "throughput", "Throughput, all callers on one pipelined connection (calls/s)"),
-              (axes[1][1], "conns", "p99_us", "p99 latency, one connection per caller (µs)"))
-    curves: dict[str, Any] = {}
-    for ax, mode, metric, title in panels:
-        for key in rows:
-            points = [summary(data, key, LAT1 if c == 1 else f"{mode}-c{c}-100B", metric) for c in conc]
-            if sum(p is not None for p in points) < 2:
-                continue  # only the c=1 figure (exec rows): no curve
-            # NaN where the row has no figure: matplotlib breaks the line and the band there.
-            mid, lo, hi = ([math.nan if p is None else p[k] for p in points] for k in ("median", "min", "max"))
-            bold = key in ("floor", "proxy", "router")
-            curves[key], = ax.plot(conc, mid, marker="o", color=colors[key], label=key, linewidth=2.5 if bold else 1.2)
-            ax.fill_between(conc, lo, hi, color=colors[key], alpha=0.12)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xticks(conc, [str(c) for c in conc])
-        ax.set_xlabel("concurrent callers")
+    curved: set[str] = set()
+    for ax, (mode, metric, title) in zip((axes[0][1], axes[1][0], axes[1][1]), PANELS, strict=True):
+        curved |= _curves(ax, data, rows, styles, mode, metric)
         ax.set_title(title)
-        ax.grid(True, which="both", alpha=0.3)
-    # One legend for the three curve panels (a row has the same colour in each), below them all.
-    labels = [k for k in rows if k in curves]
-    fig.legend([curves[k] for k in labels], labels, loc="lower center", ncol=min(len(labels), 6) or 1, fontsize=9)
+    _legend(fig, data, rows, styles, curved)
     fig.suptitle(f"plugrpc bench: {machine_line(data)}", fontsize=8, wrap=True)
-    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return None
+
+
+def _curves(ax: Any, data: dict[str, Any], rows: list[str], styles: dict[str, dict[str, Any]], mode: str,
+            metric: str) -> set[str]:
+    """One curve per row over the concurrencies, its band min..max; returns the rows drawn (2+ points)."""
+    conc = data["settings"]["concurrency"]
+    drawn = set()
+    for key in rows:
+        points = [summary(data, key, LAT1 if c == 1 else f"{mode}-c{c}-100B", metric) for c in conc]
+        if sum(p is not None for p in points) < 2:
+            continue  # only the c=1 figure (exec rows): no curve
+        # NaN where the row has no figure: matplotlib breaks the line and the band there.
+        mid, lo, hi = ([math.nan if p is None else p[k] for p in points] for k in ("median", "min", "max"))
+        ax.plot(conc, mid, label=key, markersize=5, **styles[key])
+        ax.fill_between(conc, lo, hi, color=styles[key]["color"], alpha=0.10)
+        drawn.add(key)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(conc, [str(c) for c in conc])
+    ax.set_xlabel("concurrent callers")
+    ax.grid(True, which="both", alpha=0.3)
+    return drawn
+
+
+def _legend(fig: Any, data: dict[str, Any], rows: list[str], styles: dict[str, dict[str, Any]],
+            curved: set[str]) -> None:
+    """Below the panels: every row's style, name, hops and one-line meaning (a row without a curve is in the
+    latency bars only)."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], **styles[k]) for k in rows]
+    labels = [f"{_label(data, k)}: {describe(data, k)}" + ("" if k in curved else " (c=1 bars only)") for k in rows]
+    fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=9, frameon=False,
+               title="The rows ((Nh): sockets a call crosses; same style in every panel)", title_fontsize=9)
 
 
 def _latency_bars(ax: Any, data: dict[str, Any], rows: list[str]) -> None:
@@ -558,7 +610,7 @@ def _latency_bars(ax: Any, data: dict[str, Any], rows: list[str]) -> None:
     ax.set_xticks([x + 0.4 - width / 2 for x in range(len(rows))], rows, rotation=30, ha="right")
     ax.set_yscale("log")
     ax.set_ylabel("latency (µs, log)")
-    ax.set_title("Latency at concurrency 1, 100 B (median over rounds)", pad=26)
+    ax.set_title("Latency at concurrency 1, 100 B, median over rounds (lower is better)", pad=26)
     ax.grid(True, axis="y", which="both", alpha=0.3)
     ax.legend(ncol=len(pcts), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
 

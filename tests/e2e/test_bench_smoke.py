@@ -445,3 +445,97 @@ def test_repeat_check_allows_15_percent_and_says_which_ratio_moved(tmp_path: Pat
     assert "1.00 ->" in p50 and f"{now:.2f}" in p50 and f"+{(now - 1) * 100:.1f}%" in p50, block
     assert ("<- moved" in p50) == (verdict == "MISS"), p50
     assert "latest.json" in block.splitlines()[0]
+
+
+# --- a report a newcomer reads without a question ----------------------------------------------
+
+
+def _blocks(text: str) -> list[str]:
+    return text.split("\n\n")
+
+
+def test_report_opens_with_every_row_explained_from_the_rows_table() -> None:
+    data = _run(Settings(), [1.0] * 3)
+    data["rows"]["gone"] = {"label": "a row a newer bench no longer has", "hops": 1, "client": "bare", "skipped": None}
+    data["fanouts"] = {f.key: {"label": f.label, "subscribers": f.subscribers} for f in rows.FANOUTS}
+    text = report.render({**data, "targets": targets.evaluate_targets(data)})
+    listing = next(b for b in _blocks(text) if b.startswith("The rows"))
+    assert text.index(listing) < text.index("Latency at concurrency 1")
+    labels = {r.key: r.label for r in rows.ROWS} | {f.key: f.label for f in rows.FANOUTS}
+    for key in ("floor", "proxy", "router", *(f.key for f in rows.FANOUTS)):
+        assert re.search(rf"^  {key}( \(\dh\))? +{re.escape(labels[key])}$", listing, re.M), listing
+    assert "gone (1h)" in listing and "a row a newer bench no longer has" in listing  # saved label, no longer a row
+    assert len(set(labels.values())) == len(labels), "two rows read the same"
+
+
+def test_every_table_says_which_way_is_better() -> None:
+    data = _with_peers(_run(Settings(), [1.0] * 3), p50={"rpyc": 160}, tput64={"rpyc": 5_000})
+    data["plugin_cost"] = _plugin_cost([14.0], [2.5, 2.8, 3.5])
+    tables = [b for b in _blocks(report.render({**data, "targets": targets.evaluate_targets(data)}))
+              if re.search(r"^-+( +-+)*$", b, re.M)]
+    assert len(tables) >= 8
+    for block in tables:
+        assert len(re.findall(r"(lower|higher) is better", block)) in (1, 2) and block.count("\n") >= 3, block
+
+
+def test_targets_are_records_naming_rows_statistics_and_bounds() -> None:
+    known = {r.key for r in rows.ROWS}
+    for t in targets.TARGETS:
+        assert t.metric.statistic in targets.STATISTICS and t.bound.op in targets.OPERATORS, t
+        if t.metric.statistic in targets.RATIO_KEYS:
+            assert {t.metric.row, t.metric.baseline} <= known, t
+    data = _run(Settings(), [1.2] * 3)
+    [entry] = [e for e in targets.evaluate_targets(data) if e["id"] == "router-p50-vs-proxy"]
+    assert entry["metric"] == {"row": "router", "baseline": "proxy", "scenario": LAT1, "statistic": "p50",
+                               "baseline_scenario": None}
+    assert entry["bound"] == {"op": "<=", "number": 1.3} and entry["limit"] == "<= 1.3"
+
+
+def test_repeat_check_does_not_compare_a_quick_run_with_a_full_one(tmp_path: Path) -> None:
+    (tmp_path / "latest.json").write_text(json.dumps(_run(Settings(), [1.0] * 3, "2026-05-01T00:00:00+00:00")))
+    quick = _run(Settings.quick(), [1.5] * 2)
+    quick["previous"] = targets.compare_previous(quick, tmp_path, tmp_path / "20260601T000000Z.json")
+    assert quick["previous"]["file"] is None
+    block = report.repeat_block(quick)
+    assert block.startswith("Key ratios: not compared: the saved run latest.json is a full run") and (
+        "this one is a quick run" in block) and "moved" not in block, block
+    line = _verdict(quick, "ratios-repeat-vs-previous")
+    assert line.startswith("SKIP") and "-- not compared: the saved run latest.json is a full run" in line, line
+
+    (tmp_path / "20260515T000000Z.json").write_text(json.dumps(_run(Settings.quick(), [1.0] * 2,
+                                                                     "2026-05-15T00:00:00+00:00")))
+    quick["previous"] = targets.compare_previous(quick, tmp_path, tmp_path / "20260601T000000Z.json")
+    assert quick["previous"]["file"] == "20260515T000000Z.json"  # an earlier quick run: the same kind
+    assert "<- moved" in report.repeat_block(quick)
+    assert _verdict(quick, "ratios-repeat-vs-previous").startswith("NOT JUDGED")
+
+
+def test_plot_gives_each_of_many_rows_its_own_colour_and_meaning(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("matplotlib")
+    from matplotlib.colors import to_hex
+    from matplotlib.figure import Figure
+
+    keys = [r.key for r in rows.ROWS] + ["extra1", "extra2"]  # 25+ rows, two a saved run has and bench.rows not
+    data = _run(Settings(), [1.0] * 3)
+    data = _with_peers(data, p50=dict.fromkeys(keys, 100.0), tput64=dict.fromkeys(keys, 50_000.0))
+    drawn: list[tuple[Figure, Any]] = []
+    savefig = Figure.savefig
+
+    def keep(fig: Figure, *args: Any, **kwargs: Any) -> None:
+        savefig(fig, *args, **kwargs)
+        drawn.append((fig, fig.canvas.get_renderer()))
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    assert report.plot(data, tmp_path / "run.png") is None
+    [(fig, renderer)] = drawn
+    [legend] = fig.legends
+    entries = {text.get_text().split(" ", 1)[0]: text.get_text() for text in legend.get_texts()}
+    assert set(entries) == set(data["rows"]) and len(entries) >= 27
+    for key in ("floor", "router", "nats_any3"):
+        assert entries[key].endswith(report.describe(data, key)), entries[key]
+    colours = [to_hex(handle.get_color()) for handle in legend.legend_handles]
+    assert len(set(colours)) == len(colours), "two rows share a colour"
+    assert not any(legend.get_window_extent(renderer).overlaps(ax.get_window_extent(renderer)) for ax in fig.axes)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert all(re.search(r"(lower|higher) is better", t) for t in titles), titles
