@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import itertools
 import logging
 import struct
 import sys
@@ -322,7 +323,7 @@ class PluginPool:
                 self.fail(call, codes.PLUGIN_UNAVAILABLE, sup.unavailable_reason())
                 return
             sup.ensure_running()
-        if self._track_idle:
+        if self._track_idle and call.id is not INTERNAL:  # a liveness ping is not a use of the plugin
             sup.touch()
         waiting = self.waiting
         if self.inflight + len(waiting) >= self._max_pending:
@@ -607,7 +608,7 @@ class PluginPool:
         Every call to a plugin has the same timeout, so `pending` (in send order) and `waiting`
         (in arrival order) are sorted by deadline: each scan stops at the first call still in time.
         """
-        if self._track_idle and self.busy():
+        if self._track_idle and self._serving():
             self.supervisor.touch()  # a call longer than idle_stop must not be stopped mid-call
         limit = now - self.spec.timeout
         reason = f"no response within {self.spec.timeout:g} s"
@@ -624,6 +625,11 @@ class PluginPool:
     def busy(self) -> int:
         """Calls written or waiting: what shutdown waits for."""
         return self.inflight + len(self.waiting)
+
+    def _serving(self) -> bool:
+        """Whether a caller's call (not one of the router's own, such as a ping) is written or waiting."""
+        calls = itertools.chain(self.waiting, *(conn.pending.values() for conn in self.conns))
+        return any(call.id is not INTERNAL for call in calls)
 
     def status(self) -> dict[str, Any]:
         """Figures for `router.plugins`."""
