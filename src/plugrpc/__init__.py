@@ -9,9 +9,9 @@ command line.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 import importlib
+
+from .version import __version__
 
 TYPE_CHECKING = False  # typing's, without importing typing: a plugin loads these modules (see plugin/plain.py)
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ from event_plugins import EMITTER, EMITTER_EXPORTS, RAW, RAW_EXPORTS
 from plugrpc.config import Config
 from plugrpc.router import events
 from plugrpc.router.events import Event
-from plugrpc.router.routing import FutureSink
+from plugrpc.router.internal import FutureSink
 
 from util import AsyncRawConn, req, run_server, until
 

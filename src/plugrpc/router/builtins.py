@@ -14,15 +14,16 @@ import time
 from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
-from .. import __version__, codes
+from .. import codes
 from ..errors import RpcError
 from ..process.logbook import Logbook
 from ..process.supervisor import PluginState
+from ..version import __version__
 from ..wire import error_response, result_response
 from .interfaces import Call, Message, Sink
 
 if TYPE_CHECKING:
-    from .routing import Router
+    from .view import RouterView
 
 log = logging.getLogger("plugrpc.router")
 
@@ -73,7 +74,7 @@ class _Tasks:
 class Builtins(_Tasks):
     """`router.plugins`, `router.stats`, `router.health` and `router.reload`."""
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: RouterView) -> None:
         super().__init__()
         self.router = router
         self.exported = frozenset(BUILTIN_DOCS)
@@ -158,7 +159,7 @@ class RpcBuiltins(_Tasks):
     timeout or a cancelled call); the router stops waiting and tells the plugin.
     """
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: RouterView) -> None:
         super().__init__()
         self.router = router
         self.exported = frozenset({"discover", "cancel"})

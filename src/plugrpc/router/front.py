@@ -58,7 +58,7 @@ from .events import Subscribable, Subscriber
 from .interfaces import Call, Dispatch, Handle, Message
 
 if TYPE_CHECKING:
-    from .direct import Brokered
+    from .direct_state import Brokered
 
 log = logging.getLogger("plugrpc.front")
 _PEERCRED: Final = struct.Struct("3i")

@@ -49,7 +49,7 @@ from nats.errors import Error as NatsError
 from nats.errors import SlowConsumerError
 from nats.nuid import NUID
 
-from .. import __version__, codes
+from .. import codes
 from ..config import Config
 from ..manifest import READ_ONLY, RESERVED_NAMES
 from ..nats_link import (
@@ -63,6 +63,7 @@ from ..nats_link import (
     redacted,
     services,
 )
+from ..version import __version__
 from ..wire import JSONDecodeError, error_response, loads, request_problem
 from .batch import Batch, unencodable
 from .deadline import UNREAD, Expired, seconds_left
@@ -74,7 +75,7 @@ if TYPE_CHECKING:
     from nats.aio.subscription import Subscription
 
     from .events import Event
-    from .routing import Router
+    from .view import RouterView
 
 log = logging.getLogger("plugrpc.nats")
 
@@ -98,7 +99,7 @@ _dumps = orjson.dumps
 class NatsBridge:
     """The router's NATS side: connection, service registration, flow control and the publisher."""
 
-    def __init__(self, router: Router, config: Config) -> None:
+    def __init__(self, router: RouterView, config: Config) -> None:
         assert config.nats is not None and config.name is not None
         # configuration
         self.router = router

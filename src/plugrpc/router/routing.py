@@ -16,7 +16,6 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -32,14 +31,16 @@ from ..process.supervisor import GIVEN_UP, PluginState, Supervisor
 from ..wire import error_response, reply_id, request_problem
 from .access import handler, owner, peer_pid
 from .builtins import Builtins
-from .direct import DirectHub, DirectState
+from .direct import DirectHub
 from .events import EventHub
 from .exec_target import ExecTarget
-from .interfaces import INTERNAL, NOPARAMS, Call, Handle, Message, Peer, PluginTarget, Sink, Target, clock
+from .interfaces import INTERNAL, NOPARAMS, Call, Handle, Peer, Sink, Target, clock
+from .internal import ask
 from .liveness import Liveness
 from .memory import release_free_memory
-from .order import wait_after
+from .plugin import Plugin
 from .pool import PluginPool
+from .start_order import wait_after
 from .stdio import StdioPool
 
 if TYPE_CHECKING:
@@ -49,48 +50,6 @@ log = logging.getLogger("plugrpc.router")
 
 SWEEP_INTERVAL: Final = 0.05
 """Seconds between timeout sweeps; a call times out at most this late."""
-
-
-@dataclass(eq=False)
-class Plugin:
-    """One plugin as the router runs it: what the manifest says, its process, where its calls go."""
-
-    spec: PluginSpec
-    target: PluginTarget
-    supervisor: Supervisor | None = None
-    """None for exec plugins, which have a process per call instead."""
-    socket: Path | None = None
-    output: Logbook = field(default_factory=Logbook)
-    """What its processes printed (`router.logs`): kept across restarts and reloads."""
-    liveness: Liveness | None = None
-    direct: DirectState = field(default_factory=DirectState)
-    """The connections callers got to it with `router.connect` (router/direct.py), and their calls' figures."""
-
-    def status(self) -> dict[str, Any]:
-        """Its row of `router.plugins`."""
-        sup = self.supervisor
-        status: dict[str, Any] = sup.status() if sup is not None else {"pid": None, "restarts": 0}
-        status.update(self.target.status())
-        status["exports"] = list(self.spec.exports)
-        status["events"] = list(self.spec.events)
-        if self.liveness is not None:
-            status["pings"] = self.liveness.pings
-        if sup is not None and self.spec.transport == "socket":
-            status["direct"] = self.direct.status()
-        return status
-
-    def pids(self) -> set[int]:
-        """Its processes running now: each leads a process group and session of its own."""
-        if self.supervisor is not None:
-            return set() if self.supervisor.pid is None else {self.supervisor.pid}
-        return self.target.plugin.pids() if isinstance(self.target, ExecTarget) else set()
-
-    async def stop(self) -> None:
-        if self.liveness is not None:
-            self.liveness.close()
-        await self.target.aclose()
-        if self.supervisor is not None:
-            await self.supervisor.stop()
 
 
 class Router:
@@ -418,22 +377,6 @@ class Router:
         return msg.get("result")
 
 
-async def ask(target: Target, method: str, params: Any = NOPARAMS, timeout: float = 5.0) -> Message:
-    """A call of the router's own to `target`: its answer (an error included), or TimeoutError.
-
-    Such calls are not counted in the plugin's statistics; one left unanswered is withdrawn, and
-    the plugin is told so with `rpc.cancel`.
-    """
-    fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-    call = Call(FutureSink(fut), INTERNAL, method, params, clock())
-    target.submit(call)
-    try:
-        return await asyncio.wait_for(fut, timeout)
-    finally:
-        if call.sink is not None and call.target is not None:
-            call.target.cancel(call)
-
-
 def _revoke_on_reload(old: PluginSpec, new: PluginSpec | None, plugin: Plugin) -> None:
     """A reload that removes a plugin, changes its exports or turns direct calls off ends its direct connections
     at once; for any other change they end when the old process stops, after its calls through the router."""
@@ -454,27 +397,3 @@ async def _until_idle(busy: Callable[[], int], timeout: float) -> bool:
     while busy() and clock() < deadline:
         await asyncio.sleep(0.02)
     return not busy()
-
-
-class FutureSink:
-    """The sink of a call the router makes itself: its answer resolves a future."""
-
-    __slots__ = ("fut",)
-
-    def __init__(self, fut: asyncio.Future[Message]) -> None:
-        self.fut = fut
-
-    def track(self, call: Call) -> None:
-        pass
-
-    def deliver(self, call: Call, msg: Message) -> None:
-        if not self.fut.done():
-            self.fut.set_result(msg)
-
-    def reply(self, msg: Message) -> None:
-        if not self.fut.done():
-            self.fut.set_result(msg)
-
-    def cancel(self, id: Any) -> bool:
-        return False
-

@@ -22,11 +22,11 @@ from typing import Any, Final
 
 import orjson
 
-from .. import __version__
 from ..config import EXAMPLE_ROOT, Config, default_socket
 from ..errors import ConfigError, ConnectError, ConnectionLost, ManifestError, PlugrpcError, RpcError
 from ..logs import printable
 from ..process import pid1
+from ..version import __version__
 from ..wire import DEFAULT_MAX_LINE
 from . import api, status
 

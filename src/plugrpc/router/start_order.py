@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..process.supervisor import Supervisor
-    from .routing import Plugin
+    from .plugin import Plugin
 
 log = logging.getLogger("plugrpc.router")
 
