@@ -3,9 +3,10 @@
 Every `ping_interval` seconds a plugin that is RUNNING and has room for a call gets
 `{"jsonrpc":"2.0","method":"rpc.ping","id":N}` through its own pool, as an internal call. Any
 answer proves it alive, an error included (a plugin need not implement `rpc.ping`, and one that
-does not answers -32601; the SDK answers with its direct-call figures). No answer within `ping_timeout` makes it `unresponsive`: the supervisor stops
-it (SIGTERM, grace, SIGKILL), the router fails its calls in flight with -32001 saying so, and the
-restart policy brings the next process. A plugin busy up to its `max_inflight` has no room, so
+does not answers -32601; the SDK answers with its direct-call figures). No answer within
+`ping_timeout` makes it `unresponsive`: the supervisor stops it (SIGTERM, grace, SIGKILL), the
+router fails its calls in flight with -32001 saying so, and the restart policy brings the next
+process. A plugin busy up to its `max_inflight` has no room, so
 it is not pinged: a legitimately long call never gets it restarted. Nothing here runs per call.
 
 A ping waits behind whatever was written to the connection before it (clients' notifications,
