@@ -19,11 +19,16 @@ from typing import Any, Final
 from . import rows as bench_rows
 from .figures import LAT1, MB, median, ratio, stat, summary
 from .settings import size_label
-from .targets import REPEAT_PCT, evaluate_targets
+from .targets import REPEAT_PCT, evaluate_targets, too_short
 
 
 def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]], note: str = "", *, better: str) -> str:
-    """A titled text table; `better` says which way its figures are better, on the line under it, then `note`."""
+    """A titled text table; `better` says which way its figures are better, on the line under it, then `note`.
+
+    A column no row has a figure for (every cell "-": a ratio to a row this run did not measure) is left out.
+    """
+    keep = [i for i in range(len(headers)) if i == 0 or not rows or any(r[i] != "-" for r in rows)]
+    headers, rows = [headers[i] for i in keep], [[r[i] for i in keep] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     lines = [title, "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths,
                                                                                                    strict=True)))]
@@ -84,7 +89,8 @@ def rows_block(data: dict[str, Any]) -> str:
     """One line per row name the tables below use, saying what it measures."""
     listed = _listed(data)
     width = max(len(name) for name, _ in listed)
-    lines = ["The rows (a name's (Nh): the sockets a call crosses from its caller to the process that answers it)"]
+    lines = ["The rows: what each name in the tables measures ((2h): 2 hops, the sockets a call crosses from its "
+             "caller to the process that answers it)"]
     lines += [f"  {name:{width}}  {text}" for name, text in listed]
     return "\n".join(lines)
 
@@ -125,8 +131,21 @@ def latency_table(data: dict[str, Any]) -> str:
     return table(f"Latency at concurrency 1, 100 B params (median of {n} rounds)",
                  ["row (hops)", "p50", "p90", "p99", "p99.9", "calls/s", "p50 spread", "p50 xfloor", "p50 xproxy",
                   "p99 xproxy"], rows,
-                 "spread: half of (max-min)/median over rounds; xfloor/xproxy: ratio to the echo / line proxy "
-                 "in the same round (median)", better="lower is better, except calls/s (higher is better)")
+                 "spread: half of (max-min)/median over rounds" + _vs_note(data),
+                 better="lower is better, except calls/s (higher is better)")
+
+
+BASES: Final = {"floor": "xfloor", "proxy": "xproxy"}
+"""The rows others are read against, and the columns' name for a ratio to each."""
+
+
+def _vs_note(data: dict[str, Any], bases: Sequence[str] = tuple(BASES)) -> str:
+    """How to read the ratio columns to the floor rows this run measured ("" when it measured none)."""
+    present = [b for b in bases if b in data["rounds"]]
+    if not present:
+        return ""
+    return (f"; {'/'.join(BASES[b] for b in present)}: the row's figure over the {' / '.join(present)} row's in the "
+            "same round (median over rounds)")
 
 
 def load_table(data: dict[str, Any], mode: str) -> str:
@@ -149,8 +168,8 @@ def load_table(data: dict[str, Any], mode: str) -> str:
     c64 = 64 if 64 in conc else max(conc)
     return table(f"Throughput (calls/s) / p99 by concurrency, 100 B, {what}",
                  ["row (hops)", *[f"c={c}" for c in conc], f"xproxy c={c64}", "spread"], rows,
-                 "c=1 is the latency run above; xproxy: calls/s over the line proxy's in the same round",
-                 better="calls/s and xproxy: higher is better; p99: lower is better")
+                 "c=1 is the latency run above" + _vs_note(data, ("proxy",)),
+                 better="calls/s: higher is better; p99: lower is better")
 
 
 def payload_table(data: dict[str, Any]) -> str:
@@ -171,7 +190,8 @@ def payload_table(data: dict[str, Any]) -> str:
             cells += [us(median(data, key, scen, "p50_us")), "-" if t is None else f"{t * size * 2 / MB:,.1f}"]
         rows.append([_label(data, key), *cells, times(ratio(data, key, "proxy", scen_keys[-1][0], "p50_us"))])
     return table("Payload sizes at concurrency 1 (params size; MB/s counts request + response)", headers, rows,
-                 better="p50 and xproxy: lower is better; MB/s: higher is better")
+                 _vs_note(data, ("proxy",)).removeprefix("; "),
+                 better="p50: lower is better; MB/s: higher is better")
 
 
 def cpu_table(data: dict[str, Any]) -> str:
@@ -403,6 +423,8 @@ def repeat_block(data: dict[str, Any]) -> str:
         return ""
     lines = [f"Key ratios, previous run of the same kind ({prev['file']}, {prev.get('timestamp', '?')}) -> this run "
              f"(a change of either sign beyond {REPEAT_PCT:g}% is marked)"]
+    if too_short(data["settings"]):
+        lines[0] += "; windows this short move ratios by chance, so the repeat target is not judged"
     width = max(len(k) for k in prev["ratios"])
     for key, v in prev["ratios"].items():
         change = 100 * (v["now"] / v["before"] - 1) if v["before"] else math.nan

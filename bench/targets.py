@@ -143,8 +143,13 @@ def _ratio(data: dict[str, Any], m: Metric) -> tuple[list[float], str]:
     values = paired(data, m.row, m.baseline, m.scenario, RATIO_KEYS[m.statistic], m.baseline_scenario)
     if m.baseline_scenario:
         what = f"{m.row} {m.statistic} at {m.scenario} / {m.baseline}'s at {m.baseline_scenario}"
-        return values, what.replace("throughput", "calls/s")
-    return values, f"{m.row}/{m.baseline} {m.statistic}"
+        what = what.replace("throughput", "calls/s")
+    else:
+        what = f"{m.row}/{m.baseline} {m.statistic}"
+    absent = [r for r in dict.fromkeys((m.row, m.baseline)) if r not in data["rounds"]]
+    if not values and absent:
+        what += f" ({' and '.join(absent)} not in this run)"
+    return values, what
 
 
 def _dispatch_speedup(data: dict[str, Any], m: Metric) -> tuple[list[float], str]:
