@@ -539,3 +539,13 @@ def test_plot_gives_each_of_many_rows_its_own_colour_and_meaning(tmp_path: Path,
     assert not any(legend.get_window_extent(renderer).overlaps(ax.get_window_extent(renderer)) for ax in fig.axes)
     titles = [ax.get_title() for ax in fig.axes]
     assert all(re.search(r"(lower|higher) is better", t) for t in titles), titles
+
+
+def test_ratio_columns_to_a_row_the_run_did_not_measure_are_left_out() -> None:
+    data = _run(Settings(), [1.0] * 3)
+    del data["rows"]["proxy"], data["rounds"]["proxy"]
+    text = report.render({**data, "targets": targets.evaluate_targets(data)})
+    latency = next(b for b in _blocks(text) if b.startswith("Latency at concurrency 1"))
+    assert "p50 xfloor" in latency and "xproxy" not in latency, latency
+    line = _verdict(data, "router-p50-vs-proxy")
+    assert line.startswith("SKIP") and "(proxy not in this run)" in line, line
