@@ -46,17 +46,17 @@ def calls(n: int, sink: Sink | None = None) -> list[Call]:
 async def test_no_connection_opens_pool_size() -> None:
     pool = make_pool(pool_size=3)
     pool.waiting.extend(calls(2))
-    sends, opens = pool._assign()
-    assert sends == [] and opens == 3
+    sends, opens, late = pool._assign()
+    assert sends == [] and opens == 3 and late == []
 
 
 async def test_least_loaded_connection_with_room() -> None:
     pool = make_pool(pool_size=2, max_inflight=1)
     a, b = ready(pool), ready(pool)
     pool.waiting.extend(calls(3))
-    sends, opens = pool._assign()
+    sends, opens, late = pool._assign()
     assert [conn for conn, _ in sends] == [a, b]
-    assert len(pool.waiting) == 1 and opens == 0
+    assert len(pool.waiting) == 1 and opens == 0 and late == []
 
 
 async def test_cancelled_waiting_calls_are_dropped() -> None:
@@ -65,8 +65,8 @@ async def test_cancelled_waiting_calls_are_dropped() -> None:
     waiting = calls(3)
     waiting[0].sink = None
     pool.waiting.extend(waiting)
-    sends, _ = pool._assign()
-    assert [call.id for _, call in sends] == [1, 2]
+    sends, _, late = pool._assign()
+    assert [call.id for _, call in sends] == [1, 2] and late == []
 
 
 async def test_repr_counts_and_ids_are_per_connection() -> None:
