@@ -32,15 +32,15 @@ if TYPE_CHECKING:
         PlugrpcError,
         RpcError,
     )
+    from .plugin.outgoing import call, emit, progress
     from .plugin.sdk import serve, threaded
-    from .plugin.talk import call, emit, progress
     from .sdnotify import notify
     from .tools.api import run
 
 # Names are imported on first use: a plugin process that only needs `serve` must not pay for
 # importing the router, the supervisor and the clients at every (re)start.
 _WHERE = {
-    "call": "plugin.talk", "emit": "plugin.talk", "progress": "plugin.talk", "notify": "sdnotify",
+    "call": "plugin.outgoing", "emit": "plugin.outgoing", "progress": "plugin.outgoing", "notify": "sdnotify",
     "run": "tools.api", "BlockingClient": "client.blocking", "Client": "client.aio",
     "Config": "config", "serve": "plugin.sdk", "threaded": "plugin.sdk", **{name: "errors" for name in (
         "CallTimeout", "ConfigError", "ConnectError", "ConnectionLost", "ManifestError", "MessageTooLarge",

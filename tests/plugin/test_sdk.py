@@ -18,7 +18,7 @@ import pytest
 import plugrpc
 from plugrpc import codes
 from plugrpc.errors import ConfigError
-from plugrpc.plugin import talk
+from plugrpc.plugin import outgoing
 from plugrpc.plugin.aio import AsyncServer as _Server
 from plugrpc.plugin.aio import Connection
 from plugrpc.plugin.dispatch import resolve
@@ -394,7 +394,7 @@ def test_a_plugin_process_loads_only_the_plugin_side(
     assert "plugrpc.plugin.plain" in loaded and "asyncio" not in loaded and "typing" not in loaded
 
 
-# --- what a plugin says of its own accord (plugin/talk.py) --------------------------------------
+# --- what a plugin says of its own accord (plugin/outgoing.py) ----------------------------------
 
 
 def steps(n: int) -> int:
@@ -419,17 +419,17 @@ def lines_of(transport: FakeTransport) -> list[Any]:
     return [orjson.loads(line) for data in transport.writes for line in data.splitlines()]
 
 
-class TestTalk:
+class TestOutgoing:
     @pytest.fixture
     async def plugin(self) -> AsyncIterator[_Server]:
         server = _Server(resolve({"steps": steps, "asteps": asteps, "tsteps": tsteps}), 1 << 20)
-        talk.PLUGIN.__init__()  # type: ignore[misc]  # what other tests' connections left: this process is no plugin
-        talk.attach(asyncio.get_running_loop())
+        outgoing.PLUGIN.__init__()  # type: ignore[misc]  # what other tests' connections left: this process is no plugin
+        outgoing.attach(asyncio.get_running_loop())
         try:
             yield server
         finally:
-            await talk.detach()
-            talk.PLUGIN.__init__()  # type: ignore[misc]
+            await outgoing.detach()
+            outgoing.PLUGIN.__init__()  # type: ignore[misc]
 
     def connect(self, server: _Server) -> tuple[Connection, FakeTransport]:
         conn, transport = Connection(server), FakeTransport()
@@ -437,13 +437,13 @@ class TestTalk:
         return conn, transport
 
     async def test_events_before_a_connection_wait_for_the_first_one_boundedly(self, plugin: _Server) -> None:
-        for i in range(talk.PENDING_LIMIT + 5):
+        for i in range(outgoing.PENDING_LIMIT + 5):
             plugrpc.emit("early", i)
-        assert talk.PLUGIN.dropped == 5
+        assert outgoing.PLUGIN.dropped == 5
         _, transport = self.connect(plugin)
         await asyncio.sleep(0)
         sent = lines_of(transport)
-        assert [m["params"]["data"] for m in sent] == list(range(5, talk.PENDING_LIMIT + 5))
+        assert [m["params"]["data"] for m in sent] == list(range(5, outgoing.PENDING_LIMIT + 5))
         assert sent[0] == {"jsonrpc": "2.0", "method": "rpc.event", "params": {"name": "early", "data": 5}}
 
     async def test_events_leave_on_one_connection_and_move_when_it_closes(self, plugin: _Server) -> None:
@@ -488,13 +488,13 @@ class TestTalk:
     async def test_progress_outside_a_handler_raises(self, plugin: _Server) -> None:
         with pytest.raises(RuntimeError, match="inside the handler"):
             plugrpc.progress(1)
-        assert talk.INLINE.conn is None  # a connection sets it only while it dispatches
+        assert outgoing.INLINE.conn is None  # a connection sets it only while it dispatches
 
     async def test_detach_closes_the_client_of_call(self, plugin: _Server, plugrpc_tmp: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("PLUGRPC_ROUTER", str(plugrpc_tmp / "none.sock"))
         with pytest.raises(plugrpc.ConnectError, match="plugrpc run"):
             await plugrpc.call("a.b")
-        assert talk.PLUGIN.client is not None
-        await talk.detach()
-        assert talk.PLUGIN.client is None
+        assert outgoing.PLUGIN.client is not None
+        await outgoing.detach()
+        assert outgoing.PLUGIN.client is None

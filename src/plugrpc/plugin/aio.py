@@ -19,12 +19,12 @@ from ..flow import FlowControl
 from ..outbox import LineWriter, Outbox
 from ..sockets import BACKLOG
 from ..wire import NOID
-from . import talk
+from . import outgoing
+from .answering import CANCEL, Answerer, check_cancel_id, events_connection
 from .direct import FIGURES
 from .dispatch import Handler, encode
 from .lifecycle import FLUSH_TIMEOUT, announce, start_up_failure
-from .session import CANCEL, Requests, check_cancel_id, outlet
-from .talk import CURRENT, Current
+from .outgoing import CURRENT, Current
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -51,7 +51,7 @@ class AsyncServer:
         loop = asyncio.get_running_loop()
         await self._start_up()
         # Keep the backlog the runtime listened with: asyncio would listen again with only 100.
-        talk.attach(loop)
+        outgoing.attach(loop)
         server = await loop.create_unix_server(lambda: Connection(self), sock=sock, backlog=BACKLOG)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
@@ -63,7 +63,7 @@ class AsyncServer:
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
-            await talk.detach()
+            await outgoing.detach()
 
     async def _start_up(self) -> None:
         """Run `on_start`, plain or async; a failure ends the plugin (exit status 1)."""
@@ -116,7 +116,7 @@ class Connection(LineWriter, asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.flow = FlowControl()
         """Why the peer is not being read: it does not read our answers, or we are shutting down."""
-        self.requests = Requests({**server.table, CANCEL: Handler(CANCEL, self._cancel)}, server.max_line)
+        self.answerer = Answerer({**server.table, CANCEL: Handler(CANCEL, self._cancel)}, server.max_line)
         self._out: list[bytes] = []
         self.running: dict[Any, asyncio.Task[None]] = {}
         """Tasks of async/threaded calls, by request id (a fresh key for notifications and batches)."""
@@ -132,13 +132,13 @@ class Connection(LineWriter, asyncio.Protocol):
         self._server.connections.add(self)
         if self._server.closing:
             self.flow.close()
-        talk.opened(self)
+        outgoing.opened(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         connections = self._server.connections
         connections.discard(self)
-        self.requests.end()
-        talk.closed(self, lambda: outlet(connections))
+        self.answerer.end()
+        outgoing.closed(self, lambda: events_connection(connections))
         # Nobody is left to read these answers (the router sends rpc.cancel for the same reason).
         # EOF counts too: a half-close looks the same as a peer gone, and a gone peer's calls must end.
         self.cancel_all()
@@ -146,7 +146,7 @@ class Connection(LineWriter, asyncio.Protocol):
             self.closed.set_result(None)
 
     def data_received(self, data: bytes) -> None:
-        answers, too_long = self.requests.answer(data, self, self._start)
+        answers, too_long = self.answerer.answer(data, self, self._start)
         # Everything answered inline while handling this chunk leaves in one write, at once:
         # nothing else can join it (answers of async handlers are queued, see outbox.py).
         if answers:
@@ -176,7 +176,7 @@ class Connection(LineWriter, asyncio.Protocol):
             task.cancel()
 
     def _start(self, pending: Outcome, id: Any) -> None:
-        if self.requests.direct is not None:
+        if self.answerer.direct is not None:
             pending = self._direct(pending)  # type: ignore[arg-type]
         key = id if id is not NOID and id not in self.running else object()
         self.running[key] = self._loop.create_task(self._complete(pending, key, id))
@@ -192,11 +192,11 @@ class Connection(LineWriter, asyncio.Protocol):
 
     def make_direct(self, exports: list[str], max_inflight: int) -> None:
         """`rpc.direct` came on this connection: bind it to `exports` and `max_inflight`; events leave elsewhere."""
-        self.requests.make_direct(exports)
+        self.answerer.make_direct(exports)
         self.max_inflight = max_inflight
         if max_inflight:
             self.slots = asyncio.Semaphore(max_inflight)
-        talk.closed(self, lambda: outlet(self._server.connections))
+        outgoing.closed(self, lambda: events_connection(self._server.connections))
 
     def _direct(self, pending: Pending) -> Pending:
         """A call on a direct connection: at its bound, reading stops (backpressure) until a call finishes."""

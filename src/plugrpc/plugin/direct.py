@@ -16,7 +16,7 @@ from __future__ import annotations
 from .. import codes
 from ..errors import RpcError
 from .dispatch import Handler
-from .talk import INLINE
+from .outgoing import INLINE
 
 TYPE_CHECKING = False  # typing's, without importing typing: a plugin loads these modules (see plugin/plain.py)
 if TYPE_CHECKING:

@@ -23,7 +23,7 @@ from .. import codes
 from ..codes import EXIT_MEMORY
 from ..errors import RpcError
 from ..wire import NOID, dumps, error_line, error_obj, error_response, reply_id, request_problem
-from .talk import CURRENT, INLINE, Current
+from .outgoing import CURRENT, INLINE, Current
 
 TYPE_CHECKING = False  # typing's, without importing typing: a plugin loads these modules (see plugin/plain.py)
 if TYPE_CHECKING:
@@ -133,7 +133,7 @@ def dispatch_one(table: Mapping[str, Handler], msg: Any) -> Outcome:
             id = msg["id"]
             kind = type(id)
             if handler is not None and handler.inline and (kind is int or kind is str):
-                INLINE.id = id  # for plugrpc.progress (see talk.py)
+                INLINE.id = id  # for plugrpc.progress (see outgoing.py)
                 try:  # `run`, inlined: two frames fewer on every call
                     result = handler.fn(**params)
                 except Exception as exc:

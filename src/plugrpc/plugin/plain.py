@@ -2,7 +2,7 @@
 
 Such a plugin answers every request inline, so it needs no event loop, tasks or executor: one
 thread, a `selectors` loop over its listening socket and connections, and the same requests
-(`session.Requests`), writers (`outbox.LineWriter`, one write per loop turn) and flow control
+(`answering.Answerer`), writers (`outbox.LineWriter`, one write per loop turn) and flow control
 (`flow.FlowControl`) as the asyncio engine. It starts in about half the CPU time and runs in
 about 6 MB less memory (asyncio, with the ssl it loads, is most of an idle plugin), which is
 what a host running a hundred plugins pays for. `plugrpc.emit` from the plugin's own threads
@@ -21,10 +21,10 @@ from collections import deque
 
 from ..flow import FlowControl
 from ..outbox import LineWriter, Outbox
-from . import talk
+from . import outgoing
+from .answering import CANCEL, Answerer, check_cancel_id, events_connection
 from .dispatch import Handler
 from .lifecycle import FLUSH_TIMEOUT, announce, start_up_failure
-from .session import CANCEL, Requests, check_cancel_id, outlet
 
 TYPE_CHECKING = False  # typing's, without importing typing: a plugin loads these modules (see plugin/plain.py)
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ class PlainServer:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._signals = 0
 
-    # --- talk.Loop, and the outbox's end of turn ---------------------------------------------
+    # --- outgoing.Loop, and the outbox's end of turn ---------------------------------------------
 
     def call_soon_threadsafe(self, callback: Callable[[bytes], None], line: bytes, /) -> None:
         self._posted.append((callback, line))
@@ -83,7 +83,7 @@ class PlainServer:
         self.selector.register(sock, selectors.EVENT_READ, lambda mask: self._accept(sock))
         self.selector.register(self._wake_r, selectors.EVENT_READ, self._woken)
         previous = {signum: signal.signal(signum, self._on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
-        talk.attach(self)
+        outgoing.attach(self)
         announce(self.table)
         try:
             while not self._signals:
@@ -93,7 +93,7 @@ class PlainServer:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-            talk.release()
+            outgoing.release()
             self.selector.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
@@ -146,7 +146,7 @@ class PlainConnection(LineWriter):
     """One peer (usually the router) of a `PlainServer`: it is its own transport for the writer and the
     flow control, buffering what the socket does not take at once and pausing reads meanwhile."""
 
-    __slots__ = ("server", "sock", "outbox", "transport", "flow", "requests", "_out", "_unsent", "_closing",
+    __slots__ = ("server", "sock", "outbox", "transport", "flow", "answerer", "_out", "_unsent", "_closing",
                  "_closed", "_events")
 
     def __init__(self, server: PlainServer, sock: socket.socket) -> None:
@@ -156,7 +156,7 @@ class PlainConnection(LineWriter):
         self.transport = self
         self.flow = FlowControl()
         self.flow.transport = self
-        self.requests = Requests(server.table, server.max_line)
+        self.answerer = Answerer(server.table, server.max_line)
         self._out: list[bytes] = []
         self._unsent = bytearray()
         """What the socket did not take yet: written before anything else, as the kernel lets us."""
@@ -166,7 +166,7 @@ class PlainConnection(LineWriter):
         sock.setblocking(False)
         server.selector.register(sock, self._events, self._ready)
         server.connections.add(self)
-        talk.opened(self)
+        outgoing.opened(self)
 
     def _ready(self, mask: int) -> None:
         try:
@@ -188,7 +188,7 @@ class PlainConnection(LineWriter):
         if not data:  # the peer is gone (or half-closed: nobody is left to read answers either)
             self.abort()
             return
-        answers, too_long = self.requests.answer(data, self, _no_tasks)
+        answers, too_long = self.answerer.answer(data, self, _no_tasks)
         if answers:
             self.write_now(answers)
         if too_long:
@@ -257,10 +257,10 @@ class PlainConnection(LineWriter):
     def make_direct(self, exports: list[str], max_inflight: int) -> None:
         """`rpc.direct` came on this connection: bind it to `exports`; events leave on another one. Each call
         here is answered before the next request is read, so one runs at a time, within any `max_inflight`."""
-        self.requests.make_direct(exports)
-        talk.closed(self, lambda: outlet(self.server.connections))
+        self.answerer.make_direct(exports)
+        outgoing.closed(self, lambda: events_connection(self.server.connections))
 
-    # --- talk.Sender, and the end ------------------------------------------------------------
+    # --- outgoing.Sender, and the end ------------------------------------------------------------
 
     def send(self, line: bytes) -> None:
         """Queue a line (an event, progress); those of one loop turn leave in one write."""
@@ -285,8 +285,8 @@ class PlainConnection(LineWriter):
         self.sock.close()
         connections = self.server.connections
         connections.discard(self)
-        self.requests.end()
-        talk.closed(self, lambda: outlet(connections))
+        self.answerer.end()
+        outgoing.closed(self, lambda: events_connection(connections))
 
 
 def _cancel(id: Any) -> bool:

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = ["call", "emit", "progress"]
 
-log = logging.getLogger("plugrpc.talk")
+log = logging.getLogger("plugrpc.outgoing")
 
 PENDING_LIMIT: Final = 1000
 """Events kept while no connection from the router is open yet (at start); older ones are dropped."""
@@ -87,13 +87,13 @@ INLINE: Final = _Inline()
 class _Plugin:
     """The serving plugin as emit/progress/call see it: its loop and the connection events leave on."""
 
-    __slots__ = ("loop", "thread", "outlet", "pending", "dropped", "client", "client_loop")
+    __slots__ = ("loop", "thread", "events_conn", "pending", "dropped", "client", "client_loop")
 
     def __init__(self) -> None:
         self.loop: Loop | None = None
         self.thread = 0
         """The loop's thread: everything is written from there."""
-        self.outlet: Sender | None = None
+        self.events_conn: Sender | None = None
         """The connection events go out on (the router keeps one open); None before the first one."""
         self.pending: deque[bytes] = deque()
         self.dropped = 0
@@ -120,8 +120,8 @@ class _Plugin:
             pass
 
     def send_event(self, line: bytes) -> None:
-        if self.outlet is not None:
-            self.outlet.send(line)
+        if self.events_conn is not None:
+            self.events_conn.send(line)
         else:
             self.keep(line)
 
@@ -150,16 +150,16 @@ def attach(loop: Loop) -> None:
 
 def opened(conn: Sender) -> None:
     """A connection from the router: the first one carries events, and what waited for one."""
-    if PLUGIN.outlet is None:
-        PLUGIN.outlet = conn
+    if PLUGIN.events_conn is None:
+        PLUGIN.events_conn = conn
         while PLUGIN.pending:
             conn.send(PLUGIN.pending.popleft())
 
 
 def closed(conn: Sender, others: Callable[[], Sender | None]) -> None:
     """A connection closed: if events went out on it, they go on another one (`others()`), if any."""
-    if PLUGIN.outlet is conn:
-        PLUGIN.outlet = None
+    if PLUGIN.events_conn is conn:
+        PLUGIN.events_conn = None
         other = others()
         if other is not None:
             opened(other)
@@ -168,7 +168,7 @@ def closed(conn: Sender, others: Callable[[], Sender | None]) -> None:
 def release() -> Client | None:
     """`serve()` is ending: nothing is written any more; the client of `call`, if one was opened, to close."""
     client, PLUGIN.client, PLUGIN.client_loop = PLUGIN.client, None, None
-    PLUGIN.loop, PLUGIN.outlet = None, None
+    PLUGIN.loop, PLUGIN.events_conn = None, None
     return client
 
 

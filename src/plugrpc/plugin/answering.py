@@ -1,7 +1,7 @@
-"""A connection's requests, whichever engine runs the connection: bytes in, the answers ready now out.
+"""Answering one connection's requests, whichever engine runs the connection: bytes in, the answers ready now out.
 
 Both engines, `plugin/aio.py` (asyncio) and `plugin/plain.py` (a selectors loop, for plugins whose
-commands are all plain functions), feed each chunk a connection reads to `Requests.answer` and
+commands are all plain functions), feed each chunk a connection reads to `Answerer.answer` and
 write what it returns in one write; what cannot be answered at once (async and threaded
 commands) goes to the engine's `start`.
 """
@@ -13,7 +13,7 @@ from ..errors import RpcError
 from ..wire import NOID, JSONDecodeError, LineSplitter, LineTooLong, loads, parse_error_line, too_large_line, valid_id
 from .direct import FIGURES, direct_table
 from .dispatch import dispatch, encode
-from .talk import INLINE
+from .outgoing import INLINE
 
 TYPE_CHECKING = False  # typing's, without importing typing: a plugin loads these modules (see plugin/plain.py)
 if TYPE_CHECKING:
@@ -22,10 +22,10 @@ if TYPE_CHECKING:
 
     from .direct import Figures
     from .dispatch import Handler, Pending
-    from .talk import Sender
+    from .outgoing import Sender
 
     class Connection(Protocol):
-        requests: Requests
+        answerer: Answerer
 
     C = TypeVar("C", bound=Connection)
 
@@ -33,8 +33,8 @@ CANCEL = "rpc.cancel"
 """The router giving up on a call it sent (its timeout, or its client went away)."""
 
 
-class Requests:
-    """The requests of one connection: its line splitter and its command table."""
+class Answerer:
+    """Turns what one connection reads into its answers: the connection's line splitter and command table."""
 
     __slots__ = ("splitter", "table", "direct")
 
@@ -94,9 +94,9 @@ class Requests:
         return (answers[0] if len(answers) == 1 else b"".join(answers)), too_long
 
 
-def outlet(connections: Iterable[C]) -> C | None:
+def events_connection(connections: Iterable[C]) -> C | None:
     """The connection events go out on next: any but a direct one (its reader did not subscribe)."""
-    return next((conn for conn in connections if conn.requests.direct is None), None)
+    return next((conn for conn in connections if conn.answerer.direct is None), None)
 
 
 def _is_pending(outcome: Any) -> bool:
