@@ -619,7 +619,8 @@ def _legend(fig: Any, data: dict[str, Any], rows: list[str], styles: dict[str, d
     handles = [Line2D([], [], **styles[k]) for k in rows]
     labels = [f"{_label(data, k)}: {describe(data, k)}" + ("" if k in curved else " (c=1 bars only)") for k in rows]
     fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=9, frameon=False,
-               title="The rows ((Nh): sockets a call crosses; same style in every panel)", title_fontsize=9)
+               title="The rows ((2h): 2 hops, the sockets a call crosses; a row has the same colour and marker in "
+                     "every panel)", title_fontsize=9)
 
 
 def _latency_bars(ax: Any, data: dict[str, Any], rows: list[str]) -> None:
