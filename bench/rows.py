@@ -22,6 +22,7 @@ from .peers import GrpcConnections, HttpConnections
 from .pypeers import GrpclibConnections, PyroConnections, RpycConnections
 from .servers import BENCH_DIR, PLUGINS, Exec, Fd3, OwnSocket, Router, Server, Spec, go_tool
 from .settings import KIB, Scenario
+from .stdio import LineRouter
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,9 @@ PEER_TARGETS_ONLY: Final = Cannot(lambda s: s.key not in PEER_SCENARIOS,
 GO_SCENARIOS: Final = Cannot(lambda s: s.callers not in (1, 64),
                              "the Go rows are measured at 1 caller and at 64 callers (both modes), where their "
                              "target compares, to keep the run short")
+STDIO_SCENARIOS: Final = Cannot(lambda s: s.key not in TARGET_SCENARIOS,
+                                "measured at 1 and 64 callers, 100 B: the p50 and throughput the stdio transport "
+                                "is compared on, to keep the run short")
 NATS_SCENARIOS: Final = Cannot(lambda s: s.key not in TARGET_SCENARIOS,
                                "measured where the NATS targets compare: its callers share one NATS connection "
                                "in every scenario, so the others would measure the same again")
@@ -295,6 +299,13 @@ ROWS: Final = (
         "three routers joined to NATS behind one name; NATS picks one per call (plugrpc.any)",
         3, NatsRouters("nats-any", 3), NATS_REQUEST,
         method="bench.echo", cannot=(NATS_SCENARIOS,), needs=(NATS_INSTALLED,)),
+    # The stdio transport (bench.stdio): the same minimal echo behind the router on stdin/stdout and on fd 3.
+    Row("router_stdio",
+        "the router in front of a minimal line echo plugin on stdin/stdout (transport = \"stdio\")",
+        2, LineRouter("router-stdio", transport="stdio"), method="bench.echo", cannot=(STDIO_SCENARIOS,)),
+    Row("router_line",
+        "the router in front of the same minimal line echo on a socket as fd 3: router_stdio's yardstick",
+        2, LineRouter("router-line"), method="bench.echo", cannot=(STDIO_SCENARIOS,)),
 )
 
 
