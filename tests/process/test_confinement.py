@@ -22,7 +22,8 @@ import pytest
 
 from plugrpc.codes import EXIT_MEMORY
 from plugrpc.manifest import Limits, PluginSpec
-from plugrpc.process.child import Confinement, broken_limit
+from plugrpc.process.confinement import Confinement
+from plugrpc.process.exits import broken_limit
 from plugrpc.process.supervisor import PluginState, Supervisor
 from plugrpc.sdnotify import notify, parse
 

@@ -26,9 +26,10 @@ from typing import Any
 import pytest
 
 from plugrpc.manifest import PluginSpec
-from plugrpc.process.child import LOG_MAX_LINE, LogPipe, describe_exit
+from plugrpc.process.exits import describe_exit
+from plugrpc.process.logpipe import LOG_MAX_LINE, LogPipe
 from plugrpc.process.runtime_dir import RuntimeDir
-from plugrpc.process.supervisor import PluginState, Supervisor, backoff_delay
+from plugrpc.process.supervisor import PluginState, Supervisor
 
 from util import PLUGINS, WAIT, alive, until, wait_until
 
@@ -120,17 +121,6 @@ async def wait_gone(pid: int) -> None:
 def plugin_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.name == "plugrpc.plugin"]
 
-
-# --- pure helpers --------------------------------------------------------------------------
-
-
-def test_backoff_delay_is_jittered_doubling_and_capped() -> None:
-    for streak in range(1, 12):
-        ceiling = min(30.0, 0.1 * 2 ** (streak - 1))
-        for _ in range(50):
-            assert ceiling / 2 <= backoff_delay(streak) <= ceiling
-    assert 15.0 <= backoff_delay(10_000) <= 30.0  # no overflow after hours of crash-looping
-    assert 1.0 <= backoff_delay(3, base=1.0, cap=2.0) <= 2.0
 
 
 def test_describe_exit() -> None:

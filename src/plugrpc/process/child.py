@@ -1,180 +1,43 @@
-"""The mechanics of a plugin process: fork and exec with fd 3, exit watching, log pipes, stopping.
+"""Spawning one plugin process: fork and exec with fd 3, exit watching, log capture, stopping.
 
-Shared by the supervisor of persistent plugins and by exec mode: how an exit is named
-(`describe_exit`, `broken_limit`), how a process group is stopped (`terminate`: SIGTERM, grace,
-SIGKILL), what the kernel holds a plugin to (`Confinement`: limits, user, no_new_privileges, set
-in the child before exec), and how output lines become log records and logbook lines (`LogPipe`).
-No restart policy lives here: that is the supervisor's state machine.
+Shared by the supervisor of persistent plugins and by exec mode, with what they take from the
+modules beside it: how an exit is named (process/exits.py), what the kernel holds a plugin to
+(process/confinement.py, applied in the child before exec), how output lines become log records
+(process/logpipe.py). How a process group is stopped is `terminate` here: SIGTERM, grace, SIGKILL.
+No restart policy lives here: that is the supervisor's (process/restart.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
 import functools
 import logging
 import os
-import resource
 import signal
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, Final, Protocol
 
-from ..codes import EXIT_MEMORY
-from ..manifest import CPU_KILL_AFTER, Limits, PluginSpec, group_entry, passwd_entry
-from ..wire import LineSplitter
-from .env import die_with_parent, libc, log_line
+from ..manifest import PluginSpec
+from .confinement import Confinement, SetupFailed, reason
+from .env import die_with_parent
+from .logpipe import LogPipe, OnLine
 from .reaper import reaper
 from .stdio import PipeConnection
 
 LISTEN_FD: Final = 3
 """First socket-activation fd (systemd's SD_LISTEN_FDS_START)."""
-LOG_MAX_LINE: Final = 64 * 1024
-"""Longer stdout/stderr lines are logged truncated to this many bytes."""
 LOG_DRAIN: Final = 1.0
 """Seconds to wait for the log pipes to reach EOF after the process exited."""
 
-OUT_OF_MEMORY_SIGNS: Final = ("MemoryError", "out of memory", "Cannot allocate memory", "std::bad_alloc")
-"""What runtimes print when an allocation fails (Python, Go and Node, C, C++): with a memory limit set,
-an exit after one of these in the plugin's last lines is put down to the limit."""
-_PR_SET_NO_NEW_PRIVS: Final = 38
-
-OnLine = Callable[[int, str], None]
-"""Receives each line a plugin printed, with its level (the plugin's logbook)."""
 
 log = logging.getLogger("plugrpc.process")
-
-
-def describe_exit(returncode: int) -> str:
-    """`exit code 3` or `signal SIGKILL`, for logs and error messages."""
-    if returncode >= 0:
-        return f"exit code {returncode}"
-    try:
-        return f"signal {signal.Signals(-returncode).name}"
-    except ValueError:
-        return f"signal {-returncode}"
-
-
-def broken_limit(limits: Limits, returncode: int, cpu_seconds: float | None, last_lines: Iterable[str]) -> str | None:
-    """The limit a process that ended with `returncode` ran into, when the evidence says so; else None.
-
-    CPU: the kernel's SIGXCPU, or its SIGKILL once the CPU time (from wait4) is past the limit.
-    Memory: rlimits do not kill, a failed allocation does, in the plugin's own way: exit status
-    204 (what the SDK exits with), or one of `OUT_OF_MEMORY_SIGNS` in its last lines.
-    """
-    if returncode == 0:
-        return None
-    if limits.cpu_seconds and (returncode == -signal.SIGXCPU or (
-            returncode == -signal.SIGKILL and cpu_seconds is not None and cpu_seconds >= limits.cpu_seconds)):
-        return f"limits.cpu_seconds: it used its {limits.cpu_seconds} s of CPU"
-    if limits.memory and (returncode == EXIT_MEMORY or any(sign in line for line in last_lines
-                                                           for sign in OUT_OF_MEMORY_SIGNS)):
-        return f"limits.memory: it ran out of its {limits.memory / (1 << 20):g} MiB"
-    return None
-
-
-class SetupFailed(OSError):
-    """A step of the child's setup before exec failed (`step` says which, e.g. "set limits.open_files to 9")."""
-
-    def __init__(self, code: int, step: str, reason: str = "") -> None:
-        super().__init__(code, reason or os.strerror(code))
-        self.step = step
-
-
-def _reason(exc: BaseException) -> str:
-    """What went wrong, in the system's words where it has them ("Operation not permitted")."""
-    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
-
-
-@dataclass(frozen=True, slots=True)
-class Confinement:
-    """What the kernel holds a plugin process to: resolved in the runtime, applied in the forked child.
-
-    Everything is looked up before fork (user names, groups), so that the child only makes system calls.
-    """
-
-    rlimits: tuple[tuple[str, int, int, int], ...] = ()
-    """(step, resource, soft, hard) for each limit set."""
-    uid: int | None = None
-    gid: int | None = None
-    groups: tuple[int, ...] = ()
-    no_new_privs: bool = True
-    env: tuple[tuple[str, str], ...] = ()
-    """HOME, USER and LOGNAME of the user switched to."""
-
-    @classmethod
-    def of(cls, spec: PluginSpec) -> Confinement:
-        """Resolve `spec`'s limits and identity now; ValueError if its user or group is gone since it was read."""
-        rlimits = [
-            (f"set limits.{key} to {value}", res, value, value + extra)
-            for key, res, value, extra in (
-                ("memory", resource.RLIMIT_DATA, spec.limits.memory, 0),
-                ("open_files", resource.RLIMIT_NOFILE, spec.limits.open_files, 0),
-                ("processes", resource.RLIMIT_NPROC, spec.limits.processes, 0),
-                ("cpu_seconds", resource.RLIMIT_CPU, spec.limits.cpu_seconds, CPU_KILL_AFTER),
-            )
-            if value
-        ]
-        uid = gid = None
-        groups: tuple[int, ...] = ()
-        env: tuple[tuple[str, str], ...] = ()
-        if spec.user is not None:
-            entry = passwd_entry(spec.user)
-            if entry is None and not spec.user.isdigit():
-                raise ValueError(f"user {spec.user!r} no longer exists")
-            uid = entry.pw_uid if entry is not None else int(spec.user)
-            if entry is not None:
-                gid = entry.pw_gid
-                groups = tuple(os.getgrouplist(entry.pw_name, entry.pw_gid))
-                env = (("HOME", entry.pw_dir), ("USER", entry.pw_name), ("LOGNAME", entry.pw_name))
-        if spec.group is not None:
-            gentry = group_entry(spec.group)
-            if gentry is None and not spec.group.isdigit():
-                raise ValueError(f"group {spec.group!r} no longer exists")
-            gid = gentry.gr_gid if gentry is not None else int(spec.group)
-            groups = (gid,)
-        if gid is not None and not groups:
-            groups = (gid,)
-        return cls(tuple(rlimits), uid, gid, groups, spec.no_new_privileges, env)
-
-    def apply(self) -> None:
-        """In the child, before exec: limits first (raising one needs the root we may drop), then
-        groups, group and user, then no_new_privs. Raises `SetupFailed` naming the step."""
-        step = ""
-        try:
-            for step, res, soft, hard in self.rlimits:  # noqa: B007 - `step` names the failing one below
-                resource.setrlimit(res, (soft, hard))
-            if self.gid is not None:
-                step = f"switch to groups {list(self.groups)}"
-                os.setgroups(list(self.groups))
-                step = f"switch to gid {self.gid}"
-                os.setgid(self.gid)
-            if self.uid is not None:
-                step = f"switch to uid {self.uid}"
-                os.setuid(self.uid)
-            if self.no_new_privs and libc is not None:
-                step = "set no_new_privileges"
-                if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-                    raise OSError(ctypes.get_errno(), "prctl")
-        except Exception as exc:  # OverflowError too: an id or limit past what the C call takes
-            raise SetupFailed(getattr(exc, "errno", None) or errno.EINVAL, step, _reason(exc)) from None
-
-
-def exec_setup(confinement: Confinement, parent_pid: int) -> None:
-    """The child-side setup of one exec-mode execution: a step that fails is its error text, exit 126."""
-    try:
-        confinement.apply()
-    except SetupFailed as exc:
-        os.write(2, f"plugrpc: cannot {exc.step}: {exc.strerror}\n".encode())
-        os._exit(126)
-    die_with_parent(parent_pid)
 
 
 class Group(Protocol):
@@ -401,58 +264,6 @@ class Child:
             self._thread.join()  # it has already handed the exit over to the loop
 
 
-class LogPipe(asyncio.Protocol):
-    """One of a plugin's output pipes: each line becomes a log record on "plugrpc.plugin"."""
-
-    __slots__ = ("closed", "_level", "_extra", "_on_line", "_splitter", "_skipping")
-
-    def __init__(self, closed: asyncio.Future[None], level: int, extra: dict[str, Any], on_line: OnLine) -> None:
-        self.closed = closed
-        self._level = level
-        self._extra = extra
-        self._on_line = on_line
-        self._splitter = LineSplitter(LOG_MAX_LINE)
-        self._skipping = False  # dropping the rest of a line that was logged truncated
-
-    def data_received(self, data: bytes) -> None:
-        # Fed in pieces of at most max_line bytes, only the first line of a piece can overflow,
-        # and _feed checks that one before the splitter sees it, so LineTooLong never happens.
-        step = self._splitter.max_line
-        for start in range(0, len(data), step):
-            self._feed(data[start : start + step])
-
-    def _feed(self, piece: bytes) -> None:
-        if self._skipping:
-            nl = piece.find(b"\n")
-            if nl < 0:
-                return
-            piece = piece[nl + 1 :]
-            self._skipping = False
-        splitter = self._splitter
-        first = piece.find(b"\n")
-        room = splitter.max_line - splitter.buffered
-        if (first if first >= 0 else len(piece)) > room:
-            for line in splitter.feed(piece[:room] + b"\n"):
-                self._emit(line, truncated=True)
-            if first < 0:
-                self._skipping = True
-                return
-            piece = piece[first + 1 :]
-        for line in splitter.feed(piece):
-            self._emit(line)
-
-    def _emit(self, line: bytes, truncated: bool = False) -> None:
-        suffix = f" [line truncated at {LOG_MAX_LINE} bytes]" if truncated else ""
-        self._on_line(*log_line(line, self._level, self._extra, suffix))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self._skipping:
-            for line in self._splitter.feed(b"\n"):  # the last line, when it had no newline
-                self._emit(line)
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-
 def above_stdio(sock: socket.socket) -> socket.socket:
     """Move a socket off fds 0-2, which a runtime started with closed stdio may hand out.
 
@@ -522,7 +333,7 @@ def _child_setup(
         except SetupFailed as exc:
             os.write(report_fd, f"{exc.errno} {exc.step}\0{exc.strerror}".encode(errors="replace"))
         except Exception as exc:  # whatever it is, the parent must hear why
-            os.write(report_fd, f"{getattr(exc, 'errno', None) or errno.EIO} {step}\0{_reason(exc)}".encode(
+            os.write(report_fd, f"{getattr(exc, 'errno', None) or errno.EIO} {step}\0{reason(exc)}".encode(
                 errors="replace"))
         os._exit(127)
 
@@ -531,8 +342,8 @@ def _child_setup(
 
 def _close_above(lowest: int, keep: int) -> None:
     """Close every fd above `lowest` but `keep` (close-on-exec, it goes at exec): the exec would have
-    to anyway. Two close_range(2) calls, where marking each fd took a listdir and a call per fd: in a
-    router with a hundred plugins, most of a spawn's time in the forked child."""
+    to anyway. Two close_range(2) calls rather than marking each fd, which takes a listdir and a call
+    per fd: in a router with a hundred plugins, most of a spawn's time in the forked child."""
     top = os.sysconf("SC_OPEN_MAX")
     os.closerange(lowest + 1, keep)
     os.closerange(keep + 1, top)

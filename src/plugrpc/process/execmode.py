@@ -31,9 +31,12 @@ from ..errors import CallTimeout, MessageTooLarge, Overloaded, PluginUnavailable
 from ..manifest import PluginSpec
 from ..wire import LineSplitter
 from . import core0
-from .child import Confinement, OnLine, describe_exit, exec_setup, terminate
+from .child import terminate
+from .confinement import Confinement, exec_setup
 from .env import log_line, plugin_env, router_env
+from .exits import describe_exit
 from .logbook import Logbook
+from .logpipe import OnLine
 from .reaper import reaper
 
 EXEC_FAILED: Final = codes.EXEC_FAILED

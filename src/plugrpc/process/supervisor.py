@@ -4,10 +4,11 @@ The runtime binds the plugin's unix socket before the first spawn and keeps it l
 restarts, so calls written to it wait in the kernel backlog while the plugin starts or restarts.
 One task per plugin owns the process: it waits for the plugins it starts `after`, spawns it
 (`child.Child`: fd 3, environment, limits, log pipes), watches it, applies the restart policy
-with jittered exponential backoff, stops it when idle and respawns it on demand; `stop()` cancels
-that task and then stops the process gracefully. A `ready = "notify"` plugin is RUNNING only once
-it says READY=1 on its notify socket; one the router's liveness check finds stuck is
-`unresponsive()`: stopped and, by the restart policy, started again. A `transport = "stdio"`
+(`restart.RestartPolicy`: jittered exponential backoff, crash loops), stops it when idle and
+respawns it on demand; `stop()` cancels that task and then stops the process gracefully. A
+`ready = "notify"` plugin is RUNNING only once it says READY=1 on its notify socket; one the
+router's liveness check finds stuck is `unresponsive()`: stopped and, by the restart policy,
+started again. A `transport = "stdio"`
 plugin has no socket: each process comes with its pipes, which the router connects to (`attach`),
 and is RUNNING once it answered its handshake (`ready`), or replaced when it fails it or breaks the
 protocol (`fault`); stopping it closes its stdin first. Every state change goes through
@@ -20,7 +21,6 @@ import asyncio
 import enum
 import logging
 import os
-import random
 import socket
 import subprocess
 import time
@@ -32,18 +32,14 @@ from typing import Any, Final
 from .. import sockets
 from ..manifest import PluginSpec
 from . import core0
-from .child import Child, Confinement, ExecFailed, above_stdio, broken_limit, describe_exit, terminate
+from .child import Child, ExecFailed, above_stdio, terminate
+from .confinement import Confinement
 from .env import plugin_env, router_env
+from .exits import broken_limit, describe_exit
 from .logbook import Logbook
 from .notify import NotifySocket
+from .restart import BACKOFF_BASE, BACKOFF_CAP, STABLE_AFTER, RestartPolicy
 
-BACKOFF_BASE: Final = 0.1
-"""Seconds before the first restart; doubles with every quick exit in a row."""
-BACKOFF_CAP: Final = 30.0
-STABLE_AFTER: Final = 10.0
-"""A process that ran this long was healthy: its exit starts a fresh backoff streak."""
-CRASHLOOP_AFTER: Final = 5
-"""Quick exits in a row after which the plugin is reported as crash-looping (and fails calls fast)."""
 WHY_LINES: Final = 3
 """Lines of a plugin's last output quoted when saying why it is unavailable."""
 CORE0_SIGNS: Final = ("missing command", "unknown command", "20:::")
@@ -67,7 +63,7 @@ class PluginState(enum.StrEnum):
     BACKOFF = "backoff"
     """The process exited and will be restarted after a delay; calls wait in the backlog."""
     CRASHLOOP = "crashloop"
-    """Like BACKOFF after CRASHLOOP_AFTER quick exits in a row: calls fail fast meanwhile."""
+    """Like BACKOFF after `restart.CRASHLOOP_AFTER` quick exits in a row: calls fail fast meanwhile."""
     FAILED = "failed"
     """The process failed and the restart policy says not to restart it."""
     STOPPING = "stopping"
@@ -85,15 +81,6 @@ GIVEN_UP: Final = frozenset({PluginState.CRASHLOOP, PluginState.FAILED})
 FAULTS: Final = frozenset({"unresponsive", "handshake", "protocol"})
 """Why the runtime stops a process it gave up on (an exit to restart, whatever its status): it did not
 answer pings, it failed its handshake, it broke the protocol on its stdout."""
-
-
-def backoff_delay(streak: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
-    """Seconds to wait before restart number `streak` (1-based) of a streak: full jitter in [d/2, d].
-
-    Jitter keeps many plugins that crashed together (a bad deploy) from restarting in lockstep.
-    """
-    ceiling = min(cap, base * 2.0 ** min(streak - 1, 64))
-    return random.uniform(ceiling / 2, ceiling)
 
 
 class Supervisor:
@@ -119,9 +106,7 @@ class Supervisor:
         self.socket_path = Path(socket_path)
         self.on_state = on_state
         """Called synchronously with the supervisor after every state change."""
-        self._stable_after = stable_after
-        self._backoff_base = backoff_base
-        self._backoff_cap = backoff_cap
+        self._restart = RestartPolicy(stable_after, backoff_base, backoff_cap)
         self._extra = {"plugin": spec.name}
         self._router_socket = router_socket
         """The front socket, as PLUGRPC_ROUTER in the plugin's environment (None: not set)."""
@@ -169,7 +154,6 @@ class Supervisor:
         self._demand = asyncio.Event()
         self._lock = asyncio.Lock()  # serialises start/stop/restart
         self._closed = True  # until start(), and again after stop(): no process may be spawned
-        self._streak = 0  # exits in a row of processes that did not stay up for `stable_after`
         self._last_touch = time.monotonic()
         self._first_line = 1
         """The logbook's seq of the current process's first line: what it printed is read for core0's answer."""
@@ -220,7 +204,8 @@ class Supervisor:
         name = self.spec.name
         why = f"plugin {name} is {self.state.value}"
         if self.state is PluginState.CRASHLOOP:
-            why += f": it stopped {self._streak} times in a row within {self._stable_after:g}s of starting"
+            why += (f": it stopped {self._restart.streak} times in a row within {self._restart.stable_after:g}s of "
+                    "starting")
         if self.last_error is not None:
             why += f"; {self.last_error}"
         elif self.last_exit is not None:
@@ -309,7 +294,7 @@ class Supervisor:
             await self._cancel_task()
             if self._child is not None:
                 await self._terminate(self._child)
-            self._streak = 0
+            self._restart.reset()
             if respawn:
                 self._demand.set()
             else:
@@ -386,16 +371,13 @@ class Supervisor:
     def _after_exit(self, returncode: int | None, uptime: float) -> float | None:
         """Apply spec.restart to an exit (`None`: could not spawn): seconds until the next start, or None."""
         failed = returncode != 0 or self.exit_reason in FAULTS  # SIGTERM may end a stuck one with 0
-        policy = self.spec.restart
-        if policy == "never" or (policy == "on-failure" and not failed):
+        delay = self._restart.after_exit(self.spec.restart, failed, uptime)
+        if delay is None:
             self._demand.clear()
             self._set_state(PluginState.FAILED if failed else PluginState.STOPPED)
             return None
-        if uptime >= self._stable_after:
-            self._streak = 0
-        self._streak += 1
-        self._set_state(PluginState.CRASHLOOP if self._streak >= CRASHLOOP_AFTER else PluginState.BACKOFF)
-        return backoff_delay(self._streak, self._backoff_base, self._backoff_cap)
+        self._set_state(PluginState.CRASHLOOP if self._restart.crashlooping else PluginState.BACKOFF)
+        return delay
 
     # --- the supervising task ----------------------------------------------------------------
 
@@ -421,10 +403,11 @@ class Supervisor:
             if delay is None:
                 continue
             if log.isEnabledFor(logging.INFO):
-                if uptime >= self._stable_after:
+                if self._restart.stable(uptime):
                     log.info("restarting in %.2fs (it had run %.1fs)", delay, uptime, extra=self._extra)
                 else:
-                    log.info("restarting in %.2fs (%d quick exit(s) in a row)", delay, self._streak, extra=self._extra)
+                    log.info("restarting in %.2fs (%d quick exit(s) in a row)", delay, self._restart.streak,
+                             extra=self._extra)
             await asyncio.sleep(delay)
             self.restarts += 1
 

@@ -30,8 +30,9 @@ import orjson
 
 from ..manifest import PluginSpec
 from ..process import core0
-from ..process.child import Child, ExecFailed, above_stdio, describe_exit
+from ..process.child import Child, ExecFailed, above_stdio
 from ..process.env import plugin_env, plugin_log
+from ..process.exits import describe_exit
 from ..process.runtime_dir import RuntimeDir
 from ..sockets import bind_socket
 
