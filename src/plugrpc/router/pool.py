@@ -97,7 +97,7 @@ class Upstream(LineWriter, asyncio.Protocol):
     """One pipelined connection to a plugin. Owns the ids of the calls written to it.
 
     A call is in flight from `send` until it leaves `pending` in `data_received`, `withdraw`,
-    `expire` or `lost`: those are the only places the pool's `inflight` count changes.
+    `expire` or `lost`: each tells the pool (`PluginPool.flight`), which alone counts them.
     """
 
     __slots__ = ("pool", "outbox", "transport", "pending", "abandoned", "splitter", "next_uid", "_out", "lost",
@@ -162,7 +162,7 @@ class Upstream(LineWriter, asyncio.Protocol):
                     self.reset(f"sent an invalid JSON-RPC 2.0 response: {line[:200]!r}")
                     return
                 msg = response
-            pool.inflight -= 1
+            pool.flight(-1)
             pool.finish(call, msg, now)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -206,9 +206,7 @@ class Upstream(LineWriter, asyncio.Protocol):
         call.uid = uid
         call.link = self
         self.pending[uid] = call
-        pool = self.pool
-        pool.inflight += 1
-        if pool.inflight == 1:  # the only call in flight: no other request can join it
+        if self.pool.flight(1) == 1:  # the only call in flight: no other request can join it
             self.write_now(line)
         else:
             self.queue(line)
@@ -226,7 +224,7 @@ class Upstream(LineWriter, asyncio.Protocol):
         """`Link.withdraw`: forget a written call, remember its id for a late answer, tell the plugin."""
         if self.pending.pop(call.uid, None) is None:
             return False
-        self.pool.inflight -= 1
+        self.pool.flight(-1)
         self.abandoned[call.uid] = now
         self.notify("rpc.cancel", {"id": call.uid})
         return True
@@ -267,7 +265,7 @@ class Upstream(LineWriter, asyncio.Protocol):
         """Every call still written to this connection, which is gone: they leave flight here."""
         calls = list(self.pending.values())
         self.pending.clear()
-        self.pool.inflight -= len(calls)
+        self.pool.flight(-len(calls))
         return calls
 
 
@@ -294,8 +292,7 @@ class PluginPool:
         self.conns: list[Upstream] = []
         self.waiting: deque[Call] = deque()
         self.inflight = 0
-        """Calls written to a connection and not yet answered: changed only by `Upstream`, as calls
-        enter and leave its `pending`."""
+        """Calls written to a connection and not yet answered: changed only by `flight`."""
         self.stats = CallStats(spec.exports)
         self._fast: Upstream | None = None
         """The connection to use without `_assign()`: set while the pool has one ready connection."""
@@ -385,6 +382,11 @@ class PluginPool:
             self._run_assign()
 
     # --- completion ----------------------------------------------------------------------
+
+    def flight(self, change: int) -> int:
+        """`change` calls entered a connection's `pending` (written) or, negative, left it: the count in flight."""
+        self.inflight += change
+        return self.inflight
 
     def finish(self, call: Call, msg: Message, now: float) -> None:
         """Deliver the answer, which arrived at `now`, of a written call that has just left flight."""
