@@ -22,16 +22,17 @@ NL: Final = b"\n"
 _NEWLINE: Final = orjson.OPT_APPEND_NEWLINE
 
 
-class _NoId:
-    """Sentinel for a missing `id` (a notification): `None` is a valid id (`"id": null`)."""
+class _Absent:
+    """Sentinel for a member a message does not have: an `id` (a notification) or `params`, where `None`
+    would be the member given as null (`"id": null` is a request, `"params": null` is invalid)."""
 
     __slots__ = ()
 
     def __repr__(self) -> str:
-        return "NOID"
+        return "ABSENT"
 
 
-NOID: Final[Any] = _NoId()
+ABSENT: Final[Any] = _Absent()
 
 loads = orjson.loads
 JSONDecodeError = orjson.JSONDecodeError

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 from ..flow import FlowControl
 from ..outbox import LineWriter, Outbox
 from ..sockets import BACKLOG
-from ..wire import NOID
+from ..wire import ABSENT
 from . import outgoing
 from .answering import CANCEL, Answerer, check_cancel_id, events_connection
 from .direct import FIGURES
@@ -178,7 +178,7 @@ class Connection(LineWriter, asyncio.Protocol):
     def _start(self, pending: Outcome, id: Any) -> None:
         if self.answerer.direct is not None:
             pending = self._direct(pending)  # type: ignore[arg-type]
-        key = id if id is not NOID and id not in self.running else object()
+        key = id if id is not ABSENT and id not in self.running else object()
         self.running[key] = self._loop.create_task(self._complete(pending, key, id))
 
     async def _complete(self, pending: Any, key: Any, id: Any) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .. import codes
 from ..errors import RpcError
-from ..wire import NOID, JSONDecodeError, LineSplitter, LineTooLong, loads, parse_error_line, too_large_line, valid_id
+from ..wire import ABSENT, JSONDecodeError, LineSplitter, LineTooLong, loads, parse_error_line, too_large_line, valid_id
 from .direct import FIGURES, direct_table
 from .dispatch import dispatch, encode
 from .outgoing import INLINE
@@ -86,7 +86,7 @@ class Answerer:
                     answer(encode(outcome))
                 else:
                     # Neither a dict nor a list: a coroutine (mypy does not narrow on `type(x) is`).
-                    start(outcome, msg.get("id", NOID) if type(msg) is dict else NOID)  # type: ignore[arg-type]
+                    start(outcome, msg.get("id", ABSENT) if type(msg) is dict else ABSENT)  # type: ignore[arg-type]
         finally:
             INLINE.conn = None
         if too_long:

@@ -22,7 +22,7 @@ import sys
 from .. import codes
 from ..codes import EXIT_MEMORY
 from ..errors import RpcError
-from ..wire import NOID, dumps, error_line, error_obj, error_response, reply_id, request_problem
+from ..wire import ABSENT, dumps, error_line, error_obj, error_response, reply_id, request_problem
 from .outgoing import CURRENT, INLINE, Current
 
 TYPE_CHECKING = False  # typing's, without importing typing: a plugin loads these modules (see plugin/plain.py)
@@ -148,13 +148,13 @@ def _dispatch_checked(table: Mapping[str, Handler], msg: Any) -> Outcome:
     if problem is not None:
         # JSON-RPC 2.0: an invalid request is answered even without an id (with id null).
         return error_response(reply_id(msg), codes.INVALID_REQUEST, data=problem)
-    id = msg.get("id", NOID)
+    id = msg.get("id", ABSENT)
     handler = table.get(msg["method"])
     if handler is None:
-        return None if id is NOID else error_response(id, codes.METHOD_NOT_FOUND, data=msg["method"])
+        return None if id is ABSENT else error_response(id, codes.METHOD_NOT_FOUND, data=msg["method"])
     if handler.inline:
         response = run(handler, msg.get("params"), id)
-        return None if id is NOID else response
+        return None if id is ABSENT else response
     return run_async(handler, msg.get("params"), id)
 
 
@@ -208,7 +208,7 @@ async def run_async(handler: Handler, params: Any, id: Any) -> Response | None:
         response = {"jsonrpc": "2.0", "error": failure(handler, params, exc), "id": id}
     else:
         response = success(result, id)
-    return None if id is NOID else response
+    return None if id is ABSENT else response
 
 
 def success(result: Any, id: Any) -> Response:

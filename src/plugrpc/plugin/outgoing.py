@@ -28,7 +28,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 
 from ..patterns import name_problem
-from ..wire import NOID, dumps
+from ..wire import ABSENT, dumps
 
 TYPE_CHECKING = False  # typing's, without importing typing: a plugin loads these modules (see plugin/plain.py)
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ class _Inline:
     def __init__(self) -> None:
         self.conn: Sender | None = None
         """Set by a connection while it dispatches a chunk of requests, None otherwise."""
-        self.id: Any = NOID
+        self.id: Any = ABSENT
         """Set by dispatch before each inline handler runs."""
 
 
@@ -211,7 +211,7 @@ def progress(value: Any) -> None:
     else:
         raise RuntimeError("plugrpc.progress() reports on the call a handler serves: call it inside the handler "
                            "(plain, async or @threaded), not from another task or thread")
-    if id is not NOID:  # else a notification: nobody waits for it
+    if id is not ABSENT:  # else a notification: nobody waits for it
         line = dumps({"jsonrpc": "2.0", "method": "rpc.progress", "params": {"id": id, "value": value}})
         PLUGIN.post(conn.send, line)
 

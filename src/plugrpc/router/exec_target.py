@@ -19,9 +19,9 @@ from typing import Any
 from .. import codes
 from ..errors import RpcError
 from ..process.execmode import ExecPlugin
-from ..wire import error_response, result_response
+from ..wire import ABSENT, error_response, result_response
 from .deadline import overdue, owner
-from .interfaces import NOPARAMS, Call, Sink, clock
+from .interfaces import Call, Sink, clock
 from .stats import DROP_LOG_INTERVAL, OUTCOMES, CallStats
 
 log = logging.getLogger("plugrpc.exec")
@@ -131,4 +131,4 @@ class ExecTarget:
 
 
 def _params(params: Any) -> Any:
-    return None if params is NOPARAMS else params
+    return None if params is ABSENT else params

@@ -12,16 +12,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from ..wire import NOID
-
 if TYPE_CHECKING:
     from ..outbox import Outbox
     from .stats import CallStats
 
 Message = dict[str, Any]
 """A JSON-RPC 2.0 message as parsed: the router passes params and results through untouched."""
-NOPARAMS: Final[Any] = NOID
-"""`Call.params` of a request that had no `params` member (None would be `"params": null`)."""
 clock = time.monotonic
 """The clock of calls. Not `loop.time()`: uvloop's is cached per loop turn at 1 ms resolution."""
 INTERNAL: Final[Any] = object()

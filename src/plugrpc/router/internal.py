@@ -8,10 +8,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from .interfaces import INTERNAL, NOPARAMS, Call, Message, Target, clock
+from ..wire import ABSENT
+from .interfaces import INTERNAL, Call, Message, Target, clock
 
 
-async def ask(target: Target, method: str, params: Any = NOPARAMS, timeout: float = 5.0) -> Message:
+async def ask(target: Target, method: str, params: Any = ABSENT, timeout: float = 5.0) -> Message:
     """A call of the router's own to `target`: its answer (an error included), or TimeoutError.
 
     Such calls are not counted in the plugin's statistics; one left unanswered is withdrawn, and

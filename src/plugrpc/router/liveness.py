@@ -24,7 +24,8 @@ from typing import Any, Final
 
 from .. import codes
 from ..process.supervisor import PluginState, Supervisor
-from .interfaces import NOPARAMS, Message, Target
+from ..wire import ABSENT
+from .interfaces import Message, Target
 from .pool import PluginPool
 
 PING: Final = "rpc.ping"
@@ -69,7 +70,7 @@ class Liveness:
     async def _answered(self) -> bool:
         """Whether the plugin answers a ping, given more time for as long as it reads what came before it."""
         spec = self.pool.spec
-        ask = asyncio.ensure_future(self._ask(self.pool, PING, NOPARAMS, spec.timeout + spec.ping_timeout))
+        ask = asyncio.ensure_future(self._ask(self.pool, PING, ABSENT, spec.timeout + spec.ping_timeout))
         try:
             while True:
                 read = await self._reads(ask, spec.ping_timeout)

@@ -43,10 +43,10 @@ from ..manifest import PluginSpec
 from ..outbox import LineWriter, Outbox
 from ..patterns import Matcher
 from ..process.supervisor import PluginState, Supervisor
-from ..wire import JSONDecodeError, LineSplitter, LineTooLong, dumps, error_response, loads
+from ..wire import ABSENT, JSONDecodeError, LineSplitter, LineTooLong, dumps, error_response, loads
 from .deadline import overdue
 from .events import EventHub
-from .interfaces import INTERNAL, NOPARAMS, Call, Message, Sink, clock
+from .interfaces import INTERNAL, Call, Message, Sink, clock
 from .stats import BUCKET_OF, DROP_LOG_INTERVAL, OUTCOMES, TABLE_LIMIT, CallStats, bucket
 
 log = logging.getLogger("plugrpc.pool")
@@ -194,7 +194,7 @@ class Upstream(LineWriter, asyncio.Protocol):
         uid = self.next_uid
         params = call.params
         try:
-            if params is NOPARAMS:
+            if params is ABSENT:
                 line = _dumps({"jsonrpc": "2.0", "method": call.method, "id": uid}, option=_NEWLINE)
             else:
                 line = _dumps({"jsonrpc": "2.0", "method": call.method, "params": params, "id": uid},
@@ -213,7 +213,7 @@ class Upstream(LineWriter, asyncio.Protocol):
 
     def notify(self, method: str, params: Any) -> None:
         """The router's own notification (`rpc.cancel`): never dropped, one per call at most."""
-        if params is NOPARAMS:
+        if params is ABSENT:
             self.queue(dumps({"jsonrpc": "2.0", "method": method}))
         else:
             self.queue(dumps({"jsonrpc": "2.0", "method": method, "params": params}))
@@ -348,7 +348,7 @@ class PluginPool:
         elif self.inflight + len(self.waiting) >= self._max_pending:
             self._dropped(f"it has {self.spec.max_pending} calls pending")
         else:
-            msg = {"jsonrpc": "2.0", "method": method} if params is NOPARAMS else \
+            msg = {"jsonrpc": "2.0", "method": method} if params is ABSENT else \
                 {"jsonrpc": "2.0", "method": method, "params": params}
             try:
                 line = _dumps(msg, option=_NEWLINE)

@@ -28,13 +28,13 @@ from ..process.execmode import ExecPlugin
 from ..process.logbook import Logbook
 from ..process.runtime_dir import RuntimeDir
 from ..process.supervisor import GIVEN_UP, PluginState, Supervisor
-from ..wire import error_response, reply_id, request_problem
+from ..wire import ABSENT, error_response, reply_id, request_problem
 from .access import handler, owner, peer_pid
 from .builtins import Builtins
 from .direct import DirectHub
 from .events import EventHub
 from .exec_target import ExecTarget
-from .interfaces import INTERNAL, NOPARAMS, Call, Handle, Peer, Sink, Target, clock
+from .interfaces import INTERNAL, Call, Handle, Peer, Sink, Target, clock
 from .internal import ask
 from .liveness import Liveness
 from .memory import release_free_memory
@@ -253,9 +253,9 @@ class Router:
                 plugin, _, name = method.partition(".")
                 target = self.routes.get(plugin)
                 if target is not None and name in target.exported:
-                    params = msg.get("params", NOPARAMS)
+                    params = msg.get("params", ABSENT)
                     kind = type(params)
-                    if params is NOPARAMS or kind is list or kind is dict:
+                    if params is ABSENT or kind is list or kind is dict:
                         if "id" not in msg:
                             target.notify(name, params, sink)
                             return
@@ -281,7 +281,7 @@ class Router:
             if "id" in msg:
                 sink.reply(error_response(msg["id"], codes.METHOD_NOT_FOUND, data=self._not_found(plugin, name)))
             return
-        params = msg.get("params", NOPARAMS)
+        params = msg.get("params", ABSENT)
         if "id" not in msg:
             target.notify(name, params, sink)
             return
@@ -369,7 +369,7 @@ class Router:
 
     # --- internal calls --------------------------------------------------------------------
 
-    async def call_plugin(self, name: str, method: str, params: Any = NOPARAMS, timeout: float = 5.0) -> Any:
+    async def call_plugin(self, name: str, method: str, params: Any = ABSENT, timeout: float = 5.0) -> Any:
         """Call any method of a plugin from inside the router (not limited to its exports)."""
         msg = await ask(self.plugins[name].target, method, params, timeout)
         if "error" in msg:

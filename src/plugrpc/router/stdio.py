@@ -30,9 +30,9 @@ from ..outbox import Outbox
 from ..process.child import Child
 from ..process.stdio import PipeConnection
 from ..process.supervisor import PluginState, Supervisor
-from ..wire import JSONDecodeError, LineSplitter, LineTooLong, dumps, error_response, loads
+from ..wire import ABSENT, JSONDecodeError, LineSplitter, LineTooLong, dumps, error_response, loads
 from .events import EventHub
-from .interfaces import INTERNAL, NOPARAMS, Call, Message, clock
+from .interfaces import INTERNAL, Call, Message, clock
 from .pool import PluginPool, Upstream
 
 log = logging.getLogger("plugrpc.stdio")
@@ -114,7 +114,7 @@ class StdioPool(PluginPool):
         if spec is None:
             self.supervisor.ready(child)
             return
-        params = NOPARAMS if spec.params is None else spec.params
+        params = ABSENT if spec.params is None else spec.params
         call = Call(_Handshake(self, conn), INTERNAL, spec.method, params, clock())
         call.target = self
         conn.send(call)
@@ -127,7 +127,7 @@ class StdioPool(PluginPool):
         if error is None:
             self.handshake = msg.get("result")
             if spec.notify is not None:
-                conn.notify(spec.notify, NOPARAMS)
+                conn.notify(spec.notify, ABSENT)
             self.supervisor.ready(conn.child)
         elif error.get("code") == codes.CALL_TIMEOUT:
             self.supervisor.fault(conn.child, "handshake",

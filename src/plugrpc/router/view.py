@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .interfaces import NOPARAMS, Call, Peer, Sink, Target
+from ..wire import ABSENT
+from .interfaces import Call, Peer, Sink, Target
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -76,4 +77,4 @@ class RouterView(Protocol):
 
     async def reload(self) -> dict[str, list[str]]: ...
 
-    async def call_plugin(self, name: str, method: str, params: Any = NOPARAMS, timeout: float = 5.0) -> Any: ...
+    async def call_plugin(self, name: str, method: str, params: Any = ABSENT, timeout: float = 5.0) -> Any: ...
