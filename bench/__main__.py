@@ -27,6 +27,7 @@ from typing import Any
 import uvloop
 
 from . import figures, log, report, targets
+from .mcp import mcp_startup_phase
 from .memory import memory_phase
 from .plugin_cost import plugin_cost_phase
 from .procs import Fleet
@@ -140,6 +141,9 @@ async def measure_all(settings: Settings, rows_arg: str | None, results_dir: Pat
     lab.stop_servers()
     await memory_phase(lab, results)
     await plugin_cost_phase(lab, results)
+    started = await mcp_startup_phase(lab, {r.key for r in results.rows if r.key not in results.skipped}, settings)
+    if started:
+        results.plugin_cost["mcp"] = started
     return results
 
 

