@@ -26,7 +26,7 @@ from typing import Any
 
 import uvloop
 
-from . import figures, log, report, targets
+from . import figures, log, report, silent, targets
 from .mcp import mcp_startup_phase
 from .memory import memory_phase
 from .plugin_cost import plugin_cost_phase
@@ -36,6 +36,7 @@ from .rounds import Results, run_rounds
 from .rows import select_fanouts, select_rows
 from .servers import BENCH_DIR, Lab
 from .settings import Settings, scenarios
+from .silent import silent_phase
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -144,6 +145,7 @@ async def measure_all(settings: Settings, rows_arg: str | None, results_dir: Pat
     started = await mcp_startup_phase(lab, {r.key for r in results.rows if r.key not in results.skipped}, settings)
     if started:
         results.plugin_cost["mcp"] = started
+    results.silent = await silent_phase(lab, set(silent.ROWS) if which is None else which, settings)
     return results
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from . import rows as bench_rows
+from . import silent as silent_rows
 from .figures import LAT1, MB, median, ratio, stat, summary
 from .settings import size_label
 from .targets import REPEAT_PCT, evaluate_targets, too_short
@@ -82,6 +83,7 @@ def _listed(data: dict[str, Any]) -> list[tuple[str, str]]:
     out += [(key, describe(data, key)) for key in fanouts]
     if any("calls100" in r for r in (data.get("fanout") or {}).get("rounds", [])):
         out.append(("calls100", describe(data, "calls100")))
+    out += [(key, silent_rows.LABELS[key]) for key in (data.get("silent") or {}).get("rows", {})]
     return out
 
 
@@ -370,6 +372,115 @@ def go_table(data: dict[str, Any]) -> str:
                  better="p50: lower is better; calls/s: higher is better; a ratio above 1.00x: go_router is ahead")
 
 
+STDIO_ROWS = ("router", "router_line", "router_stdio")
+"""The stdio transport's cost (bench.stdio): one minimal echo on stdin/stdout and on fd 3, the SDK plugin beside."""
+
+
+def stdio_table(data: dict[str, Any]) -> str:
+    """Each row's p50 at c=1 and calls/s at 64 callers, with its ratios to router_line's and router's in each round."""
+    if "router_stdio" not in data["rounds"]:
+        return ""
+    c64 = "conns-c64-100B"
+    rows = []
+    for key in (k for k in STDIO_ROWS if k in data["rounds"]):
+        rows.append([_label(data, key), us(median(data, key, LAT1, "p50_us")),
+                     *(_x(ratio(data, key, base, LAT1, "p50_us")) for base in ("router_line", "router")),
+                     rate(median(data, key, c64, "throughput")),
+                     *(_x(ratio(data, key, base, c64, "throughput")) for base in ("router_line", "router"))])
+    return table("The stdio transport: the router in front of the same minimal echo on stdin/stdout and on fd 3 "
+                 "(ratios within each round: median [min..max])",
+                 ["row (hops)", "p50 c=1", "p50 / router_line's", "p50 / router's", "calls/s c=64",
+                  "calls/s / router_line's", "calls/s / router's"], rows,
+                 "router_stdio and router_line run bench/plugins/line_echo.py (plugrpc.serve serves only fd 3); "
+                 "router runs the SDK plugin on fd 3",
+                 better="p50: lower is better; calls/s: higher is better; router_stdio's ratios to router_line's are "
+                        "the transport's cost")
+
+
+MCP_ROWS = ("mcp_shared", "mcp_each")
+"""N callers on one MCP server behind the router, or on a server process each (bench.mcp)."""
+
+
+def _mb_of(data: dict[str, Any], key: str, scen: str, roles: Sequence[str]) -> str:
+    values = [median(data, key, scen, f"rss_kib.{role}") for role in roles]
+    known = [v for v in values if v is not None]
+    return f"{sum(known) * 1024 / MB:,.0f}" if known else "-"
+
+
+def _mcp_start(data: dict[str, Any], key: str) -> tuple[str, str]:
+    """Median ms from exec to the first tool answer, and CPU ms by then, over the starts after the rounds."""
+    runs = [r for r in (data.get("plugin_cost") or {}).get("mcp", {}).get(key, {}).get("runs", []) if "error" not in r]
+    if not runs:
+        return "-", "-"
+    return (f"{statistics.median(r['first_answer_ms'] for r in runs):,.0f}",
+            f"{statistics.median(r['cpu_ms'] for r in runs):,.0f}")
+
+
+def mcp_table(data: dict[str, Any]) -> str:
+    """Calls/s, p50, the RSS of the server processes and of the router, and start-up, for each number of callers."""
+    keys = [k for k in MCP_ROWS if k in data["rounds"]]
+    if not keys:
+        return ""
+    rows = []
+    for scen in sorted({s for k in keys for s in data["rounds"][k]}, key=lambda s: data["scenarios"][s]["callers"]):
+        n = data["scenarios"][scen]["callers"]
+        for key in keys:
+            shared = key == "mcp_shared"
+            start_ms, cpu_ms = _mcp_start(data, key)
+            cpu_n = "-" if cpu_ms == "-" else f"{float(cpu_ms.replace(',', '')) * (1 if shared else n):,.0f}"
+            rows.append([f"{key} (n={n})", rate(median(data, key, scen, "throughput")),
+                         _x(ratio(data, key, "mcp_each", scen, "throughput")) if shared else "",
+                         us(median(data, key, scen, "p50_us")), us(median(data, key, scen, "p99_us")),
+                         "1" if shared else str(n),
+                         _mb_of(data, key, scen, ("plugin",) if shared else ("mcp servers",)),
+                         _mb_of(data, key, scen, ("router",)) if shared else "-", start_ms, cpu_ms, cpu_n])
+    return table("MCP: N callers on one shared server process through the router, or one server process per caller "
+                 "(ratios within each round: median [min..max])",
+                 ["row (callers)", "calls/s", "calls/s / mcp_each's", "p50", "p99", "servers", "servers MB",
+                  "router MB", "start ms", "start CPU ms", "start CPU ms, all"], rows,
+                 "mcp_shared: each caller on its own connection to the router, one MCPServer process behind it on "
+                 "stdio; mcp_each: each caller on its own MCPServer process, directly over its stdin/stdout (no "
+                 "router). MB: RSS at the end of the window (the router alone, its watchdog left out). start: from "
+                 "the exec to the first tools/call answer (initialize included; for mcp_shared, plugrpc run starting "
+                 "the server), median of the starts after the rounds, fresh processes one at a time; all: what "
+                 "starting every server for N callers costs in CPU",
+                 better="calls/s: higher is better; p50, p99, MB, start: lower is better")
+
+
+def silent_table(data: dict[str, Any]) -> str:
+    """Calls by plugin over three routers, none or one blackholed: calls/s, p50, p99 and the calls that failed."""
+    got = data.get("silent") or {}
+    if got.get("skipped"):
+        return f"A fleet under a silent failure: SKIPPED: {got['skipped']}"
+    keys = [k for k in silent_rows.ROWS if got.get("rows", {}).get(k)]
+    if not keys:
+        return ""
+    rows = []
+    for key in keys:
+        runs = [r for r in got["rows"][key] if r]
+        mine = key != "nats_fleet3"
+        pct = [r["failed_pct"] for r in runs]
+        rows.append([key, f"{len(runs)}/{len(got['rows'][key])}", _stat_cell(runs, "throughput", rate),
+                     _x(stat(silent_rows.pair_ratio(data, key, "nats_fleet3", "throughput"))) if mine else "",
+                     _stat_cell(runs, "p50_us", us),
+                     _x(stat(silent_rows.pair_ratio(data, key, "nats_fleet3", "p50_us"))) if mine else "",
+                     _stat_cell(runs, "p99_us", us),
+                     f"{statistics.median(pct):.2f}% (max {max(pct):.2f}%)" if pct else "-",
+                     _stat_cell(runs, "failed_first_2s", lambda v: f"{v:.0f}")])
+    return table(f"A fleet under a silent failure: calls by plugin over 3 routers on NATS, {got['callers']} callers, "
+                 f"{got['timeout_s']:g} s timeout; figures over {got['window_s']:g} s after the first "
+                 f"{got['settle_s']:g} s (median over pairs; ratios within each pair)",
+                 ["row", "windows", "calls/s", "calls/s / fleet3's", "p50", "p50 / fleet3's", "p99",
+                  "failed after 2 s", "failed in first 2 s"], rows,
+                 "\n".join(f"{k}: {silent_rows.LABELS[k]}" for k in keys),
+                 better="calls/s: higher is better; p50, p99, failed: lower is better")
+
+
+def _stat_cell(runs: list[dict[str, Any]], figure: str, fmt: Any) -> str:
+    values = [r[figure] for r in runs]
+    return fmt(statistics.median(values)) if values else "-"
+
+
 def _runs_cells(values: list[float], runs: list[dict[str, Any]], digits: int) -> list[str]:
     """Median, min..max and how many starts gave the figure."""
     s = stat(values)
@@ -507,7 +618,7 @@ def render(data: dict[str, Any]) -> str:
     blocks = [machine_line(data), background_line(data), rows_block(data), latency_table(data),
               load_table(data, "conns"), load_table(data, "pipe"), payload_table(data), cpu_table(data),
               rss_table(data), dispatch_table(data), events_table(data), peers_table(data),
-              go_table(data), plugin_cost_table(data),
+              go_table(data), plugin_cost_table(data), stdio_table(data), mcp_table(data), silent_table(data),
               skipped_block(data), profile_block(data), targets_block(data), repeat_block(data)]
     return "\n\n".join(b for b in blocks if b) + "\n"
 

@@ -45,6 +45,8 @@ class Results:
     fanouts: list[Fanout] = field(default_factory=list)
     fanout: dict[str, Any] = field(default_factory=dict)
     """"rounds": one entry per round, fan-out row key (and "calls100") -> its figures (bench.fanout)."""
+    silent: dict[str, Any] = field(default_factory=dict)
+    """The fleet under a silent failure (bench.silent): one entry per round for each of its rows."""
 
     def __post_init__(self) -> None:
         self.skipped.update((r.key, why) for r in self.rows if (why := r.missing()))
@@ -72,6 +74,7 @@ class Results:
             "rss": self.rss,
             "profile": self.profile,
             "plugin_cost": self.plugin_cost,
+            "silent": self.silent,
         }
 
 

@@ -23,6 +23,7 @@ from .peers import GrpcConnections, HttpConnections
 from .pypeers import GrpclibConnections, PyroConnections, RpycConnections
 from .servers import BENCH_DIR, PLUGINS, Exec, Fd3, OwnSocket, Router, Server, Spec, go_tool
 from .settings import KIB, Scenario
+from .silent import ROWS as SILENT_ROWS
 from .stdio import LineRouter
 
 
@@ -359,7 +360,7 @@ def select_rows(which: set[str] | None = None) -> list[Row]:
     """The rows named in `which` (all of them for None), in table order."""
     if which is None:
         return list(ROWS)
-    known = [r.key for r in ROWS] + [f.key for f in FANOUTS]
+    known = [r.key for r in ROWS] + [f.key for f in FANOUTS] + list(SILENT_ROWS)
     unknown = which - set(known)
     if unknown:
         raise SystemExit(f"unknown rows: {', '.join(sorted(unknown))}; known: {', '.join(known)}")
