@@ -126,18 +126,51 @@ def socket_owner(path: str | PathLike[str], private: bool) -> int:
     return owner
 
 
-def peer_uid(sock: socket.socket) -> int | None:
-    """The uid of the process at the other end of a unix socket (SO_PEERCRED), if the OS says."""
+async def connect_unix(path: str | PathLike[str], deadline: float, retry: float) -> socket.socket:
+    """A connected non-blocking unix socket, waiting while the listener's accept backlog is full.
+
+    AF_UNIX reports a full backlog as EAGAIN. asyncio's own connect takes that for "in progress"
+    and hands back a socket that is not connected at all (the first read fails with EINVAL);
+    uvloop raises it. A burst of connections at once must wait instead, as a blocking connect()
+    would: tried again every `retry` seconds until `deadline` (`time.monotonic()`), then the
+    BlockingIOError is raised. The socket is closed on any error.
+    """
+    import asyncio  # here: plugins load this module and never connect this way
+    import time
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        while True:
+            try:
+                sock.connect(os.fspath(path))
+                return sock
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(retry)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int] | None:
+    """The pid, uid and gid of the process at the other end of a unix socket (SO_PEERCRED), if the OS says."""
     import struct  # here: plugins load this module and never ask
 
     if not hasattr(socket, "SO_PEERCRED"):
         return None
-    creds = struct.Struct("3i")  # pid, uid, gid
     try:
-        _pid, uid, _gid = creds.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, creds.size))
+        pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
     except OSError:
         return None
-    return int(uid)
+    return int(pid), int(uid), int(gid)
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    """The uid of the process at the other end of a unix socket, if the OS says."""
+    creds = peer_credentials(sock)
+    return None if creds is None else creds[1]
 
 
 def check_peer(sock: socket.socket, owner: int) -> None:

@@ -32,7 +32,7 @@ from .. import codes
 from ..config import default_socket, in_default_dir
 from ..errors import CallTimeout, ConfigError, ConnectError, ConnectionLost
 from ..nats_link import is_nats_url
-from ..sockets import check_peer, socket_owner
+from ..sockets import check_peer, connect_unix, socket_owner
 from ..wire import dumps
 from .common import CLOSED, MAXSIZE, Progress, Subscription
 from .connection import Connection, DirectConnection
@@ -227,28 +227,12 @@ class Client(_SocketOrNats):
 
 
 async def _connect_unix(path: Path, timeout: float) -> socket.socket:
-    """A connected non-blocking unix socket; waits (up to `timeout`) while the listener's backlog is full.
-
-    AF_UNIX reports a full accept backlog as EAGAIN. asyncio's own connect takes that for "in
-    progress" and hands back a socket that is not connected at all (the first read fails with
-    EINVAL); uvloop raises it. A burst of clients connecting at once must wait instead, as a
-    blocking connect() would.
-    """
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.setblocking(False)
-    deadline = time.monotonic() + timeout
+    """A connected non-blocking unix socket; waits (up to `timeout`) while the listener's backlog is full
+    (`sockets.connect_unix`)."""
     try:
-        while True:
-            try:
-                sock.connect(os.fspath(path))
-                return sock
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise ConnectError(f"cannot connect to {path}: its backlog stayed full for {timeout:g}s") from None
-                await asyncio.sleep(BACKLOG_RETRY)
-    except BaseException:
-        sock.close()
-        raise
+        return await connect_unix(path, time.monotonic() + timeout, BACKLOG_RETRY)
+    except BlockingIOError:
+        raise ConnectError(f"cannot connect to {path}: its backlog stayed full for {timeout:g}s") from None
 
 
 def _expire(future: asyncio.Future[Any], method: str, timeout: float) -> None:

@@ -16,29 +16,23 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Any
 
 from .. import codes
 from ..manifest import PLUGIN_ACCESS, RESERVED_NAMES, ROUTER_METHODS
+from ..sockets import peer_credentials
 from ..wire import error_response, request_problem
 from .interfaces import Handle, Sink
 
 Access = tuple[str, frozenset[str]]
 """A plugin's name and its `router_access`."""
-_PEERCRED: Final = struct.Struct("3i")
 
 
 def peer_pid(sock: socket.socket | None) -> int | None:
     """The pid of the process that connected `sock` (SO_PEERCRED), if the OS says."""
-    if sock is None or not hasattr(socket, "SO_PEERCRED"):
-        return None
-    try:
-        pid, _uid, _gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
-    except OSError:
-        return None
-    return int(pid)
+    creds = None if sock is None else peer_credentials(sock)
+    return None if creds is None else creds[0]
 
 
 def owner(pid: int | None, plugins: Iterable[tuple[str, frozenset[str], set[int]]]) -> Access | None:

@@ -31,6 +31,7 @@ import orjson
 
 from .. import codes
 from ..process.supervisor import PluginState
+from ..sockets import connect_unix
 from ..wire import error_response, loads
 from .direct_state import Brokered, Handed
 from .interfaces import Call, Message
@@ -253,20 +254,10 @@ async def _wait_running(plugin: Plugin, deadline: float) -> None:
 
 
 async def _connect_unix(name: str, path: os.PathLike[str], deadline: float) -> socket.socket:
-    """A connected non-blocking socket; waits while the plugin's backlog is full (AF_UNIX says EAGAIN)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.setblocking(False)
+    """A connected non-blocking socket; waits while the plugin's backlog is full (`sockets.connect_unix`)."""
     try:
-        while True:
-            try:
-                sock.connect(os.fspath(path))
-                return sock
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise
-                await asyncio.sleep(START_POLL)
+        return await connect_unix(path, deadline, START_POLL)
     except OSError as exc:
-        sock.close()
         raise Refused(codes.PLUGIN_UNAVAILABLE, {"plugin": name, "reason": (
             f"cannot connect to the plugin's socket: {exc.strerror or exc}")}) from None
 

@@ -40,6 +40,7 @@ from ..config import Config
 from ..flow import FlowControl
 from ..logs import RateLimited
 from ..outbox import LineWriter
+from ..sockets import peer_uid
 from ..wire import (
     JSONDecodeError,
     LineSplitter,
@@ -61,7 +62,6 @@ if TYPE_CHECKING:
     from .direct_state import Brokered
 
 log = logging.getLogger("plugrpc.front")
-_PEERCRED: Final = struct.Struct("3i")
 _NEWLINE: Final = orjson.OPT_APPEND_NEWLINE
 _dumps = orjson.dumps
 REFUSED_LINGER: Final = 0.25
@@ -527,10 +527,4 @@ def _send_fd(transport: asyncio.Transport, data: bytes, fd: int) -> int | None:
 def _peer_uid(transport: asyncio.BaseTransport) -> int | None:
     """The uid of the process at the other end of a unix socket (SO_PEERCRED), if the OS says."""
     sock = transport.get_extra_info("socket")
-    if sock is None or not hasattr(socket, "SO_PEERCRED"):
-        return None
-    try:
-        _pid, uid, _gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
-    except OSError:
-        return None
-    return int(uid)
+    return None if sock is None else peer_uid(sock)
