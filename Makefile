@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench lint clean
+.PHONY: run test bench soak lint clean
 
 $(VENV)/.created:
 	$(PYTHON) -c 'import sys; sys.exit("plugrpc needs Python >= 3.11, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -30,6 +30,11 @@ test: $(VENV)/.installed-test
 # `make bench` (QUICK=1 for a one-minute run, PROFILE=1 for a profile of the router under load).
 bench: $(VENV)/.installed-test,bench
 	$(BIN)/python -m bench $(if $(QUICK),--quick) $(if $(PROFILE),--profile) $(BENCH_ARGS)
+
+# `make soak` (DURATION=600 by default, SEED=N to replay a run, NATS=1 for a fleet of three routers on NATS):
+# every fault at once against one router; exits non-zero if an invariant broke (bench/soak).
+soak: $(VENV)/.installed-test
+	$(BIN)/python -m bench.soak --duration $(or $(DURATION),600) $(if $(SEED),--seed $(SEED)) $(if $(filter 1,$(NATS)),--nats)
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests bench examples

@@ -56,7 +56,7 @@ def summary(outcome: Outcome) -> str:
             ("answered late (after counted lost)", str(tally.late)),
             ("doubled (ran twice)", str(len(outcome.ledger.doubled) if outcome.ledger else "?")),
             ("lost", str(tally.lost)),
-            ("events received / dropped for slow readers", f"{tally.events:,} / {tally.events_dropped:,}")]
+            ("events received by reading subscribers / missed", f"{tally.events:,} / {tally.events_dropped:,}")]
     rows += _steady_rows(tally)
     rows += _footprint_rows(outcome)
     rows.append(("invariants broken", str(len(tally.violations))))
@@ -90,7 +90,11 @@ def _footprint_rows(outcome: Outcome) -> list[tuple[str, str]]:
     return [("router fds start -> end", f"{start.fds} -> {end.fds}"),
             ("router threads start -> end", f"{start.threads} -> {end.threads}"),
             ("router RSS start -> end", f"{start.rss_mib:.1f} -> {end.rss_mib:.1f} MiB"),
-            ("router clients / in flight at the end", f"{end.clients} / {end.inflight}"),
+            ("router clients / in flight / subscriptions, start -> end",
+             f"{start.clients} / {start.inflight} / {start.subscriptions} -> "
+             f"{end.clients} / {end.inflight} / {end.subscriptions}"),
+            ("events emitted / dropped for subscribers that did not read (router.stats)",
+             f"{end.events.get('emitted', 0):,} / {end.events.get('dropped', 0):,}"),
             ("router exit statuses", ", ".join(f"{k} {v}" for k, v in outcome.exits.items()) or "-")]
 
 

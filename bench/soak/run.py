@@ -114,11 +114,17 @@ class Soak:
     async def warm_up(self, control: plugrpc.Client) -> dict[str, str]:
         """Every plugin called once, one reload, the idle plugin stopped again: the state the end returns to."""
         await wait_settled(control)
-        for plugin in self.image.plugins:
-            if plugin.callable:
-                await control.raw(f"{plugin.name}.work", {"token": self.tally.token("warmup")}, timeout=30)
+        await self.call_each(control, "warmup")
         await control.raw("router.reload", timeout=60)
         return await wait_idle_stopped(control)
+
+    async def call_each(self, control: plugrpc.Client, why: str) -> None:
+        """Each plugin called once (a lazy one started), and one relayed call: `relay` holds a connection of its
+        own to the router from then on, at the start as at the end."""
+        for plugin in self.image.plugins:
+            if plugin.callable:
+                await control.raw(f"{plugin.name}.work", {"token": self.tally.token(why)}, timeout=30)
+        await control.raw("relay.relay", {"token": self.tally.token(why), "target": "steady"}, timeout=30)
 
     async def start_load(self) -> None:
         s, tally, stop = self.settings, self.tally, self.stop
@@ -197,9 +203,7 @@ class Soak:
         write_manifest(self.image.root, self.image.plugins, self.image.ledger)
         await control.raw("router.reload", timeout=60)
         await wait_settled(control)
-        for plugin in self.image.plugins:
-            if plugin.callable:
-                await control.raw(f"{plugin.name}.work", {"token": self.tally.token("settle")}, timeout=30)
+        await self.call_each(control, "settle")
         deadline = time.monotonic() + 30
         while await plugin_states(control) != states and time.monotonic() < deadline:
             await asyncio.sleep(0.5)
@@ -209,7 +213,9 @@ class Soak:
     async def footprint(self, control: plugrpc.Client) -> Footprint:
         pid = self.routers.procs["s1"].pid
         stats = await control.raw("router.stats", timeout=10)
-        return Footprint(fd_count(pid), thread_count(pid), rss_mib(pid), stats["clients"], stats["inflight"])
+        events = stats["events"]
+        return Footprint(fd_count(pid), thread_count(pid), rss_mib(pid), stats["clients"], stats["inflight"],
+                         events["subscriptions"], events)
 
     async def final_checks(self, control: plugrpc.Client) -> None:
         assert self.outcome.start is not None
@@ -228,7 +234,7 @@ class Soak:
     def check_footprint(self, start: Footprint, end: Footprint) -> None:
         grew = end.grew(start)
         limits = {"fds": FD_MARGIN, "threads": THREAD_MARGIN, "rss_mib": RSS_MARGIN_MIB, "clients": 0,
-                  "inflight": 0}
+                  "inflight": 0, "subscriptions": 0}
         for key, limit in limits.items():
             if grew[key] > limit:
                 self.tally.violate("the router's resources come back", f"{key}: {getattr(start, key)} at the start, "

@@ -75,18 +75,22 @@ def processes_naming(text: str) -> dict[int, str]:
 
 @dataclass(frozen=True)
 class Footprint:
-    """A router's resources at one moment: descriptors, threads, RSS, and its own counts of clients and calls."""
+    """A router's resources at one moment: descriptors, threads, RSS, and its own counts of clients, calls in
+    flight and subscriptions (`router.stats`)."""
 
     fds: int
     threads: int
     rss_mib: float
     clients: int
     inflight: int
+    subscriptions: int
+    events: dict[str, int]
+    """router.stats' events: subscriptions, emitted, rejected, dropped (for subscribers that did not read)."""
 
     def grew(self, start: Footprint) -> dict[str, float]:
         return {"fds": self.fds - start.fds, "threads": self.threads - start.threads,
                 "rss_mib": round(self.rss_mib - start.rss_mib, 1), "clients": self.clients - start.clients,
-                "inflight": self.inflight - start.inflight}
+                "inflight": self.inflight - start.inflight, "subscriptions": self.subscriptions - start.subscriptions}
 
 
 # --- the processes the soak runs ------------------------------------------------------------------
