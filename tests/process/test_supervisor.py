@@ -21,13 +21,14 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
 from plugrpc.manifest import PluginSpec
 from plugrpc.process.exits import describe_exit
 from plugrpc.process.logpipe import LOG_MAX_LINE, LogPipe
+from plugrpc.process.restart import CRASHLOOP_AFTER, RestartPolicy
 from plugrpc.process.runtime_dir import RuntimeDir
 from plugrpc.process.supervisor import PluginState, Supervisor
 
@@ -82,6 +83,31 @@ class States:
     @property
     def names(self) -> list[PluginState]:
         return [state for _, state in self.seen]
+
+
+class Decision(NamedTuple):
+    """One exit as the restart policy judged it: the seconds it chose before the next start (None: no start)."""
+
+    failed: bool
+    uptime: float
+    streak: int
+    delay: float | None
+
+
+class Decisions(RestartPolicy):
+    """The supervisor's own restart policy (same backoff and stable_after), recording every decision it makes:
+    what a test asserts on instead of how long it waited."""
+
+    def __init__(self, sup: Supervisor) -> None:
+        policy = sup._restart
+        super().__init__(policy.stable_after, policy.base, policy.cap)
+        self.made: list[Decision] = []
+        sup._restart = self
+
+    def after_exit(self, restart: str, failed: bool, uptime: float) -> float | None:
+        delay = super().after_exit(restart, failed, uptime)
+        self.made.append(Decision(failed, uptime, self.streak, delay))
+        return delay
 
 
 async def state(sup: Supervisor, *states: PluginState) -> None:
@@ -295,23 +321,25 @@ async def test_killed_plugin_restarts_and_serves_calls_made_while_it_was_dead(ma
 
 async def test_exiting_at_once_becomes_crashloop_with_growing_delays(make: Make) -> None:
     states = States()
-    sup = make(FALSE, on_state=states, backoff_base=0.05, backoff_cap=1.0)
+    sup = make(FALSE, on_state=states, backoff_base=0.05, backoff_cap=0.2)
+    decisions = Decisions(sup)
     await sup.start()
     await state(sup, PluginState.CRASHLOOP)
     assert not sup.available and sup.status()["state"] == "crashloop"
-    names = states.names
-    assert names.count(PluginState.BACKOFF) == 4 and names.count(PluginState.CRASHLOOP) == 1
+    assert states.names.count(PluginState.BACKOFF) == CRASHLOOP_AFTER - 1
+    assert states.names.count(PluginState.CRASHLOOP) == 1
     # It keeps trying: back to RUNNING when a process starts, CRASHLOOP again when it exits.
     await until(lambda: states.names.count(PluginState.CRASHLOOP) == 2, "a second crash-loop round")
-    assert sup.restarts >= 5 and sup.last_exit == 1
-    waits = [
-        later - t
-        for (t, s), (later, nxt) in zip(states.seen, states.seen[1:], strict=False)
-        if s in (PluginState.BACKOFF, PluginState.CRASHLOOP) and nxt is PluginState.STARTING
-    ]
-    for streak, waited in enumerate(waits[:5], start=1):
-        assert waited >= 0.05 * 2 ** (streak - 1) / 2 - 0.005, waits  # never sooner than the jitter allows
-    assert waits[3] > waits[0], waits
+    assert sup.restarts >= CRASHLOOP_AFTER and sup.last_exit == 1
+    # Every exit was a failure counted in one streak; each wait within its jitter, doubling up to the cap.
+    made = decisions.made[:CRASHLOOP_AFTER + 1]
+    assert [(d.failed, d.streak) for d in made] == [(True, n) for n in range(1, CRASHLOOP_AFTER + 2)]
+    for d in made:
+        ceiling = min(0.2, 0.05 * 2 ** (d.streak - 1))
+        assert d.delay is not None and ceiling / 2 <= d.delay <= ceiling, made
+    # Each wait was taken in BACKOFF (CRASHLOOP from the fifth on), then a start: one state per decision.
+    waiting = [s for s in states.names if s in (PluginState.BACKOFF, PluginState.CRASHLOOP)]
+    assert waiting[:CRASHLOOP_AFTER + 1] == [PluginState.BACKOFF] * (CRASHLOOP_AFTER - 1) + [PluginState.CRASHLOOP] * 2
 
 
 async def test_crashloop_ends_once_a_process_stays_up(make: Make, short_dir: Path,
@@ -321,6 +349,7 @@ async def test_crashloop_ends_once_a_process_stays_up(make: Make, short_dir: Pat
     marker.touch()
     states = States()
     sup = make(PLUGIN, "--crash-if", str(marker), on_state=states, backoff_base=0.01, stable_after=0.3)
+    decisions = Decisions(sup)
     await sup.start()
     await state(sup, PluginState.CRASHLOOP)
     marker.unlink()
@@ -330,6 +359,8 @@ async def test_crashloop_ends_once_a_process_stays_up(make: Make, short_dir: Pat
     os.kill(pid, signal.SIGKILL)
     await until(lambda: sup.pid not in (None, pid), "the restart")
     assert states.names[before] is PluginState.BACKOFF  # a fresh streak, not CRASHLOOP
+    assert decisions.made[-2].streak >= CRASHLOOP_AFTER
+    assert decisions.made[-1].uptime >= 0.3 and decisions.made[-1].streak == 1
     restarts = [r.getMessage() for r in caplog.records if r.getMessage().startswith("restarting in")]
     assert "quick exit(s) in a row" in restarts[0]
     assert "it had run" in restarts[-1] and "quick" not in restarts[-1]  # a process that stayed up was no quick exit
@@ -346,11 +377,15 @@ async def test_crashloop_ends_once_a_process_stays_up(make: Make, short_dir: Pat
 async def test_restart_policy_leaves_exited_plugin_down(
     make: Make, policy: str, path: Path, final: PluginState, available: bool
 ) -> None:
-    sup = make(path, restart=policy)
+    states = States()
+    sup = make(path, restart=policy, on_state=states)
+    decisions = Decisions(sup)
     await sup.start()
     await state(sup, final)
-    await asyncio.sleep(0.2)
-    assert sup.state is final and sup.restarts == 0 and sup.available is available
+    # The policy chose no start, so no wait was scheduled: the last state is its own, straight after RUNNING.
+    assert decisions.made == [Decision(failed=path == FALSE, uptime=decisions.made[0].uptime, streak=0, delay=None)]
+    assert states.names == [PluginState.STARTING, PluginState.RUNNING, final]
+    assert sup.restarts == 0 and sup.available is available
     sup.ensure_running()  # starts a cleanly exited plugin on demand, never a FAILED one
     assert sup.state is (PluginState.STARTING if available else PluginState.FAILED)
 
@@ -416,29 +451,37 @@ async def test_restart_of_a_failed_plugin_tries_again(make: Make) -> None:
 
 
 async def test_lazy_plugin_starts_on_demand_and_serves_the_waiting_call(make: Make) -> None:
-    sup = make(lazy=True)
+    states = States()
+    sup = make(lazy=True, on_state=states)
     await sup.start()
-    await asyncio.sleep(0.2)
     assert sup.state is PluginState.STOPPED and sup.pid is None and sup.available
     assert stat.S_ISSOCK(os.stat(sup.socket_path).st_mode)
-    call = asyncio.create_task(ask(sup.socket_path))  # waits in the backlog
-    await asyncio.sleep(0.05)
-    assert not call.done()
-    sup.ensure_running()
-    assert sup.state is PluginState.STARTING
-    facts = await asyncio.wait_for(call, WAIT)
-    assert facts["pid"] == sup.pid and sup.state is PluginState.RUNNING
+    # A call connects and is written with no process at all: the kernel holds it in the backlog.
+    reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(sup.socket_path), WAIT)
+    try:
+        writer.write(b"facts\n")
+        await writer.drain()
+        assert states.names == [] and sup.pid is None  # the loop turned meanwhile; nothing started
+        sup.ensure_running()
+        assert states.names == [PluginState.STARTING]
+        facts = json.loads(await asyncio.wait_for(reader.readline(), WAIT))
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    assert facts["pid"] == sup.pid and states.names == [PluginState.STARTING, PluginState.RUNNING]
 
 
 async def test_idle_plugin_is_stopped_and_restarted_on_demand(make: Make) -> None:
-    sup = make(idle_stop=0.5)
+    states = States()
+    sup = make(idle_stop=0.5, on_state=states)
     await sup.start()
     first = (await ask_busy(sup))["pid"]
-    for _ in range(20):  # 1 s of activity keeps it running
+    for _ in range(20):  # activity for twice idle_stop, never idle for a tenth of it
         sup.touch()
         await asyncio.sleep(0.05)
-    assert sup.pid == first
+    assert states.names == [PluginState.STARTING, PluginState.RUNNING] and sup.pid == first
     await state(sup, PluginState.STOPPED)
+    assert states.names[2:] == [PluginState.STOPPING, PluginState.STOPPED]
     assert sup.pid is None and sup.available and sup.last_exit == 0 and sup.restarts == 0
     assert sup.socket_path.exists()
     sup.touch()
@@ -507,12 +550,13 @@ async def test_stop_is_safe_in_any_state(make: Make) -> None:
     assert never_started.state is PluginState.STOPPED
 
     backing_off = make(FALSE, name="b", backoff_base=30.0)
+    decisions = Decisions(backing_off)
     await backing_off.start()
     await state(backing_off, PluginState.BACKOFF)
-    started = time.monotonic()
+    [decision] = decisions.made
+    assert decision.delay is not None and decision.delay > WAIT  # longer than the stops below may take
     await asyncio.wait_for(asyncio.gather(backing_off.stop(), backing_off.stop()), WAIT)
-    assert time.monotonic() - started < 5.0  # the backoff sleep was cancelled, not waited out
-    assert backing_off.state is PluginState.STOPPED
+    assert backing_off.state is PluginState.STOPPED and backing_off.restarts == 0  # the wait was cancelled
 
     starting = make(name="c")
     await starting.start()
