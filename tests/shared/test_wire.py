@@ -20,27 +20,24 @@ class TestLineSplitter:
     def test_blank_lines_are_dropped(self) -> None:
         assert LineSplitter(100).feed(b"\n\nx\n\n") == [b"x"]
 
-    def test_partial_line_over_limit_is_refused_before_it_ends(self) -> None:
-        s = LineSplitter(10)
-        s.feed(b"12345")
+    @pytest.mark.parametrize("limit, first, second", [
+        pytest.param(10, b"12345", b"678901", id="refused-before-it-ends"),
+        pytest.param(6, b"1234", b"567\n", id="joined-at-its-newline"),
+    ])
+    def test_a_line_over_the_limit_across_chunks_is_refused(self, limit: int, first: bytes, second: bytes) -> None:
+        s = LineSplitter(limit)
+        assert s.feed(first) == []
         with pytest.raises(LineTooLong):
-            s.feed(b"678901")
+            s.feed(second)
 
-    def test_complete_line_over_limit_keeps_the_lines_before_it(self) -> None:
+    @pytest.mark.parametrize("data, kept", [
+        pytest.param(b"ok\n\nfine\n123456\nlost\n", [b"ok", b"fine"], id="complete-line"),
+        pytest.param(b"ok\n123456", [b"ok"], id="unfinished-tail"),
+    ])
+    def test_a_line_over_the_limit_keeps_the_complete_lines_before_it(self, data: bytes, kept: list[bytes]) -> None:
         with pytest.raises(LineTooLong) as info:
-            LineSplitter(4).feed(b"ok\n\nfine\n123456\nlost\n")
-        assert info.value.lines == [b"ok", b"fine"]
-
-    def test_partial_tail_over_limit_keeps_complete_lines(self) -> None:
-        with pytest.raises(LineTooLong) as info:
-            LineSplitter(4).feed(b"ok\n123456")
-        assert info.value.lines == [b"ok"]
-
-    def test_joined_line_over_limit(self) -> None:
-        s = LineSplitter(6)
-        s.feed(b"1234")
-        with pytest.raises(LineTooLong):
-            s.feed(b"567\n")
+            LineSplitter(4).feed(data)
+        assert info.value.lines == kept
 
     def test_line_exactly_at_limit(self) -> None:
         s = LineSplitter(4)
