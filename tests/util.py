@@ -4,6 +4,9 @@ One of each: `RawConn` (blocking) and `AsyncRawConn` talk to a socket byte for b
 timeout on every read; `wait_until` and `until` (its async twin for the event loop's thread)
 poll a condition with a deadline, never a bare sleep; `run_server` runs the router in the
 test's own event loop, as uvicorn's tests do, so its code is exercised and measured in process.
+Heavy scenarios run scaled down unless PLUGRPC_SLOW=1 (`FULL` marks a full-size variant), `figure`
+records what a test measured for docs/reliability.md, and `response_problem` says why a message is no
+JSON-RPC 2.0 response. The plugins tests run are files in tests/plugins/, named in `plugins.sources`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import orjson
+import pytest
 
 from plugrpc.config import Config
 from plugrpc.router.server import Server
@@ -297,6 +301,72 @@ class Fd3Plugin:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(WAIT)
+
+
+# --- sizes of scenarios, measured figures, a process's footprint --------------------------------
+
+SLOW: Final = os.environ.get("PLUGRPC_SLOW") == "1"
+"""PLUGRPC_SLOW=1: heavy scenarios run at full size."""
+FULL: Final = (pytest.mark.slow, pytest.mark.skipif(not SLOW, reason="full size: run with PLUGRPC_SLOW=1"))
+"""Marks for the full-size variant of a scenario: `pytest.param(..., marks=FULL)`."""
+
+
+def figure(name: str, value: float, unit: str, **context: Any) -> None:
+    """Record a measured figure for docs/reliability.md (only when PLUGRPC_FIGURES names a file)."""
+    path = os.environ.get("PLUGRPC_FIGURES")
+    if path:
+        with open(path, "ab") as f:
+            f.write(orjson.dumps({"name": name, "value": round(value, 4), "unit": unit, **context}) + b"\n")
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    """The fields of /proc/PID/status."""
+    with open(f"/proc/{pid}/status") as f:
+        return dict(line.split(":", 1) for line in f if ":" in line)
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process now, in MiB."""
+    return int(proc_status(pid)["VmRSS"].split()[0]) / 1024
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The most resident memory a process ever had (VmHWM), in MiB."""
+    return int(proc_status(pid)["VmHWM"].split()[0]) / 1024
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+# --- checking responses ----------------------------------------------------------------------
+
+
+def response_problem(msg: Any) -> str | None:
+    """Why `msg` is not a valid JSON-RPC 2.0 response (or batch of them), or None when it is."""
+    if type(msg) is list:
+        if not msg:
+            return "an empty batch response"
+        for one in msg:
+            problem = response_problem(one)
+            if problem is not None:
+                return problem
+        return None
+    if type(msg) is not dict:
+        return f"not an object: {msg!r:.200}"
+    if msg.get("jsonrpc") != "2.0":
+        return f"jsonrpc is not '2.0': {msg!r:.200}"
+    if "id" not in msg or not (msg["id"] is None or type(msg["id"]) in (str, int, float)):
+        return f"missing or invalid id: {msg!r:.200}"
+    if ("result" in msg) == ("error" in msg):
+        return f"needs exactly one of result and error: {msg!r:.200}"
+    if "error" in msg:
+        error = msg["error"]
+        if type(error) is not dict or type(error.get("code")) is not int or type(error.get("message")) is not str:
+            return f"malformed error member: {msg!r:.200}"
+    if set(msg) - {"jsonrpc", "id", "result", "error"}:
+        return f"unexpected members: {msg!r:.200}"
+    return None
 
 
 # --- the router in this process --------------------------------------------------------------

@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 
 import plugrpc
-from event_plugins import EMITTER, EMITTER_EXPORTS
 from plugrpc.client.connection import Connection
 from plugrpc.client.events import Event, SocketSubscription
 from plugrpc.testing import RouterProcess
+
+from plugins.sources import EMITTER, EMITTER_EXPORTS
 
 WAIT = 10.0
 

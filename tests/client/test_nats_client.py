@@ -19,7 +19,7 @@ from plugrpc.errors import ConfigError
 from plugrpc.testing import RouterProcess
 from plugrpc.tools import cli
 
-from reliability_plugins import ECHO, ECHO_EXPORTS
+from plugins.sources import ECHO, ECHO_EXPORTS
 from util import NatsServer, free_port, until
 
 Image = Callable[..., Path]

@@ -25,7 +25,7 @@ import pytest
 import plugrpc
 from plugrpc.testing import RouterProcess, write_image
 
-from plugin_sources import KITCHEN, KITCHEN_EXPORTS
+from plugins.sources import KITCHEN, KITCHEN_EXPORTS
 from util import PLUGINS, WAIT, until, wait_until
 
 Image = Callable[..., Path]

@@ -18,7 +18,7 @@ import pytest
 import plugrpc
 from plugrpc.testing import RouterProcess
 
-from plugin_sources import KITCHEN, KITCHEN_EXPORTS, NODE, OVS, raw
+from plugins.sources import KITCHEN, KITCHEN_EXPORTS, NODE, OVS, raw
 from util import RawConn, alive, req, until, wait_until
 
 Image = Callable[..., Path]
@@ -88,16 +88,16 @@ class TestSpecExamples:
             assert resp["id"] is None and resp["error"]["code"] == -32700
             assert c.ask(req("k.echo", [2]))["result"] == [2]
 
-    def test_invalid_request(self, kitchen: RouterProcess) -> None:
+    @pytest.mark.parametrize("line, code", [
+        pytest.param(b'{"jsonrpc": "2.0", "method": 1, "params": "bar"}\n', -32600, id="invalid-request"),
+        pytest.param(b'[{"jsonrpc": "2.0", "method": "sum", "params": [1,2,4], "id": "1"},'
+                     b'{"jsonrpc": "2.0", "method"]\n', -32700, id="batch-invalid-json"),
+    ])
+    def test_a_message_without_a_readable_id_is_answered_with_a_null_one(self, kitchen: RouterProcess, line: bytes,
+                                                                         code: int) -> None:
         with RawConn(kitchen.socket) as c:
-            resp = c.ask(b'{"jsonrpc": "2.0", "method": 1, "params": "bar"}\n')
-            assert resp["id"] is None and resp["error"]["code"] == -32600
-
-    def test_batch_invalid_json(self, kitchen: RouterProcess) -> None:
-        with RawConn(kitchen.socket) as c:
-            resp = c.ask(b'[{"jsonrpc": "2.0", "method": "sum", "params": [1,2,4], "id": "1"},'
-                         b'{"jsonrpc": "2.0", "method"]\n')
-            assert resp["id"] is None and resp["error"]["code"] == -32700
+            resp = c.ask(line)
+            assert resp["id"] is None and resp["error"]["code"] == code
 
     def test_empty_and_invalid_batches(self, kitchen: RouterProcess) -> None:
         with RawConn(kitchen.socket) as c:

@@ -16,11 +16,10 @@ from typing import Any
 import pytest
 
 import plugrpc
-from event_plugins import EMITTER, EMITTER_EXPORTS, RAW, RAW_EXPORTS
 from plugrpc.testing import RouterProcess, write_image
 
-from reliability_plugins import FULL, figure, rss_mib
-from util import AsyncRawConn, RawConn, req, until, wait_until
+from plugins.sources import EMITTER, EMITTER_EXPORTS, RAW_EVENTS, RAW_EVENTS_EXPORTS
+from util import FULL, AsyncRawConn, RawConn, figure, req, rss_mib, until, wait_until
 
 Image = Callable[..., Path]
 Router = Callable[..., RouterProcess]
@@ -224,7 +223,7 @@ async def test_a_stuck_subscriber_loses_events_counted_and_slows_nobody(
 
 async def test_bad_notifications_from_a_plugin_are_dropped_logged_once_and_reset_nothing(
         plugrpc_image: Image, plugrpc_router: Router) -> None:
-    router = plugrpc_router(plugrpc_image({"raw": ("raw.py", RAW, RAW_EXPORTS, {"events": ["ok"]})}))
+    router = plugrpc_router(plugrpc_image({"raw": ("raw.py", RAW_EVENTS, RAW_EVENTS_EXPORTS, {"events": ["ok"]})}))
     bad = [
         '{"jsonrpc": "2.0", "method": "rpc.event", "params": {"name": "secret", "data": 1}}',  # undeclared
         '{"jsonrpc": "2.0", "method": "rpc.event", "params": {"name": "secret", "data": 2}}',  # again

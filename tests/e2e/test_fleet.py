@@ -31,8 +31,7 @@ from plugrpc.client.nats import NatsClient
 from plugrpc.config import EXAMPLE_ROOT
 from plugrpc.testing import RouterProcess
 
-from reliability_plugins import FULL, figure
-from util import REPO, NatsServer, until, wait_until
+from util import FULL, REPO, NatsServer, figure, until, wait_until
 
 Image = Callable[..., Path]
 Router = Callable[..., RouterProcess]
@@ -417,7 +416,7 @@ async def test_tls_with_a_private_ca(nats_server: Nats, plugrpc_router: Router, 
 
 async def test_events_are_published_on_nats_for_subscribers_anywhere(nats_server: Nats, plugrpc_image: Image,
                                                                     plugrpc_router: Router) -> None:
-    from event_plugins import EMITTER, EMITTER_EXPORTS
+    from plugins.sources import EMITTER, EMITTER_EXPORTS
 
     nats = nats_server()
     image = plugrpc_image({"em": ("em.py", EMITTER, EMITTER_EXPORTS, {"events": ["port.*", "big"]})})

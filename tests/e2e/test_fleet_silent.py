@@ -27,8 +27,7 @@ from nats_proxy import NatsProxy
 from plugrpc.client.nats import NatsClient
 from plugrpc.testing import RouterProcess
 
-from reliability_plugins import FULL, figure
-from util import NatsServer, until
+from util import FULL, NatsServer, figure, until
 
 Image = Callable[..., Path]
 Router = Callable[..., RouterProcess]

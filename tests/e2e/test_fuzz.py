@@ -30,17 +30,8 @@ from plugrpc.plugin.dispatch import dispatch, encode, resolve
 from plugrpc.testing import RouterProcess, wait_for_socket
 from plugrpc.wire import DEFAULT_MAX_LINE, JSONDecodeError, LineSplitter, LineTooLong, dumps, loads, request_problem
 
-from reliability_plugins import (
-    FAULTY,
-    FAULTY_EXPORTS,
-    FULL,
-    FUZZ,
-    FUZZ_EXPORTS,
-    SLOW,
-    figure,
-    peak_rss_mib,
-    response_problem,
-)
+from plugins.sources import FAULTY, FAULTY_EXPORTS, FUZZ, FUZZ_EXPORTS
+from util import FULL, SLOW, figure, peak_rss_mib, response_problem
 
 Image = Callable[..., Path]
 Router = Callable[..., RouterProcess]

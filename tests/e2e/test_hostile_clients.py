@@ -24,8 +24,8 @@ import pytest
 from plugrpc import codes
 from plugrpc.testing import RouterProcess
 
-from reliability_plugins import ECHO, ECHO_EXPORTS, FAULTY, FAULTY_EXPORTS, FULL, fd_count, figure, peak_rss_mib
-from util import WAIT, RawConn, req, wait_until
+from plugins.sources import ECHO, ECHO_EXPORTS, FAULTY, FAULTY_EXPORTS
+from util import FULL, WAIT, RawConn, fd_count, figure, peak_rss_mib, req, wait_until
 
 Image = Callable[..., Path]
 Router = Callable[..., RouterProcess]

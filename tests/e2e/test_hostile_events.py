@@ -18,8 +18,7 @@ import pytest
 import plugrpc
 from plugrpc.testing import RouterProcess
 
-from reliability_plugins import FULL, figure, peak_rss_mib
-from util import NOTIFY, WAIT, AsyncRawConn, NatsServer, RawConn, line, req, until
+from util import FULL, NOTIFY, WAIT, AsyncRawConn, NatsServer, RawConn, figure, line, peak_rss_mib, req, until
 
 Image = Callable[..., Path]
 Router = Callable[..., RouterProcess]

@@ -26,9 +26,8 @@ from plugrpc.manifest import Limits, PluginSpec
 from plugrpc.process.supervisor import Supervisor
 from plugrpc.testing import RouterProcess, write_image
 
-from plugin_sources import KITCHEN, KITCHEN_EXPORTS, OVS
-from reliability_plugins import figure
-from util import WAIT, descendants, until, wait_until
+from plugins.sources import KITCHEN, KITCHEN_EXPORTS, OVS
+from util import WAIT, descendants, figure, until, wait_until
 
 Image = Callable[..., Path]
 Router = Callable[..., RouterProcess]

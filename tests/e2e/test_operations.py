@@ -27,9 +27,8 @@ import pytest
 import plugrpc
 from plugrpc.testing import RouterProcess
 
-from plugin_sources import OPS, OPS_EXPORTS, ORDERED, RAW_NOTIFY
-from reliability_plugins import figure
-from util import WAIT, alive, wait_until
+from plugins.sources import OPS, OPS_EXPORTS, ORDERED, RAW_NOTIFY
+from util import WAIT, alive, figure, wait_until
 
 Image = Callable[..., Path]
 Router = Callable[..., RouterProcess]

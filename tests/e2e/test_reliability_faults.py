@@ -22,8 +22,8 @@ import pytest
 import plugrpc
 from plugrpc.testing import RouterProcess
 
-from reliability_plugins import CRASHER, ECHO, ECHO_EXPORTS, FAULTY, FAULTY_EXPORTS, FULL, fd_count, figure, rss_mib
-from util import LEGACY, AsyncRawConn, alive, descendants, req, until, wait_until
+from plugins.sources import CRASHER, ECHO, ECHO_EXPORTS, FAULTY, FAULTY_EXPORTS
+from util import FULL, LEGACY, AsyncRawConn, alive, descendants, fd_count, figure, req, rss_mib, until, wait_until
 
 Image = Callable[..., Path]
 Router = Callable[..., RouterProcess]

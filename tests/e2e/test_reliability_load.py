@@ -21,8 +21,8 @@ import pytest
 import plugrpc
 from plugrpc.testing import RouterProcess
 
-from reliability_plugins import ECHO, ECHO_EXPORTS, FULL, fd_count, figure, peak_rss_mib, rss_mib
-from util import AsyncRawConn, line, req, until
+from plugins.sources import ECHO, ECHO_EXPORTS
+from util import FULL, AsyncRawConn, fd_count, figure, line, peak_rss_mib, req, rss_mib, until
 
 Image = Callable[..., Path]
 Router = Callable[..., RouterProcess]

@@ -12,7 +12,7 @@ import pytest
 import plugrpc
 from plugrpc.testing import RouterProcess, write_image
 
-from plugin_sources import KITCHEN, KITCHEN_EXPORTS, OVS
+from plugins.sources import KITCHEN, KITCHEN_EXPORTS, OVS
 from util import until, wait_until
 
 Image = Callable[..., Path]

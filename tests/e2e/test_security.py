@@ -26,7 +26,7 @@ from plugrpc import codes
 from plugrpc.plugin.dispatch import resolve
 from plugrpc.testing import RouterProcess, write_image
 
-from reliability_plugins import ECHO, ECHO_EXPORTS
+from plugins.sources import ECHO, ECHO_EXPORTS
 from util import LEGACY, RawConn, req
 
 Image = Callable[..., Path]

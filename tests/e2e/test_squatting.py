@@ -23,7 +23,7 @@ import plugrpc
 from plugrpc.errors import ConnectError
 from plugrpc.testing import RouterProcess
 
-from plugin_sources import OVS
+from plugins.sources import OVS
 from util import WAIT
 
 NOBODY = 65534

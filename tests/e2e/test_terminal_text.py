@@ -16,7 +16,7 @@ import pytest
 from plugrpc.logs import printable
 from plugrpc.testing import RouterProcess
 
-from plugin_sources import OPS, OPS_EXPORTS
+from plugins.sources import OPS, OPS_EXPORTS
 from util import WAIT, RawConn, req, wait_until
 
 Image = Callable[..., Path]

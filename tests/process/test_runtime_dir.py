@@ -20,7 +20,7 @@ from plugrpc.process import runtime_dir
 from plugrpc.process.runtime_dir import RuntimeDir, remove_stale
 from plugrpc.testing import RouterProcess, wait_for_socket
 
-from plugin_sources import OVS
+from plugins.sources import OVS
 from util import WAIT, wait_until
 
 

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 
 import plugrpc
-from event_plugins import EMITTER, EMITTER_EXPORTS, RAW, RAW_EXPORTS
 from plugrpc.config import Config
 from plugrpc.router import events
 from plugrpc.router.events import Event
 from plugrpc.router.internal import FutureSink
 
+from plugins.sources import EMITTER, EMITTER_EXPORTS, RAW_EVENTS, RAW_EVENTS_EXPORTS
 from util import AsyncRawConn, req, run_server, until
 
 Image = Callable[..., Path]
@@ -57,7 +57,7 @@ async def test_listeners_get_every_accepted_event_encoded_once(plugrpc_image: Im
 
 async def test_bounds_and_refusals(plugrpc_image: Image, plugrpc_tmp: Path, monkeypatch: pytest.MonkeyPatch,
                                    caplog: pytest.LogCaptureFixture) -> None:
-    root = plugrpc_image({"raw": ("raw.py", RAW, RAW_EXPORTS, {"events": [">"]})})
+    root = plugrpc_image({"raw": ("raw.py", RAW_EVENTS, RAW_EVENTS_EXPORTS, {"events": [">"]})})
     monkeypatch.setattr(events, "MAX_SUBSCRIPTIONS", 3)
     monkeypatch.setattr(events, "MAX_PATTERNS", 3)
     async with run_server(config(root, plugrpc_tmp)) as server, await AsyncRawConn.open(server.config.socket) as raw:

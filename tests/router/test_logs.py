@@ -15,7 +15,7 @@ from plugrpc.config import Config
 from plugrpc.router.server import Server
 from plugrpc.testing import write_image
 
-from plugin_sources import OPS, OPS_EXPORTS
+from plugins.sources import OPS, OPS_EXPORTS
 from util import LEGACY, WAIT, run_server, until
 
 EXEC = (LEGACY / "plugin.sh").read_text()

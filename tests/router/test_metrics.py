@@ -19,16 +19,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import plugrpc
-from event_plugins import EMITTER, EMITTER_EXPORTS
 from plugrpc.config import Config, metrics_address
 from plugrpc.errors import ConfigError
 from plugrpc.router import metrics
 from plugrpc.router.server import Server
 from plugrpc.testing import write_image
 
-from plugin_sources import OPS, OPS_EXPORTS
-from reliability_plugins import figure
-from util import WAIT, NatsServer, run_server, until
+from plugins.sources import EMITTER, EMITTER_EXPORTS, OPS, OPS_EXPORTS
+from util import WAIT, NatsServer, figure, run_server, until
 
 Families = dict[str, Any]
 

@@ -19,7 +19,7 @@ from plugrpc.config import Config
 from plugrpc.router.server import Server
 from plugrpc.testing import write_image
 
-from reliability_plugins import ECHO, ECHO_EXPORTS
+from plugins.sources import ECHO, ECHO_EXPORTS
 from util import NOTIFY, AsyncRawConn, NatsServer, req, run_server, until
 
 Image = Callable[..., Path]

@@ -23,7 +23,7 @@ from plugrpc.router.interfaces import Call, Message
 from plugrpc.router.routing import Router
 from plugrpc.testing import write_image
 
-from plugin_sources import KITCHEN, KITCHEN_EXPORTS, OVS
+from plugins.sources import KITCHEN, KITCHEN_EXPORTS, OVS
 from util import AsyncRawConn, run_server, until
 
 Image = Callable[..., Path]

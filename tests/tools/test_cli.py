@@ -14,7 +14,7 @@ from plugrpc.config import EXAMPLE_ROOT
 from plugrpc.testing import RouterProcess, write_image
 from plugrpc.wire import DEFAULT_MAX_LINE
 
-from plugin_sources import OVS
+from plugins.sources import OVS
 
 
 def plugrpc(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:

@@ -15,7 +15,7 @@ from plugrpc.errors import ManifestError
 from plugrpc.manifest import load_manifest
 from plugrpc.tools.scaffold import new_plugin
 
-from plugin_sources import OVS
+from plugins.sources import OVS
 
 
 def run(*args: str, cwd: Path | None = None, timeout: float = 50) -> subprocess.CompletedProcess[str]:

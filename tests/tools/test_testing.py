@@ -16,7 +16,7 @@ import plugrpc
 from plugrpc.config import EXAMPLE_ROOT
 from plugrpc.testing import RouterProcess
 
-from plugin_sources import OVS
+from plugins.sources import OVS
 from util import alive, wait_until
 
 

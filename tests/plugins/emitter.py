@@ -1,11 +1,10 @@
-"""Plugin sources for the tests of events, progress and calls between plugins (e2e/test_events.py)."""
-
-from __future__ import annotations
-
-# An SDK plugin that emits, reports progress and calls other plugins, from every kind of handler.
-EMITTER = '''
 #!/usr/bin/env python3
-import asyncio, os, threading, time
+# An SDK plugin that emits, reports progress and calls other plugins, from every kind of handler.
+import asyncio
+import os
+import threading
+import time
+
 import plugrpc
 from plugrpc import threaded
 
@@ -91,32 +90,3 @@ async def loop(depth=0):
 plugrpc.serve({"emit": emit, "aemit": aemit, "temit": temit, "later": later, "inline_progress": inline_progress,
                "async_progress": async_progress, "threaded_progress": threaded_progress,
                "progress_elsewhere": progress_elsewhere, "pid": pid, "call": call, "fan": fan, "loop": loop})
-'''
-EMITTER_EXPORTS = ["emit", "aemit", "temit", "later", "inline_progress", "async_progress", "threaded_progress",
-                   "progress_elsewhere", "pid", "call", "fan", "loop"]
-
-# Speaks the contract without the SDK: `send` writes the lines it is given (`{id}` replaced by the
-# request's id) on the connection the request came on, then answers; `late` answers first.
-RAW = r'''
-#!/usr/bin/env python3
-import json, socket, threading
-
-server = socket.socket(fileno=3)
-
-def serve(conn):
-    f = conn.makefile("rwb")
-    for line in f:
-        req = json.loads(line)
-        rid = req.get("id")
-        if rid is None:
-            continue
-        lines = [l.replace("{id}", json.dumps(rid)).encode() + b"\n" for l in req["params"]["lines"]]
-        answer = json.dumps({"jsonrpc": "2.0", "result": "ok", "id": rid}).encode() + b"\n"
-        f.write(b"".join(lines) + answer if req["method"] == "send" else answer + b"".join(lines))
-        f.flush()
-
-while True:
-    conn, _ = server.accept()
-    threading.Thread(target=serve, args=(conn,), daemon=True).start()
-'''
-RAW_EXPORTS = ["send", "late"]
