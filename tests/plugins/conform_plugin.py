@@ -137,7 +137,8 @@ class Connection:
         if method == "emit":
             name = "bad name!" if MODE == "bad-event" else "poked"
             if MODE != "no-event":
-                conns[0].send({"jsonrpc": "2.0", "method": "rpc.event", "params": {"name": name, "data": 1}})
+                # The newest connection: an older one conform closed may not have been noticed yet.
+                conns[-1].send({"jsonrpc": "2.0", "method": "rpc.event", "params": {"name": name, "data": 1}})
             return {"jsonrpc": "2.0", "result": True, "id": id}
         if method == "steps":
             for i in range(params[0]):
