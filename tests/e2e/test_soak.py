@@ -13,8 +13,7 @@ import sys
 
 import pytest
 
-from reliability_plugins import SLOW
-from util import REPO
+from util import REPO, SLOW
 
 sys.path.insert(0, os.fspath(REPO))  # bench/ runs from the checkout; it is not installed
 

@@ -11,7 +11,7 @@ from typing import Any
 import plugrpc
 from plugrpc.testing import RouterProcess
 
-from plugin_sources import OPS, OPS_EXPORTS
+from plugins.sources import OPS, OPS_EXPORTS
 from util import wait_until
 
 Image = Callable[..., Path]
@@ -31,6 +31,6 @@ def test_liveness_pings_do_not_keep_an_idle_plugin_running(plugrpc_image: Image,
         c.raw("idle.echo", [1])
         called = time.monotonic()
         wait_until(lambda: row(c, "idle")["state"] == "stopped", "the idle plugin to be stopped", timeout=10)
-        assert time.monotonic() - called >= 1
+        assert time.monotonic() - called >= 0.8  # idle_stop counts from the router's last touch, a moment earlier
         assert row(c, "idle")["pings"] > 0  # it was pinged meanwhile
         assert c.raw("idle.echo", [2]) == 2  # and the next call starts it again
