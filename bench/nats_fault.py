@@ -1,5 +1,5 @@
-"""A TCP proxy that fails silently on demand, between a router and nats-server: the bench's copy of the tests' fault
-proxy (tests/nats_proxy.py), so bench/ needs nothing from tests/.
+"""A TCP proxy that fails silently on demand, between a router (or a caller) and nats-server: a partition, a
+hung peer or a slow link, with no root, namespaces or kernel modules (the tests drive it too, tests/nats_proxy.py).
 
 `python -m bench.nats_fault UPSTREAM_PORT` prints `port N`, then takes one command a line on stdin,
 answering `ok`: `pass` (bytes go through), `latency SECONDS`, `pause` (nothing goes through or is

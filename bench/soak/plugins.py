@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from plugrpc.testing import toml_value
+
 LEDGER_PY: Final = '''
 import os
 _LEDGER = os.open(os.path.join(os.environ["SOAK_LEDGER"], os.environ.get("PLUGRPC_PLUGIN", "stdio") + ".log"),
@@ -135,21 +137,6 @@ def base_plugins() -> list[Plugin]:
         Plugin("stdio", "stdio.py", keys={**FAST_PINGS, "transport": "stdio"}),
         Plugin("flex", "plain.py", keys={**FAST_PINGS, "env": {"SOAK_VERSION": "0"}}),
     ]
-
-
-def toml_value(value: Any) -> str:
-    """`value` as TOML (the few types a manifest uses)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"cannot write {value!r} to TOML")
 
 
 def manifest_text(plugins: list[Plugin], ledger: Path) -> str:

@@ -50,7 +50,8 @@ PluginDecl = tuple[str, str, Sequence[str]] | tuple[str, str, Sequence[str], Map
 """(path in the image, source text, exports[, further manifest keys])."""
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
+    """`value` as TOML text: the few types a manifest uses (booleans, numbers, strings, lists, tables)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
@@ -58,9 +59,9 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {value!r} to TOML")
 
 
@@ -75,9 +76,9 @@ def write_image(root: Path, plugins: Mapping[str, PluginDecl]) -> Path:
         path.write_text(textwrap.dedent(source).lstrip())
         path.chmod(0o755)
         lines.append(f"[plugin.{name}]")
-        lines.append(f"path = {_toml_value(rel)}")
-        lines.append(f"exports = {_toml_value(list(exports))}")
-        lines += [f"{key} = {_toml_value(value)}" for key, value in extra.items()]
+        lines.append(f"path = {toml_value(rel)}")
+        lines.append(f"exports = {toml_value(list(exports))}")
+        lines += [f"{key} = {toml_value(value)}" for key, value in extra.items()]
         lines.append("")
     (root / ".plugin.toml").write_text("\n".join(lines))
     return root

@@ -25,7 +25,7 @@ import pytest
 
 import plugrpc
 from plugrpc.client.nats import NatsClient
-from plugrpc.testing import RouterProcess, _toml_value, write_image
+from plugrpc.testing import RouterProcess, toml_value, write_image
 
 from util import PLUGINS, WAIT, NatsServer, alive, descendants, wait_until
 
@@ -137,7 +137,7 @@ def mcp(request: pytest.FixtureRequest, plugrpc_image: Image) -> Server:
     def npm_image(others: Mapping[str, Any]) -> Path:
         write_image(root, others)  # the other plugins, and a manifest with them only...
         entry = ["[plugin.mcp]", 'path = "/opt/mcp/node_modules/.bin/mcp-server-everything"', 'args = ["stdio"]',
-                 f"exports = {_toml_value(MCP_EXPORTS)}", *(f"{k} = {_toml_value(v)}" for k, v in keys.items())]
+                 f"exports = {toml_value(MCP_EXPORTS)}", *(f"{k} = {toml_value(v)}" for k, v in keys.items())]
         with open(root / ".plugin.toml", "a") as manifest:  # ...to which the installed server is added
             manifest.write("\n".join(entry) + "\n")
         return root
