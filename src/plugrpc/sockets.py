@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 import stat
 
@@ -180,3 +181,14 @@ def check_peer(sock: socket.socket, owner: int) -> None:
         raise ConfigError(f"the process listening on it runs as uid {uid}, but only uid {owner} or root can have put "
                           f"the socket there: another user may have taken the router's place; stop that process "
                           f"and start the router again")
+
+
+def hung_up(fd: int) -> bool:
+    """Whether the peer of connected unix socket `fd` closed fully (POLLHUP), not only its writing side.
+
+    A peer that half-closes (`shutdown(SHUT_WR)`, as `nc -N` and socat do after their input) still
+    reads its answers; one that closed cannot. Only a full close sets POLLHUP on a unix socket.
+    """
+    poller = select.poll()
+    poller.register(fd, select.POLLHUP | select.POLLRDHUP)
+    return any(events & select.POLLHUP for _, events in poller.poll(0))

@@ -107,3 +107,23 @@ def test_a_client_that_closes_fully_has_its_calls_cancelled(router: RouterProces
             return bool([p for p in c.raw("router.plugins") if p["name"] == "demo"][0]["inflight"] == 0)
         wait_until(idle, "the gone client's call to be cancelled", timeout=10)
     assert before  # the router was reachable before and after
+
+
+@pytest.mark.parametrize(("script", "method"), [("sdk_basic.py", "slow"), ("plain_plugin.py", "nap")])
+def test_a_plugin_answers_a_peer_that_half_closes(plugrpc_tmp: Path, script: str, method: str) -> None:
+    # A client talking to a plugin itself (a direct connection, socat, nc -N) and shutting its writing side.
+    plugin = Fd3Plugin(PLUGINS / script, plugrpc_tmp, script.partition(".")[0], {}, ())
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(30)
+            sock.connect(str(plugin.socket))
+            sock.sendall(orjson.dumps(req(method, [0.3], id=1)) + b"\n" + orjson.dumps(req("nope", id=2)))
+            sock.shutdown(socket.SHUT_WR)
+            received = b""
+            while chunk := sock.recv(65536):
+                received += chunk
+    finally:
+        plugin.stop()
+    answers = sorted((orjson.loads(line) for line in received.splitlines()), key=lambda a: a["id"])
+    assert [a["id"] for a in answers] == [1, 2]
+    assert "result" in answers[0] and answers[1]["error"]["code"] == -32601

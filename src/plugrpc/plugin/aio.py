@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ..flow import FlowControl
 from ..outbox import LineWriter, Outbox
-from ..sockets import BACKLOG
+from ..sockets import BACKLOG, hung_up
 from ..wire import ABSENT
 from . import outgoing
 from .answering import CANCEL, Answerer, check_cancel_id, events_connection
@@ -121,6 +121,8 @@ class Connection(LineWriter, asyncio.Protocol):
         self.running: dict[Any, asyncio.Task[None]] = {}
         """Tasks of async/threaded calls, by request id (a fresh key for notifications and batches)."""
         self.closed: asyncio.Future[None] = self._loop.create_future()
+        self.draining = False
+        """Set when a peer half-closes with calls running: close once they are answered."""
         # Direct-connection state (see plugin/direct.py), set by rpc.direct
         self.max_inflight = 0
         """Calls that may run at once on this direct connection (0: no bound)."""
@@ -144,6 +146,19 @@ class Connection(LineWriter, asyncio.Protocol):
         self.cancel_all()
         if not self.closed.done():
             self.closed.set_result(None)
+
+    def eof_received(self) -> bool:
+        """The peer stopped writing: after a half-close, finish and answer what it asked, then close.
+
+        After a full close nobody reads, and `connection_lost` cancels its calls. A last request
+        without its newline counts, as a line ended by the end of input.
+        """
+        if self.answerer.splitter.buffered:
+            self.data_received(b"\n")
+        if not self.running or self.transport is None or hung_up(self.transport.get_extra_info("socket").fileno()):
+            return False
+        self.draining = True
+        return True
 
     def data_received(self, data: bytes) -> None:
         answers, too_long = self.answerer.answer(data, self, self._start)
@@ -189,6 +204,8 @@ class Connection(LineWriter, asyncio.Protocol):
             del self.running[key]
         if outcome is not None:
             self.send(encode(outcome))
+        if self.draining and not self.running:  # a half-closed peer has had every answer
+            self.close()
 
     def make_direct(self, exports: list[str], max_inflight: int) -> None:
         """`rpc.direct` came on this connection: bind it to `exports` and `max_inflight`; events leave elsewhere."""

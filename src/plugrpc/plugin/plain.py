@@ -21,6 +21,7 @@ from collections import deque
 
 from ..flow import FlowControl
 from ..outbox import LineWriter, Outbox
+from ..sockets import hung_up
 from . import outgoing
 from .answering import CANCEL, Answerer, check_cancel_id, events_connection
 from .dispatch import Handler
@@ -185,14 +186,26 @@ class PlainConnection(LineWriter):
             return
         except OSError:
             data = b""
-        if not data:  # the peer is gone (or half-closed: nobody is left to read answers either)
-            self.abort()
+        if not data:  # the peer stopped writing
+            self._ended()
             return
         answers, too_long = self.answerer.answer(data, self, _no_tasks)
         if answers:
             self.write_now(answers)
         if too_long:
             self.close()
+
+    def _ended(self) -> None:
+        """End of input: a peer that half-closed still reads, so it gets its answers (every call is answered
+        inline before the next read, a last line without its newline included); one that closed gets nothing."""
+        if hung_up(self.sock.fileno()):
+            self.abort()
+            return
+        if self.answerer.splitter.buffered:
+            answers, _ = self.answerer.answer(b"\n", self, _no_tasks)
+            if answers:
+                self.write_now(answers)
+        self.close()
 
     # --- the transport interface (LineWriter, FlowControl) --------------------------------
 

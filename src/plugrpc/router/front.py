@@ -26,7 +26,6 @@ import json.decoder
 import logging
 import os
 import re
-import select
 import socket
 import struct
 import time
@@ -40,7 +39,7 @@ from ..config import Config
 from ..flow import FlowControl
 from ..logs import RateLimited
 from ..outbox import LineWriter
-from ..sockets import peer_uid
+from ..sockets import hung_up, peer_uid
 from ..wire import (
     JSONDecodeError,
     LineSplitter,
@@ -124,13 +123,6 @@ class FrontDoor:
     def _interval(self) -> float:
         """A quarter of the timeout: an unfinished line is closed within 1.25 to 1.5 times it."""
         return min(1.0, self.partial_timeout / 4)
-
-
-def hung_up(transport: asyncio.BaseTransport) -> bool:
-    """Whether the peer of a unix socket closed fully (POLLHUP), rather than only its writing side."""
-    poller = select.poll()
-    poller.register(transport.get_extra_info("socket").fileno(), select.POLLHUP | select.POLLRDHUP)
-    return any(events & select.POLLHUP for _, events in poller.poll(0))
 
 
 class FrontSplitter(LineSplitter):
@@ -230,7 +222,7 @@ class FrontProtocol(LineWriter, Subscribable, asyncio.Protocol):
         """
         if self.splitter.buffered and not self._closing:
             self.data_received(b"\n")
-        if not self.calls or self.transport is None or hung_up(self.transport):
+        if not self.calls or self.transport is None or hung_up(self.transport.get_extra_info("socket").fileno()):
             return False
         self._closing = True
         return True
