@@ -81,19 +81,8 @@ func (s *scanner) value(depth int) bool {
 			if !s.value(depth + 1) {
 				return false
 			}
-			s.ws()
-			if s.i >= len(s.b) {
-				return false
-			}
-			switch s.b[s.i] {
-			case ',':
-				s.i++
-				s.ws()
-			case '}':
-				s.i++
-				return true
-			default:
-				return false
+			if more, ok := s.separator('}'); !more {
+				return ok
 			}
 		}
 	case c == '[':
@@ -110,19 +99,8 @@ func (s *scanner) value(depth int) bool {
 			if !s.value(depth + 1) {
 				return false
 			}
-			s.ws()
-			if s.i >= len(s.b) {
-				return false
-			}
-			switch s.b[s.i] {
-			case ',':
-				s.i++
-				s.ws()
-			case ']':
-				s.i++
-				return true
-			default:
-				return false
+			if more, ok := s.separator(']'); !more {
+				return ok
 			}
 		}
 	case c == '-' || c >= '0' && c <= '9':
@@ -135,6 +113,25 @@ func (s *scanner) value(depth int) bool {
 		return s.literal("null")
 	}
 	return false
+}
+
+// separator reads what follows a member or an element: ',' (more follows) or `end` (the container is
+// complete, ok); anything else is malformed.
+func (s *scanner) separator(end byte) (more, ok bool) {
+	s.ws()
+	if s.i >= len(s.b) {
+		return false, false
+	}
+	switch s.b[s.i] {
+	case ',':
+		s.i++
+		s.ws()
+		return true, true
+	case end:
+		s.i++
+		return false, true
+	}
+	return false, false
 }
 
 func (s *scanner) literal(word string) bool {
