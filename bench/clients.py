@@ -31,6 +31,22 @@ class Connections(Protocol):
     async def aclose(self) -> None: ...
 
 
+def settle(fut: asyncio.Future[Any], msg: dict[str, Any]) -> None:
+    """A call's future from its JSON-RPC answer: the result, or CallFailed with the error."""
+    if "result" in msg:
+        fut.set_result(msg["result"])
+    else:
+        fut.set_exception(CallFailed(f"error response: {msg.get('error')}"))
+
+
+def fail_all(pending: dict[Any, asyncio.Future[Any]], why: str) -> None:
+    """Fail every call still waiting (its connection is gone), and forget them."""
+    for fut in pending.values():
+        if not fut.done():
+            fut.set_exception(CallFailed(why))
+    pending.clear()
+
+
 class CallFailed(BenchError):
     """The server answered a call with a JSON-RPC error, or the connection died under it."""
 
@@ -64,16 +80,10 @@ class NdjsonConnection(asyncio.Protocol):
             except KeyError:  # a notification (costs nothing until one comes: only subscribed rows get them)
                 self.notifications += 1
                 continue
-            if "result" in msg:
-                fut.set_result(msg["result"])
-            else:
-                fut.set_exception(CallFailed(f"error response: {msg.get('error')}"))
+            settle(fut, msg)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(CallFailed(f"connection lost with calls in flight: {exc}"))
-        self._pending.clear()
+        fail_all(self._pending, f"connection lost with calls in flight: {exc}")
         if not self._lost.done():
             self._lost.set_result(None)
 

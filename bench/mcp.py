@@ -34,7 +34,7 @@ from typing import Any, Final
 from plugrpc import wire
 
 from . import log
-from .clients import CallFailed, NdjsonConnection, NdjsonConnections
+from .clients import CallFailed, NdjsonConnection, NdjsonConnections, fail_all, settle
 from .launch import EXEC_STAMP_ENV
 from .procs import BenchError, Child, cpu_seconds, rss_kib, wait_connectable
 from .servers import PLUGIN_FILE, PLUGINS, PLUGRPC, Lab, Router, Server, router_roles
@@ -84,16 +84,10 @@ class PipeRpc(asyncio.Protocol):
             fut = self._pending.pop(msg.get("id"), None) if "method" not in msg else None
             if fut is None or fut.done():
                 continue  # a notification or a request of the server's: the echo tool sends none
-            if "result" in msg:
-                fut.set_result(msg["result"])
-            else:
-                fut.set_exception(CallFailed(f"error response: {msg.get('error')}"))
+            settle(fut, msg)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(CallFailed(f"the server's stdout closed with calls in flight: {exc}"))
-        self._pending.clear()
+        fail_all(self._pending, f"the server's stdout closed with calls in flight: {exc}")
 
     def ask(self, method: str, params: Any) -> asyncio.Future[Any]:
         if self.writer is None or self.writer.is_closing():

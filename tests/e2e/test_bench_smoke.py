@@ -233,20 +233,10 @@ def test_a_failed_round_counts_as_not_held() -> None:
     assert line.startswith("MISS") and "held in 1/4 rounds" in line, line
 
 
-def test_plot_breaks_lines_at_missing_points_and_keeps_legends_off_the_curves(tmp_path: Path,
-                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("matplotlib")  # the bench extra
+def _plotted(data: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
+    """`report.plot(data)` run for real, and the figure it saved with its renderer, to look at what it drew."""
     from matplotlib.figure import Figure
 
-    data = _run(Settings(), [1.1] * 3)
-    data["settings"]["concurrency"] = concurrency = [1, 8, 64]
-    for mode in ("conns", "pipe"):
-        for callers in (8, 64):
-            data["scenarios"][f"{mode}-c{callers}-100B"] = {"mode": mode, "callers": callers, "payload": 100}
-        for row in ("floor", "proxy"):  # the router has no c=8 figure, as bare_router in a real run
-            data["rounds"][row][f"{mode}-c8-100B"] = [_window(200, 60_000)] * 3
-        for row in ("floor", "proxy", "router"):
-            data["rounds"][row].setdefault(f"{mode}-c64-100B", [_window(1000, 90_000)] * 3)
     drawn: list[tuple[Figure, Any]] = []
     savefig = Figure.savefig
 
@@ -257,6 +247,23 @@ def test_plot_breaks_lines_at_missing_points_and_keeps_legends_off_the_curves(tm
     monkeypatch.setattr(Figure, "savefig", keep)
     assert report.plot(data, tmp_path / "run.png") is None
     [(fig, renderer)] = drawn
+    return fig, renderer
+
+
+def test_plot_breaks_lines_at_missing_points_and_keeps_legends_off_the_curves(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("matplotlib")  # the bench extra
+
+    data = _run(Settings(), [1.1] * 3)
+    data["settings"]["concurrency"] = concurrency = [1, 8, 64]
+    for mode in ("conns", "pipe"):
+        for callers in (8, 64):
+            data["scenarios"][f"{mode}-c{callers}-100B"] = {"mode": mode, "callers": callers, "payload": 100}
+        for row in ("floor", "proxy"):  # the router has no c=8 figure, as bare_router in a real run
+            data["rounds"][row][f"{mode}-c8-100B"] = [_window(200, 60_000)] * 3
+        for row in ("floor", "proxy", "router"):
+            data["rounds"][row].setdefault(f"{mode}-c64-100B", [_window(1000, 90_000)] * 3)
+    fig, renderer = _plotted(data, tmp_path, monkeypatch)
     curves = [line for ax in fig.axes for line in ax.get_lines()]
     assert {line.get_label() for line in curves} >= {"floor", "proxy", "router"}
     for line in curves:
@@ -514,21 +521,11 @@ def test_plot_gives_each_of_many_rows_its_own_colour_and_meaning(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("matplotlib")
     from matplotlib.colors import to_hex
-    from matplotlib.figure import Figure
 
     keys = [r.key for r in rows.ROWS] + ["extra1", "extra2"]  # 25+ rows, two a saved run has and bench.rows not
     data = _run(Settings(), [1.0] * 3)
     data = _with_peers(data, p50=dict.fromkeys(keys, 100.0), tput64=dict.fromkeys(keys, 50_000.0))
-    drawn: list[tuple[Figure, Any]] = []
-    savefig = Figure.savefig
-
-    def keep(fig: Figure, *args: Any, **kwargs: Any) -> None:
-        savefig(fig, *args, **kwargs)
-        drawn.append((fig, fig.canvas.get_renderer()))
-
-    monkeypatch.setattr(Figure, "savefig", keep)
-    assert report.plot(data, tmp_path / "run.png") is None
-    [(fig, renderer)] = drawn
+    fig, renderer = _plotted(data, tmp_path, monkeypatch)
     [legend] = fig.legends
     entries = {text.get_text().split(" ", 1)[0]: text.get_text() for text in legend.get_texts()}
     assert set(entries) == set(data["rows"]) and len(entries) >= 27
