@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import inspect
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -511,3 +512,13 @@ def go_build(src_dir: Path, out_path: Path) -> Path:
     if done.returncode != 0:
         raise RuntimeError(f"go build in {src_dir} failed:\n{done.stdout}{done.stderr}")
     return out_path
+
+
+def unshare_works() -> str | None:
+    """Why a PID namespace cannot be made here (for the tests that run a router in one), or None."""
+    if shutil.which("unshare") is None:
+        return "unshare (util-linux) is not installed"
+    if os.geteuid() != 0:
+        return "unshare --pid needs root (or user namespaces, which the tests do not set up)"
+    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True, timeout=30)
+    return None if probe.returncode == 0 else f"unshare --pid fails here: {probe.stderr.decode().strip()}"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -28,7 +27,7 @@ import plugrpc
 from plugrpc.testing import RouterProcess
 
 from plugins.sources import OPS, OPS_EXPORTS, ORDERED, RAW_NOTIFY
-from util import WAIT, alive, figure, wait_until
+from util import WAIT, alive, figure, unshare_works, wait_until
 
 Image = Callable[..., Path]
 Router = Callable[..., RouterProcess]
@@ -319,16 +318,6 @@ def test_a_bad_limit_user_or_order_stops_run_with_one_line_naming_the_key(
 # --- PID 1 -----------------------------------------------------------------------------------
 
 
-def _unshare_works() -> str | None:
-    """Why a PID namespace cannot be made here, or None."""
-    if shutil.which("unshare") is None:
-        return "unshare (util-linux) is not installed"
-    if os.geteuid() != 0:
-        return "unshare --pid needs root (or user namespaces, which this test does not set up)"
-    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True, timeout=30)
-    return None if probe.returncode == 0 else f"unshare --pid fails here: {probe.stderr.decode().strip()}"
-
-
 def _children(pid: int) -> list[int]:
     found = []
     for name in os.listdir("/proc"):
@@ -361,7 +350,7 @@ def _host_pid(ns_pid: int, namespace: str) -> int | None:
 
 def test_as_pid_1_it_reaps_orphans_forwards_sigterm_and_exits_cleanly(plugrpc_image: Image,
                                                                         plugrpc_tmp: Path) -> None:
-    why = _unshare_works()
+    why = unshare_works()
     if why:
         pytest.skip(why)
     root = plugrpc_image({"o": ("o.py", OPS, OPS_EXPORTS)})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import stat
 import subprocess
@@ -21,7 +20,7 @@ from plugrpc.process.runtime_dir import RuntimeDir, remove_stale
 from plugrpc.testing import RouterProcess, wait_for_socket
 
 from plugins.sources import OVS
-from util import WAIT, wait_until
+from util import WAIT, unshare_works, wait_until
 
 
 def test_runtime_dir_is_private_named_after_its_router_and_removable(plugrpc_tmp: Path) -> None:
@@ -128,19 +127,9 @@ def test_a_directory_whose_lock_another_router_took_is_not_used(plugrpc_tmp: Pat
         rd.remove()
 
 
-def _unshare_works() -> str | None:
-    """Why a PID namespace cannot be made here, or None."""
-    if shutil.which("unshare") is None:
-        return "unshare (util-linux) is not installed"
-    if os.geteuid() != 0:
-        return "unshare --pid needs root"
-    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True, timeout=30)
-    return None if probe.returncode == 0 else f"unshare --pid fails here: {probe.stderr.decode().strip()}"
-
-
 def test_a_router_in_another_pid_namespace_keeps_its_directory(plugrpc_image: type, plugrpc_tmp: Path) -> None:
     """Two routers sharing a runtime base, one in a PID namespace of its own (containers sharing /tmp)."""
-    why = _unshare_works()
+    why = unshare_works()
     if why:
         pytest.skip(why)
     root = plugrpc_image({"ovs": ("ovs.py", OVS, ["version"])})  # type: ignore[operator]
