@@ -100,8 +100,8 @@ def test_a_reload_that_fails_answers_why_and_leaves_nothing_running(plugrpc_imag
     root = plugrpc_image(plugins)
     router = plugrpc_router(root)
     with router.client(timeout=WAIT) as c:
-        before = set(descendants(router.pid))
         rundir = Path(c.raw("k.env", ["PLUGRPC_SOCKET"])).parent
+        before = set(descendants(router.pid))  # once k has answered: the router may be ready before k is spawned
         bad = LONG if why == "a name too long" else "taken"
         (rundir / "taken.sock").write_text("not a socket")
         write_image(root, {**plugins, "extra": ("ovs.py", OVS, ["version"]), bad: ("ovs.py", OVS, ["version"])})
